@@ -1,0 +1,1 @@
+"""Charter: the governance engine for AI-agent workflows."""

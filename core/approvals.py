@@ -1,0 +1,240 @@
+"""Approval state, derived by folding the event log (the only source of truth).
+
+Upstream (reference §3.1) folds per node id: a request opens ``Pending``, the first decision
+after it wins, and an approval then covers every later run of the node until a new request.
+Charter keeps the fold and binds each approval to one exact request (ARCHITECTURE fix 7):
+
+* a request carries a ``request_digest`` over (node, attempt, policy names, call arguments);
+  a decision counts only if it names that digest (decisions without one are accepted only
+  for requests without one, i.e. upstream logs);
+* a decision counts only if its ``user_id`` satisfies the request's ``approver``
+  (`approver_allows`); anything else is ignored by the fold, exactly like an orphan;
+* an approval is single-use: ``approval_consumed`` (written in the same commit as the run it
+  authorised) turns ``Approved`` into ``Consumed``, and the next run needs a new request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import attrs
+
+from charter.core.events import (
+    ApprovalConsumed,
+    ApprovalDecision,
+    ApprovalReceived,
+    Event,
+    JsonValue,
+    ToolApprovalRequired,
+)
+from charter.core.glob import glob_match
+
+__all__ = [
+    "ANY_HUMAN",
+    "ApprovalRefused",
+    "ApprovalRequest",
+    "ApprovalStatus",
+    "Approved",
+    "Consumed",
+    "NotRequested",
+    "Pending",
+    "Rejected",
+    "approver_allows",
+    "decide_approval",
+    "node_approval_status",
+    "pending_approvals",
+    "rejection_reason",
+]
+
+#: The approver that any identified person satisfies.
+ANY_HUMAN = "human"
+
+_ANONYMOUS = frozenset({"", "anonymous"})
+
+
+@attrs.frozen(kw_only=True)
+class ApprovalRequest:
+    """An open question to a person, as recorded by ``tool_approval_required``."""
+
+    node_id: str
+    tool_name: str
+    approver: str
+    context: JsonValue
+    request_digest: str | None
+    attempt: int | None
+    sequence: int
+
+
+@attrs.frozen
+class NotRequested:
+    """No approval was ever asked for this node."""
+
+
+@attrs.frozen
+class Pending:
+    """A request is open."""
+
+    request: ApprovalRequest
+
+
+@attrs.frozen(kw_only=True)
+class Approved:
+    """The open request was approved and the approval is not used yet."""
+
+    request: ApprovalRequest
+    user_id: str
+    comment: str | None
+    sequence: int
+
+
+@attrs.frozen(kw_only=True)
+class Rejected:
+    """The open request was rejected."""
+
+    request: ApprovalRequest
+    user_id: str
+    comment: str | None
+    sequence: int
+
+
+@attrs.frozen(kw_only=True)
+class Consumed:
+    """The approval was used by the run it authorised; a new run needs a new request."""
+
+    request: ApprovalRequest
+    user_id: str
+    sequence: int
+
+
+ApprovalStatus = NotRequested | Pending | Approved | Rejected | Consumed
+
+_NOT_REQUESTED = NotRequested()
+
+
+def approver_allows(approver: str, user_id: str) -> bool:
+    """Whether ``user_id`` may answer a request addressed to ``approver``.
+
+    ``approver`` is ``"human"`` (any identified person: not empty, not ``"anonymous"``) or a
+    comma-separated list of user-id globs (``"alice"``, ``"finance-*,bob"``).
+    """
+    if user_id in _ANONYMOUS:
+        return False
+    for option in approver.split(","):
+        option = option.strip()
+        if option == ANY_HUMAN or (option and glob_match(option, user_id)):
+            return True
+    return False
+
+
+def _binds(request: ApprovalRequest, digest: str | None) -> bool:
+    return request.request_digest is None or digest == request.request_digest
+
+
+def _step(status: ApprovalStatus, event: Event) -> ApprovalStatus:
+    kind = event.kind
+    if isinstance(kind, ToolApprovalRequired):
+        return Pending(
+            ApprovalRequest(
+                node_id=kind.node_id,
+                tool_name=kind.tool_name,
+                approver=kind.approver,
+                context=kind.context,
+                request_digest=kind.request_digest,
+                attempt=kind.attempt,
+                sequence=event.sequence,
+            )
+        )
+    if isinstance(kind, ApprovalReceived):
+        if not isinstance(status, Pending):
+            return status  # orphan or duplicate decision: the first one after a request wins
+        request = status.request
+        if not _binds(request, kind.request_digest):
+            return status
+        if not approver_allows(request.approver, kind.user_id):
+            return status
+        if kind.decision is ApprovalDecision.APPROVED:
+            return Approved(
+                request=request, user_id=kind.user_id, comment=kind.comment, sequence=event.sequence
+            )
+        return Rejected(
+            request=request, user_id=kind.user_id, comment=kind.comment, sequence=event.sequence
+        )
+    if (
+        isinstance(kind, ApprovalConsumed)
+        and isinstance(status, Approved)
+        and kind.request_digest == status.request.request_digest
+    ):
+        return Consumed(request=status.request, user_id=status.user_id, sequence=event.sequence)
+    return status
+
+
+def node_approval_status(events: Iterable[Event], node_id: str) -> ApprovalStatus:
+    """The approval status of ``node_id`` after ``events`` (in sequence order)."""
+    status: ApprovalStatus = _NOT_REQUESTED
+    for event in events:
+        if event.node_id == node_id:
+            status = _step(status, event)
+    return status
+
+
+def pending_approvals(events: Iterable[Event]) -> tuple[ApprovalRequest, ...]:
+    """Every open request, one per node (its latest), ordered by node id."""
+    statuses: dict[str, ApprovalStatus] = {}
+    for event in events:
+        kind = event.kind
+        if isinstance(kind, ToolApprovalRequired | ApprovalReceived | ApprovalConsumed):
+            node = kind.node_id
+            statuses[node] = _step(statuses.get(node, _NOT_REQUESTED), event)
+    return tuple(
+        status.request for _, status in sorted(statuses.items()) if isinstance(status, Pending)
+    )
+
+
+@attrs.frozen
+class ApprovalRefused:
+    """A decision that cannot be recorded, and why (an outcome, not an exception)."""
+
+    reason: str
+
+
+def decide_approval(
+    status: ApprovalStatus,
+    *,
+    user_id: str,
+    decision: ApprovalDecision,
+    comment: str | None = None,
+    state_patch: JsonValue = None,
+) -> ApprovalReceived | ApprovalRefused:
+    """The ``approval_received`` event to record for a person's decision on a node, bound to
+    the node's open request; or the reason it is refused (nothing open, wrong approver)."""
+    if not isinstance(status, Pending):
+        return ApprovalRefused(f"no approval is pending (status: {_status_name(status)})")
+    request = status.request
+    if not approver_allows(request.approver, user_id):
+        return ApprovalRefused(
+            f"user {user_id!r} may not answer this request (approver: {request.approver!r})"
+        )
+    return ApprovalReceived(
+        node_id=request.node_id,
+        user_id=user_id,
+        decision=decision,
+        comment=comment,
+        state_patch=state_patch,
+        request_digest=request.request_digest,
+    )
+
+
+def rejection_reason(status: Rejected) -> str:
+    """Upstream's failure text for a rejected node: ``approval rejected by <user>[: <comment>]``."""
+    suffix = f": {status.comment}" if status.comment else ""
+    return f"approval rejected by {status.user_id}{suffix}"
+
+
+def _status_name(status: ApprovalStatus) -> str:
+    return {
+        NotRequested: "not requested",
+        Pending: "pending",
+        Approved: "approved",
+        Rejected: "rejected",
+        Consumed: "consumed",
+    }[type(status)]

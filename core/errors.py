@@ -1,0 +1,77 @@
+"""The exception hierarchy.
+
+Domain outcomes (blocked, over budget, needs approval) are decisions, never exceptions.
+Exceptions are for misuse of the API and for bad external input; every one derives from
+`CharterError` and its message says where the problem is, what was expected and what was
+found, e.g. ``policy.yaml: workflow.blocked_tools[2]: expected a string pattern, got int 42``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AutonomyError",
+    "BudgetError",
+    "CharterError",
+    "EventError",
+    "InvalidInput",
+    "PolicyError",
+    "UnknownNodeKind",
+]
+
+
+class CharterError(Exception):
+    """Base class of every error Charter raises on purpose."""
+
+
+class InvalidInput(CharterError, ValueError):
+    """A value from outside (file, payload, argument) is malformed.
+
+    ``where`` is the path to the offending field (``blocked_tools[2]``), ``problem`` what
+    was expected and what was found. The message joins the two.
+    """
+
+    def __init__(self, where: str, problem: str) -> None:
+        self.where = where
+        self.problem = problem
+        super().__init__(f"{where}: {problem}" if where else problem)
+
+    def within(self, prefix: str) -> InvalidInput:
+        """The same error with its location nested under ``prefix`` (a file or a parent key)."""
+        if not prefix:
+            return self
+        if not self.where:
+            where = prefix
+        elif prefix.endswith(":") or self.where.startswith("["):
+            where = f"{prefix}{self.where}"
+        else:
+            where = f"{prefix}.{self.where}"
+        clone = type(self)(where, self.problem)
+        return clone
+
+
+class PolicyError(InvalidInput):
+    """A policy set or policy file is malformed."""
+
+
+class UnknownNodeKind(InvalidInput):
+    """A node kind tag is not one Charter knows; refusing is the only safe answer."""
+
+
+class AutonomyError(InvalidInput):
+    """An agent card, autonomy level or autonomy constraint is malformed."""
+
+
+class BudgetError(InvalidInput):
+    """A budget value or limit is malformed (wrong type, negative, NaN or infinite)."""
+
+
+class EventError(InvalidInput):
+    """An event or event log is malformed."""
+
+
+def describe(value: object) -> str:
+    """A short, safe rendering of a bad value for error messages: type and truncated repr."""
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{type(value).__name__} {text}"

@@ -1,0 +1,625 @@
+"""Events: the `Event` envelope and every event kind, as frozen attrs classes.
+
+Kinds and field names are upstream's (``seeds/004``), so the JSON form (``"type":
+"<snake_case>"`` plus the fields; optional fields omitted when ``None``) stays compatible.
+Charter adds a few fields and kinds its fixes need; each is optional or new, so an upstream
+reader of a kind it knows is unaffected:
+
+* ``node_parked``, ``segment_boundary`` (upstream has them outside the seed);
+* ``node_completed.idempotency_key`` (upstream's later versions);
+* ``tool_approval_required.request_digest`` / ``.attempt`` and
+  ``approval_received.request_digest``: an approval binds to one exact request (fix 7);
+* ``approval_consumed``: an approval is single-use;
+* ``node_gated``: every gate decision, with what it saw, so audits can recompute it;
+* ``usage_recorded``: what one settled attempt consumed, so the budget ledger is the sum of
+  recorded usage, including the usage of the attempt that tripped a budget (fix 5).
+
+JSON values (outputs, state patches, contexts) are typed `JsonValue` and must be plain JSON:
+dicts with string keys, lists, strings, finite numbers, booleans and ``None``.
+"""
+
+from __future__ import annotations
+
+import enum
+import typing
+from datetime import datetime
+from typing import Any, Final
+
+import attrs
+
+__all__ = [
+    "EVENT_KINDS",
+    "AgentToolCompleted",
+    "AgentToolFailed",
+    "AgentToolInvoked",
+    "AgentToolProgress",
+    "AgentToolTerminated",
+    "AgentToolTurn",
+    "ApprovalConsumed",
+    "ApprovalDecision",
+    "ApprovalReceived",
+    "AutonomyLimitReached",
+    "BudgetExceeded",
+    "ChildWorkflowCompleted",
+    "ChildWorkflowFailed",
+    "ChildWorkflowStarted",
+    "CircuitBreakerTripped",
+    "CoordinatorDecision",
+    "CoordinatorDiscovery",
+    "CoordinatorScoring",
+    "CostBudgetExceeded",
+    "CriticVerdict",
+    "EscalationRequired",
+    "Event",
+    "EventKind",
+    "ExternalEventReceived",
+    "InterruptRaised",
+    "IterationCompleted",
+    "IterationStarted",
+    "JsonValue",
+    "NodeCancelled",
+    "NodeCompleted",
+    "NodeFailed",
+    "NodeGated",
+    "NodeParked",
+    "NodeScheduled",
+    "NodeSkipped",
+    "NodeStarted",
+    "PlanGenerated",
+    "PolicyViolation",
+    "ProvenanceMetadata",
+    "RetryScheduled",
+    "SegmentBoundary",
+    "StrategyCompleted",
+    "StrategyLimitHit",
+    "StrategyStarted",
+    "TimerCreated",
+    "TimerFired",
+    "TokenBudgetExceeded",
+    "ToolApprovalRequired",
+    "ToolCalled",
+    "UsageRecorded",
+    "WorkflowCancelled",
+    "WorkflowCompleted",
+    "WorkflowFailed",
+    "WorkflowStarted",
+    "event_type",
+]
+
+#: A JSON value (object, array, string, number, boolean or null).
+JsonValue = Any
+
+
+class ApprovalDecision(enum.Enum):
+    """A person's answer to an approval request."""
+
+    APPROVED = "approved"
+    REJECTED = "rejected"
+
+
+@attrs.frozen(kw_only=True)
+class ProvenanceMetadata:
+    """Where a node's output came from (upstream's research traceability record)."""
+
+    model_id: str | None = None
+    model_version: str | None = None
+    confidence: float | None = None
+    verified: bool = False
+    source: str | None = None
+    trust_domain: str | None = None
+    evidence_refs: tuple[str, ...] = ()
+
+
+# ── workflow lifecycle ─────────────────────────────────────────────────────────────────
+
+
+@attrs.frozen(kw_only=True)
+class WorkflowStarted:
+    workflow_id: str
+    workflow_version: str
+    initial_input: JsonValue
+
+
+@attrs.frozen
+class WorkflowCompleted:
+    final_state: JsonValue
+
+
+@attrs.frozen
+class WorkflowFailed:
+    error: str
+
+
+@attrs.frozen
+class WorkflowCancelled:
+    reason: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class SegmentBoundary:
+    segment_number: int
+    next_execution_id: str
+
+
+# ── node lifecycle ─────────────────────────────────────────────────────────────────────
+
+
+@attrs.frozen
+class NodeScheduled:
+    node_id: str
+    queue_type: str
+
+
+@attrs.frozen(kw_only=True)
+class NodeStarted:
+    node_id: str
+    worker_id: str
+    attempt: int
+
+
+@attrs.frozen(kw_only=True)
+class NodeCompleted:
+    node_id: str
+    output: JsonValue
+    state_patch: JsonValue
+    duration_ms: int
+    gen_ai_system: str | None = None
+    gen_ai_model: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    finish_reason: str | None = None
+    cost_usd: float | None = None
+    provenance: ProvenanceMetadata | None = None
+    idempotency_key: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class NodeFailed:
+    node_id: str
+    error: str
+    attempt: int
+    retryable: bool
+
+
+@attrs.frozen
+class NodeSkipped:
+    node_id: str
+    reason: str
+
+
+@attrs.frozen
+class NodeCancelled:
+    node_id: str
+
+
+@attrs.frozen(kw_only=True)
+class NodeParked:
+    node_id: str
+    attempt: int
+    retry_after: datetime
+
+
+@attrs.frozen(kw_only=True)
+class RetryScheduled:
+    node_id: str
+    attempt: int
+    delay_ms: int
+
+
+# ── human approval / interrupt ─────────────────────────────────────────────────────────
+
+
+@attrs.frozen(kw_only=True)
+class InterruptRaised:
+    node_id: str
+    reason: str
+    state_for_review: JsonValue
+
+
+@attrs.frozen(kw_only=True)
+class ApprovalReceived:
+    node_id: str
+    user_id: str
+    decision: ApprovalDecision
+    comment: str | None = None
+    state_patch: JsonValue = None
+    #: Charter: the digest of the request this decision answers (binds it to that request).
+    request_digest: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class ToolApprovalRequired:
+    node_id: str
+    tool_name: str
+    approver: str
+    context: JsonValue
+    #: Charter: digest of (node, attempt, names, call arguments) — what an approval binds to.
+    request_digest: str | None = None
+    #: Charter: the attempt the request was raised for.
+    attempt: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class ApprovalConsumed:
+    """Charter: an approval was used to run its request; it cannot be used again."""
+
+    node_id: str
+    request_digest: str
+    attempt: int
+
+
+# ── timers, external events, child workflows ───────────────────────────────────────────
+
+
+@attrs.frozen(kw_only=True)
+class TimerCreated:
+    node_id: str
+    fire_at: datetime
+    correlation_key: str | None = None
+
+
+@attrs.frozen
+class TimerFired:
+    node_id: str
+    correlation_key: str | None = None
+
+
+@attrs.frozen
+class ExternalEventReceived:
+    correlation_key: str
+    payload: JsonValue
+
+
+@attrs.frozen(kw_only=True)
+class ChildWorkflowStarted:
+    node_id: str
+    child_execution_id: str
+    child_workflow_id: str
+
+
+@attrs.frozen(kw_only=True)
+class ChildWorkflowCompleted:
+    node_id: str
+    child_execution_id: str
+    result: JsonValue
+
+
+@attrs.frozen(kw_only=True)
+class ChildWorkflowFailed:
+    node_id: str
+    child_execution_id: str
+    error: str
+
+
+# ── budget / autonomy / policy ─────────────────────────────────────────────────────────
+
+
+@attrs.frozen(kw_only=True)
+class BudgetExceeded:
+    node_id: str
+    kind: str
+    limit: int
+    current: int
+
+
+@attrs.frozen(kw_only=True)
+class TokenBudgetExceeded:
+    node_id: str
+    kind: str  # "input_tokens" | "output_tokens" | "total_tokens"
+    limit: int
+    current: int
+
+
+@attrs.frozen(kw_only=True)
+class CostBudgetExceeded:
+    node_id: str
+    limit_usd: float
+    current_usd: float
+
+
+@attrs.frozen(kw_only=True)
+class AutonomyLimitReached:
+    node_id: str
+    agent_ref: str
+    limit_type: str
+    limit_value: JsonValue
+    actual_value: JsonValue
+
+
+@attrs.frozen(kw_only=True)
+class CircuitBreakerTripped:
+    node_id: str
+    agent_ref: str
+    consecutive_errors: int
+    threshold: int
+
+
+@attrs.frozen(kw_only=True)
+class EscalationRequired:
+    node_id: str
+    agent_ref: str
+    reason: str  # "circuit_breaker" | "autonomy_limit:<type>" | "budget_exceeded"
+    escalation_target: str  # "supervisor_agent:<id>" | "human_approval"
+
+
+@attrs.frozen(kw_only=True)
+class PolicyViolation:
+    node_id: str
+    rule: str
+    decision: str  # "blocked" | "require_approval"
+    policy_scope: str  # "tenant" | "workflow" | "node" | "unknown"
+
+
+@attrs.frozen(kw_only=True)
+class NodeGated:
+    """Charter: one gate decision and what it was computed from.
+
+    ``outcome`` is ``run`` | ``hold`` | ``fail``; ``policy_*`` describe the deciding policy
+    layer (``policy_digests`` maps each consulted scope to its set's digest); ``autonomy``
+    is the autonomy decision's tag when an agent card applied; ``budget`` the counters the
+    gate saw; ``decided_at`` the clock value it was given.
+    """
+
+    node_id: str
+    attempt: int
+    outcome: str
+    reason: str | None = None
+    policy_decision: str = "allow"
+    policy_scope: str | None = None
+    policy_rule: str | None = None
+    policy_pattern: str | None = None
+    policy_digests: JsonValue = None
+    autonomy: str | None = None
+    budget: JsonValue = None
+    request_digest: str | None = None
+    decided_at: datetime | None = None
+
+
+@attrs.frozen(kw_only=True)
+class UsageRecorded:
+    """Charter: what one settled attempt of a node consumed (the ledger's unit of account)."""
+
+    node_id: str
+    attempt: int
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    tool_calls: int = 0
+    iterations: int = 0
+    succeeded: bool = True
+
+
+# ── reasoning strategies ───────────────────────────────────────────────────────────────
+
+
+@attrs.frozen
+class StrategyStarted:
+    strategy: str
+    config: JsonValue
+
+
+@attrs.frozen
+class PlanGenerated:
+    steps: tuple[str, ...]
+
+
+@attrs.frozen
+class IterationStarted:
+    iteration: int
+
+
+@attrs.frozen
+class ToolCalled:
+    node_id: str
+    tool: str
+
+
+@attrs.frozen(kw_only=True)
+class CriticVerdict:
+    node_id: str
+    score: float
+    passed: bool
+    feedback: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class IterationCompleted:
+    iteration: int
+    cost_delta_usd: float | None = None
+    input_tokens: int
+    output_tokens: int
+
+
+@attrs.frozen(kw_only=True)
+class StrategyLimitHit:
+    limit_type: str
+    limit_value: JsonValue
+    actual_value: JsonValue
+
+
+@attrs.frozen(kw_only=True)
+class StrategyCompleted:
+    iterations: int
+    total_cost_usd: float | None = None
+
+
+# ── coordinator ────────────────────────────────────────────────────────────────────────
+
+
+@attrs.frozen(kw_only=True)
+class CoordinatorDiscovery:
+    node_id: str
+    query_skills: tuple[str, ...]
+    query_trust_domain: str | None = None
+    candidates: tuple[JsonValue, ...]
+    filtered_out: tuple[JsonValue, ...]
+
+
+@attrs.frozen(kw_only=True)
+class CoordinatorScoring:
+    node_id: str
+    rankings: tuple[JsonValue, ...]
+    spread: float
+    weights: JsonValue
+
+
+@attrs.frozen(kw_only=True)
+class CoordinatorDecision:
+    node_id: str
+    selected: str | None = None
+    method: str
+    reasoning: str | None = None
+    confidence: float
+    rejected: tuple[JsonValue, ...]
+    tiebreaker_tokens: JsonValue = None
+    tiebreaker_cost: float | None = None
+
+
+# ── agent as tool ──────────────────────────────────────────────────────────────────────
+
+
+@attrs.frozen(kw_only=True)
+class AgentToolInvoked:
+    node_id: str
+    agent_uri: str
+    mode: str
+    protocol: str
+    input_hash: str
+
+
+@attrs.frozen(kw_only=True)
+class AgentToolProgress:
+    node_id: str
+    chunk_index: int
+    partial_output_summary: str
+
+
+@attrs.frozen(kw_only=True)
+class AgentToolTurn:
+    node_id: str
+    turn_number: int
+    direction: str
+    content_summary: str
+    tokens: int
+    cost: float
+
+
+@attrs.frozen(kw_only=True)
+class AgentToolCompleted:
+    node_id: str
+    output: JsonValue
+    provenance: JsonValue = None
+    total_cost: float
+    latency_ms: int
+    total_turns: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class AgentToolTerminated:
+    node_id: str
+    reason: str
+    chunks_received: int
+    partial_output: JsonValue = None
+    cost: float
+
+
+@attrs.frozen(kw_only=True)
+class AgentToolFailed:
+    node_id: str
+    failure_type: str
+    message: str
+    retryable: bool
+
+
+EventKind = (
+    WorkflowStarted
+    | WorkflowCompleted
+    | WorkflowFailed
+    | WorkflowCancelled
+    | SegmentBoundary
+    | NodeScheduled
+    | NodeStarted
+    | NodeCompleted
+    | NodeFailed
+    | NodeSkipped
+    | NodeCancelled
+    | NodeParked
+    | RetryScheduled
+    | InterruptRaised
+    | ApprovalReceived
+    | ToolApprovalRequired
+    | ApprovalConsumed
+    | TimerCreated
+    | TimerFired
+    | ExternalEventReceived
+    | ChildWorkflowStarted
+    | ChildWorkflowCompleted
+    | ChildWorkflowFailed
+    | BudgetExceeded
+    | TokenBudgetExceeded
+    | CostBudgetExceeded
+    | AutonomyLimitReached
+    | CircuitBreakerTripped
+    | EscalationRequired
+    | PolicyViolation
+    | NodeGated
+    | UsageRecorded
+    | StrategyStarted
+    | PlanGenerated
+    | IterationStarted
+    | ToolCalled
+    | CriticVerdict
+    | IterationCompleted
+    | StrategyLimitHit
+    | StrategyCompleted
+    | CoordinatorDiscovery
+    | CoordinatorScoring
+    | CoordinatorDecision
+    | AgentToolInvoked
+    | AgentToolProgress
+    | AgentToolTurn
+    | AgentToolCompleted
+    | AgentToolTerminated
+    | AgentToolFailed
+)
+
+
+def _snake(name: str) -> str:
+    out = []
+    for index, ch in enumerate(name):
+        if ch.isupper() and index:
+            out.append("_")
+        out.append(ch.lower())
+    return "".join(out)
+
+
+#: Every event kind class by its JSON ``type`` tag.
+EVENT_KINDS: Final[dict[str, type[EventKind]]] = {
+    _snake(cls.__name__): cls for cls in typing.get_args(EventKind)
+}
+
+
+def event_type(kind: EventKind) -> str:
+    """The snake_case ``type`` tag of an event kind (``NodeFailed`` → ``node_failed``)."""
+    return _TAGS[type(kind)]
+
+
+_TAGS: Final[dict[type, str]] = {cls: tag for tag, cls in EVENT_KINDS.items()}
+
+
+@attrs.frozen(kw_only=True)
+class Event:
+    """The envelope of a logged event. The store assigns ``sequence`` (1, 2, 3… per
+    execution, no gaps); ``id`` and ``created_at`` are given by the caller's adapters."""
+
+    id: str
+    execution_id: str
+    sequence: int
+    kind: EventKind
+    created_at: datetime
+
+    @property
+    def node_id(self) -> str | None:
+        """The node the event concerns, if any."""
+        value = getattr(self.kind, "node_id", None)
+        return value if isinstance(value, str) else None

@@ -1,0 +1,455 @@
+"""The gate: one pure decision before a node runs, and one pure settlement after.
+
+`gate_node` composes, in this order (docs/semantics.md, "The gate"):
+
+1. **policy** — Block fails the node; RequireApproval marks it as needing approval;
+2. **autonomy** (when an agent card applies) — a circuit-breaker trip or an escalated limit
+   fails the node; RequireToolApproval marks it as needing approval;
+3. **budget, before** (``>=``) — a spent budget fails the node;
+4. **approvals** — a node that needs approval runs only with an unused approval of this
+   exact request (same digest), is failed if that request was rejected, and is otherwise
+   held, raising a new request unless the same one is already pending.
+
+Every denial is terminal: the events end with ``node_failed{retryable: false}`` (fix 4), to
+be committed in the same transaction as the governance events before it. Every call emits
+one ``node_gated`` event first, recording what the decision was computed from.
+
+`settle_node` applies an attempt's usage to the budget, checks it after the fact (``>``) and
+returns the new budget, any trip and the events (``usage_recorded`` always, so the ledger
+counts the tripping attempt's spend too).
+
+Same inputs, same outputs: nothing here reads a clock, draws randomness or does I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+import attrs
+
+from charter.core.approvals import (
+    ANY_HUMAN,
+    ApprovalStatus,
+    Approved,
+    Consumed,
+    NotRequested,
+    Pending,
+    Rejected,
+    rejection_reason,
+)
+from charter.core.autonomy import (
+    AgentCard,
+    AutonomyContext,
+    AutonomyDecision,
+    AutonomyEnforcer,
+    EscalateLimit,
+    Proceed,
+    RequireToolApproval,
+    TripCircuitBreaker,
+)
+from charter.core.budget import (
+    BudgetDimension,
+    BudgetLimits,
+    BudgetState,
+    BudgetTrip,
+    Usage,
+    check_after,
+    check_before,
+)
+from charter.core.canonical import content_digest
+from charter.core.events import (
+    ApprovalConsumed,
+    AutonomyLimitReached,
+    CircuitBreakerTripped,
+    CostBudgetExceeded,
+    EscalationRequired,
+    EventKind,
+    JsonValue,
+    NodeFailed,
+    NodeGated,
+    PolicyViolation,
+    TokenBudgetExceeded,
+    ToolApprovalRequired,
+    UsageRecorded,
+)
+from charter.core.policy import (
+    Allow,
+    Block,
+    CombiningMode,
+    EvaluationContext,
+    PolicyEvaluator,
+    PolicyLayer,
+    PolicyVerdict,
+    RequireApproval,
+)
+
+__all__ = [
+    "GateRequest",
+    "GateResult",
+    "Outcome",
+    "SettleRequest",
+    "Settlement",
+    "SettlementOutcome",
+    "gate_node",
+    "request_digest",
+    "settle_node",
+]
+
+
+# Frozen, hence safe to share as defaults.
+_NO_BUDGET = BudgetState()
+_NO_LIMITS = BudgetLimits()
+_NO_USAGE = Usage()
+_NOT_REQUESTED = NotRequested()
+
+
+class Outcome(enum.Enum):
+    """What the worker must do with a node about to run."""
+
+    RUN = "run"
+    HOLD = "hold"
+    FAIL = "fail"
+
+
+@attrs.frozen(kw_only=True)
+class GateRequest:
+    """Everything the gate decides from. ``now`` is the caller's clock reading;
+    ``run_started_at`` (for the agent's time budget) is when the run began."""
+
+    context: EvaluationContext
+    attempt: int = 0
+    policies: tuple[PolicyLayer, ...] = ()
+    combining: CombiningMode = CombiningMode.MOST_SPECIFIC
+    agent: AgentCard | None = None
+    circuit_breaker_threshold: int = 3
+    delegation_target: str | None = None
+    budget: BudgetState = _NO_BUDGET
+    limits: BudgetLimits = _NO_LIMITS
+    approval: ApprovalStatus = _NOT_REQUESTED
+    call: JsonValue = None
+    now: datetime
+    run_started_at: datetime | None = None
+
+    @property
+    def node_id(self) -> str:
+        return self.context.node_id
+
+
+@attrs.frozen(kw_only=True)
+class GateResult:
+    """The gate's outcome, its reason (for hold and fail) and the events to commit."""
+
+    outcome: Outcome
+    reason: str | None
+    events: tuple[EventKind, ...]
+    policy: PolicyVerdict
+    autonomy: AutonomyDecision | None = None
+    budget_trip: BudgetTrip | None = None
+    request_digest: str | None = None
+
+
+def request_digest(ctx: EvaluationContext, attempt: int, call: JsonValue) -> str:
+    """The digest an approval binds to: node, attempt, policy names and call arguments."""
+    return content_digest(
+        {
+            "node_id": ctx.node_id,
+            "node_kind": ctx.node_kind_tag,
+            "attempt": attempt,
+            "tool_name": ctx.tool_name,
+            "model_ref": ctx.model_ref,
+            "resolved_model": ctx.resolved_model,
+            "call": call,
+        }
+    )
+
+
+def _autonomy_context(request: GateRequest, card: AgentCard) -> AutonomyContext:
+    budget = request.budget
+    elapsed = 0.0
+    if request.run_started_at is not None:
+        elapsed = max(0.0, (request.now - request.run_started_at).total_seconds())
+    return AutonomyContext(
+        agent_ref=card.uri,
+        autonomy_level=card.autonomy,
+        constraints=card.constraints,
+        current_iterations=budget.iteration_count,
+        current_tool_calls=budget.tool_call_count,
+        current_cost_usd=budget.total_cost_usd,
+        current_tokens=budget.total_tokens,
+        consecutive_errors=budget.consecutive_error_count,
+        circuit_breaker_threshold=request.circuit_breaker_threshold,
+        elapsed_secs=elapsed,
+        delegation_target=request.delegation_target,
+    )
+
+
+def _autonomy_tool(ctx: EvaluationContext) -> str | None:
+    # The agent node itself is not a tool call of the agent; every other named node is.
+    return None if ctx.node_kind_tag == "agent" else ctx.tool_name
+
+
+def _decision_tag(decision: object) -> str:
+    match decision:
+        case Allow():
+            return "allow"
+        case Block():
+            return "block"
+        case RequireApproval():
+            return "require_approval"
+        case Proceed():
+            return "proceed"
+        case RequireToolApproval():
+            return "require_tool_approval"
+        case EscalateLimit():
+            return "escalate_limit"
+        case TripCircuitBreaker():
+            return "trip_circuit_breaker"
+    raise TypeError(f"not a decision: {decision!r}")  # pragma: no cover - closed unions
+
+
+def _json_limit(value: object) -> JsonValue:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _trip_event(node_id: str, trip: BudgetTrip) -> EventKind:
+    if trip.dimension is BudgetDimension.COST_USD:
+        return CostBudgetExceeded(
+            node_id=node_id, limit_usd=float(trip.limit), current_usd=float(trip.value)
+        )
+    return TokenBudgetExceeded(
+        node_id=node_id, kind=trip.dimension.value, limit=int(trip.limit), current=int(trip.value)
+    )
+
+
+@attrs.frozen
+class _Decided:
+    """What the gate has established so far; builds the result for each outcome."""
+
+    request: GateRequest
+    verdict: PolicyVerdict
+    digest: str
+    approver: str | None = None
+    autonomy: AutonomyDecision | None = None
+
+    def result(
+        self,
+        outcome: Outcome,
+        reason: str | None,
+        events: tuple[EventKind, ...] = (),
+        trip: BudgetTrip | None = None,
+    ) -> GateResult:
+        request, verdict = self.request, self.verdict
+        bound = self.digest if self.approver is not None else None
+        gated = NodeGated(
+            node_id=request.node_id,
+            attempt=request.attempt,
+            outcome=outcome.value,
+            reason=reason,
+            policy_decision=_decision_tag(verdict.decision),
+            policy_scope=verdict.scope.value if verdict.scope is not None else None,
+            policy_rule=verdict.rule.value if verdict.rule is not None else None,
+            policy_pattern=verdict.pattern,
+            policy_digests={layer.scope.value: layer.policy.digest for layer in request.policies},
+            autonomy=_decision_tag(self.autonomy) if self.autonomy is not None else None,
+            budget=request.budget.to_dict(),
+            request_digest=bound,
+            decided_at=request.now,
+        )
+        return GateResult(
+            outcome=outcome,
+            reason=reason,
+            events=(gated, *events),
+            policy=verdict,
+            autonomy=self.autonomy,
+            budget_trip=trip,
+            request_digest=bound,
+        )
+
+    def fail(
+        self,
+        reason: str,
+        error: str,
+        events: tuple[EventKind, ...] = (),
+        trip: BudgetTrip | None = None,
+    ) -> GateResult:
+        request = self.request
+        failed = NodeFailed(
+            node_id=request.node_id, error=error, attempt=request.attempt, retryable=False
+        )
+        return self.result(Outcome.FAIL, reason, (*events, failed), trip)
+
+
+def gate_node(request: GateRequest) -> GateResult:
+    """Decide whether a node may run now (see the module doc for the order)."""
+    ctx = request.context
+    node_id = ctx.node_id
+    verdict = PolicyEvaluator(request.combining).explain(ctx, request.policies)
+    decided = _Decided(request, verdict, request_digest(ctx, request.attempt, request.call))
+    approval_reasons: list[str] = []
+
+    # 1. policy
+    decision = verdict.decision
+    if isinstance(decision, Block):
+        scope = verdict.scope.value if verdict.scope is not None else "unknown"
+        violation = PolicyViolation(
+            node_id=node_id, rule=decision.reason, decision="blocked", policy_scope=scope
+        )
+        return decided.fail(decision.reason, f"policy blocked: {decision.reason}", (violation,))
+    if isinstance(decision, RequireApproval):
+        decided = attrs.evolve(decided, approver=decision.approver)
+        scope = verdict.scope.value if verdict.scope is not None else "a"
+        approval_reasons.append(f"{scope} policy requires approval for '{verdict.pattern}'")
+
+    # 2. autonomy
+    card = request.agent
+    if card is not None:
+        autonomy = AutonomyEnforcer().check(_autonomy_context(request, card), _autonomy_tool(ctx))
+        decided = attrs.evolve(decided, autonomy=autonomy)
+        match autonomy:
+            case TripCircuitBreaker(consecutive_errors=errors, threshold=threshold):
+                events: tuple[EventKind, ...] = (
+                    CircuitBreakerTripped(
+                        node_id=node_id,
+                        agent_ref=card.uri,
+                        consecutive_errors=errors,
+                        threshold=threshold,
+                    ),
+                    EscalationRequired(
+                        node_id=node_id,
+                        agent_ref=card.uri,
+                        reason="circuit_breaker",
+                        escalation_target=autonomy.escalation_target.as_str(),
+                    ),
+                )
+                reason = f"circuit breaker tripped: {errors} consecutive errors >= {threshold}"
+                return decided.fail(reason, "circuit breaker tripped", events)
+            case EscalateLimit(limit_type=limit_type, limit_value=limit, actual_value=actual):
+                events = (
+                    AutonomyLimitReached(
+                        node_id=node_id,
+                        agent_ref=card.uri,
+                        limit_type=limit_type,
+                        limit_value=_json_limit(limit),
+                        actual_value=_json_limit(actual),
+                    ),
+                    EscalationRequired(
+                        node_id=node_id,
+                        agent_ref=card.uri,
+                        reason=f"autonomy_limit:{limit_type}",
+                        escalation_target=autonomy.escalation_target.as_str(),
+                    ),
+                )
+                reason = f"autonomy limit: {limit_type} (limit {limit!r}, actual {actual!r})"
+                return decided.fail(reason, f"autonomy limit: {limit_type}", events)
+            case RequireToolApproval(tool_name=tool):
+                if decided.approver is None:
+                    decided = attrs.evolve(decided, approver=ANY_HUMAN)
+                approval_reasons.append(f"agent {card.uri} needs approval to call '{tool}'")
+            case Proceed():
+                pass
+
+    # 3. budget, before the node runs
+    trip = check_before(request.budget, request.limits)
+    if trip is not None:
+        return decided.fail(trip.reason, trip.reason, (_trip_event(node_id, trip),), trip)
+
+    # 4. approvals
+    if decided.approver is None:
+        return decided.result(Outcome.RUN, None)
+    digest = decided.digest
+    status = request.approval
+    same = not isinstance(status, NotRequested) and status.request.request_digest == digest
+    if isinstance(status, Approved) and same:
+        reason = f"approved by {status.user_id}"
+        consumed = ApprovalConsumed(node_id=node_id, request_digest=digest, attempt=request.attempt)
+        return decided.result(Outcome.RUN, reason, (consumed,))
+    if isinstance(status, Rejected) and same:
+        reason = rejection_reason(status)
+        return decided.fail(reason, reason)
+    reason = "; ".join(approval_reasons)
+    if isinstance(status, Pending) and same:
+        return decided.result(Outcome.HOLD, reason)
+    if isinstance(status, Approved | Rejected | Consumed | Pending):
+        reason = f"{reason} (a new request: the earlier one does not cover this call)"
+    ask = ToolApprovalRequired(
+        node_id=node_id,
+        tool_name=ctx.tool_name or ctx.model_ref or node_id,
+        approver=decided.approver,
+        context={
+            "node_id": node_id,
+            "node_kind": ctx.node_kind_tag,
+            "attempt": request.attempt,
+            "reasons": approval_reasons,
+            "call": request.call,
+        },
+        request_digest=digest,
+        attempt=request.attempt,
+    )
+    return decided.result(Outcome.HOLD, reason, (ask,))
+
+
+# ── after execution ────────────────────────────────────────────────────────────────────
+
+
+class SettlementOutcome(enum.Enum):
+    """How an executed attempt ends."""
+
+    COMPLETED = "completed"  # the executor succeeded and no budget tripped
+    ERRORED = "errored"  # the executor failed; retry policy (the caller's) decides what next
+    FAILED = "failed"  # a budget tripped: terminal, whatever the executor said
+
+
+@attrs.frozen(kw_only=True)
+class SettleRequest:
+    """An executed attempt: its usage, whether the executor succeeded, and the limits."""
+
+    node_id: str
+    attempt: int = 0
+    budget: BudgetState = _NO_BUDGET
+    limits: BudgetLimits = _NO_LIMITS
+    usage: Usage = _NO_USAGE
+    succeeded: bool = True
+
+
+@attrs.frozen(kw_only=True)
+class Settlement:
+    """The new budget, any trip, and the events to commit with the attempt's result."""
+
+    outcome: SettlementOutcome
+    budget: BudgetState
+    trip: BudgetTrip | None
+    events: tuple[EventKind, ...]
+    reason: str | None = None
+
+
+def settle_node(request: SettleRequest) -> Settlement:
+    """Apply an attempt's usage and outcome to the budget and check it (``>``)."""
+    usage = request.usage
+    budget = request.budget.apply(usage)
+    budget = budget.record_success() if request.succeeded else budget.record_error()
+    recorded = UsageRecorded(
+        node_id=request.node_id,
+        attempt=request.attempt,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cost_usd=usage.cost_usd,
+        tool_calls=usage.tool_calls,
+        iterations=usage.iterations,
+        succeeded=request.succeeded,
+    )
+    trip = check_after(budget, request.limits)
+    if trip is None:
+        outcome = SettlementOutcome.COMPLETED if request.succeeded else SettlementOutcome.ERRORED
+        return Settlement(outcome=outcome, budget=budget, trip=None, events=(recorded,))
+    exceeded = _trip_event(request.node_id, trip)
+    failed = NodeFailed(
+        node_id=request.node_id, error=trip.reason, attempt=request.attempt, retryable=False
+    )
+    return Settlement(
+        outcome=SettlementOutcome.FAILED,
+        budget=budget,
+        trip=trip,
+        events=(recorded, exceeded, failed),
+        reason=trip.reason,
+    )

@@ -1,0 +1,486 @@
+"""Layered tool and model policy: `PolicySet`, `EvaluationContext`, `PolicyEvaluator`.
+
+Default combining (upstream, reference §2.4): layers are visited most specific first (node,
+workflow, tenant); the first layer with a non-Allow outcome decides. Within a layer a model
+node is checked against the layer's allowlist (a match allows decisively, a miss blocks), and
+a named node is checked against ``blocked_tools`` before ``require_approval_for``.
+
+``deny-overrides`` combining is offered too: a Block at any layer wins over everything, model
+allowlists intersect (the model must pass every non-empty allowlist), and otherwise the most
+specific approval requirement applies. Adding a layer can then only make a decision stricter.
+
+Every `PolicySet` is compiled into an index when it is built: literal patterns go into a hash
+map, ``prefix*`` patterns into a map keyed by prefix (probed once per distinct prefix length),
+and only patterns with inner wildcards are matched one by one. A decision therefore costs the
+same with ten literal or prefix rules as with ten thousand.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+
+import attrs
+
+from charter.core import _check
+from charter.core.errors import PolicyError, describe
+from charter.core.glob import GlobPattern
+from charter.core.nodes import policy_names, resolve_model
+
+__all__ = [
+    "ALLOW",
+    "Allow",
+    "Block",
+    "CombiningMode",
+    "EvaluationContext",
+    "PolicyDecision",
+    "PolicyEvaluator",
+    "PolicyLayer",
+    "PolicyRule",
+    "PolicyScope",
+    "PolicySet",
+    "PolicyVerdict",
+    "RequireApproval",
+    "policy_chain",
+]
+
+
+class PolicyScope(enum.Enum):
+    """Where a policy set comes from, least specific first."""
+
+    TENANT = "tenant"
+    WORKFLOW = "workflow"
+    NODE = "node"
+
+
+class PolicyRule(enum.Enum):
+    """The list of a policy set that decided."""
+
+    BLOCKED_TOOLS = "blocked_tools"
+    REQUIRE_APPROVAL_FOR = "require_approval_for"
+    MODEL_ALLOWLIST = "model_allowlist"
+
+
+class CombiningMode(enum.Enum):
+    """How decisions of several layers combine."""
+
+    #: Upstream's: the most specific layer with an opinion decides (it may weaken a less
+    #: specific block to an approval, or allow a model a less specific allowlist refuses).
+    MOST_SPECIFIC = "most-specific"
+    #: Cedar-style: a block anywhere wins; allowlists intersect.
+    DENY_OVERRIDES = "deny-overrides"
+
+
+# ── decisions ──────────────────────────────────────────────────────────────────────────
+
+
+@attrs.frozen
+class Allow:
+    """The node may run as far as policy is concerned."""
+
+
+@attrs.frozen
+class Block:
+    """The node must not run. ``reason`` names the rule and the pattern."""
+
+    reason: str
+
+
+@attrs.frozen
+class RequireApproval:
+    """The node may run only once ``approver`` has approved this exact request."""
+
+    approver: str = "human"
+
+
+PolicyDecision = Allow | Block | RequireApproval
+
+#: The one `Allow` value; `Allow()` builds an equal one.
+ALLOW = Allow()
+
+
+# ── inputs ─────────────────────────────────────────────────────────────────────────────
+
+
+# attrs converters must be named functions for mypy to type `__init__`; one per field.
+def _node_id(value: str) -> str:
+    return _check.text(value, "node_id", PolicyError)
+
+
+def _node_kind_tag(value: str) -> str:
+    return _check.text(value, "node_kind_tag", PolicyError)
+
+
+def _tool_name(value: str | None) -> str | None:
+    return _check.optional_text(value, "tool_name", PolicyError)
+
+
+def _model_ref(value: str | None) -> str | None:
+    return _check.optional_text(value, "model_ref", PolicyError)
+
+
+def _resolved_model(value: str | None) -> str | None:
+    return _check.optional_text(value, "resolved_model", PolicyError)
+
+
+@attrs.frozen
+class EvaluationContext:
+    """The node being decided on, as policy sees it.
+
+    ``model_ref`` is the model as written in the node (possibly an alias); ``resolved_model``
+    is the concrete model the alias stands for. When it is known, model allowlists are matched
+    against it and never against the alias alone (ARCHITECTURE fix 2).
+    """
+
+    node_id: str = attrs.field(converter=_node_id)
+    node_kind_tag: str = attrs.field(converter=_node_kind_tag)
+    tool_name: str | None = attrs.field(default=None, converter=_tool_name)
+    model_ref: str | None = attrs.field(default=None, converter=_model_ref)
+    resolved_model: str | None = attrs.field(default=None, kw_only=True, converter=_resolved_model)
+
+    @classmethod
+    def from_node_kind(
+        cls,
+        node_id: str,
+        kind: Mapping[str, object],
+        *,
+        models: Mapping[str, object] | None = None,
+    ) -> EvaluationContext:
+        """The context for a node from its serialized kind (``{"type": "tool", …}``) and the
+        workflow's ``models`` table (alias → model), with every acting kind named."""
+        names = policy_names(node_id, kind)
+        resolved = None
+        if names.model_ref is not None:
+            resolved = resolve_model(names.model_ref, models)
+        return cls(
+            node_id,
+            str(kind["type"]),
+            tool_name=names.tool_name,
+            model_ref=names.model_ref,
+            resolved_model=resolved,
+        )
+
+    def model_candidates(self) -> tuple[str, ...]:
+        """The names a model allowlist may match: the resolved model and its bare model name
+        when the alias is resolved, otherwise the reference as written."""
+        if self.resolved_model is not None:
+            bare = self.resolved_model.rsplit("/", 1)[-1]
+            if bare != self.resolved_model:
+                return (self.resolved_model, bare)
+            return (self.resolved_model,)
+        if self.model_ref is not None:
+            return (self.model_ref,)
+        return ()
+
+
+@attrs.frozen
+class _RuleIndex:
+    """One list of patterns, indexed; answers "the first pattern in list order that matches".
+
+    Literal patterns are a dict lookup, ``prefix*`` patterns one dict lookup per distinct
+    prefix length, and only the remaining general patterns are tried one by one.
+    """
+
+    literals: Mapping[str, int]
+    prefixes: Mapping[str, int]
+    prefix_lengths: tuple[int, ...]
+    general: tuple[tuple[int, GlobPattern], ...]
+
+    @classmethod
+    def build(cls, patterns: Sequence[str]) -> _RuleIndex:
+        literals: dict[str, int] = {}
+        prefixes: dict[str, int] = {}
+        general: list[tuple[int, GlobPattern]] = []
+        for index, pattern in enumerate(patterns):
+            compiled = GlobPattern(pattern)
+            if compiled.kind == "literal":
+                literals.setdefault(compiled.literal, index)
+            elif compiled.kind == "prefix":
+                prefixes.setdefault(compiled.literal, index)
+            else:
+                general.append((index, compiled))
+        lengths = tuple(sorted({len(p) for p in prefixes}))
+        return cls(literals, prefixes, lengths, tuple(general))
+
+    def first_match(self, name: str) -> int | None:
+        best = self.literals.get(name)
+        if self.prefix_lengths:
+            prefixes = self.prefixes
+            size = len(name)
+            for length in self.prefix_lengths:
+                if length > size:
+                    break
+                hit = prefixes.get(name[:length])
+                if hit is not None and (best is None or hit < best):
+                    best = hit
+        for index, compiled in self.general:
+            if best is not None and index > best:
+                break
+            if compiled.matches(name):
+                return index
+        return best
+
+    def any_match(self, names: Iterable[str]) -> int | None:
+        found: int | None = None
+        for name in names:
+            hit = self.first_match(name)
+            if hit is not None and (found is None or hit < found):
+                found = hit
+        return found
+
+
+def _blocked_tools(value: Iterable[str]) -> tuple[str, ...]:
+    return _check.patterns(value, "blocked_tools", PolicyError)
+
+
+def _require_approval_for(value: Iterable[str]) -> tuple[str, ...]:
+    return _check.patterns(value, "require_approval_for", PolicyError)
+
+
+def _model_allowlist(value: Iterable[str]) -> tuple[str, ...]:
+    return _check.patterns(value, "model_allowlist", PolicyError)
+
+
+@attrs.frozen
+class PolicySet:
+    """One layer of policy: three lists of glob patterns (each may be empty).
+
+    * ``blocked_tools``: a node whose policy name matches is blocked.
+    * ``require_approval_for``: a node whose policy name matches needs human approval.
+    * ``model_allowlist``: when non-empty, a model node whose model matches none is blocked.
+
+    Lists are kept as given (order matters only for which pattern a reason names: the first
+    matching one in list order, as upstream). The set is compiled into an index on creation.
+    """
+
+    blocked_tools: tuple[str, ...] = attrs.field(default=(), converter=_blocked_tools)
+    require_approval_for: tuple[str, ...] = attrs.field(default=(), converter=_require_approval_for)
+    model_allowlist: tuple[str, ...] = attrs.field(default=(), converter=_model_allowlist)
+    _blocked: _RuleIndex = attrs.field(init=False, eq=False, repr=False, hash=False)
+    _approval: _RuleIndex = attrs.field(init=False, eq=False, repr=False, hash=False)
+    _allow: _RuleIndex = attrs.field(init=False, eq=False, repr=False, hash=False)
+    _digest: str = attrs.field(init=False, eq=False, repr=False, hash=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "_blocked", _RuleIndex.build(self.blocked_tools))
+        object.__setattr__(self, "_approval", _RuleIndex.build(self.require_approval_for))
+        object.__setattr__(self, "_allow", _RuleIndex.build(self.model_allowlist))
+        canonical = json.dumps(
+            {
+                "blocked_tools": list(self.blocked_tools),
+                "model_allowlist": list(self.model_allowlist),
+                "require_approval_for": list(self.require_approval_for),
+            },
+            ensure_ascii=False,
+            separators=(",", ":"),
+            sort_keys=True,
+        )
+        object.__setattr__(self, "_digest", hashlib.sha256(canonical.encode()).hexdigest())
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 (hex) of the set's canonical JSON: what an audit records to say which
+        policy decided."""
+        return self._digest
+
+    def is_empty(self) -> bool:
+        return not (self.blocked_tools or self.require_approval_for or self.model_allowlist)
+
+    @classmethod
+    def from_dict(cls, data: object, where: str = "policy") -> PolicySet:
+        """A policy set from its JSON shape (upstream ``PolicySetIr``); a missing list is
+        empty; an unknown key, a non-list or a non-string pattern is an error naming it."""
+        if not isinstance(data, Mapping):
+            raise PolicyError(where, f"expected a mapping of pattern lists, got {describe(data)}")
+        known = ("blocked_tools", "require_approval_for", "model_allowlist")
+        for key in data:
+            if key not in known:
+                raise PolicyError(
+                    f"{where}.{key}",
+                    f"unknown policy key (expected one of: {', '.join(known)})",
+                )
+        lists = {
+            key: _check.patterns(data.get(key, ()), f"{where}.{key}", PolicyError) for key in known
+        }
+        return cls(**lists)
+
+
+@attrs.frozen
+class PolicyLayer:
+    """A policy set with the scope it comes from."""
+
+    scope: PolicyScope
+    policy: PolicySet
+
+
+def policy_chain(
+    tenant: PolicySet | None = None,
+    workflow: PolicySet | None = None,
+    node: PolicySet | None = None,
+) -> tuple[PolicyLayer, ...]:
+    """The chain of present layers, least specific first, each labelled with its scope."""
+    layers = (
+        (PolicyScope.TENANT, tenant),
+        (PolicyScope.WORKFLOW, workflow),
+        (PolicyScope.NODE, node),
+    )
+    return tuple(PolicyLayer(scope, policy) for scope, policy in layers if policy is not None)
+
+
+# ── evaluation ─────────────────────────────────────────────────────────────────────────
+
+
+@attrs.frozen(kw_only=True)
+class PolicyVerdict:
+    """A decision with its explanation: the deciding layer, rule and pattern.
+
+    ``scope`` is ``None`` when the decision is Allow or the deciding set had no scope;
+    ``pattern`` is ``None`` for Allow and for a model that no allowlist pattern matched.
+    """
+
+    decision: PolicyDecision
+    scope: PolicyScope | None = None
+    rule: PolicyRule | None = None
+    pattern: str | None = None
+    layer: int | None = None
+
+
+_ALLOW_VERDICT = PolicyVerdict(decision=ALLOW)
+_MAX_LISTED = 5
+
+
+def _allowlist_text(patterns: Sequence[str]) -> str:
+    shown = ", ".join(repr(p) for p in patterns[:_MAX_LISTED])
+    extra = len(patterns) - _MAX_LISTED
+    return f"{shown}, … and {extra} more" if extra > 0 else shown
+
+
+def _model_block(ctx: EvaluationContext, policy: PolicySet) -> Block:
+    model = ctx.model_ref if ctx.model_ref is not None else "unknown"
+    resolved = ""
+    if ctx.resolved_model is not None and ctx.resolved_model != ctx.model_ref:
+        resolved = f" (resolved to '{ctx.resolved_model}')"
+    return Block(
+        f"model '{model}'{resolved} is not in the allowlist "
+        f"(allowed: {_allowlist_text(policy.model_allowlist)})"
+    )
+
+
+def _tool_block(tool_name: str, pattern: str) -> Block:
+    return Block(f"tool '{tool_name}' matches blocked pattern '{pattern}'")
+
+
+def _as_layer(item: PolicySet | PolicyLayer) -> tuple[PolicyScope | None, PolicySet]:
+    if isinstance(item, PolicyLayer):
+        return item.scope, item.policy
+    if isinstance(item, PolicySet):
+        return None, item
+    raise PolicyError("sets", f"expected PolicySet or PolicyLayer items, got {describe(item)}")
+
+
+@attrs.frozen
+class PolicyEvaluator:
+    """Stateless evaluator of a chain of policy sets (least specific first)."""
+
+    mode: CombiningMode = CombiningMode.MOST_SPECIFIC
+
+    def evaluate(
+        self, ctx: EvaluationContext, sets: Sequence[PolicySet | PolicyLayer]
+    ) -> PolicyDecision:
+        """The decision for ``ctx`` under ``sets`` (ordered least → most specific)."""
+        return self.explain(ctx, sets).decision
+
+    def explain(
+        self, ctx: EvaluationContext, sets: Sequence[PolicySet | PolicyLayer]
+    ) -> PolicyVerdict:
+        """The decision for ``ctx`` with the layer, rule and pattern that produced it."""
+        if self.mode is CombiningMode.DENY_OVERRIDES:
+            return _deny_overrides(ctx, sets)
+        return _most_specific(ctx, sets)
+
+
+def _most_specific(
+    ctx: EvaluationContext, sets: Sequence[PolicySet | PolicyLayer]
+) -> PolicyVerdict:
+    is_model = ctx.node_kind_tag == "model"
+    tool_name = ctx.tool_name
+    for position in range(len(sets) - 1, -1, -1):
+        scope, policy = _as_layer(sets[position])
+        if is_model and policy.model_allowlist:
+            hit = policy._allow.any_match(ctx.model_candidates())
+            if hit is not None:
+                return PolicyVerdict(
+                    decision=ALLOW,
+                    scope=scope,
+                    rule=PolicyRule.MODEL_ALLOWLIST,
+                    pattern=policy.model_allowlist[hit],
+                    layer=position,
+                )
+            return PolicyVerdict(
+                decision=_model_block(ctx, policy),
+                scope=scope,
+                rule=PolicyRule.MODEL_ALLOWLIST,
+                layer=position,
+            )
+        if tool_name is None:
+            continue
+        verdict = _tool_rules(tool_name, scope, policy, position)
+        if verdict is not None:
+            return verdict
+    return _ALLOW_VERDICT
+
+
+def _tool_rules(
+    tool_name: str, scope: PolicyScope | None, policy: PolicySet, position: int
+) -> PolicyVerdict | None:
+    hit = policy._blocked.first_match(tool_name)
+    if hit is not None:
+        pattern = policy.blocked_tools[hit]
+        return PolicyVerdict(
+            decision=_tool_block(tool_name, pattern),
+            scope=scope,
+            rule=PolicyRule.BLOCKED_TOOLS,
+            pattern=pattern,
+            layer=position,
+        )
+    hit = policy._approval.first_match(tool_name)
+    if hit is not None:
+        return PolicyVerdict(
+            decision=RequireApproval("human"),
+            scope=scope,
+            rule=PolicyRule.REQUIRE_APPROVAL_FOR,
+            pattern=policy.require_approval_for[hit],
+            layer=position,
+        )
+    return None
+
+
+def _deny_overrides(
+    ctx: EvaluationContext, sets: Sequence[PolicySet | PolicyLayer]
+) -> PolicyVerdict:
+    is_model = ctx.node_kind_tag == "model"
+    tool_name = ctx.tool_name
+    approval: PolicyVerdict | None = None
+    for position in range(len(sets) - 1, -1, -1):
+        scope, policy = _as_layer(sets[position])
+        if is_model and policy.model_allowlist:
+            if policy._allow.any_match(ctx.model_candidates()) is None:
+                return PolicyVerdict(
+                    decision=_model_block(ctx, policy),
+                    scope=scope,
+                    rule=PolicyRule.MODEL_ALLOWLIST,
+                    layer=position,
+                )
+            continue
+        if tool_name is None:
+            continue
+        verdict = _tool_rules(tool_name, scope, policy, position)
+        if verdict is None:
+            continue
+        if isinstance(verdict.decision, Block):
+            return verdict
+        if approval is None:
+            approval = verdict
+    return approval if approval is not None else _ALLOW_VERDICT
