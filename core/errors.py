@@ -41,12 +41,13 @@ class InvalidInput(CharterError, ValueError):
             return self
         if not self.where:
             where = prefix
-        elif prefix.endswith(":") or self.where.startswith("["):
+        elif prefix.endswith(":"):
+            where = f"{prefix} {self.where}"
+        elif self.where.startswith("["):
             where = f"{prefix}{self.where}"
         else:
             where = f"{prefix}.{self.where}"
-        clone = type(self)(where, self.problem)
-        return clone
+        return type(self)(where, self.problem)
 
 
 class PolicyError(InvalidInput):
@@ -67,6 +68,11 @@ class BudgetError(InvalidInput):
 
 class EventError(InvalidInput):
     """An event or event log is malformed."""
+
+
+def child(where: str, key: str) -> str:
+    """The path of ``key`` inside ``where`` (``workflow`` + ``blocked_tools``)."""
+    return f"{where}.{key}" if where else key
 
 
 def describe(value: object) -> str:

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import attrs
 
 from charter.core import _check
-from charter.core.errors import PolicyError, describe
+from charter.core.errors import PolicyError, child, describe
 from charter.core.glob import GlobPattern
 from charter.core.nodes import policy_names, resolve_model
 
@@ -298,11 +298,11 @@ class PolicySet:
         for key in data:
             if key not in known:
                 raise PolicyError(
-                    f"{where}.{key}",
+                    child(where, key),
                     f"unknown policy key (expected one of: {', '.join(known)})",
                 )
         lists = {
-            key: _check.patterns(data.get(key, ()), f"{where}.{key}", PolicyError) for key in known
+            key: _check.patterns(data.get(key, ()), child(where, key), PolicyError) for key in known
         }
         return cls(**lists)
 

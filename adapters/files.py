@@ -1,0 +1,133 @@
+"""Reading YAML / JSON files for the shell: strict, and every error names the file and field.
+
+YAML is parsed with a safe loader that also refuses duplicate keys (PyYAML silently keeps
+the last one, which would let a second ``blocked_tools:`` quietly replace the first).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import yaml
+
+from charter.core.errors import InvalidInput, PolicyError, child, describe
+from charter.core.policy import CombiningMode, PolicyLayer, PolicyScope, PolicySet
+
+__all__ = ["PolicyFile", "load_policy_file", "parse_policy_document", "read_document"]
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML loading that refuses duplicate mapping keys."""
+
+
+def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[object] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            mark = key_node.start_mark
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates
+)
+
+
+def read_document(path: str | Path) -> Any:
+    """The data in a YAML or JSON file (``.json`` is parsed as JSON, anything else as YAML,
+    which JSON is a subset of). Unreadable or unparsable files raise `InvalidInput`
+    naming the file and, where the parser knows it, the line."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InvalidInput(str(file), "no such file") from None
+    except IsADirectoryError:
+        raise InvalidInput(str(file), "is a directory, expected a file") from None
+    except UnicodeDecodeError as error:
+        raise InvalidInput(str(file), f"not UTF-8 text ({error.reason})") from None
+    except OSError as error:
+        raise InvalidInput(str(file), f"cannot read: {error.strerror}") from None
+    if file.suffix.lower() == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as error:
+            where = f"{file}:{error.lineno}:{error.colno}"
+            raise InvalidInput(where, f"invalid JSON: {error.msg}") from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark
+        where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else str(file)
+        raise InvalidInput(where, f"invalid YAML: {error.problem}") from None
+    except yaml.YAMLError as error:
+        raise InvalidInput(str(file), f"invalid YAML: {error}") from None
+
+
+@attrs.frozen
+class PolicyFile:
+    """A policy file: its layers (least specific first) and how they combine."""
+
+    layers: tuple[PolicyLayer, ...]
+    combining: CombiningMode = CombiningMode.MOST_SPECIFIC
+
+
+_SET_KEYS = ("blocked_tools", "require_approval_for", "model_allowlist")
+_SCOPES = tuple(scope.value for scope in PolicyScope)
+
+
+def parse_policy_document(
+    data: object, where: str = "policy", scope: PolicyScope = PolicyScope.WORKFLOW
+) -> PolicyFile:
+    """A policy file from parsed data. Two shapes are accepted:
+
+    * layered: ``{tenant: SET, workflow: SET, node: SET, combining: MODE}`` (each optional);
+    * a bare set: ``{blocked_tools: […], require_approval_for: […], model_allowlist: […]}``,
+      taken as one layer at ``scope``.
+    """
+    if not isinstance(data, Mapping):
+        raise PolicyError(where or "policy", f"expected a mapping, got {describe(data)}")
+    keys = set(data)
+    if keys and keys <= set(_SET_KEYS):
+        return PolicyFile((PolicyLayer(scope, PolicySet.from_dict(data, where)),))
+    for key in keys:
+        if key not in (*_SCOPES, "combining"):
+            raise PolicyError(
+                child(where, key),
+                "unknown key (expected tenant, workflow, node and combining, "
+                "or a bare set with blocked_tools, require_approval_for, model_allowlist)",
+            )
+    combining = CombiningMode.MOST_SPECIFIC
+    if "combining" in data:
+        raw = data["combining"]
+        modes = [mode.value for mode in CombiningMode]
+        if raw not in modes:
+            raise PolicyError(
+                child(where, "combining"),
+                f"expected one of {', '.join(modes)}, got {describe(raw)}",
+            )
+        combining = CombiningMode(raw)
+    layers = tuple(
+        PolicyLayer(PolicyScope(name), PolicySet.from_dict(data[name], child(where, name)))
+        for name in _SCOPES
+        if name in data and data[name] is not None
+    )
+    return PolicyFile(layers, combining)
+
+
+def load_policy_file(path: str | Path, scope: PolicyScope = PolicyScope.WORKFLOW) -> PolicyFile:
+    """Read and parse a policy file; errors name the file and the field."""
+    data = read_document(path)
+    try:
+        return parse_policy_document(data, where="", scope=scope)
+    except InvalidInput as error:
+        raise error.within(f"{path}:") from None

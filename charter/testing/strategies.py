@@ -1,0 +1,385 @@
+"""Hypothesis strategies for Charter's values: property-test your own policies with them.
+
+Every strategy is a plural noun, takes keyword-only bounds, and builds values constructively
+(nothing is filtered away), so failures shrink to small, readable examples::
+
+    from hypothesis import given
+    from charter import PolicyEvaluator, Block
+    from charter.testing.strategies import evaluation_contexts, policy_sets
+
+    @given(evaluation_contexts(), policy_sets())
+    def test_my_tenant_rule_is_never_weakened(ctx, workflow):
+        ...
+
+Names are drawn from a small alphabet by default (``a``, ``b``, ``.``, ``_``) so that
+generated patterns and names actually collide; pass ``alphabet=`` to widen it.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import attrs
+from hypothesis import strategies as st
+
+from charter.core.approvals import (
+    ApprovalRequest,
+    ApprovalStatus,
+    Approved,
+    Consumed,
+    NotRequested,
+    Pending,
+    Rejected,
+)
+from charter.core.autonomy import (
+    AgentCard,
+    AutonomyConstraints,
+    AutonomyContext,
+    AutonomyLevel,
+)
+from charter.core.budget import MAX_COST_USD, BudgetLimits, BudgetState, Usage
+from charter.core.events import (
+    EVENT_KINDS,
+    ApprovalDecision,
+    Event,
+    EventKind,
+    ProvenanceMetadata,
+)
+from charter.core.gate import GateRequest
+from charter.core.nodes import NODE_KINDS
+from charter.core.policy import (
+    CombiningMode,
+    EvaluationContext,
+    PolicyLayer,
+    PolicyScope,
+    PolicySet,
+)
+
+__all__ = [
+    "agent_cards",
+    "approval_statuses",
+    "autonomy_constraints",
+    "autonomy_contexts",
+    "budget_limits",
+    "budget_states",
+    "datetimes",
+    "evaluation_contexts",
+    "event_kinds",
+    "events",
+    "gate_requests",
+    "glob_patterns",
+    "json_values",
+    "names",
+    "policy_chains",
+    "policy_sets",
+    "usages",
+]
+
+DEFAULT_ALPHABET = "ab._"
+_MAX_TOKENS = 10**12
+_MAX_USD = 10.0**6
+
+
+def names(
+    *, alphabet: str = DEFAULT_ALPHABET, min_size: int = 0, max_size: int = 8
+) -> st.SearchStrategy[str]:
+    """Tool, model or node names."""
+    return st.text(alphabet=alphabet, min_size=min_size, max_size=max_size)
+
+
+def glob_patterns(*, alphabet: str = DEFAULT_ALPHABET, max_size: int = 8) -> st.SearchStrategy[str]:
+    """Glob patterns over ``alphabet`` plus the wildcards ``*`` and ``?``."""
+    return st.text(alphabet=alphabet + "*?", max_size=max_size)
+
+
+def policy_sets(
+    *,
+    alphabet: str = DEFAULT_ALPHABET,
+    max_patterns: int = 4,
+    patterns: st.SearchStrategy[str] | None = None,
+) -> st.SearchStrategy[PolicySet]:
+    """Policy sets whose three lists hold up to ``max_patterns`` patterns each."""
+    pats = patterns if patterns is not None else glob_patterns(alphabet=alphabet)
+    lists = st.lists(pats, max_size=max_patterns)
+    return st.builds(
+        PolicySet, blocked_tools=lists, require_approval_for=lists, model_allowlist=lists
+    )
+
+
+def policy_chains(
+    *,
+    alphabet: str = DEFAULT_ALPHABET,
+    max_patterns: int = 4,
+    scoped: bool = True,
+) -> st.SearchStrategy[tuple[PolicyLayer, ...]]:
+    """Chains of 0–3 layers, least specific first, each at its own scope (tenant, workflow,
+    node), any of them possibly absent."""
+    sets = policy_sets(alphabet=alphabet, max_patterns=max_patterns)
+    return st.tuples(st.none() | sets, st.none() | sets, st.none() | sets).map(
+        lambda layers: tuple(
+            PolicyLayer(scope, policy)
+            for scope, policy in zip(PolicyScope, layers, strict=True)
+            if policy is not None
+        )
+    )
+
+
+def evaluation_contexts(
+    *, alphabet: str = DEFAULT_ALPHABET, kinds: tuple[str, ...] | None = None
+) -> st.SearchStrategy[EvaluationContext]:
+    """Contexts of model nodes (with a model reference and maybe a resolved model) and of
+    named nodes of every acting kind (with a tool name), plus unnamed routing nodes."""
+    tags = kinds if kinds is not None else tuple(sorted(NODE_KINDS))
+    name = names(alphabet=alphabet)
+
+    def build(tag: str) -> st.SearchStrategy[EvaluationContext]:
+        if tag == "model":
+            return st.builds(
+                EvaluationContext,
+                node_id=name,
+                node_kind_tag=st.just(tag),
+                model_ref=name,
+                resolved_model=st.none() | name,
+            )
+        if NODE_KINDS[tag].acting:
+            return st.builds(
+                EvaluationContext, node_id=name, node_kind_tag=st.just(tag), tool_name=name
+            )
+        return st.builds(EvaluationContext, node_id=name, node_kind_tag=st.just(tag))
+
+    return st.sampled_from(tags).flatmap(build)
+
+
+def autonomy_constraints(
+    *, alphabet: str = DEFAULT_ALPHABET
+) -> st.SearchStrategy[AutonomyConstraints]:
+    """Constraints with every field independently set or absent."""
+    small = st.none() | st.integers(min_value=0, max_value=20)
+    pattern_lists = st.lists(glob_patterns(alphabet=alphabet), max_size=3)
+    return st.builds(
+        AutonomyConstraints,
+        max_iterations=small,
+        max_tool_calls=small,
+        token_budget=st.none() | st.integers(min_value=0, max_value=10_000),
+        cost_budget_usd=st.none() | st.floats(min_value=0, max_value=100, allow_nan=False),
+        allowed_tools=pattern_lists,
+        blocked_tools=pattern_lists,
+        allowed_delegations=st.lists(names(alphabet=alphabet), max_size=3),
+        require_approval_for=pattern_lists,
+        time_budget_secs=small,
+    )
+
+
+def agent_cards(*, alphabet: str = DEFAULT_ALPHABET) -> st.SearchStrategy[AgentCard]:
+    """Agent cards at every autonomy level, with or without constraints."""
+    return st.builds(
+        AgentCard,
+        uri=names(alphabet=alphabet, min_size=1),
+        autonomy=st.sampled_from(AutonomyLevel),
+        constraints=st.none() | autonomy_constraints(alphabet=alphabet),
+        id=names(alphabet=alphabet),
+        name=names(alphabet=alphabet),
+    )
+
+
+def autonomy_contexts(*, alphabet: str = DEFAULT_ALPHABET) -> st.SearchStrategy[AutonomyContext]:
+    """Contexts with counters around typical limits (0–25) and any level."""
+    counter = st.integers(min_value=0, max_value=25)
+    return st.builds(
+        AutonomyContext,
+        agent_ref=names(alphabet=alphabet),
+        autonomy_level=st.sampled_from(AutonomyLevel),
+        constraints=st.none() | autonomy_constraints(alphabet=alphabet),
+        current_iterations=counter,
+        current_tool_calls=counter,
+        current_cost_usd=st.floats(min_value=0, max_value=200, allow_nan=False),
+        current_tokens=st.integers(min_value=0, max_value=20_000),
+        consecutive_errors=st.integers(min_value=0, max_value=5),
+        circuit_breaker_threshold=st.integers(min_value=0, max_value=5),
+        elapsed_secs=st.floats(min_value=0, max_value=100, allow_nan=False),
+        delegation_target=st.none() | names(alphabet=alphabet),
+    )
+
+
+def _costs(max_usd: float = _MAX_USD) -> st.SearchStrategy[float]:
+    return st.floats(min_value=0, max_value=min(max_usd, MAX_COST_USD), allow_nan=False)
+
+
+def usages(*, max_tokens: int = 100_000, max_cost_usd: float = 100.0) -> st.SearchStrategy[Usage]:
+    """What one node might consume."""
+    tokens = st.integers(min_value=0, max_value=max_tokens)
+    return st.builds(
+        Usage,
+        input_tokens=tokens,
+        output_tokens=tokens,
+        cost_usd=_costs(max_cost_usd),
+        tool_calls=st.integers(min_value=0, max_value=10),
+        iterations=st.integers(min_value=0, max_value=10),
+    )
+
+
+def budget_states(
+    *, max_tokens: int = _MAX_TOKENS, max_cost_usd: float = _MAX_USD
+) -> st.SearchStrategy[BudgetState]:
+    """Budget states with any valid totals."""
+    tokens = st.integers(min_value=0, max_value=max_tokens)
+    counts = st.integers(min_value=0, max_value=1000)
+    return st.builds(
+        BudgetState,
+        total_input_tokens=tokens,
+        total_output_tokens=tokens,
+        total_cost_usd=_costs(max_cost_usd),
+        iteration_count=counts,
+        tool_call_count=counts,
+        consecutive_error_count=st.integers(min_value=0, max_value=10),
+        circuit_breaker_tripped=st.booleans(),
+    )
+
+
+def budget_limits(
+    *, max_tokens: int = _MAX_TOKENS, max_cost_usd: float = _MAX_USD
+) -> st.SearchStrategy[BudgetLimits]:
+    """Limits with each dimension independently set or absent."""
+    tokens = st.none() | st.integers(min_value=0, max_value=max_tokens)
+    return st.builds(
+        BudgetLimits,
+        total_tokens=tokens,
+        input_tokens=tokens,
+        output_tokens=tokens,
+        cost_usd=st.none() | _costs(max_cost_usd),
+    )
+
+
+def json_values(*, max_leaves: int = 8) -> st.SearchStrategy[Any]:
+    """Plain JSON values: objects with string keys, lists, strings, finite numbers, booleans
+    and null (what events carry as outputs, patches and contexts)."""
+    scalars = (
+        st.none()
+        | st.booleans()
+        | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.text(max_size=10)
+    )
+    return st.recursive(
+        scalars,
+        lambda inner: (
+            st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+        ),
+        max_leaves=max_leaves,
+    )
+
+
+def datetimes() -> st.SearchStrategy[datetime]:
+    """Timezone-aware datetimes (UTC or a whole-minute offset), as events carry them."""
+    zones = st.just(UTC) | st.integers(min_value=-14 * 60, max_value=14 * 60).map(
+        lambda minutes: timezone(timedelta(minutes=minutes))
+    )
+    return st.datetimes(
+        min_value=datetime(1970, 1, 2), max_value=datetime(9999, 12, 30), timezones=zones
+    )
+
+
+def _for_type(tp: Any) -> st.SearchStrategy[Any]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        return st.one_of(*(_for_type(option) for option in options))
+    if origin is tuple:
+        (item, _ellipsis) = typing.get_args(tp)
+        return st.lists(_for_type(item), max_size=3).map(tuple)
+    if tp is type(None):
+        return st.none()
+    if tp is Any:
+        return json_values()
+    if tp is str:
+        return st.text(max_size=12)
+    if tp is bool:
+        return st.booleans()
+    if tp is int:
+        return st.integers(min_value=0, max_value=2**63 - 1)
+    if tp is float:
+        return st.floats(allow_nan=False, allow_infinity=False)
+    if tp is datetime:
+        return datetimes()
+    if tp is ApprovalDecision:
+        return st.sampled_from(ApprovalDecision)
+    if tp is ProvenanceMetadata:
+        return _builds_from_types(ProvenanceMetadata)
+    raise TypeError(f"no strategy for field type {tp!r}")  # pragma: no cover - new field type
+
+
+def _builds_from_types(cls: type) -> st.SearchStrategy[Any]:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: _for_type(hints[f.name]) for f in attrs.fields(cls) if f.init}
+    return st.builds(cls, **fields)
+
+
+def event_kinds(*, kinds: tuple[str, ...] | None = None) -> st.SearchStrategy[EventKind]:
+    """Event kinds (all of them, or those whose ``type`` tags are in ``kinds``) with every
+    field drawn from its declared type."""
+    tags = kinds if kinds is not None else tuple(sorted(EVENT_KINDS))
+    return st.sampled_from(tags).flatmap(lambda tag: _builds_from_types(EVENT_KINDS[tag]))
+
+
+def events(
+    *, execution_id: str | None = None, kinds: tuple[str, ...] | None = None
+) -> st.SearchStrategy[Event]:
+    """Event envelopes around `event_kinds`."""
+    return st.builds(
+        Event,
+        id=st.uuids().map(str),
+        execution_id=st.just(execution_id) if execution_id is not None else names(min_size=1),
+        sequence=st.integers(min_value=1, max_value=2**31),
+        kind=event_kinds(kinds=kinds),
+        created_at=datetimes(),
+    )
+
+
+def _approval_requests(node_id: str) -> st.SearchStrategy[ApprovalRequest]:
+    return st.builds(
+        ApprovalRequest,
+        node_id=st.just(node_id),
+        tool_name=names(),
+        approver=st.sampled_from(("human", "alice", "a*")),
+        context=json_values(max_leaves=3),
+        request_digest=st.none() | st.text(alphabet="0123456789abcdef", min_size=8, max_size=8),
+        attempt=st.none() | st.integers(min_value=0, max_value=3),
+        sequence=st.integers(min_value=1, max_value=1000),
+    )
+
+
+def approval_statuses(*, node_id: str = "n") -> st.SearchStrategy[ApprovalStatus]:
+    """Every approval status of one node, with arbitrary requests."""
+    requests = _approval_requests(node_id)
+    users = st.sampled_from(("alice", "bob"))
+    comments = st.none() | st.text(max_size=8)
+    seqs = st.integers(min_value=1, max_value=1000)
+    return st.one_of(
+        st.just(NotRequested()),
+        st.builds(Pending, requests),
+        st.builds(Approved, request=requests, user_id=users, comment=comments, sequence=seqs),
+        st.builds(Rejected, request=requests, user_id=users, comment=comments, sequence=seqs),
+        st.builds(Consumed, request=requests, user_id=users, sequence=seqs),
+    )
+
+
+def gate_requests(*, alphabet: str = DEFAULT_ALPHABET) -> st.SearchStrategy[GateRequest]:
+    """Complete gate inputs: a node, its policy chain, maybe an agent card, a budget and its
+    limits, an approval status and a clock reading."""
+    return st.builds(
+        GateRequest,
+        context=evaluation_contexts(alphabet=alphabet),
+        attempt=st.integers(min_value=0, max_value=3),
+        policies=policy_chains(alphabet=alphabet),
+        combining=st.sampled_from(CombiningMode),
+        agent=st.none() | agent_cards(alphabet=alphabet),
+        circuit_breaker_threshold=st.integers(min_value=0, max_value=5),
+        budget=budget_states(max_tokens=2_000, max_cost_usd=20.0),
+        limits=budget_limits(max_tokens=2_000, max_cost_usd=20.0),
+        approval=approval_statuses(),
+        call=st.none() | json_values(max_leaves=3),
+        now=datetimes(),
+    )

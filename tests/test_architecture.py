@@ -1,0 +1,164 @@
+"""Mechanical checks of the design rules: a pure core, and a pinned public API."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import charter
+import charter.core
+import charter.testing.strategies
+
+ROOT = Path(__file__).resolve().parent.parent
+CORE = ROOT / "core"
+
+#: What core modules may import: the standard library's pure parts, attrs, and the core.
+ALLOWED_IMPORTS = {
+    "__future__",
+    "attrs",
+    "collections",
+    "collections.abc",
+    "datetime",
+    "enum",
+    "functools",
+    "hashlib",
+    "itertools",
+    "json",
+    "math",
+    "re",
+    "typing",
+}
+
+#: Attribute and function names whose use means reading a clock, drawing randomness or
+#: doing I/O.
+FORBIDDEN_CALLS = {"now", "utcnow", "today", "uuid1", "uuid4", "open", "print", "input"}
+
+
+def _core_files() -> list[Path]:
+    files = sorted(CORE.glob("*.py"))
+    assert files, "core/ has no modules?"
+    return files
+
+
+def _imports(tree: ast.AST) -> list[tuple[int, str]]:
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.extend((node.lineno, alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, "relative imports are banned"
+            found.append((node.lineno, node.module or ""))
+    return found
+
+
+@pytest.mark.parametrize("path", _core_files(), ids=lambda p: p.name)
+def test_core_module_imports_nothing_that_does_io(path: Path) -> None:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    bad = [
+        f"{path.name}:{line}: import {name}"
+        for line, name in _imports(tree)
+        if name not in ALLOWED_IMPORTS and not name.startswith("charter.core")
+    ]
+    assert not bad, "core/ must stay pure:\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize("path", _core_files(), ids=lambda p: p.name)
+def test_core_module_reads_no_clock_and_draws_no_randomness(path: Path) -> None:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    bad = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+            if name in FORBIDDEN_CALLS:
+                bad.append(f"{path.name}:{node.lineno}: call to {name}()")
+    assert not bad, "core/ must take clocks and ids as inputs:\n" + "\n".join(bad)
+
+
+def test_purity_check_would_catch_an_io_import() -> None:
+    # The check above must be able to fail: feed it a module that reads the clock.
+    tree = ast.parse("import time\nfrom datetime import datetime\nx = datetime.now()\n")
+    names = [name for _, name in _imports(tree)]
+    assert "time" in names
+    assert "time" not in ALLOWED_IMPORTS
+
+
+def test_installed_package_exposes_core_only_as_charter_core(tmp_path: Path) -> None:
+    # Run outside the repository (pytest puts the repository root on sys.path).
+    probe = (
+        "import importlib.util, charter.core\n"
+        "assert charter.core.__name__ == 'charter.core'\n"
+        "find = importlib.util.find_spec\n"
+        "print(find('core') is None, find('adapters') is None)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split() == ["True", "True"]
+
+
+CORE_API = [
+    "ALLOW", "ANY_HUMAN", "AgentCard", "AgentToolCompleted", "AgentToolFailed",
+    "AgentToolInvoked", "AgentToolProgress", "AgentToolTerminated", "AgentToolTurn", "Allow",
+    "ApprovalConsumed", "ApprovalDecision", "ApprovalReceived", "ApprovalRefused",
+    "ApprovalRequest", "ApprovalStatus", "Approved", "AutonomyConstraints", "AutonomyContext",
+    "AutonomyDecision", "AutonomyEnforcer", "AutonomyError", "AutonomyLevel",
+    "AutonomyLimitReached", "BUDGET_KEY", "Block", "BudgetDimension", "BudgetError",
+    "BudgetExceeded", "BudgetLimits", "BudgetPhase", "BudgetState", "BudgetTrip",
+    "CharterError", "ChildWorkflowCompleted", "ChildWorkflowFailed", "ChildWorkflowStarted",
+    "CircuitBreakerTripped", "CombiningMode", "Consumed", "CoordinatorDecision",
+    "CoordinatorDiscovery", "CoordinatorScoring", "CostBudgetExceeded", "CriticVerdict",
+    "EVENT_KINDS", "EscalateLimit", "EscalationRequired", "EscalationTarget",
+    "EvaluationContext", "Event", "EventError", "EventKind", "ExternalEventReceived",
+    "GateRequest", "GateResult", "GlobPattern", "HumanApproval", "InterruptRaised",
+    "InvalidInput", "IterationCompleted", "IterationStarted", "JsonValue", "LimitValue",
+    "MAX_COST_USD", "NODE_KINDS", "NodeCancelled", "NodeCompleted", "NodeFailed", "NodeGated",
+    "NodeKindInfo", "NodeParked", "NodeScheduled", "NodeSkipped", "NodeStarted",
+    "NotRequested", "Outcome", "Pending", "PlanGenerated", "PolicyDecision", "PolicyError",
+    "PolicyEvaluator", "PolicyLayer", "PolicyNames", "PolicyRule", "PolicyScope", "PolicySet",
+    "PolicyVerdict", "PolicyViolation", "Proceed", "ProvenanceMetadata", "Rejected",
+    "RequireApproval", "RequireToolApproval", "RetryScheduled", "SegmentBoundary",
+    "SettleRequest", "Settlement", "SettlementOutcome", "StrategyCompleted",
+    "StrategyLimitHit", "StrategyStarted", "SupervisorAgent", "TimerCreated", "TimerFired",
+    "TokenBudgetExceeded", "ToolApprovalRequired", "ToolCalled", "TripCircuitBreaker",
+    "UnknownNodeKind", "Usage", "UsageRecorded", "WorkflowCancelled", "WorkflowCompleted",
+    "WorkflowFailed", "WorkflowStarted", "approver_allows", "canonical_json", "check_after",
+    "check_before", "constraints_from_dict", "content_digest", "decide_approval",
+    "event_type", "gate_node", "glob_match", "node_approval_status", "node_kind_tag",
+    "parse_escalation_target", "pending_approvals", "policy_chain", "policy_names",
+    "queue_type_for", "rejection_reason", "request_digest", "resolve_model", "settle_node",
+]  # fmt: skip
+
+STRATEGIES_API = [
+    "agent_cards", "approval_statuses", "autonomy_constraints", "autonomy_contexts",
+    "budget_limits", "budget_states", "datetimes", "evaluation_contexts", "event_kinds",
+    "events", "gate_requests", "glob_patterns", "json_values", "names", "policy_chains",
+    "policy_sets", "usages",
+]  # fmt: skip
+
+
+def test_core_public_api_is_pinned() -> None:
+    # A change here is a change to what embedders may rely on: update docs/ with it.
+    assert sorted(charter.core.__all__) == sorted(CORE_API)
+
+
+def test_facade_reexports_the_core() -> None:
+    assert sorted(charter.__all__) == sorted([*CORE_API, "__version__"])
+    for name in CORE_API:
+        assert getattr(charter, name) is getattr(charter.core, name)
+
+
+def test_strategies_public_api_is_pinned() -> None:
+    assert sorted(charter.testing.strategies.__all__) == sorted(STRATEGIES_API)
+
+
+@pytest.mark.parametrize(
+    "module", [charter, charter.core, charter.testing.strategies], ids=lambda m: m.__name__
+)
+def test_every_exported_name_exists(module: object) -> None:
+    missing = [name for name in module.__all__ if not hasattr(module, name)]  # type: ignore[attr-defined]
+    assert not missing
