@@ -108,6 +108,12 @@ def _strict_float(value: object, _: type) -> float:
     return float(value)
 
 
+def _number(value: object, _: type) -> int | float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise CodecError("", f"expected a number, got {describe(value)}")
+    return value
+
+
 def _strict_bool(value: object, _: type) -> bool:
     if not isinstance(value, bool):
         raise CodecError("", f"expected true or false, got {describe(value)}")
@@ -131,6 +137,7 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(int, _strict_int)
     conv.register_structure_hook(float, _strict_float)
     conv.register_structure_hook(bool, _strict_bool)
+    conv.register_structure_hook_func(lambda t: t == int | float, _number)
     conv.register_structure_hook_func(lambda t: t == LimitValue, _limit_value)
     conv.register_unstructure_hook_func(
         lambda t: t == EscalationTarget, lambda target: target.as_str()
@@ -236,10 +243,14 @@ def dump(value: object) -> Any:
         raise CodecError("", f"cannot encode {describe(value)}: {error}") from None
 
 
-def load(data: object, cls: type[T] | Any) -> T:
+@typing.overload
+def load(data: object, cls: type[T]) -> T: ...
+@typing.overload
+def load(data: object, cls: Any) -> Any: ...
+def load(data: object, cls: Any) -> Any:
     """The core value of type ``cls`` encoded by ``data``; `CodecError` names every bad field."""
     try:
-        return typing.cast(T, converter.structure(data, cls))
+        return converter.structure(data, cls)
     except InvalidInput as error:
         raise CodecError(error.where or "$", error.problem) from None
     except cattrs.BaseValidationError as error:
@@ -268,11 +279,14 @@ def dumps(value: object) -> str:
         raise CodecError("", f"not valid JSON: {error}") from None
 
 
-def loads(text: str | bytes, cls: type[T] | Any) -> T:
+@typing.overload
+def loads(text: str | bytes, cls: type[T]) -> T: ...
+@typing.overload
+def loads(text: str | bytes, cls: Any) -> Any: ...
+def loads(text: str | bytes, cls: Any) -> Any:
     """The core value of type ``cls`` encoded by JSON ``text``."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
         raise CodecError("", f"not valid JSON: {error}") from None
-    result: T = load(data, cls)
-    return result
+    return load(data, cls)

@@ -64,7 +64,8 @@ def read_document(path: str | Path) -> Any:
             where = f"{file}:{error.lineno}:{error.colno}"
             raise InvalidInput(where, f"invalid JSON: {error.msg}") from None
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        # yaml.load with a SafeLoader subclass: no arbitrary object construction.
+        return yaml.load(text, Loader=_StrictLoader)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark
         where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else str(file)

@@ -45,7 +45,7 @@ def _core_files() -> list[Path]:
 
 
 def _imports(tree: ast.AST) -> list[tuple[int, str]]:
-    found = []
+    found: list[tuple[int, str]] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.extend((node.lineno, alias.name) for alias in node.names)

@@ -222,7 +222,10 @@ def usages(*, max_tokens: int = 100_000, max_cost_usd: float = 100.0) -> st.Sear
 
 
 def budget_states(
-    *, max_tokens: int = _MAX_TOKENS, max_cost_usd: float = _MAX_USD
+    *,
+    max_tokens: int = _MAX_TOKENS,
+    max_cost_usd: float = _MAX_USD,
+    max_consecutive_errors: int = 10,
 ) -> st.SearchStrategy[BudgetState]:
     """Budget states with any valid totals."""
     tokens = st.integers(min_value=0, max_value=max_tokens)
@@ -234,7 +237,7 @@ def budget_states(
         total_cost_usd=_costs(max_cost_usd),
         iteration_count=counts,
         tool_call_count=counts,
-        consecutive_error_count=st.integers(min_value=0, max_value=10),
+        consecutive_error_count=st.integers(min_value=0, max_value=max_consecutive_errors),
         circuit_breaker_tripped=st.booleans(),
     )
 
@@ -368,7 +371,8 @@ def approval_statuses(*, node_id: str = "n") -> st.SearchStrategy[ApprovalStatus
 
 def gate_requests(*, alphabet: str = DEFAULT_ALPHABET) -> st.SearchStrategy[GateRequest]:
     """Complete gate inputs: a node, its policy chain, maybe an agent card, a budget and its
-    limits, an approval status and a clock reading."""
+    limits, an approval status and a clock reading. Budgets, limits and error counts are
+    drawn so that every outcome (run, hold, fail) is common."""
     return st.builds(
         GateRequest,
         context=evaluation_contexts(alphabet=alphabet),
@@ -377,8 +381,8 @@ def gate_requests(*, alphabet: str = DEFAULT_ALPHABET) -> st.SearchStrategy[Gate
         combining=st.sampled_from(CombiningMode),
         agent=st.none() | agent_cards(alphabet=alphabet),
         circuit_breaker_threshold=st.integers(min_value=0, max_value=5),
-        budget=budget_states(max_tokens=2_000, max_cost_usd=20.0),
-        limits=budget_limits(max_tokens=2_000, max_cost_usd=20.0),
+        budget=budget_states(max_tokens=2_000, max_cost_usd=20.0, max_consecutive_errors=3),
+        limits=st.just(BudgetLimits()) | budget_limits(max_tokens=4_000, max_cost_usd=40.0),
         approval=approval_statuses(),
         call=st.none() | json_values(max_leaves=3),
         now=datetimes(),

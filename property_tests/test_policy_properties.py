@@ -1,0 +1,262 @@
+"""Properties of glob matching and layered policy evaluation."""
+
+from __future__ import annotations
+
+import re
+
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from charter.core import (
+    Allow,
+    Block,
+    CombiningMode,
+    EvaluationContext,
+    PolicyDecision,
+    PolicyEvaluator,
+    PolicyLayer,
+    PolicyScope,
+    PolicySet,
+    RequireApproval,
+    glob_match,
+)
+from charter.testing.strategies import (
+    evaluation_contexts,
+    glob_patterns,
+    names,
+    policy_chains,
+    policy_sets,
+)
+
+MOST_SPECIFIC = PolicyEvaluator(CombiningMode.MOST_SPECIFIC)
+DENY_OVERRIDES = PolicyEvaluator(CombiningMode.DENY_OVERRIDES)
+
+
+def regex_glob(pattern: str, value: str) -> bool:
+    """The oracle: the same language as a regular expression."""
+    translated = "".join(
+        ".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in pattern
+    )
+    return re.fullmatch(translated, value, re.DOTALL) is not None
+
+
+@given(glob_patterns(alphabet="ab.*?\\[]", max_size=10), names(alphabet="ab.*?\\[]\n", max_size=12))
+def test_glob_equals_regex_oracle(pattern: str, value: str) -> None:
+    assert glob_match(pattern, value) == regex_glob(pattern, value)
+
+
+@given(st.text(max_size=8), st.text(max_size=12))
+def test_glob_equals_regex_oracle_on_any_unicode(pattern: str, value: str) -> None:
+    assert glob_match(pattern, value) == regex_glob(pattern, value)
+
+
+@given(names(max_size=12))
+def test_literal_pattern_matches_only_itself(value: str) -> None:
+    assume("*" not in value and "?" not in value)
+    assert glob_match(value, value)
+    assert not glob_match(value, value + "x")
+
+
+def test_glob_is_linear_on_star_heavy_patterns() -> None:
+    # Exponential backtracking would not finish; the answers themselves are checked too.
+    value = "a" * 10_000
+    assert glob_match("*" * 50, value)
+    assert not glob_match("*a" * 25 + "b", value)
+    assert glob_match("*a" * 25 + "*", value)
+    assert not glob_match("*a?" * 25 + "b", value)
+
+
+# ── the oracle for evaluation: upstream's algorithm (reference §2.4), transcribed ──
+
+
+def reference_evaluate(ctx: EvaluationContext, sets: list[PolicySet]) -> PolicyDecision:
+    for policy in reversed(sets):
+        if ctx.node_kind_tag == "model" and policy.model_allowlist:
+            if any(
+                regex_glob(p, name)
+                for p in policy.model_allowlist
+                for name in ctx.model_candidates()
+            ):
+                return Allow()
+            return Block("model allowlist")
+        if ctx.tool_name is not None:
+            for p in policy.blocked_tools:
+                if regex_glob(p, ctx.tool_name):
+                    return Block(f"tool '{ctx.tool_name}' matches blocked pattern '{p}'")
+            for p in policy.require_approval_for:
+                if regex_glob(p, ctx.tool_name):
+                    return RequireApproval("human")
+    return Allow()
+
+
+def _kind(decision: PolicyDecision) -> str:
+    return type(decision).__name__
+
+
+def _severity(decision: PolicyDecision) -> int:
+    return {"Allow": 0, "RequireApproval": 1, "Block": 2}[_kind(decision)]
+
+
+def _sets(chain: tuple[PolicyLayer, ...]) -> list[PolicySet]:
+    return [layer.policy for layer in chain]
+
+
+@given(evaluation_contexts(), policy_chains())
+def test_indexed_evaluation_equals_upstream_algorithm(
+    ctx: EvaluationContext, chain: tuple[PolicyLayer, ...]
+) -> None:
+    got = MOST_SPECIFIC.evaluate(ctx, chain)
+    want = reference_evaluate(ctx, _sets(chain))
+    assert _kind(got) == _kind(want)
+    if isinstance(want, Block) and ctx.node_kind_tag != "model":
+        assert got == want  # same pattern named: the first matching one in list order
+
+
+@given(evaluation_contexts(), policy_chains())
+def test_deciding_scope_is_the_most_specific_layer_with_an_opinion(
+    ctx: EvaluationContext, chain: tuple[PolicyLayer, ...]
+) -> None:
+    verdict = MOST_SPECIFIC.explain(ctx, chain)
+    solo = [
+        (layer.scope, MOST_SPECIFIC.explain(ctx, [layer]))
+        for layer in reversed(chain)
+        if MOST_SPECIFIC.explain(ctx, [layer]).rule is not None
+    ]
+    if isinstance(verdict.decision, Allow) and verdict.rule is None:
+        assert not solo
+    else:
+        assert solo
+        scope, first = solo[0]
+        assert verdict.scope == scope
+        assert verdict.decision == first.decision
+
+
+@given(evaluation_contexts(kinds=("tool", "mcp_tool", "python_fn", "agent")), policy_sets())
+def test_within_a_set_block_beats_approval(ctx: EvaluationContext, policy: PolicySet) -> None:
+    tool = ctx.tool_name
+    assert tool is not None  # every acting kind is named
+    both = PolicySet(
+        blocked_tools=[*policy.blocked_tools, tool],
+        require_approval_for=[tool, *policy.require_approval_for],
+    )
+    for evaluator in (MOST_SPECIFIC, DENY_OVERRIDES):
+        assert isinstance(evaluator.evaluate(ctx, [both]), Block)
+
+
+@given(evaluation_contexts(), policy_chains(), st.integers(min_value=0, max_value=3))
+def test_an_empty_set_anywhere_changes_nothing(
+    ctx: EvaluationContext, chain: tuple[PolicyLayer, ...], position: int
+) -> None:
+    sets = _sets(chain)
+    padded = [*sets[:position], PolicySet(), *sets[position:]]
+    for evaluator in (MOST_SPECIFIC, DENY_OVERRIDES):
+        assert evaluator.evaluate(ctx, padded) == evaluator.evaluate(ctx, sets)
+
+
+def _blocking_set(ctx: EvaluationContext) -> PolicySet:
+    """A set that blocks ``ctx`` on its own: its tool name blocked, or (for a model, or a
+    node without a name) an allowlist nothing matches."""
+    if ctx.node_kind_tag != "model" and ctx.tool_name is not None:
+        return PolicySet(blocked_tools=[ctx.tool_name])
+    return PolicySet(model_allowlist=["\x00matches-no-generated-name"])
+
+
+@given(
+    evaluation_contexts(kinds=("tool", "mcp_tool", "agent", "model")),
+    policy_chains(),
+    policy_sets(),
+    st.integers(min_value=0, max_value=3),
+    st.integers(min_value=0, max_value=3),
+)
+def test_under_deny_overrides_adding_a_set_never_weakens_a_block(
+    ctx: EvaluationContext,
+    chain: tuple[PolicyLayer, ...],
+    extra: PolicySet,
+    block_at: int,
+    position: int,
+) -> None:
+    sets = _sets(chain)
+    sets.insert(min(block_at, len(sets)), _blocking_set(ctx))  # a Block by construction
+    assert isinstance(DENY_OVERRIDES.evaluate(ctx, sets), Block)
+    after = DENY_OVERRIDES.evaluate(ctx, [*sets[:position], extra, *sets[position:]])
+    assert isinstance(after, Block)
+
+
+@given(evaluation_contexts(), policy_chains(), policy_sets(), st.integers(min_value=0, max_value=3))
+def test_under_deny_overrides_adding_a_set_never_lowers_severity(
+    ctx: EvaluationContext, chain: tuple[PolicyLayer, ...], extra: PolicySet, position: int
+) -> None:
+    sets = _sets(chain)
+    before = DENY_OVERRIDES.evaluate(ctx, sets)
+    after = DENY_OVERRIDES.evaluate(ctx, [*sets[:position], extra, *sets[position:]])
+    assert _severity(after) >= _severity(before)
+
+
+@given(evaluation_contexts(), policy_chains())
+def test_deny_overrides_is_never_more_permissive_than_most_specific(
+    ctx: EvaluationContext, chain: tuple[PolicyLayer, ...]
+) -> None:
+    strict = DENY_OVERRIDES.evaluate(ctx, chain)
+    default = MOST_SPECIFIC.evaluate(ctx, chain)
+    assert _severity(strict) >= _severity(default)
+
+
+@st.composite
+def reshuffled(draw: st.DrawFn, patterns: tuple[str, ...]) -> list[str]:
+    """The same patterns, permuted, with some duplicated."""
+    items = list(patterns)
+    extra = draw(st.lists(st.sampled_from(items), max_size=3)) if items else []
+    return draw(st.permutations(items + extra))
+
+
+@given(evaluation_contexts(), policy_chains(), st.data())
+def test_duplicates_and_order_within_a_list_do_not_change_the_decision(
+    ctx: EvaluationContext, chain: tuple[PolicyLayer, ...], data: st.DataObject
+) -> None:
+    shuffled = tuple(
+        PolicyLayer(
+            layer.scope,
+            PolicySet(
+                blocked_tools=data.draw(reshuffled(layer.policy.blocked_tools)),
+                require_approval_for=data.draw(reshuffled(layer.policy.require_approval_for)),
+                model_allowlist=data.draw(reshuffled(layer.policy.model_allowlist)),
+            ),
+        )
+        for layer in chain
+    )
+    for evaluator in (MOST_SPECIFIC, DENY_OVERRIDES):
+        original = evaluator.explain(ctx, chain)
+        other = evaluator.explain(ctx, shuffled)
+        assert _kind(other.decision) == _kind(original.decision)
+        assert other.scope == original.scope
+        assert other.rule == original.rule
+        if other.pattern is not None:  # whichever pattern is named, it really matches
+            candidates: tuple[str, ...] = (ctx.tool_name,) if ctx.tool_name is not None else ()
+            candidates += ctx.model_candidates()
+            assert any(glob_match(other.pattern, name) for name in candidates)
+
+
+@given(evaluation_contexts(), policy_chains())
+def test_a_reported_pattern_belongs_to_the_reported_layer_and_rule(
+    ctx: EvaluationContext, chain: tuple[PolicyLayer, ...]
+) -> None:
+    for evaluator in (MOST_SPECIFIC, DENY_OVERRIDES):
+        verdict = evaluator.explain(ctx, chain)
+        if verdict.rule is None:
+            assert isinstance(verdict.decision, Allow)
+            continue
+        assert verdict.layer is not None
+        layer = chain[verdict.layer]
+        assert layer.scope == verdict.scope
+        if verdict.pattern is not None:
+            assert verdict.pattern in getattr(layer.policy, verdict.rule.value)
+
+
+@given(evaluation_contexts(), policy_sets())
+def test_unscoped_sets_evaluate_like_scoped_layers(
+    ctx: EvaluationContext, policy: PolicySet
+) -> None:
+    scoped = MOST_SPECIFIC.explain(ctx, [PolicyLayer(PolicyScope.NODE, policy)])
+    plain = MOST_SPECIFIC.explain(ctx, [policy])
+    assert scoped.decision == plain.decision
+    assert plain.scope is None
