@@ -104,27 +104,6 @@ ALLOW = Allow()
 # ── inputs ─────────────────────────────────────────────────────────────────────────────
 
 
-# attrs converters must be named functions for mypy to type `__init__`; one per field.
-def _node_id(value: str) -> str:
-    return _check.text(value, "node_id", PolicyError)
-
-
-def _node_kind_tag(value: str) -> str:
-    return _check.text(value, "node_kind_tag", PolicyError)
-
-
-def _tool_name(value: str | None) -> str | None:
-    return _check.optional_text(value, "tool_name", PolicyError)
-
-
-def _model_ref(value: str | None) -> str | None:
-    return _check.optional_text(value, "model_ref", PolicyError)
-
-
-def _resolved_model(value: str | None) -> str | None:
-    return _check.optional_text(value, "resolved_model", PolicyError)
-
-
 @attrs.frozen
 class EvaluationContext:
     """The node being decided on, as policy sees it.
@@ -134,11 +113,19 @@ class EvaluationContext:
     against it and never against the alias alone (ARCHITECTURE fix 2).
     """
 
-    node_id: str = attrs.field(converter=_node_id)
-    node_kind_tag: str = attrs.field(converter=_node_kind_tag)
-    tool_name: str | None = attrs.field(default=None, converter=_tool_name)
-    model_ref: str | None = attrs.field(default=None, converter=_model_ref)
-    resolved_model: str | None = attrs.field(default=None, kw_only=True, converter=_resolved_model)
+    node_id: str
+    node_kind_tag: str
+    tool_name: str | None = None
+    model_ref: str | None = None
+    resolved_model: str | None = attrs.field(default=None, kw_only=True)
+
+    def __attrs_post_init__(self) -> None:
+        # One pass of type checks (contexts are built per decision, so this is a hot path).
+        if type(self.node_id) is not str or type(self.node_kind_tag) is not str:
+            _check.text(self.node_id, "node_id", PolicyError)
+            _check.text(self.node_kind_tag, "node_kind_tag", PolicyError)
+        for name in ("tool_name", "model_ref", "resolved_model"):
+            _check.optional_text(getattr(self, name), name, PolicyError)
 
     @classmethod
     def from_node_kind(
@@ -348,6 +335,7 @@ class PolicyVerdict:
 
 
 _ALLOW_VERDICT = PolicyVerdict(decision=ALLOW)
+_HUMAN_APPROVAL = RequireApproval("human")
 _MAX_LISTED = 5
 
 
@@ -380,6 +368,10 @@ def _as_layer(item: PolicySet | PolicyLayer) -> tuple[PolicyScope | None, Policy
     raise PolicyError("sets", f"expected PolicySet or PolicyLayer items, got {describe(item)}")
 
 
+#: What a deciding layer found: decision, scope, rule, pattern (if any), layer index.
+_Hit = tuple[PolicyDecision, PolicyScope | None, PolicyRule, str | None, int]
+
+
 @attrs.frozen
 class PolicyEvaluator:
     """Stateless evaluator of a chain of policy sets (least specific first)."""
@@ -390,20 +382,30 @@ class PolicyEvaluator:
         self, ctx: EvaluationContext, sets: Sequence[PolicySet | PolicyLayer]
     ) -> PolicyDecision:
         """The decision for ``ctx`` under ``sets`` (ordered least → most specific)."""
-        return self.explain(ctx, sets).decision
+        hit = self._decide(ctx, sets)
+        return ALLOW if hit is None else hit[0]
 
     def explain(
         self, ctx: EvaluationContext, sets: Sequence[PolicySet | PolicyLayer]
     ) -> PolicyVerdict:
         """The decision for ``ctx`` with the layer, rule and pattern that produced it."""
+        hit = self._decide(ctx, sets)
+        if hit is None:
+            return _ALLOW_VERDICT
+        decision, scope, rule, pattern, layer = hit
+        return PolicyVerdict(
+            decision=decision, scope=scope, rule=rule, pattern=pattern, layer=layer
+        )
+
+    def _decide(
+        self, ctx: EvaluationContext, sets: Sequence[PolicySet | PolicyLayer]
+    ) -> _Hit | None:
         if self.mode is CombiningMode.DENY_OVERRIDES:
             return _deny_overrides(ctx, sets)
         return _most_specific(ctx, sets)
 
 
-def _most_specific(
-    ctx: EvaluationContext, sets: Sequence[PolicySet | PolicyLayer]
-) -> PolicyVerdict:
+def _most_specific(ctx: EvaluationContext, sets: Sequence[PolicySet | PolicyLayer]) -> _Hit | None:
     is_model = ctx.node_kind_tag == "model"
     tool_name = ctx.tool_name
     for position in range(len(sets) - 1, -1, -1):
@@ -411,76 +413,51 @@ def _most_specific(
         if is_model and policy.model_allowlist:
             hit = policy._allow.any_match(ctx.model_candidates())
             if hit is not None:
-                return PolicyVerdict(
-                    decision=ALLOW,
-                    scope=scope,
-                    rule=PolicyRule.MODEL_ALLOWLIST,
-                    pattern=policy.model_allowlist[hit],
-                    layer=position,
-                )
-            return PolicyVerdict(
-                decision=_model_block(ctx, policy),
-                scope=scope,
-                rule=PolicyRule.MODEL_ALLOWLIST,
-                layer=position,
-            )
-        if tool_name is None:
-            continue
-        verdict = _tool_rules(tool_name, scope, policy, position)
-        if verdict is not None:
-            return verdict
-    return _ALLOW_VERDICT
+                pattern = policy.model_allowlist[hit]
+                return (ALLOW, scope, PolicyRule.MODEL_ALLOWLIST, pattern, position)
+            return (_model_block(ctx, policy), scope, PolicyRule.MODEL_ALLOWLIST, None, position)
+        if tool_name is not None:
+            found = _tool_rules(tool_name, scope, policy, position)
+            if found is not None:
+                return found
+    return None
 
 
 def _tool_rules(
     tool_name: str, scope: PolicyScope | None, policy: PolicySet, position: int
-) -> PolicyVerdict | None:
-    hit = policy._blocked.first_match(tool_name)
-    if hit is not None:
-        pattern = policy.blocked_tools[hit]
-        return PolicyVerdict(
-            decision=_tool_block(tool_name, pattern),
-            scope=scope,
-            rule=PolicyRule.BLOCKED_TOOLS,
-            pattern=pattern,
-            layer=position,
-        )
-    hit = policy._approval.first_match(tool_name)
-    if hit is not None:
-        return PolicyVerdict(
-            decision=RequireApproval("human"),
-            scope=scope,
-            rule=PolicyRule.REQUIRE_APPROVAL_FOR,
-            pattern=policy.require_approval_for[hit],
-            layer=position,
-        )
+) -> _Hit | None:
+    if policy.blocked_tools:
+        hit = policy._blocked.first_match(tool_name)
+        if hit is not None:
+            pattern = policy.blocked_tools[hit]
+            block = _tool_block(tool_name, pattern)
+            return (block, scope, PolicyRule.BLOCKED_TOOLS, pattern, position)
+    if policy.require_approval_for:
+        hit = policy._approval.first_match(tool_name)
+        if hit is not None:
+            pattern = policy.require_approval_for[hit]
+            return (_HUMAN_APPROVAL, scope, PolicyRule.REQUIRE_APPROVAL_FOR, pattern, position)
     return None
 
 
-def _deny_overrides(
-    ctx: EvaluationContext, sets: Sequence[PolicySet | PolicyLayer]
-) -> PolicyVerdict:
+def _deny_overrides(ctx: EvaluationContext, sets: Sequence[PolicySet | PolicyLayer]) -> _Hit | None:
     is_model = ctx.node_kind_tag == "model"
     tool_name = ctx.tool_name
-    approval: PolicyVerdict | None = None
+    approval: _Hit | None = None
     for position in range(len(sets) - 1, -1, -1):
         scope, policy = _as_layer(sets[position])
         if is_model and policy.model_allowlist:
             if policy._allow.any_match(ctx.model_candidates()) is None:
-                return PolicyVerdict(
-                    decision=_model_block(ctx, policy),
-                    scope=scope,
-                    rule=PolicyRule.MODEL_ALLOWLIST,
-                    layer=position,
-                )
+                block = _model_block(ctx, policy)
+                return (block, scope, PolicyRule.MODEL_ALLOWLIST, None, position)
             continue
         if tool_name is None:
             continue
-        verdict = _tool_rules(tool_name, scope, policy, position)
-        if verdict is None:
+        found = _tool_rules(tool_name, scope, policy, position)
+        if found is None:
             continue
-        if isinstance(verdict.decision, Block):
-            return verdict
+        if isinstance(found[0], Block):
+            return found
         if approval is None:
-            approval = verdict
-    return approval if approval is not None else _ALLOW_VERDICT
+            approval = found
+    return approval

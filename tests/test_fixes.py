@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 
@@ -105,9 +106,7 @@ def test_allowlist_may_name_the_provider_qualified_model() -> None:
 # ── fix 6: every autonomy constraint is enforced ──
 
 
-def _ctx(
-    level: AutonomyLevel = AutonomyLevel.FULLY_AUTONOMOUS, **limits: object
-) -> AutonomyContext:
+def _ctx(level: AutonomyLevel = AutonomyLevel.FULLY_AUTONOMOUS, **limits: Any) -> AutonomyContext:
     return AutonomyContext(
         agent_ref="a", autonomy_level=level, constraints=AutonomyConstraints(**limits)
     )
@@ -177,8 +176,14 @@ def test_circuit_breaker_still_comes_first() -> None:
     ("build", "message"),
     [
         (lambda: PolicySet(blocked_tools="delete_*"), r"blocked_tools: expected a list"),
-        (lambda: PolicySet(blocked_tools=["ok", 7]), r"blocked_tools\[1\]: expected a string"),
-        (lambda: PolicySet(model_allowlist=[None]), r"model_allowlist\[0\]"),
+        (
+            lambda: PolicySet(blocked_tools=["ok", 7]),  # type: ignore[list-item]  # on purpose
+            r"blocked_tools\[1\]: expected a string",
+        ),
+        (
+            lambda: PolicySet(model_allowlist=[None]),  # type: ignore[list-item]  # on purpose
+            r"model_allowlist\[0\]",
+        ),
         (lambda: PolicySet.from_dict({"blocked": []}), r"policy\.blocked: unknown policy key"),
         (lambda: PolicySet.from_dict(["x"]), r"policy: expected a mapping"),
     ],
@@ -197,7 +202,8 @@ def test_malformed_policy_sets_raise_policy_error(build: object, message: str) -
         (lambda: BudgetState(total_input_tokens=-1), r"total_input_tokens: expected a non-neg"),
         (lambda: BudgetState(tool_call_count=True), r"tool_call_count: expected a non-neg"),
         (lambda: BudgetLimits(cost_usd=-0.5), r"cost_usd: expected a finite non-negative"),
-        (lambda: BudgetLimits(total_tokens=1.5), r"total_tokens: expected a non-negative int"),
+        (lambda: BudgetLimits(total_tokens=1.5),  # type: ignore[arg-type]  # on purpose
+         r"total_tokens: expected a non-negative int"),
         (lambda: BudgetState().accumulate(cost_usd=math.nan), r"cost_usd"),
         (lambda: BudgetLimits.from_workflow({"total": 5}), r"token_budget\.total: unknown"),
         (

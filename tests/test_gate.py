@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import attrs
 import pytest
@@ -47,7 +48,7 @@ NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 REFUND = EvaluationContext("refund", "tool", tool_name="payments.refund")
 
 
-def _request(**changes: object) -> GateRequest:
+def _request(**changes: Any) -> GateRequest:
     return attrs.evolve(GateRequest(context=REFUND, now=NOW), **changes)
 
 
@@ -168,7 +169,7 @@ def test_a_rejection_fails_the_node_with_the_rejecters_reason() -> None:
     chain = policy_chain(workflow=PolicySet(require_approval_for=["payments.*"]))
     request = _request(policies=chain)
     first = gate_node(request)
-    log = [
+    log: list[EventKind] = [
         *first.events,
         ApprovalReceived(
             node_id="refund",
@@ -196,7 +197,7 @@ def test_an_approval_by_someone_other_than_the_named_approver_does_not_count() -
     ask = first.events[1]
     assert isinstance(ask, ToolApprovalRequired)
     named = attrs.evolve(ask, approver="alice")
-    log = [
+    log: list[EventKind] = [
         named,
         ApprovalReceived(
             node_id="refund",
