@@ -125,6 +125,7 @@ from charter.core.events import (
     event_type,
 )
 from charter.core.gate import (
+    GateInputError,
     GateRequest,
     GateResult,
     Outcome,
@@ -222,6 +223,7 @@ __all__ = [
     "EventError",
     "EventKind",
     "ExternalEventReceived",
+    "GateInputError",
     "GateRequest",
     "GateResult",
     "GlobPattern",

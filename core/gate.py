@@ -24,10 +24,12 @@ Same inputs, same outputs: nothing here reads a clock, draws randomness or does 
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from datetime import datetime
 
 import attrs
 
+from charter.core import _check
 from charter.core.approvals import (
     ANY_HUMAN,
     ApprovalStatus,
@@ -58,6 +60,7 @@ from charter.core.budget import (
     check_before,
 )
 from charter.core.canonical import content_digest
+from charter.core.errors import InvalidInput, describe
 from charter.core.events import (
     ApprovalConsumed,
     AutonomyLimitReached,
@@ -85,6 +88,7 @@ from charter.core.policy import (
 )
 
 __all__ = [
+    "GateInputError",
     "GateRequest",
     "GateResult",
     "Outcome",
@@ -95,6 +99,14 @@ __all__ = [
     "request_digest",
     "settle_node",
 ]
+
+
+class GateInputError(InvalidInput):
+    """A gate or settle request built with a wrong type (misuse of the API)."""
+
+
+def _layers(value: Iterable[PolicyLayer]) -> tuple[PolicyLayer, ...]:
+    return tuple(value)
 
 
 # Frozen, hence safe to share as defaults.
@@ -119,7 +131,7 @@ class GateRequest:
 
     context: EvaluationContext
     attempt: int = 0
-    policies: tuple[PolicyLayer, ...] = ()
+    policies: tuple[PolicyLayer, ...] = attrs.field(default=(), converter=_layers)
     combining: CombiningMode = CombiningMode.MOST_SPECIFIC
     agent: AgentCard | None = None
     circuit_breaker_threshold: int = 3
@@ -131,9 +143,40 @@ class GateRequest:
     now: datetime
     run_started_at: datetime | None = None
 
+    def __attrs_post_init__(self) -> None:
+        # Misuse is refused here, before any decision, so it can never turn into a decision.
+        _expect(self.context, EvaluationContext, "context")
+        _check.count(self.attempt, "attempt", GateInputError)
+        _check.count(self.circuit_breaker_threshold, "circuit_breaker_threshold", GateInputError)
+        _check.optional_text(self.delegation_target, "delegation_target", GateInputError)
+        _expect(self.combining, CombiningMode, "combining")
+        _expect(self.budget, BudgetState, "budget")
+        _expect(self.limits, BudgetLimits, "limits")
+        if self.agent is not None:
+            _expect(self.agent, AgentCard, "agent")
+        if not isinstance(self.approval, NotRequested | Pending | Approved | Rejected | Consumed):
+            raise GateInputError(
+                "approval", f"expected an approval status, got {describe(self.approval)}"
+            )
+        for index, layer in enumerate(self.policies):
+            _expect(layer, PolicyLayer, f"policies[{index}]")
+        for name in ("now", "run_started_at"):
+            value = getattr(self, name)
+            if value is None and name == "run_started_at":
+                continue
+            if not isinstance(value, datetime) or value.tzinfo is None:
+                raise GateInputError(
+                    name, f"expected a timezone-aware datetime, got {describe(value)}"
+                )
+
     @property
     def node_id(self) -> str:
         return self.context.node_id
+
+
+def _expect(value: object, cls: type, where: str) -> None:
+    if not isinstance(value, cls):
+        raise GateInputError(where, f"expected {cls.__name__}, got {describe(value)}")
 
 
 @attrs.frozen(kw_only=True)
@@ -410,6 +453,15 @@ class SettleRequest:
     limits: BudgetLimits = _NO_LIMITS
     usage: Usage = _NO_USAGE
     succeeded: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        _check.text(self.node_id, "node_id", GateInputError)
+        _check.count(self.attempt, "attempt", GateInputError)
+        _expect(self.budget, BudgetState, "budget")
+        _expect(self.limits, BudgetLimits, "limits")
+        _expect(self.usage, Usage, "usage")
+        if not isinstance(self.succeeded, bool):
+            raise GateInputError("succeeded", f"expected a bool, got {describe(self.succeeded)}")
 
 
 @attrs.frozen(kw_only=True)

@@ -26,6 +26,7 @@ from charter.core import (
     EvaluationContext,
     Event,
     EventKind,
+    GateInputError,
     GateRequest,
     NodeFailed,
     NodeGated,
@@ -387,3 +388,21 @@ def test_settle_cost_check_is_strict(spent: float, usage: float, tripped: bool) 
         )
     )
     assert (settled.trip is not None) is tripped
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"now": datetime(2026, 11, 21)}, "now: expected a timezone-aware datetime"),
+        ({"attempt": -1}, "attempt: expected a non-negative integer"),
+        ({"policies": [PolicySet()]}, r"policies\[0\]: expected PolicyLayer, got PolicySet"),
+        ({"budget": {"total_input_tokens": 1}}, "budget: expected BudgetState, got dict"),
+        ({"approval": "approved"}, "approval: expected an approval status, got str"),
+    ],
+    ids=["naive-clock", "negative-attempt", "unscoped-set", "dict-budget", "string-approval"],
+)
+def test_misbuilt_gate_requests_are_refused_before_any_decision(
+    changes: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(GateInputError, match=message):
+        _request(**changes)
