@@ -39,6 +39,7 @@ __all__ = [
     "NotRequested",
     "Pending",
     "Rejected",
+    "approval_step",
     "approver_allows",
     "decide_approval",
     "node_approval_status",
@@ -130,7 +131,8 @@ def _binds(request: ApprovalRequest, digest: str | None) -> bool:
     return request.request_digest is None or digest == request.request_digest
 
 
-def _step(status: ApprovalStatus, event: Event) -> ApprovalStatus:
+def approval_step(status: ApprovalStatus, event: Event) -> ApprovalStatus:
+    """The approval status of a node after one more event about it (the fold's step)."""
     kind = event.kind
     if isinstance(kind, ToolApprovalRequired):
         return Pending(
@@ -173,7 +175,7 @@ def node_approval_status(events: Iterable[Event], node_id: str) -> ApprovalStatu
     status: ApprovalStatus = _NOT_REQUESTED
     for event in events:
         if event.node_id == node_id:
-            status = _step(status, event)
+            status = approval_step(status, event)
     return status
 
 
@@ -184,7 +186,7 @@ def pending_approvals(events: Iterable[Event]) -> tuple[ApprovalRequest, ...]:
         kind = event.kind
         if isinstance(kind, ToolApprovalRequired | ApprovalReceived | ApprovalConsumed):
             node = kind.node_id
-            statuses[node] = _step(statuses.get(node, _NOT_REQUESTED), event)
+            statuses[node] = approval_step(statuses.get(node, _NOT_REQUESTED), event)
     return tuple(
         status.request for _, status in sorted(statuses.items()) if isinstance(status, Pending)
     )

@@ -12,10 +12,18 @@ __all__ = [
     "AutonomyError",
     "BudgetError",
     "CharterError",
+    "Conflict",
     "EventError",
+    "FenceLost",
+    "IncompatibleStore",
     "InvalidInput",
+    "LimitExceeded",
+    "NotFound",
     "PolicyError",
+    "StoreError",
+    "StoreUnavailable",
     "UnknownNodeKind",
+    "UnknownTenant",
 ]
 
 
@@ -68,6 +76,41 @@ class BudgetError(InvalidInput):
 
 class EventError(InvalidInput):
     """An event or event log is malformed."""
+
+
+class LimitExceeded(InvalidInput):
+    """An identifier, payload or event is larger than the store accepts."""
+
+
+class UnknownTenant(InvalidInput):
+    """A tenant the store does not know; nothing is written for it."""
+
+
+class StoreError(CharterError):
+    """The store could not do what was asked. Subclasses say why; any other `StoreError`
+    is an infrastructure failure, to be treated as retryable and never as an allow."""
+
+
+class FenceLost(StoreError):
+    """The caller's fence is stale: the item was reclaimed, re-claimed or settled. Nothing
+    was written; the caller no longer owns the item and must stop."""
+
+
+class NotFound(StoreError):
+    """The named execution, item or record does not exist."""
+
+
+class Conflict(StoreError):
+    """The write contradicts what is stored (a duplicate id with other content, an approval
+    already used); nothing was written."""
+
+
+class IncompatibleStore(StoreError):
+    """The database is not a Charter store, is newer than this code, or is corrupt."""
+
+
+class StoreUnavailable(StoreError):
+    """The database could not be reached or stayed locked past its timeout (retryable)."""
 
 
 def child(where: str, key: str) -> str:

@@ -1,0 +1,222 @@
+"""Rules every store adapter applies the same way: input checks and projections.
+
+Adapters differ in how they keep data; they must not differ in what they accept or in what
+a stored event means. So every check of a request and every projection step lives here, and
+the memory and SQLite stores (and later Postgres) call the same functions.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from charter.adapters.codec import dump
+from charter.core.approvals import (
+    ApprovalStatus,
+    Approved,
+    NotRequested,
+    approval_step,
+)
+from charter.core.budget import BudgetState, Usage
+from charter.core.errors import Conflict, FenceLost, InvalidInput, LimitExceeded, NotFound
+from charter.core.events import (
+    ApprovalConsumed,
+    ApprovalReceived,
+    Event,
+    EventKind,
+    ToolApprovalRequired,
+    event_type,
+)
+from charter.core.ports import CommitRequest
+from charter.core.records import (
+    MAX_PAYLOAD_BYTES,
+    Execution,
+    NewWorkItem,
+    Tenant,
+    WorkflowDefinition,
+    WorkItem,
+    WorkItemStatus,
+    check_identifier,
+    encode_json,
+)
+
+__all__ = [
+    "COMMIT_OUTCOMES",
+    "MAX_DEFINITION_BYTES",
+    "apply_ledger",
+    "check_claim_args",
+    "check_commit",
+    "check_fence",
+    "check_limit",
+    "check_new_item",
+    "check_tenant",
+    "check_workflow",
+    "decode_cursor",
+    "encode_cursor",
+    "encode_events",
+    "execution_order",
+    "next_approval",
+    "same_item_content",
+    "utc_text",
+]
+
+#: A workflow definition's IR may be larger than a payload: up to 4 MiB of JSON.
+MAX_DEFINITION_BYTES: Final = 4 * 1024 * 1024
+#: The statuses a commit may settle an item in.
+COMMIT_OUTCOMES: Final = (WorkItemStatus.COMPLETED, WorkItemStatus.HELD, WorkItemStatus.FAILED)
+
+
+def check_tenant(tenant: Tenant) -> None:
+    check_identifier(tenant.tenant_id, "tenant_id")
+
+
+def check_workflow(definition: WorkflowDefinition) -> str:
+    """The definition's IR as JSON text, after checking its identifiers and size."""
+    check_identifier(definition.tenant_id, "tenant_id")
+    check_identifier(definition.workflow_id, "workflow_id")
+    check_identifier(definition.version, "version")
+    return encode_json(definition.ir, "ir", MAX_DEFINITION_BYTES)
+
+
+def check_new_item(item: NewWorkItem) -> str:
+    """The item's payload as JSON text, after checking identifiers, counts and size."""
+    for field in ("item_id", "execution_id", "node_id", "queue"):
+        check_identifier(getattr(item, field), field)
+    if isinstance(item.max_attempts, bool) or not isinstance(item.max_attempts, int):
+        raise InvalidInput("max_attempts", f"expected an integer, got {item.max_attempts!r}")
+    if item.max_attempts < 1:
+        raise InvalidInput("max_attempts", f"expected at least 1, got {item.max_attempts}")
+    if isinstance(item.backoff_base_ms, bool) or not isinstance(item.backoff_base_ms, int):
+        raise InvalidInput("backoff_base_ms", f"expected an integer, got {item.backoff_base_ms!r}")
+    if item.backoff_base_ms < 0:
+        raise InvalidInput("backoff_base_ms", f"expected >= 0, got {item.backoff_base_ms}")
+    return encode_json(item.payload, "payload")
+
+
+def same_item_content(existing: WorkItem, new: NewWorkItem) -> bool:
+    """Whether re-enqueueing ``new`` under an existing id is the same request."""
+    return (
+        existing.execution_id == new.execution_id
+        and existing.node_id == new.node_id
+        and existing.queue == new.queue
+        and existing.payload == new.payload
+        and existing.max_attempts == new.max_attempts
+        and existing.backoff_base_ms == new.backoff_base_ms
+    )
+
+
+def encode_events(events: Sequence[EventKind]) -> list[str]:
+    """Each event kind as JSON text (the codec's shape), refusing any over 256 KiB."""
+    encoded = []
+    for index, kind in enumerate(events):
+        where = f"events[{index}] ({event_type(kind)})"
+        try:
+            encoded.append(encode_json(dump(kind), where, MAX_PAYLOAD_BYTES))
+        except LimitExceeded:
+            raise
+        except InvalidInput as error:
+            raise InvalidInput(where, error.problem) from None
+    return encoded
+
+
+def check_claim_args(worker_id: str, queues: Sequence[str], lease_secs: float) -> None:
+    check_identifier(worker_id, "worker_id")
+    if isinstance(queues, str):
+        raise InvalidInput("queues", "expected a list of queue names, got a single string")
+    for index, queue in enumerate(queues):
+        check_identifier(queue, f"queues[{index}]")
+    if isinstance(lease_secs, bool) or not isinstance(lease_secs, int | float):
+        raise InvalidInput("lease_secs", f"expected a number of seconds, got {lease_secs!r}")
+    if not 0 < lease_secs <= 86_400:
+        raise InvalidInput("lease_secs", f"expected 0 < lease_secs <= 86400, got {lease_secs}")
+
+
+def check_commit(request: CommitRequest) -> list[str]:
+    """The commit's events as JSON text, after checking its outcome and payloads."""
+    if request.outcome not in COMMIT_OUTCOMES:
+        allowed = ", ".join(status.value for status in COMMIT_OUTCOMES)
+        raise InvalidInput(
+            "outcome", f"a commit settles as one of {allowed}, not {request.outcome}"
+        )
+    if request.effect is not None:
+        check_identifier(request.effect.key, "effect.key")
+        encode_json(request.effect.result, "effect.result")
+    return encode_events(request.events)
+
+
+def check_fence(item: WorkItem | None, item_id: str, fence: int) -> WorkItem:
+    """The item, if ``fence`` is the current fence of it while claimed; else `FenceLost`."""
+    if item is None:
+        raise NotFound(f"work item {item_id!r} does not exist")
+    if item.status is not WorkItemStatus.CLAIMED or item.fence != fence:
+        raise FenceLost(
+            f"work item {item_id!r}: fence {fence} is not current "
+            f"(item is {item.status.value} with fence {item.fence})"
+        )
+    return item
+
+
+def apply_ledger(state: BudgetState, usage: Usage | None, succeeded: bool | None) -> BudgetState:
+    """The ledger after an attempt's usage and outcome."""
+    if usage is not None:
+        state = state.apply(usage)
+    if succeeded is True:
+        state = state.record_success()
+    elif succeeded is False:
+        state = state.record_error()
+    return state
+
+
+def next_approval(current: ApprovalStatus | None, event: Event) -> ApprovalStatus | None:
+    """The node's approval record after ``event``, or ``None`` if the event is not about
+    approvals. Using an approval that is not there to use is a `Conflict`: the commit that
+    tried fails as a whole, so an approval can authorise one run only."""
+    kind = event.kind
+    if not isinstance(kind, ToolApprovalRequired | ApprovalReceived | ApprovalConsumed):
+        return None
+    status = current if current is not None else NotRequested()
+    if isinstance(kind, ApprovalConsumed) and not (
+        isinstance(status, Approved) and status.request.request_digest == kind.request_digest
+    ):
+        raise Conflict(
+            f"approval for node {kind.node_id!r} (request {kind.request_digest[:12]}…) "
+            "is not available to use: it was never given, was rejected or is already used"
+        )
+    return approval_step(status, event)
+
+
+def utc_text(moment: datetime) -> str:
+    """A sortable text form of an aware datetime (UTC, microseconds, ``Z``)."""
+    if moment.tzinfo is None:
+        raise InvalidInput("datetime", "expected a timezone-aware datetime")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def execution_order(execution: Execution) -> tuple[str, str]:
+    """The listing order of executions: creation time, then id."""
+    return (utc_text(execution.created_at), execution.execution_id)
+
+
+def encode_cursor(position: tuple[str, str]) -> str:
+    return json.dumps(list(position), separators=(",", ":"))
+
+
+def decode_cursor(cursor: str | None) -> tuple[str, str] | None:
+    """The position a listing cursor names; a cursor not made by us is `InvalidInput`."""
+    if cursor is None:
+        return None
+    try:
+        data: Any = json.loads(cursor)
+    except (TypeError, json.JSONDecodeError):
+        data = None
+    if not (isinstance(data, list) and len(data) == 2 and all(isinstance(x, str) for x in data)):
+        raise InvalidInput("cursor", "not a cursor returned by list_executions")
+    return (data[0], data[1])
+
+
+def check_limit(limit: object) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+        raise InvalidInput("limit", f"expected 1 <= limit <= 1000, got {limit!r}")
+    return limit

@@ -1,0 +1,262 @@
+"""Ports: what the core needs from the world, as Protocols (no I/O here).
+
+`Store` is the one storage port. Every adapter (in-memory reference, SQLite, later Postgres)
+implements all of it and passes the same contract suite (``tests/store_contract.py``).
+Its guarantees:
+
+* **Atomicity.** Each method is one transaction: it does everything it says or nothing.
+  Bad input (`InvalidInput`, `LimitExceeded`, `UnknownTenant`) is refused before anything is
+  written.
+* **Sequences.** The store assigns each execution's event sequences 1, 2, 3… with no gaps,
+  inside the transaction that appends them; callers never compute ``latest + 1``.
+* **Projections.** An execution's status and its approval records are derived by the store
+  from the events it appends (`charter.core.materialize.status_after`,
+  `charter.core.approvals.approval_step`), in the same transaction: they can never disagree
+  with the log.
+* **Fences.** `claim` sets an item to ``claimed`` with a lease and a fence one greater than
+  any fence the item had. `heartbeat`, `commit`, `park` and `fail` succeed only for the
+  current fence of a *claimed* item; otherwise they raise `FenceLost` and write nothing.
+  A settled or reclaimed item therefore rejects its old fence.
+* **Reclaim.** `reclaim_expired` turns every claimed item whose lease has expired into a
+  failure (`charter.core.queue.plan_failure` with `LEASE_EXPIRED`): retry with backoff and
+  ``node_failed{retryable: true}`` + ``retry_scheduled``, or dead-letter with
+  ``node_failed{retryable: false}`` — the item change and its events in one transaction. It
+  only ever touches claimed items, so it is idempotent and never resurrects a settled one.
+* **Ledger.** Each execution has a budget ledger (`BudgetState`) changed only by the usage
+  deltas of `commit` and `fail` (atomic increments): never by user state.
+* **Approvals.** A ``tool_approval_required`` event opens a request; `decide_approval`
+  records a decision only for the open request and only from a permitted approver; an
+  ``approval_consumed`` event in a `commit` uses the approval up, and the commit fails with
+  `Conflict` (writing nothing) if the approval is not there to use.
+* **Effects.** `reserve_effect` lets one claim own a tool side effect before firing it;
+  the result is recorded by the `commit` that settles the item, and a later claim gets
+  the recorded result instead of firing again.
+* **Time** comes from the store's injected `Clock`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol
+
+import attrs
+
+from charter.core.approvals import ApprovalRefused
+from charter.core.budget import BudgetState, Usage
+from charter.core.events import ApprovalDecision, Event, EventKind, JsonValue
+from charter.core.records import (
+    Claim,
+    EffectReservation,
+    Execution,
+    ExecutionStatus,
+    NewWorkItem,
+    Page,
+    PendingApprovalRecord,
+    Snapshot,
+    Tenant,
+    WorkflowDefinition,
+    WorkItem,
+    WorkItemStatus,
+)
+
+__all__ = ["Clock", "CommitRequest", "EffectResult", "ReclaimResult", "Store"]
+
+
+class Clock(Protocol):
+    """A source of the current time (timezone-aware UTC)."""
+
+    def now(self) -> datetime: ...
+
+
+@attrs.frozen(kw_only=True)
+class EffectResult:
+    """A tool side effect's result, recorded under its idempotency key."""
+
+    key: str
+    result: JsonValue
+
+
+@attrs.frozen(kw_only=True)
+class CommitRequest:
+    """Everything one claimed attempt writes when it ends, in one transaction.
+
+    ``outcome`` is the item's terminal status: ``completed``, ``held`` (waiting for a
+    person) or ``failed``. ``events`` are appended in order. ``usage`` and ``succeeded`` change
+    the execution's budget ledger (``succeeded`` True resets the consecutive-error count, False
+    extends it, None leaves it). ``write_snapshot`` folds the new events into the latest
+    snapshot and stores the result at the last new sequence. ``effect`` records a tool side
+    effect's result.
+    """
+
+    item_id: str
+    fence: int
+    outcome: WorkItemStatus
+    events: tuple[EventKind, ...] = ()
+    usage: Usage | None = None
+    succeeded: bool | None = None
+    write_snapshot: bool = False
+    effect: EffectResult | None = None
+
+
+@attrs.frozen(kw_only=True)
+class ReclaimResult:
+    """What one reclaim pass did: items put back for retry and items dead-lettered."""
+
+    retried: tuple[WorkItem, ...] = ()
+    dead_lettered: tuple[WorkItem, ...] = ()
+
+
+class Store(Protocol):
+    """Durable state: definitions, executions, the event log, snapshots, tenants, the
+    budget ledger, approvals, tool effects and the fenced work queue (see the module doc)."""
+
+    clock: Clock
+
+    # ── tenants ──
+    def put_tenant(self, tenant: Tenant) -> None:
+        """Create or replace a tenant (its policy and limits)."""
+        ...
+
+    def get_tenant(self, tenant_id: str) -> Tenant | None: ...
+
+    def list_tenants(self) -> tuple[Tenant, ...]:
+        """Every tenant, by id."""
+        ...
+
+    # ── workflow definitions ──
+    def put_workflow(self, definition: WorkflowDefinition) -> None:
+        """Store a definition; storing the same (tenant, id, version) again with a different
+        IR is a `Conflict` (versions are immutable)."""
+        ...
+
+    def get_workflow(
+        self, workflow_id: str, version: str, tenant_id: str = "default"
+    ) -> WorkflowDefinition | None: ...
+
+    # ── executions and their events ──
+    def create_execution(
+        self,
+        execution: Execution,
+        events: Sequence[EventKind] = (),
+        items: Sequence[NewWorkItem] = (),
+    ) -> tuple[Event, ...]:
+        """Create an execution (status derived from ``events``, usually ``workflow_started``)
+        with its first events and work items, atomically. Unknown tenant → `UnknownTenant`;
+        an existing id → `Conflict`."""
+        ...
+
+    def get_execution(self, execution_id: str) -> Execution | None: ...
+
+    def list_executions(
+        self,
+        *,
+        tenant_id: str | None = None,
+        status: ExecutionStatus | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[Execution]:
+        """Executions in creation order, a page at a time; pass ``next_cursor`` back to
+        continue. Every execution is reachable (no "first 100 only")."""
+        ...
+
+    def append_events(self, execution_id: str, events: Sequence[EventKind]) -> tuple[Event, ...]:
+        """Append events atomically, assigning the next sequences; returns them."""
+        ...
+
+    def read_events(
+        self, execution_id: str, *, after: int = 0, limit: int | None = None
+    ) -> tuple[Event, ...]:
+        """Events with a sequence greater than ``after``, ascending."""
+        ...
+
+    def latest_snapshot(self, execution_id: str) -> Snapshot | None: ...
+
+    def get_ledger(self, execution_id: str) -> BudgetState:
+        """The execution's budget ledger (`NotFound` for an unknown execution)."""
+        ...
+
+    # ── the work queue ──
+    def enqueue(self, items: Sequence[NewWorkItem]) -> tuple[WorkItem, ...]:
+        """Add pending items (for existing executions; their tenant is the execution's).
+        Enqueueing an id that exists with the same content is a no-op returning it."""
+        ...
+
+    def get_item(self, item_id: str) -> WorkItem | None: ...
+
+    def claim(self, worker_id: str, queues: Sequence[str], *, lease_secs: float) -> Claim | None:
+        """Claim the oldest available pending item of ``queues``: status claimed, this
+        worker, a lease until now + ``lease_secs``, the next fence; appends
+        ``node_started{worker_id, attempt}``. ``None`` when nothing is available."""
+        ...
+
+    def heartbeat(self, item_id: str, fence: int, *, lease_secs: float) -> datetime:
+        """Extend a claim's lease to now + ``lease_secs``; returns the new expiry."""
+        ...
+
+    def commit(self, request: CommitRequest) -> tuple[Event, ...]:
+        """Settle a claimed item and write everything its attempt produced (see
+        `CommitRequest`), in one fenced transaction; returns the appended events."""
+        ...
+
+    def park(
+        self, item_id: str, fence: int, *, retry_after: datetime, count_attempt: bool = True
+    ) -> tuple[Event, ...]:
+        """Put a claimed item back to pending until ``retry_after``
+        (`charter.core.queue.plan_park`), releasing its effect reservations."""
+        ...
+
+    def fail(
+        self,
+        item_id: str,
+        fence: int,
+        *,
+        error: str,
+        retryable: bool = True,
+        delay_ms: int | None = None,
+        usage: Usage | None = None,
+    ) -> tuple[Event, ...]:
+        """End a claimed attempt that failed (`charter.core.queue.plan_failure`): retry later,
+        dead-letter or fail; the attempt's usage (if any) and one more consecutive error go
+        to the ledger; effect reservations are released."""
+        ...
+
+    def reclaim_expired(self, *, limit: int = 100) -> ReclaimResult:
+        """Fail up to ``limit`` claimed items whose lease has expired (see the module doc)."""
+        ...
+
+    # ── approvals ──
+    def pending_approvals(
+        self, *, tenant_id: str | None = None, execution_id: str | None = None
+    ) -> tuple[PendingApprovalRecord, ...]:
+        """Open approval requests, by execution then node."""
+        ...
+
+    def decide_approval(
+        self,
+        execution_id: str,
+        node_id: str,
+        *,
+        user_id: str,
+        decision: ApprovalDecision,
+        comment: str | None = None,
+        state_patch: JsonValue = None,
+    ) -> Event | ApprovalRefused:
+        """Record a person's decision on the node's open request (bound to its digest), or
+        say why it cannot be recorded (nothing open, not a permitted approver)."""
+        ...
+
+    # ── tool effects ──
+    def reserve_effect(
+        self, key: str, *, item_id: str, fence: int, ttl_secs: float
+    ) -> EffectReservation:
+        """Reserve the side effect ``key`` for this claim until now + ``ttl_secs``:
+        `EffectAcquired` (fire it), `EffectHeld` (another live claim owns it) or
+        `EffectRecorded` (it already happened: use the result)."""
+        ...
+
+    def get_effect(self, key: str) -> JsonValue | None:
+        """The recorded result of a side effect, if any."""
+        ...
+
+    def close(self) -> None: ...
