@@ -21,6 +21,7 @@ Bad input raises `CodecError` (an `InvalidInput`) naming the path of every bad f
 from __future__ import annotations
 
 import json
+import math
 import typing
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -31,11 +32,14 @@ import cattrs
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
 from charter.core import approvals, autonomy, events, policy
+from charter.core._check import MAX_COUNT
 from charter.core.autonomy import EscalationTarget, LimitValue, parse_escalation_target
+from charter.core.budget import BudgetState
+from charter.core.canonical import canonical_json
 from charter.core.errors import InvalidInput, describe
-from charter.core.events import EVENT_KINDS
+from charter.core.events import type_tag
 
-__all__ = ["CodecError", "converter", "dump", "dumps", "load", "loads"]
+__all__ = ["CodecError", "converter", "dump", "dumps", "load", "loads", "parse_json"]
 
 T = TypeVar("T")
 
@@ -85,6 +89,12 @@ def _limit_value(value: object, _: type) -> LimitValue:
 
 
 def _json_value(value: object, _: type) -> Any:
+    """A plain JSON value, checked: objects with string keys, arrays, strings, finite numbers,
+    booleans and null, nested at most `MAX_DEPTH` levels."""
+    try:
+        canonical_json(value)
+    except InvalidInput as error:
+        raise CodecError(error.where.removeprefix("$"), error.problem) from None
     return value
 
 
@@ -96,22 +106,61 @@ def _strict_str(value: object, _: type) -> str:
     return value
 
 
+# Every integer a core value holds is a count (attempts, sequences, tokens, limits…) and
+# every float an amount: negative counts, counts beyond 64 bits and non-finite amounts are
+# refused here, so a log cannot smuggle in values the core would never produce.
 def _strict_int(value: object, _: type) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise CodecError("", f"expected an integer, got {describe(value)}")
+    if not 0 <= value <= MAX_COUNT:
+        raise CodecError(
+            "", f"expected an integer between 0 and {MAX_COUNT}, got {describe(value)}"
+        )
     return value
 
 
 def _strict_float(value: object, _: type) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise CodecError("", f"expected a number, got {describe(value)}")
+    if not math.isfinite(value):
+        raise CodecError("", f"expected a finite number, got {value!r}")
     return float(value)
 
 
 def _number(value: object, _: type) -> int | float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise CodecError("", f"expected a number, got {describe(value)}")
-    return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _strict_int(value, int)
+    return _strict_float(value, float)
+
+
+def _is_sequence(tp: Any) -> bool:
+    args = typing.get_args(tp)
+    return typing.get_origin(tp) is tuple and len(args) == 2 and args[1] is Ellipsis
+
+
+def _sequence(conv: cattrs.Converter, tp: Any) -> Callable[[Any, type], tuple[Any, ...]]:
+    """Tuples decode only from JSON arrays: a bare string, a mapping or a set would
+    otherwise be iterated (``"claude-*"`` would become nine one-character patterns)."""
+    (item, _ellipsis) = typing.get_args(tp)
+
+    def structure(value: object, _: type) -> tuple[Any, ...]:
+        if not isinstance(value, list | tuple):
+            raise CodecError("", f"expected an array, got {describe(value)}")
+        items = []
+        for index, element in enumerate(value):
+            try:
+                items.append(conv.structure(element, item))
+            except InvalidInput as error:
+                raise CodecError(f"[{index}]{error.where}", error.problem) from None
+        return tuple(items)
+
+    return structure
+
+
+def _budget_state(value: object, _: type) -> BudgetState:
+    # Strict like upstream's own decoding: every key present (a missing one is an error,
+    # never a zero that would silently unlimit a budget).
+    return BudgetState.from_dict(value, "$")
 
 
 def _strict_bool(value: object, _: type) -> bool:
@@ -139,6 +188,7 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(bool, _strict_bool)
     conv.register_structure_hook_func(lambda t: t == int | float, _number)
     conv.register_structure_hook_func(lambda t: t == LimitValue, _limit_value)
+    conv.register_structure_hook_factory(_is_sequence, lambda tp: _sequence(conv, tp))
     conv.register_unstructure_hook_func(
         lambda t: t == EscalationTarget, lambda target: target.as_str()
     )
@@ -169,6 +219,7 @@ def _make_converter() -> cattrs.Converter:
     # encoded on its own or as a union, and a union decodes by dispatching on the tag.
     for union in _TAGGED_UNIONS:
         _tag_union(conv, union)
+    conv.register_structure_hook(BudgetState, _budget_state)
     return conv
 
 
@@ -181,7 +232,7 @@ _TAGGED_UNIONS: tuple[Any, ...] = (
 
 
 def _tag_union(conv: cattrs.Converter, union: Any) -> None:
-    members: dict[str, type] = {_snake(cls): cls for cls in typing.get_args(union)}
+    members: dict[str, type] = {type_tag(cls): cls for cls in typing.get_args(union)}
     tags = {cls: tag for tag, cls in members.items()}
     known = ", ".join(sorted(members))
 
@@ -229,9 +280,6 @@ def _raise(message: str) -> typing.NoReturn:
 #: The one converter; other adapters may reuse it for their own records.
 converter = _make_converter()
 
-# Tags must agree with the core's own table (`charter.core.EVENT_KINDS`).
-assert all(_snake(cls) == tag for tag, cls in EVENT_KINDS.items())
-
 
 def dump(value: object) -> Any:
     """Plain JSON data for a core value (see the module doc for the shape)."""
@@ -239,8 +287,41 @@ def dump(value: object) -> Any:
         return converter.unstructure(value)
     except InvalidInput:
         raise
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, RecursionError) as error:
         raise CodecError("", f"cannot encode {describe(value)}: {error}") from None
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refusing a key given twice (JSON would silently keep the last)."""
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise CodecError("", f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def parse_json(text: str | bytes) -> Any:
+    """JSON text to data, strictly: duplicate keys, NaN/Infinity, numbers beyond Python's
+    integer-string limit and nesting deep enough to exhaust the stack are `CodecError`s."""
+    if not isinstance(text, str | bytes):
+        raise CodecError("", f"expected JSON text, got {describe(text)}")
+    try:
+        return json.loads(
+            text, object_pairs_hook=_refuse_duplicates, parse_constant=_refuse_constant
+        )
+    except json.JSONDecodeError as error:
+        raise CodecError(f"{error.lineno}:{error.colno}", error.msg) from None
+    except RecursionError:
+        raise CodecError("", "JSON nested too deeply") from None
+    except CodecError:
+        raise
+    except ValueError as error:  # e.g. an integer with too many digits
+        raise CodecError("", f"not valid JSON: {error}") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise CodecError("", f"{name} is not a JSON number")
 
 
 @typing.overload
@@ -259,7 +340,7 @@ def load(data: object, cls: Any) -> Any:
             problem, _, path = message.rpartition(" @ ")
             messages.append(f"{path}: {problem}")
         raise CodecError("", "; ".join(messages)) from None
-    except (TypeError, ValueError, KeyError, AttributeError) as error:
+    except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as error:
         raise CodecError("$", f"cannot decode {describe(data)}: {error}") from None
 
 
@@ -272,10 +353,11 @@ def _describe_error(error: BaseException, _type: Any) -> str:
 
 
 def dumps(value: object) -> str:
-    """Compact JSON text for a core value; NaN and infinities are refused."""
+    """Compact JSON text for a core value; NaN, infinities and non-JSON values are refused."""
+    data = dump(value)
     try:
-        return json.dumps(dump(value), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    except ValueError as error:
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as error:
         raise CodecError("", f"not valid JSON: {error}") from None
 
 
@@ -285,8 +367,4 @@ def loads(text: str | bytes, cls: type[T]) -> T: ...
 def loads(text: str | bytes, cls: Any) -> Any: ...
 def loads(text: str | bytes, cls: Any) -> Any:
     """The core value of type ``cls`` encoded by JSON ``text``."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise CodecError("", f"not valid JSON: {error}") from None
-    return load(data, cls)
+    return load(parse_json(text), cls)

@@ -6,7 +6,6 @@ the last one, which would let a second ``blocked_tools:`` quietly replace the fi
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import attrs
 import yaml
 
+from charter.adapters.codec import CodecError, parse_json
 from charter.core.errors import InvalidInput, PolicyError, child, describe
 from charter.core.policy import CombiningMode, PolicyLayer, PolicyScope, PolicySet
 
@@ -25,11 +25,16 @@ class _StrictLoader(yaml.SafeLoader):
 
 
 def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)  # resolve `<<` merge keys first, as the safe loader does
     seen: set[object] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=True)
+        mark = key_node.start_mark
+        if not isinstance(key, str | int | float | bool) and key is not None:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a mapping key must be a plain value, not {type(key).__name__}", mark
+            )
         if key in seen:
-            mark = key_node.start_mark
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark
             )
@@ -59,10 +64,10 @@ def read_document(path: str | Path) -> Any:
         raise InvalidInput(str(file), f"cannot read: {error.strerror}") from None
     if file.suffix.lower() == ".json":
         try:
-            return json.loads(text)
-        except json.JSONDecodeError as error:
-            where = f"{file}:{error.lineno}:{error.colno}"
-            raise InvalidInput(where, f"invalid JSON: {error.msg}") from None
+            return parse_json(text)
+        except CodecError as error:
+            where = f"{file}:{error.where}" if error.where else str(file)
+            raise InvalidInput(where, f"invalid JSON: {error.problem}") from None
     try:
         # yaml.load with a SafeLoader subclass: no arbitrary object construction.
         return yaml.load(text, Loader=_StrictLoader)
@@ -71,6 +76,10 @@ def read_document(path: str | Path) -> Any:
         where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else str(file)
         raise InvalidInput(where, f"invalid YAML: {error.problem}") from None
     except yaml.YAMLError as error:
+        raise InvalidInput(str(file), f"invalid YAML: {error}") from None
+    except RecursionError:
+        raise InvalidInput(str(file), "invalid YAML: nested too deeply") from None
+    except (ValueError, TypeError) as error:  # e.g. an integer too long to convert
         raise InvalidInput(str(file), f"invalid YAML: {error}") from None
 
 
@@ -82,7 +91,6 @@ class PolicyFile:
     combining: CombiningMode = CombiningMode.MOST_SPECIFIC
 
 
-_SET_KEYS = ("blocked_tools", "require_approval_for", "model_allowlist")
 _SCOPES = tuple(scope.value for scope in PolicyScope)
 
 
@@ -97,15 +105,20 @@ def parse_policy_document(
     """
     if not isinstance(data, Mapping):
         raise PolicyError(where or "policy", f"expected a mapping, got {describe(data)}")
+    if not data:
+        raise PolicyError(
+            where or "policy",
+            "the policy is empty (expected tenant, workflow or node layers, or a bare set)",
+        )
     keys = set(data)
-    if keys and keys <= set(_SET_KEYS):
+    if keys <= set(PolicySet.KEYS):
         return PolicyFile((PolicyLayer(scope, PolicySet.from_dict(data, where)),))
     for key in keys:
         if key not in (*_SCOPES, "combining"):
             raise PolicyError(
-                child(where, key),
+                child(where, str(key)),
                 "unknown key (expected tenant, workflow, node and combining, "
-                "or a bare set with blocked_tools, require_approval_for, model_allowlist)",
+                f"or a bare set with {', '.join(PolicySet.KEYS)})",
             )
     combining = CombiningMode.MOST_SPECIFIC
     if "combining" in data:
@@ -120,8 +133,10 @@ def parse_policy_document(
     layers = tuple(
         PolicyLayer(PolicyScope(name), PolicySet.from_dict(data[name], child(where, name)))
         for name in _SCOPES
-        if name in data and data[name] is not None
+        if name in data  # an empty layer (`workflow:` with nothing) is refused, not skipped
     )
+    if not layers:
+        raise PolicyError(where or "policy", "no layers (expected tenant, workflow or node)")
     return PolicyFile(layers, combining)
 
 

@@ -92,6 +92,7 @@ class _Tables:
     ledger: dict[str, BudgetState] = attrs.Factory(dict)
     items: dict[str, WorkItem] = attrs.Factory(dict)
     item_order: dict[str, int] = attrs.Factory(dict)
+    execution_order: dict[str, int] = attrs.Factory(dict)
     approvals: dict[tuple[str, str], _ApprovalRow] = attrs.Factory(dict)
     effects: dict[str, _Effect] = attrs.Factory(dict)
     enqueued: int = 0
@@ -107,6 +108,7 @@ class _Tables:
             ledger=self.ledger.copy(),
             items=self.items.copy(),
             item_order=self.item_order.copy(),
+            execution_order=self.execution_order.copy(),
             approvals=self.approvals.copy(),
             effects=self.effects.copy(),
             enqueued=self.enqueued,
@@ -206,6 +208,7 @@ class MemoryStore:
                 updated_at=now,
                 last_sequence=0,
             )
+            t.execution_order[execution.execution_id] = len(t.execution_order) + 1
             t.events[execution.execution_id] = ()
             t.ledger[execution.execution_id] = BudgetState()
             appended = self._append(t, execution.execution_id, events, now)
@@ -224,21 +227,22 @@ class MemoryStore:
         cursor: str | None = None,
     ) -> Page[Execution]:
         rules.check_limit(limit)
-        after = rules.decode_cursor(cursor)
+        after = rules.decode_cursor(cursor) or 0
+        tables = self._tables
+        order = tables.execution_order
         rows = sorted(
             (
                 e
-                for e in self._tables.executions.values()
-                if (tenant_id is None or e.tenant_id == tenant_id)
+                for e in tables.executions.values()
+                if order[e.execution_id] > after
+                and (tenant_id is None or e.tenant_id == tenant_id)
                 and (status is None or e.status is status)
             ),
-            key=rules.execution_order,
+            key=lambda e: order[e.execution_id],
         )
-        if after is not None:
-            rows = [e for e in rows if rules.execution_order(e) > after]
         page = tuple(rows[:limit])
         more = len(rows) > limit
-        return Page(page, rules.encode_cursor(rules.execution_order(page[-1])) if more else None)
+        return Page(page, rules.encode_cursor(order[page[-1].execution_id]) if more else None)
 
     def append_events(self, execution_id: str, events: Sequence[EventKind]) -> tuple[Event, ...]:
         rules.encode_events(events)
@@ -250,10 +254,11 @@ class MemoryStore:
     def read_events(
         self, execution_id: str, *, after: int = 0, limit: int | None = None
     ) -> tuple[Event, ...]:
+        rules.check_read(after, limit)
         log = self._tables.events.get(execution_id)
         if log is None:
             raise NotFound(f"execution {execution_id!r} does not exist")
-        chosen = log[after:] if after >= 0 else log
+        chosen = log[after:]
         return chosen if limit is None else chosen[:limit]
 
     def latest_snapshot(self, execution_id: str) -> Snapshot | None:
@@ -394,8 +399,7 @@ class MemoryStore:
             return Claim(item=claimed, fence=claimed.fence, lease_expires_at=expires)
 
     def heartbeat(self, item_id: str, fence: int, *, lease_secs: float) -> datetime:
-        if not 0 < lease_secs <= 86_400:
-            raise InvalidInput("lease_secs", f"expected 0 < lease_secs <= 86400, got {lease_secs}")
+        rules.check_seconds(lease_secs, "lease_secs")
         with self._write() as t:
             item = rules.check_fence(t.items.get(item_id), item_id, fence)
             expires = self.clock.now() + timedelta(seconds=lease_secs)
@@ -426,6 +430,7 @@ class MemoryStore:
                         recorded=True,
                         result=request.effect.result,
                     )
+            self._release_effects(t, item.item_id, request.fence)
             if request.write_snapshot:
                 self._write_snapshot(t, item.execution_id, now)
             return appended
@@ -433,8 +438,7 @@ class MemoryStore:
     def park(
         self, item_id: str, fence: int, *, retry_after: datetime, count_attempt: bool = True
     ) -> tuple[Event, ...]:
-        if retry_after.tzinfo is None:
-            raise InvalidInput("retry_after", "expected a timezone-aware datetime")
+        rules.check_moment(retry_after, "retry_after")
         with self._write() as t:
             item = rules.check_fence(t.items.get(item_id), item_id, fence)
             plan = plan_park(item, retry_after=retry_after, count_attempt=count_attempt)
@@ -459,12 +463,12 @@ class MemoryStore:
         delay_ms: int | None = None,
         usage: Usage | None = None,
     ) -> tuple[Event, ...]:
-        if not isinstance(error, str):
-            raise InvalidInput("error", "expected a string")
+        rules.check_failure(error, delay_ms)
         with self._write() as t:
             item = rules.check_fence(t.items.get(item_id), item_id, fence)
             now = self.clock.now()
             plan = plan_failure(item, error=error, retryable=retryable, now=now, delay_ms=delay_ms)
+            rules.encode_events(plan.events)
             self._settle_failure(
                 t, item, plan.status, plan.attempt, plan.available_at, plan.last_error
             )
@@ -528,6 +532,8 @@ class MemoryStore:
         for (exec_id, node_id), row in sorted(self._tables.approvals.items()):
             if not isinstance(row.status, Pending):
                 continue
+            if self._tables.executions[exec_id].status.terminal:
+                continue  # a finished run has no open questions
             if tenant_id is not None and row.tenant_id != tenant_id:
                 continue
             if execution_id is not None and exec_id != execution_id:
@@ -574,6 +580,7 @@ class MemoryStore:
             )
             if isinstance(answer, ApprovalRefused):
                 return answer
+            rules.encode_events((answer,))
             (event,) = self._append(t, execution_id, (answer,), self.clock.now())
             return event
 
@@ -583,8 +590,7 @@ class MemoryStore:
         self, key: str, *, item_id: str, fence: int, ttl_secs: float
     ) -> EffectReservation:
         check_identifier(key, "key")
-        if not 0 < ttl_secs <= 86_400:
-            raise InvalidInput("ttl_secs", f"expected 0 < ttl_secs <= 86400, got {ttl_secs}")
+        rules.check_seconds(ttl_secs, "ttl_secs")
         with self._write() as t:
             item = rules.check_fence(t.items.get(item_id), item_id, fence)
             now = self.clock.now()

@@ -7,10 +7,9 @@ the memory and SQLite stores (and later Postgres) call the same functions.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Final
 
 from charter.adapters.codec import dump
 from charter.core.approvals import (
@@ -32,7 +31,6 @@ from charter.core.events import (
 from charter.core.ports import CommitRequest
 from charter.core.records import (
     MAX_PAYLOAD_BYTES,
-    Execution,
     NewWorkItem,
     Tenant,
     WorkflowDefinition,
@@ -48,15 +46,18 @@ __all__ = [
     "apply_ledger",
     "check_claim_args",
     "check_commit",
+    "check_failure",
     "check_fence",
     "check_limit",
+    "check_moment",
     "check_new_item",
+    "check_read",
+    "check_seconds",
     "check_tenant",
     "check_workflow",
     "decode_cursor",
     "encode_cursor",
     "encode_events",
-    "execution_order",
     "next_approval",
     "same_item_content",
     "utc_text",
@@ -92,7 +93,41 @@ def check_new_item(item: NewWorkItem) -> str:
         raise InvalidInput("backoff_base_ms", f"expected an integer, got {item.backoff_base_ms!r}")
     if item.backoff_base_ms < 0:
         raise InvalidInput("backoff_base_ms", f"expected >= 0, got {item.backoff_base_ms}")
+    if item.available_at is not None:
+        check_moment(item.available_at, "available_at")
     return encode_json(item.payload, "payload")
+
+
+def check_moment(value: object, field: str) -> datetime:
+    """A timezone-aware datetime (a naive one cannot be compared with the store's clock)."""
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise InvalidInput(field, f"expected a timezone-aware datetime, got {value!r}")
+    return value
+
+
+def check_seconds(value: object, field: str) -> float:
+    """A lease or TTL length: a number of seconds, 0 < value <= one day."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInput(field, f"expected a number of seconds, got {value!r}")
+    if not 0 < value <= 86_400:
+        raise InvalidInput(field, f"expected 0 < {field} <= 86400, got {value}")
+    return float(value)
+
+
+def check_read(after: object, limit: object) -> None:
+    if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+        raise InvalidInput("after", f"expected a sequence number >= 0, got {after!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise InvalidInput("limit", f"expected a positive number of events, got {limit!r}")
+
+
+def check_failure(error: object, delay_ms: object) -> None:
+    if not isinstance(error, str):
+        raise InvalidInput("error", f"expected a string, got {error!r}")
+    if delay_ms is not None and (
+        isinstance(delay_ms, bool) or not isinstance(delay_ms, int) or delay_ms < 0
+    ):
+        raise InvalidInput("delay_ms", f"expected a delay in milliseconds >= 0, got {delay_ms!r}")
 
 
 def same_item_content(existing: WorkItem, new: NewWorkItem) -> bool:
@@ -123,14 +158,11 @@ def encode_events(events: Sequence[EventKind]) -> list[str]:
 
 def check_claim_args(worker_id: str, queues: Sequence[str], lease_secs: float) -> None:
     check_identifier(worker_id, "worker_id")
-    if isinstance(queues, str):
-        raise InvalidInput("queues", "expected a list of queue names, got a single string")
+    if not isinstance(queues, list | tuple):
+        raise InvalidInput("queues", f"expected a list of queue names, got {queues!r}")
     for index, queue in enumerate(queues):
         check_identifier(queue, f"queues[{index}]")
-    if isinstance(lease_secs, bool) or not isinstance(lease_secs, int | float):
-        raise InvalidInput("lease_secs", f"expected a number of seconds, got {lease_secs!r}")
-    if not 0 < lease_secs <= 86_400:
-        raise InvalidInput("lease_secs", f"expected 0 < lease_secs <= 86400, got {lease_secs}")
+    check_seconds(lease_secs, "lease_secs")
 
 
 def check_commit(request: CommitRequest) -> list[str]:
@@ -194,26 +226,18 @@ def utc_text(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def execution_order(execution: Execution) -> tuple[str, str]:
-    """The listing order of executions: creation time, then id."""
-    return (utc_text(execution.created_at), execution.execution_id)
+def encode_cursor(ordinal: int) -> str:
+    """A listing cursor: the creation ordinal of the last execution returned."""
+    return f"c{ordinal}"
 
 
-def encode_cursor(position: tuple[str, str]) -> str:
-    return json.dumps(list(position), separators=(",", ":"))
-
-
-def decode_cursor(cursor: str | None) -> tuple[str, str] | None:
-    """The position a listing cursor names; a cursor not made by us is `InvalidInput`."""
+def decode_cursor(cursor: object) -> int | None:
+    """The creation ordinal a listing cursor names; a cursor not made by us is `InvalidInput`."""
     if cursor is None:
         return None
-    try:
-        data: Any = json.loads(cursor)
-    except (TypeError, json.JSONDecodeError):
-        data = None
-    if not (isinstance(data, list) and len(data) == 2 and all(isinstance(x, str) for x in data)):
+    if not (isinstance(cursor, str) and cursor.startswith("c") and cursor[1:].isdecimal()):
         raise InvalidInput("cursor", "not a cursor returned by list_executions")
-    return (data[0], data[1])
+    return int(cursor[1:])
 
 
 def check_limit(limit: object) -> int:

@@ -23,7 +23,7 @@ from typing import NoReturn
 
 from charter.adapters.codec import dump
 from charter.adapters.files import PolicyFile, load_policy_file
-from charter.core.errors import CharterError
+from charter.core.errors import CharterError, describe
 from charter.core.policy import (
     Allow,
     Block,
@@ -155,6 +155,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CharterError as error:
         print(f"charter: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as error:  # noqa: BLE001 - last resort: one line, never a traceback
+        print(
+            f"charter: internal error: {type(error).__name__}: {describe(error)} "
+            "(this is a bug in Charter; please report it with the command line)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
     return code
 
 

@@ -8,7 +8,6 @@ what was found. They never coerce silently: ``True`` is not a count, ``"3"`` is 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 
 from charter.core.errors import InvalidInput, describe
 
@@ -75,15 +74,28 @@ def optional_amount(
 
 
 def patterns(
-    value: object, where: str, error: type[InvalidInput] = InvalidInput
+    value: object, where: str, error: type[InvalidInput] = InvalidInput, what: str = "pattern"
 ) -> tuple[str, ...]:
-    """A list (or tuple) of strings, returned as a tuple. A bare string is refused: it is
-    almost always a forgotten pair of brackets, and iterating it would make one pattern per
-    character."""
-    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
-        raise error(where, f"expected a list of string patterns, got {describe(value)}")
+    """A list (or tuple) of strings, returned as a tuple.
+
+    Only a list or a tuple is accepted. A bare string is refused (iterating it would make
+    one pattern per character — ``"claude-*"`` would allow every model); so are mappings
+    (their keys would be taken silently) and sets (no stable order, so no stable digest).
+    Strings must be valid Unicode text (no lone surrogates)."""
+    if not isinstance(value, list | tuple):
+        raise error(where, f"expected a list of string {what}s, got {describe(value)}")
     items = tuple(value)
     for index, item in enumerate(items):
         if not isinstance(item, str):
-            raise error(f"{where}[{index}]", f"expected a string pattern, got {describe(item)}")
+            raise error(f"{where}[{index}]", f"expected a string {what}, got {describe(item)}")
+        if not _encodable(item):
+            raise error(f"{where}[{index}]", f"{what} contains a lone surrogate (not text)")
     return items
+
+
+def _encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

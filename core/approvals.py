@@ -15,10 +15,12 @@ Charter keeps the fold and binds each approval to one exact request (ARCHITECTUR
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable
 
 import attrs
 
+from charter.core.errors import InvalidInput, describe
 from charter.core.events import (
     ApprovalConsumed,
     ApprovalDecision,
@@ -51,6 +53,19 @@ __all__ = [
 ANY_HUMAN = "human"
 
 _ANONYMOUS = frozenset({"", "anonymous"})
+
+
+def _identity(user_id: object) -> str | None:
+    """The user id reduced to what identifies a person: stripped of whitespace and invisible
+    format characters (zero-width spaces and the like); ``None`` if nothing is left, if it is
+    not a string, or if it only says "anonymous" (in any case)."""
+    if not isinstance(user_id, str):
+        return None
+    visible = "".join(ch for ch in user_id if unicodedata.category(ch) not in ("Cf", "Cc"))
+    visible = visible.strip()
+    if visible.casefold() in _ANONYMOUS:
+        return None
+    return visible
 
 
 @attrs.frozen(kw_only=True)
@@ -112,13 +127,18 @@ ApprovalStatus = NotRequested | Pending | Approved | Rejected | Consumed
 _NOT_REQUESTED = NotRequested()
 
 
-def approver_allows(approver: str, user_id: str) -> bool:
+def approver_allows(approver: object, user_id: object) -> bool:
     """Whether ``user_id`` may answer a request addressed to ``approver``.
 
-    ``approver`` is ``"human"`` (any identified person: not empty, not ``"anonymous"``) or a
-    comma-separated list of user-id globs (``"alice"``, ``"finance-*,bob"``).
+    ``approver`` is ``"human"`` (any identified person) or a comma-separated list of user-id
+    globs (``"alice"``, ``"finance-*,bob"``; note that ``"alice*"`` also admits
+    ``"alice.evil"`` — write exact ids when that matters). A person is identified when the
+    user id still has visible characters once whitespace and invisible format characters are
+    removed, and is not ``"anonymous"`` in any letter case. The id is matched as given.
     """
-    if user_id in _ANONYMOUS:
+    if not isinstance(approver, str) or not isinstance(user_id, str):
+        return False
+    if _identity(user_id) is None:
         return False
     for option in approver.split(","):
         option = option.strip()
@@ -158,6 +178,11 @@ def approval_step(status: ApprovalStatus, event: Event) -> ApprovalStatus:
             return Approved(
                 request=request, user_id=kind.user_id, comment=kind.comment, sequence=event.sequence
             )
+        # Only the other enum member is left; anything else (a string smuggled into a
+        # hand-built event) must not count as either answer.
+        decision: object = kind.decision
+        if decision is not ApprovalDecision.REJECTED:
+            return status
         return Rejected(
             request=request, user_id=kind.user_id, comment=kind.comment, sequence=event.sequence
         )
@@ -170,10 +195,20 @@ def approval_step(status: ApprovalStatus, event: Event) -> ApprovalStatus:
     return status
 
 
+def _in_order(events: Iterable[Event]) -> list[Event]:
+    ordered = list(events)
+    for event in ordered:
+        if not isinstance(event, Event):
+            raise InvalidInput("events", f"expected Event envelopes, got {describe(event)}")
+    ordered.sort(key=lambda event: event.sequence)
+    return ordered
+
+
 def node_approval_status(events: Iterable[Event], node_id: str) -> ApprovalStatus:
-    """The approval status of ``node_id`` after ``events`` (in sequence order)."""
+    """The approval status of ``node_id`` after ``events``, folded in sequence order
+    (whatever order they are given in)."""
     status: ApprovalStatus = _NOT_REQUESTED
-    for event in events:
+    for event in _in_order(events):
         if event.node_id == node_id:
             status = approval_step(status, event)
     return status
@@ -182,7 +217,7 @@ def node_approval_status(events: Iterable[Event], node_id: str) -> ApprovalStatu
 def pending_approvals(events: Iterable[Event]) -> tuple[ApprovalRequest, ...]:
     """Every open request, one per node (its latest), ordered by node id."""
     statuses: dict[str, ApprovalStatus] = {}
-    for event in events:
+    for event in _in_order(events):
         kind = event.kind
         if isinstance(kind, ToolApprovalRequired | ApprovalReceived | ApprovalConsumed):
             node = kind.node_id
@@ -208,7 +243,15 @@ def decide_approval(
     state_patch: JsonValue = None,
 ) -> ApprovalReceived | ApprovalRefused:
     """The ``approval_received`` event to record for a person's decision on a node, bound to
-    the node's open request; or the reason it is refused (nothing open, wrong approver)."""
+    the node's open request; or the reason it is refused (nothing open, wrong approver, no
+    identified user). A malformed call (a decision that is not an `ApprovalDecision`) raises
+    `InvalidInput`."""
+    if not isinstance(decision, ApprovalDecision):
+        raise InvalidInput("decision", f"expected ApprovalDecision, got {describe(decision)}")
+    if comment is not None and not isinstance(comment, str):
+        raise InvalidInput("comment", f"expected a string, got {describe(comment)}")
+    if _identity(user_id) is None:
+        return ApprovalRefused(f"an approval needs an identified user, got {describe(user_id)}")
     if not isinstance(status, Pending):
         return ApprovalRefused(f"no approval is pending (status: {_status_name(status)})")
     request = status.request

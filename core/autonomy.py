@@ -15,15 +15,21 @@ Upstream declares five more constraint fields and never reads them. Charter enfo
   ``allowed_tools``, at every level, right after the circuit breaker;
 * ``allowed_delegations`` (agent ids or URIs; when non-empty) refuses a delegation to any
   other agent (limit type ``allowed_delegations``), at every level;
-* ``require_approval_for`` (globs) asks for approval of a matching tool, at every level;
 * ``time_budget_secs`` is a fifth bounded limit, checked after the four upstream ones with
-  ``>=`` against ``AutonomyContext.elapsed_secs`` (limit type ``time_budget``).
+  ``>=`` against ``AutonomyContext.elapsed_secs`` (limit type ``time_budget``);
+* ``require_approval_for`` (globs) asks for approval of a matching tool, at every level —
+  but only after every refusal and limit above, so an approval can never authorise a call
+  that a restriction or an exhausted limit refuses.
+
+The full order is therefore: circuit breaker; card refusals; bounded limits; card approval
+rules; guided mode's approval of any named tool; proceed.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping
+from typing import assert_never
 
 import attrs
 
@@ -107,7 +113,7 @@ def _blocked_tools(value: Iterable[str]) -> tuple[str, ...]:
 
 
 def _allowed_delegations(value: Iterable[str]) -> tuple[str, ...]:
-    return _check.patterns(value, "allowed_delegations", AutonomyError)
+    return _check.patterns(value, "allowed_delegations", AutonomyError, what="agent id")
 
 
 def _require_approval_for(value: Iterable[str]) -> tuple[str, ...]:
@@ -219,6 +225,7 @@ EscalationTarget = HumanApproval | SupervisorAgent
 
 def parse_escalation_target(text: str) -> EscalationTarget:
     """The target named by its string form (``human_approval``, ``supervisor_agent:<id>``)."""
+    _check.text(text, "escalation_target", AutonomyError)
     if text == "human_approval":
         return HumanApproval()
     if text.startswith("supervisor_agent:"):
@@ -270,32 +277,45 @@ class AutonomyEnforcer:
     """Stateless checker of an agent's autonomy (see the module doc for the order)."""
 
     def check(self, ctx: AutonomyContext, tool_name: str | None = None) -> AutonomyDecision:
+        if not isinstance(ctx, AutonomyContext):
+            raise AutonomyError("ctx", f"expected an AutonomyContext, got {describe(ctx)}")
+        _check.optional_text(tool_name, "tool_name", AutonomyError)
         if ctx.consecutive_errors >= ctx.circuit_breaker_threshold:
             return TripCircuitBreaker(
                 consecutive_errors=ctx.consecutive_errors,
                 threshold=ctx.circuit_breaker_threshold,
             )
         constraints = ctx.constraints
+        # Refusals first, then limits, approvals last: an approval must never be able to
+        # authorise a call that a restriction or an exhausted limit refuses.
         if constraints is not None:
-            restricted = _restrictions(ctx, constraints, tool_name)
-            if restricted is not None:
-                return restricted
+            refused = _refusals(ctx, constraints, tool_name)
+            if refused is not None:
+                return refused
+            if ctx.autonomy_level is AutonomyLevel.BOUNDED_AUTONOMOUS:
+                reached = _bounded(ctx, constraints)
+                if reached is not None:
+                    return reached
+            if tool_name is not None and any(
+                glob_match(pattern, tool_name) for pattern in constraints.require_approval_for
+            ):
+                return RequireToolApproval(tool_name)
         match ctx.autonomy_level:
             case AutonomyLevel.GUIDED:
-                if tool_name is not None:
-                    return RequireToolApproval(tool_name)
+                return RequireToolApproval(tool_name) if tool_name is not None else _PROCEED
+            case (
+                AutonomyLevel.BOUNDED_AUTONOMOUS
+                | AutonomyLevel.FULLY_AUTONOMOUS
+                | AutonomyLevel.DETERMINISTIC
+            ):
                 return _PROCEED
-            case AutonomyLevel.BOUNDED_AUTONOMOUS:
-                if constraints is None:
-                    return _PROCEED
-                return _bounded(ctx, constraints)
-            case AutonomyLevel.FULLY_AUTONOMOUS | AutonomyLevel.DETERMINISTIC:
-                return _PROCEED
+            case _:  # pragma: no cover - the converter admits only the four levels
+                assert_never(ctx.autonomy_level)
 
 
-def _restrictions(
+def _refusals(
     ctx: AutonomyContext, constraints: AutonomyConstraints, tool_name: str | None
-) -> AutonomyDecision | None:
+) -> EscalateLimit | None:
     if tool_name is not None:
         for pattern in constraints.blocked_tools:
             if glob_match(pattern, tool_name):
@@ -321,14 +341,10 @@ def _restrictions(
             limit_value=constraints.allowed_delegations,
             actual_value=target,
         )
-    if tool_name is not None and any(
-        glob_match(pattern, tool_name) for pattern in constraints.require_approval_for
-    ):
-        return RequireToolApproval(tool_name)
     return None
 
 
-def _bounded(ctx: AutonomyContext, c: AutonomyConstraints) -> AutonomyDecision:
+def _bounded(ctx: AutonomyContext, c: AutonomyConstraints) -> EscalateLimit | None:
     checks: tuple[tuple[str, int | float | None, int | float], ...] = (
         ("max_iterations", c.max_iterations, ctx.current_iterations),
         ("max_tool_calls", c.max_tool_calls, ctx.current_tool_calls),
@@ -339,7 +355,7 @@ def _bounded(ctx: AutonomyContext, c: AutonomyConstraints) -> AutonomyDecision:
     for limit_type, limit, actual in checks:
         if limit is not None and actual >= limit:
             return EscalateLimit(limit_type=limit_type, limit_value=limit, actual_value=actual)
-    return _PROCEED
+    return None
 
 
 # ── agent cards ────────────────────────────────────────────────────────────────────────
@@ -347,6 +363,14 @@ def _bounded(ctx: AutonomyContext, c: AutonomyConstraints) -> AutonomyDecision:
 
 def _uri(value: str) -> str:
     return _check.text(value, "uri", AutonomyError)
+
+
+def _card_id(value: str) -> str:
+    return _check.text(value, "id", AutonomyError)
+
+
+def _card_name(value: str) -> str:
+    return _check.text(value, "name", AutonomyError)
 
 
 def _card_level(value: AutonomyLevel | str) -> AutonomyLevel:
@@ -360,8 +384,8 @@ class AgentCard:
     uri: str = attrs.field(converter=_uri)
     autonomy: AutonomyLevel = attrs.field(default=AutonomyLevel.GUIDED, converter=_card_level)
     constraints: AutonomyConstraints | None = attrs.field(default=None, converter=_constraints)
-    id: str = ""
-    name: str = ""
+    id: str = attrs.field(default="", converter=_card_id)
+    name: str = attrs.field(default="", converter=_card_name)
 
     @classmethod
     def from_dict(cls, data: object, where: str = "agent") -> AgentCard:

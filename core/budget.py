@@ -8,7 +8,8 @@ Differences, each deliberate (docs/semantics.md, "Budgets"):
   ``"__budget"`` raises instead of silently becoming an empty (unlimited) budget.
 * Cost is kept on a grid of 1e-9 USD and summed as an integer number of nano-dollars, so
   accumulation is exact, commutative and associative: the total never depends on the order
-  in which parallel nodes commit. Totals up to `MAX_COST_USD` are representable exactly.
+  in which parallel nodes commit. Amounts and totals up to `MAX_COST_USD` (about 4.5 million
+  USD per execution) are exact, in memory and through JSON; larger ones are refused.
 * Two checks: before a node runs (``>=``: a spent budget refuses to start anything, so a zero
   limit refuses every node) and after it ran (``>``), each naming the dimension, the limit
   and the value that tripped.
@@ -36,21 +37,33 @@ __all__ = [
     "Usage",
     "check_after",
     "check_before",
+    "nanos",
 ]
 
 #: The key of the budget object inside a snapshot's state (upstream's).
 BUDGET_KEY: Final = "__budget"
 
 _NANOS_PER_USD: Final = 1_000_000_000
-#: The largest USD amount kept exactly on the 1e-9 grid (2**53 nano-dollars).
-MAX_COST_USD: Final = 2**53 / _NANOS_PER_USD
+#: The most nano-dollars an amount or a total may hold. Below 2**52 the float USD value
+#: ``nanos / 1e9`` (correctly rounded) converts back to the same integer exactly (see
+#: `nanos`), so totals, their JSON form and every sum of them stay exact.
+_MAX_NANOS: Final = 2**52
+#: The largest USD amount (and total) a budget keeps exactly: about 4.5 million USD.
+MAX_COST_USD: Final = _MAX_NANOS / _NANOS_PER_USD
+
+
+def nanos(usd: float) -> int:
+    """The nearest whole number of 1e-9 USD to ``usd``, computed exactly (no float error)."""
+    numerator, denominator = float(usd).as_integer_ratio()
+    scaled = numerator * _NANOS_PER_USD
+    return (2 * scaled + denominator) // (2 * denominator)  # round half up, exact
 
 
 def _to_nanos(value: object, where: str) -> int:
     usd = _check.amount(value, where, BudgetError)
     if usd > MAX_COST_USD:
         raise BudgetError(where, f"expected at most {MAX_COST_USD:.0f} USD, got {usd!r}")
-    return round(usd * _NANOS_PER_USD)
+    return nanos(usd)
 
 
 def _from_nanos(nanos: int) -> float:
@@ -147,7 +160,7 @@ class BudgetState:
     @property
     def cost_nanos(self) -> int:
         """The total cost as an exact integer number of 1e-9 USD."""
-        return round(self.total_cost_usd * _NANOS_PER_USD)
+        return nanos(self.total_cost_usd)
 
     def accumulate(
         self,
@@ -168,7 +181,7 @@ class BudgetState:
 
     def _cost_sum(self, add_nanos: int) -> int:
         total = self.cost_nanos + add_nanos
-        if total > 2**53:
+        if total > _MAX_NANOS:
             raise BudgetError("total_cost_usd", f"total exceeds {MAX_COST_USD:.0f} USD")
         return total
 
@@ -224,12 +237,16 @@ class BudgetState:
     @classmethod
     def from_snapshot_state(cls, state: Mapping[str, object]) -> BudgetState:
         """The budget inside a snapshot's state; an empty budget when there is none yet."""
+        if not isinstance(state, Mapping):
+            raise BudgetError("state", f"expected a state object, got {describe(state)}")
         if BUDGET_KEY not in state:
             return cls()
         return cls.from_dict(state[BUDGET_KEY])
 
     def patch_into_snapshot_state(self, state: Mapping[str, object]) -> dict[str, object]:
         """A copy of ``state`` with this budget under ``"__budget"``; other keys kept."""
+        if not isinstance(state, Mapping):
+            raise BudgetError("state", f"expected a state object, got {describe(state)}")
         patched = dict(state)
         patched[BUDGET_KEY] = self.to_dict()
         return patched
@@ -278,12 +295,6 @@ class BudgetLimits:
     input_tokens: int | None = attrs.field(default=None, converter=_limit_input)
     output_tokens: int | None = attrs.field(default=None, converter=_limit_output)
     cost_usd: float | None = attrs.field(default=None, converter=_limit_cost)
-
-    def is_empty(self) -> bool:
-        return all(
-            v is None
-            for v in (self.total_tokens, self.input_tokens, self.output_tokens, self.cost_usd)
-        )
 
     @classmethod
     def from_workflow(
@@ -336,8 +347,16 @@ class BudgetTrip:
         op = ">=" if self.phase is BudgetPhase.BEFORE else ">"
         verb = "exhausted" if self.phase is BudgetPhase.BEFORE else "exceeded"
         if self.dimension is BudgetDimension.COST_USD:
-            return f"cost budget {verb}: ${self.value:.4f} {op} ${self.limit:.4f}"
+            return f"cost budget {verb}: ${_usd_text(self.value)} {op} ${_usd_text(self.limit)}"
         return f"token budget {verb}: {self.dimension.value} {self.value} {op} {self.limit}"
+
+
+def _usd_text(amount: float) -> str:
+    """Four decimals as upstream, more when needed to tell the amount apart (to 1e-9)."""
+    text = f"{amount:.4f}"
+    if nanos(float(text)) != nanos(amount):
+        text = f"{amount:.9f}".rstrip("0")
+    return text
 
 
 def _check_limits(
@@ -354,7 +373,7 @@ def _check_limits(
         if limit is not None and (value > limit if strict else value >= limit):
             return BudgetTrip(dimension=dimension, limit=limit, value=value, phase=phase)
     if limits.cost_usd is not None:
-        limit_nanos = round(limits.cost_usd * _NANOS_PER_USD)
+        limit_nanos = nanos(limits.cost_usd)
         spent = state.cost_nanos
         if spent > limit_nanos if strict else spent >= limit_nanos:
             return BudgetTrip(

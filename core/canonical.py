@@ -6,8 +6,10 @@ later the event chain), so it must not depend on key order, whitespace or float 
 * objects: keys sorted by their UTF-16 code units, no whitespace;
 * strings: only ``"``, ``\\`` and control characters escaped (short forms where JSON has
   them, ``\\u00xx`` otherwise); lone surrogates are refused;
-* numbers: integers as written; floats in ECMAScript's shortest round-trip form (``1.0`` is
-  ``1``, ``1e21`` is ``1e+21``, ``1e-7`` is ``1e-7``); NaN and infinities are refused;
+* numbers: integers as written (within signed 64 bits); floats in ECMAScript's shortest
+  round-trip form (``1.0`` is ``1``, ``1e21`` is ``1e+21``, ``1e-7`` is ``1e-7``,
+  ``1.2345678901234568e20`` is ``123456789012345680000``); NaN and infinities are refused;
+* nesting deeper than `MAX_DEPTH` levels is refused;
 * ``true``, ``false``, ``null``; tuples are arrays.
 """
 
@@ -28,8 +30,8 @@ def _number(value: float) -> str:
         raise InvalidInput("", f"expected a finite number, got {value!r}")
     if value == 0:
         return "0"
-    if value.is_integer() and abs(value) < 1e21:
-        return str(int(value))
+    if value.is_integer() and abs(value) < 2**53:
+        return str(int(value))  # exact; larger integral floats go through the digits below
     sign = "-" if value < 0 else ""
     text = repr(abs(value))  # shortest round-trip digits
     mantissa, _, exponent = text.partition("e")
@@ -61,7 +63,15 @@ def _string(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def _write(value: object, out: list[str], where: str) -> None:
+#: Deeper nesting than this is refused rather than risking the interpreter's stack.
+MAX_DEPTH = 64
+#: Integers are kept exact only within signed 64 bits; larger ones are refused.
+_INT_RANGE = 2**63
+
+
+def _write(value: object, out: list[str], where: str, depth: int = 0) -> None:
+    if depth > MAX_DEPTH:
+        raise InvalidInput("$", f"JSON nested deeper than {MAX_DEPTH} levels")
     if value is None:
         out.append("null")
     elif value is True:
@@ -69,6 +79,8 @@ def _write(value: object, out: list[str], where: str) -> None:
     elif value is False:
         out.append("false")
     elif isinstance(value, int):
+        if not -_INT_RANGE <= value < _INT_RANGE:
+            raise InvalidInput(where or "$", "integer outside the signed 64-bit range")
         out.append(str(value))
     elif isinstance(value, float):
         try:
@@ -95,14 +107,14 @@ def _write(value: object, out: list[str], where: str) -> None:
                 out.append(",")
             out.append(_string(key))
             out.append(":")
-            _write(value[key], out, f"{where}.{key}" if where else key)
+            _write(value[key], out, f"{where}.{key}" if where else key, depth + 1)
         out.append("}")
     elif isinstance(value, list | tuple):
         out.append("[")
         for index, item in enumerate(value):
             if index:
                 out.append(",")
-            _write(item, out, f"{where}[{index}]")
+            _write(item, out, f"{where}[{index}]", depth + 1)
         out.append("]")
     else:
         raise InvalidInput(where or "$", f"not a JSON value: {describe(value)}")

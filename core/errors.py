@@ -8,12 +8,13 @@ found, e.g. ``policy.yaml: workflow.blocked_tools[2]: expected a string pattern,
 
 from __future__ import annotations
 
+import reprlib
+
 __all__ = [
     "AutonomyError",
     "BudgetError",
     "CharterError",
     "Conflict",
-    "EventError",
     "FenceLost",
     "IncompatibleStore",
     "InvalidInput",
@@ -74,10 +75,6 @@ class BudgetError(InvalidInput):
     """A budget value or limit is malformed (wrong type, negative, NaN or infinite)."""
 
 
-class EventError(InvalidInput):
-    """An event or event log is malformed."""
-
-
 class LimitExceeded(InvalidInput):
     """An identifier, payload or event is larger than the store accepts."""
 
@@ -118,9 +115,25 @@ def child(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 2
+_REPR.maxstring = 40
+_REPR.maxother = 40
+_REPR.maxlong = 40
+for _name in ("maxlist", "maxtuple", "maxdict", "maxset", "maxfrozenset"):
+    setattr(_REPR, _name, 4)
+
+
 def describe(value: object) -> str:
-    """A short, safe rendering of a bad value for error messages: type and truncated repr."""
-    text = repr(value)
+    """A short, safe rendering of a bad value for error messages: type and a bounded repr.
+
+    Bounded while it is built (depth, items, length), so a hostile value — a huge integer,
+    a deeply nested or alias-bombed YAML structure — cannot make an error message expensive.
+    """
+    try:
+        text = _REPR.repr(value)
+    except Exception:  # noqa: BLE001 - a broken __repr__ must not hide the real error
+        text = "<unprintable>"
     if len(text) > 60:
         text = text[:57] + "..."
     return f"{type(value).__name__} {text}"

@@ -84,6 +84,7 @@ __all__ = [
     "WorkflowFailed",
     "WorkflowStarted",
     "event_type",
+    "type_tag",
 ]
 
 #: A JSON value (object, array, string, number, boolean or null).
@@ -352,12 +353,16 @@ class PolicyViolation:
 
 @attrs.frozen(kw_only=True)
 class NodeGated:
-    """Charter: one gate decision and what it was computed from.
+    """Charter: one gate decision and every input it was computed from.
 
-    ``outcome`` is ``run`` | ``hold`` | ``fail``; ``policy_*`` describe the deciding policy
-    layer (``policy_digests`` maps each consulted scope to its set's digest); ``autonomy``
-    is the autonomy decision's tag when an agent card applied; ``budget`` the counters the
-    gate saw; ``decided_at`` the clock value it was given.
+    ``outcome`` is ``run`` | ``hold`` | ``fail``. The policy part names the deciding
+    decision, scope, rule and pattern, and ``policies`` lists each layer consulted in chain
+    order as ``{scope, digest}``; ``combining`` is the mode. When an agent card applied:
+    ``autonomy`` (the decision's tag), ``agent`` (``{uri, autonomy, constraints_digest}``),
+    ``circuit_breaker_threshold``, ``elapsed_secs`` and ``delegation_target``. Always:
+    ``budget`` (the counters seen), ``limits``, ``approval`` (the node's approval status
+    going in), ``call_digest`` (of the call's arguments), ``request_digest`` (when approval
+    was involved) and ``decided_at`` (the clock value given).
     """
 
     node_id: str
@@ -368,9 +373,17 @@ class NodeGated:
     policy_scope: str | None = None
     policy_rule: str | None = None
     policy_pattern: str | None = None
-    policy_digests: JsonValue = None
+    policies: JsonValue = None
+    combining: str = "most-specific"
     autonomy: str | None = None
+    agent: JsonValue = None
+    circuit_breaker_threshold: int | None = None
+    elapsed_secs: float | None = None
+    delegation_target: str | None = None
     budget: JsonValue = None
+    limits: JsonValue = None
+    approval: str | None = None
+    call_digest: str | None = None
     request_digest: str | None = None
     decided_at: datetime | None = None
 
@@ -584,9 +597,11 @@ EventKind = (
 )
 
 
-def _snake(name: str) -> str:
+def type_tag(cls: type) -> str:
+    """The snake_case ``type`` tag of a class in a tagged union (``NodeFailed`` →
+    ``node_failed``); the same rule names event kinds, decisions and approval statuses."""
     out = []
-    for index, ch in enumerate(name):
+    for index, ch in enumerate(cls.__name__):
         if ch.isupper() and index:
             out.append("_")
         out.append(ch.lower())
@@ -595,7 +610,7 @@ def _snake(name: str) -> str:
 
 #: Every event kind class by its JSON ``type`` tag.
 EVENT_KINDS: Final[dict[str, type[EventKind]]] = {
-    _snake(cls.__name__): cls for cls in typing.get_args(EventKind)
+    type_tag(cls): cls for cls in typing.get_args(EventKind)
 }
 
 

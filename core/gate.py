@@ -45,6 +45,7 @@ from charter.core.autonomy import (
     AutonomyContext,
     AutonomyDecision,
     AutonomyEnforcer,
+    AutonomyLevel,
     EscalateLimit,
     Proceed,
     RequireToolApproval,
@@ -59,7 +60,7 @@ from charter.core.budget import (
     check_after,
     check_before,
 )
-from charter.core.canonical import content_digest
+from charter.core.canonical import canonical_json, content_digest
 from charter.core.errors import InvalidInput, describe
 from charter.core.events import (
     ApprovalConsumed,
@@ -106,6 +107,8 @@ class GateInputError(InvalidInput):
 
 
 def _layers(value: Iterable[PolicyLayer]) -> tuple[PolicyLayer, ...]:
+    if not isinstance(value, list | tuple):
+        raise GateInputError("policies", f"expected a list of PolicyLayer, got {describe(value)}")
     return tuple(value)
 
 
@@ -160,18 +163,36 @@ class GateRequest:
             )
         for index, layer in enumerate(self.policies):
             _expect(layer, PolicyLayer, f"policies[{index}]")
-        for name in ("now", "run_started_at"):
-            value = getattr(self, name)
-            if value is None and name == "run_started_at":
-                continue
-            if not isinstance(value, datetime) or value.tzinfo is None:
-                raise GateInputError(
-                    name, f"expected a timezone-aware datetime, got {describe(value)}"
-                )
+        _aware(self.now, "now")
+        if self.run_started_at is not None:
+            _aware(self.run_started_at, "run_started_at")
+        elif _needs_clock(self.agent):
+            raise GateInputError(
+                "run_started_at",
+                "required: the agent card sets time_budget_secs, which is measured from it",
+            )
+        try:
+            canonical_json(self.call)
+        except InvalidInput as error:
+            raise GateInputError(f"call{error.where.removeprefix('$')}", error.problem) from None
 
     @property
     def node_id(self) -> str:
         return self.context.node_id
+
+
+def _aware(value: object, where: str) -> None:
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise GateInputError(where, f"expected a timezone-aware datetime, got {describe(value)}")
+
+
+def _needs_clock(card: AgentCard | None) -> bool:
+    return (
+        card is not None
+        and card.autonomy is AutonomyLevel.BOUNDED_AUTONOMOUS
+        and card.constraints is not None
+        and card.constraints.time_budget_secs is not None
+    )
 
 
 def _expect(value: object, cls: type, where: str) -> None:
@@ -192,8 +213,11 @@ class GateResult:
     request_digest: str | None = None
 
 
-def request_digest(ctx: EvaluationContext, attempt: int, call: JsonValue) -> str:
-    """The digest an approval binds to: node, attempt, policy names and call arguments."""
+def request_digest(
+    ctx: EvaluationContext, attempt: int, call: JsonValue, approver: str = ANY_HUMAN
+) -> str:
+    """The digest an approval binds to: node, attempt, policy names, call arguments and who
+    must approve (so an approval given under one approver rule never satisfies another)."""
     return content_digest(
         {
             "node_id": ctx.node_id,
@@ -203,15 +227,50 @@ def request_digest(ctx: EvaluationContext, attempt: int, call: JsonValue) -> str
             "model_ref": ctx.model_ref,
             "resolved_model": ctx.resolved_model,
             "call": call,
+            "approver": approver,
         }
     )
 
 
+def _card_record(card: AgentCard) -> dict[str, object]:
+    constraints = None
+    if card.constraints is not None:
+        constraints = content_digest(attrs.asdict(card.constraints))
+    return {"uri": card.uri, "autonomy": card.autonomy.value, "constraints_digest": constraints}
+
+
+def _limits_record(limits: BudgetLimits) -> dict[str, object]:
+    return {
+        "total_tokens": limits.total_tokens,
+        "input_tokens": limits.input_tokens,
+        "output_tokens": limits.output_tokens,
+        "cost_usd": limits.cost_usd,
+    }
+
+
+def _elapsed(request: GateRequest) -> float:
+    if request.run_started_at is None:
+        return 0.0
+    return max(0.0, (request.now - request.run_started_at).total_seconds())
+
+
+#: Kinds that hand work to another agent (their target is checked against a card's
+#: ``allowed_delegations``).
+_DELEGATING = frozenset({"agent", "agent_tool", "a2a_task", "agent_discovery", "coordinator"})
+
+
+def _delegation_target(request: GateRequest) -> str | None:
+    """Whom this node delegates to: the caller's word, else the node's own (its kind's
+    target). A delegating node whose target is unknown gets a name no card allows."""
+    ctx = request.context
+    target = request.delegation_target or ctx.delegation_target
+    if target is None and ctx.node_kind_tag in _DELEGATING:
+        target = f"{ctx.node_kind_tag}:{ctx.node_id}"
+    return target
+
+
 def _autonomy_context(request: GateRequest, card: AgentCard) -> AutonomyContext:
     budget = request.budget
-    elapsed = 0.0
-    if request.run_started_at is not None:
-        elapsed = max(0.0, (request.now - request.run_started_at).total_seconds())
     return AutonomyContext(
         agent_ref=card.uri,
         autonomy_level=card.autonomy,
@@ -222,8 +281,8 @@ def _autonomy_context(request: GateRequest, card: AgentCard) -> AutonomyContext:
         current_tokens=budget.total_tokens,
         consecutive_errors=budget.consecutive_error_count,
         circuit_breaker_threshold=request.circuit_breaker_threshold,
-        elapsed_secs=elapsed,
-        delegation_target=request.delegation_target,
+        elapsed_secs=_elapsed(request),
+        delegation_target=_delegation_target(request),
     )
 
 
@@ -251,6 +310,17 @@ def _decision_tag(decision: object) -> str:
     raise TypeError(f"not a decision: {decision!r}")  # pragma: no cover - closed unions
 
 
+def _status_note(status: ApprovalStatus) -> str:
+    names = {
+        NotRequested: "not_requested",
+        Pending: "pending",
+        Approved: "approved",
+        Rejected: "rejected",
+        Consumed: "consumed",
+    }
+    return names[type(status)]
+
+
 def _json_limit(value: object) -> JsonValue:
     return list(value) if isinstance(value, tuple) else value
 
@@ -271,9 +341,17 @@ class _Decided:
 
     request: GateRequest
     verdict: PolicyVerdict
-    digest: str
     approver: str | None = None
     autonomy: AutonomyDecision | None = None
+    approval_note: str | None = None
+
+    @property
+    def digest(self) -> str | None:
+        """The request digest, when an approval is involved."""
+        if self.approver is None:
+            return None
+        request = self.request
+        return request_digest(request.context, request.attempt, request.call, self.approver)
 
     def result(
         self,
@@ -283,7 +361,8 @@ class _Decided:
         trip: BudgetTrip | None = None,
     ) -> GateResult:
         request, verdict = self.request, self.verdict
-        bound = self.digest if self.approver is not None else None
+        bound = self.digest
+        card = request.agent
         gated = NodeGated(
             node_id=request.node_id,
             attempt=request.attempt,
@@ -293,9 +372,20 @@ class _Decided:
             policy_scope=verdict.scope.value if verdict.scope is not None else None,
             policy_rule=verdict.rule.value if verdict.rule is not None else None,
             policy_pattern=verdict.pattern,
-            policy_digests={layer.scope.value: layer.policy.digest for layer in request.policies},
+            policies=[
+                {"scope": layer.scope.value, "digest": layer.policy.digest}
+                for layer in request.policies
+            ],
+            combining=request.combining.value,
             autonomy=_decision_tag(self.autonomy) if self.autonomy is not None else None,
+            agent=_card_record(card) if card is not None else None,
+            circuit_breaker_threshold=request.circuit_breaker_threshold if card else None,
+            elapsed_secs=_elapsed(request) if card else None,
+            delegation_target=_delegation_target(request) if card else None,
             budget=request.budget.to_dict(),
+            limits=_limits_record(request.limits),
+            approval=self.approval_note,
+            call_digest=content_digest(request.call),
             request_digest=bound,
             decided_at=request.now,
         )
@@ -328,7 +418,7 @@ def gate_node(request: GateRequest) -> GateResult:
     ctx = request.context
     node_id = ctx.node_id
     verdict = PolicyEvaluator(request.combining).explain(ctx, request.policies)
-    decided = _Decided(request, verdict, request_digest(ctx, request.attempt, request.call))
+    decided = _Decided(request, verdict, approval_note=_status_note(request.approval))
     approval_reasons: list[str] = []
 
     # 1. policy
@@ -341,13 +431,19 @@ def gate_node(request: GateRequest) -> GateResult:
         return decided.fail(decision.reason, f"policy blocked: {decision.reason}", (violation,))
     if isinstance(decision, RequireApproval):
         decided = attrs.evolve(decided, approver=decision.approver)
-        scope = verdict.scope.value if verdict.scope is not None else "a"
-        approval_reasons.append(f"{scope} policy requires approval for '{verdict.pattern}'")
+        where = f"{verdict.scope.value} policy" if verdict.scope is not None else "policy"
+        approval_reasons.append(f"{where} requires approval for '{verdict.pattern}'")
 
     # 2. autonomy
     card = request.agent
     if card is not None:
         autonomy = AutonomyEnforcer().check(_autonomy_context(request, card), _autonomy_tool(ctx))
+        if request.budget.circuit_breaker_tripped and not isinstance(autonomy, TripCircuitBreaker):
+            # A breaker recorded as tripped stays tripped until someone resets it.
+            autonomy = TripCircuitBreaker(
+                consecutive_errors=request.budget.consecutive_error_count,
+                threshold=request.circuit_breaker_threshold,
+            )
         decided = attrs.evolve(decided, autonomy=autonomy)
         match autonomy:
             case TripCircuitBreaker(consecutive_errors=errors, threshold=threshold):
@@ -401,6 +497,7 @@ def gate_node(request: GateRequest) -> GateResult:
     if decided.approver is None:
         return decided.result(Outcome.RUN, None)
     digest = decided.digest
+    assert digest is not None  # an approver is set, so the request is bound
     status = request.approval
     same = not isinstance(status, NotRequested) and status.request.request_digest == digest
     if isinstance(status, Approved) and same:

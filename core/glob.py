@@ -21,6 +21,8 @@ from typing import Final
 
 import attrs
 
+from charter.core.errors import InvalidInput, describe
+
 __all__ = ["GlobPattern", "glob_match"]
 
 _KIND_LITERAL: Final = "literal"
@@ -63,6 +65,8 @@ class GlobPattern:
 
     def __attrs_post_init__(self) -> None:
         pattern = self.pattern
+        if not isinstance(pattern, str):
+            raise InvalidInput("pattern", f"expected a string pattern, got {describe(pattern)}")
         segments = pattern.split("*")
         setter = object.__setattr__
         if len(segments) == 1 and "?" not in pattern:
@@ -128,4 +132,8 @@ def glob_match(pattern: str, value: str) -> bool:
     >>> glob_match("foo.*", "foo.bar"), glob_match("foo.*", "foobar"), glob_match("*", "")
     (True, False, True)
     """
+    if type(value) is not str:
+        raise InvalidInput("value", f"expected a string, got {describe(value)}")
+    if type(pattern) is not str:
+        raise InvalidInput("pattern", f"expected a string pattern, got {describe(pattern)}")
     return _compiled(pattern).matches(value)

@@ -13,8 +13,9 @@ and its ``state_patch`` merged; ``node_scheduled`` / ``node_started`` → the no
 ``node_failed`` / ``node_skipped`` / ``node_cancelled`` → inactive. State patches are RFC 7396
 merge patches (objects merge recursively, ``null`` deletes, anything else replaces).
 
-**Divergence:** once terminal, a status no longer changes (upstream lets a late event move a
-completed run back to running).
+**Divergences:** once terminal, a status no longer changes (upstream lets a late event move a
+completed run back to running); a ``null`` ``state_patch`` means "no change" (as a whole-
+document merge patch it would erase the state, which no executor means by sending nothing).
 """
 
 from __future__ import annotations
@@ -137,7 +138,8 @@ def apply_event(current: Materialized, event: Event) -> Materialized:
         case NodeCompleted(node_id=node, output=output, state_patch=patch):
             active = _without(active, node)
             completed = {**completed, node: output}
-            state = merge_patch(state, patch)
+            if patch is not None:  # a null patch means "no change", not "erase the state"
+                state = merge_patch(state, patch)
         case NodeFailed(node_id=node) | NodeSkipped(node_id=node) | NodeCancelled(node_id=node):
             active = _without(active, node)
     return Materialized(

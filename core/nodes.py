@@ -22,8 +22,15 @@ model              no tool name; ``model_ref`` (and the resolved model) instead
 =================  ==========================================================
 
 Kinds that only route or wait (condition, parallel, join, human_approval, wait, subgraph,
-policy, limit_exceeded, memory_retrieval, eval) have no policy name. An unknown tag is an
-error: a node Charter cannot classify is a node it cannot govern.
+policy, limit_exceeded, memory_retrieval, eval) have no policy name.
+
+Delegating kinds also name the agent they hand work to (``PolicyNames.delegation_target``,
+checked against an agent card's ``allowed_delegations``): ``agent`` its ``agent_ref``,
+``agent_tool`` its target, ``a2a_task`` its ``remote_agent``; ``coordinator`` and
+``agent_discovery`` choose at run time, so their target is a name derived from the node id
+that no allowlist of agent ids contains (a card that restricts delegations refuses them).
+
+An unknown tag is an error: a node Charter cannot classify is a node it cannot govern.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ __all__ = [
     "NODE_KINDS",
     "NodeKindInfo",
     "PolicyNames",
+    "node_kind_info",
     "node_kind_tag",
     "policy_names",
     "queue_type_for",
@@ -87,31 +95,35 @@ NODE_KINDS: Final[Mapping[str, NodeKindInfo]] = _kinds(
 
 @attrs.frozen
 class PolicyNames:
-    """The names of a node that policy rules are matched against."""
+    """The names of a node that policy rules are matched against, and the agent it hands
+    work to (for delegating kinds)."""
 
     tool_name: str | None = None
     model_ref: str | None = None
+    delegation_target: str | None = None
+
+
+def node_kind_info(tag: object, where: str = "type") -> NodeKindInfo:
+    """What Charter knows about a node kind tag; an unknown tag is `UnknownNodeKind`."""
+    if not isinstance(tag, str):
+        raise UnknownNodeKind(where, f"expected a node kind tag, got {describe(tag)}")
+    info = NODE_KINDS.get(tag)
+    if info is None:
+        known = ", ".join(sorted(NODE_KINDS))
+        raise UnknownNodeKind(where, f"unknown node kind {tag!r} (known: {known})")
+    return info
 
 
 def node_kind_tag(kind: Mapping[str, object], where: str = "kind") -> str:
     """The ``type`` tag of a serialized node kind; unknown or missing tags are errors."""
     if not isinstance(kind, Mapping):
         raise InvalidInput(where, f"expected a mapping with a 'type' key, got {describe(kind)}")
-    tag = kind.get("type")
-    if not isinstance(tag, str):
-        raise UnknownNodeKind(f"{where}.type", f"expected a node kind tag, got {describe(tag)}")
-    if tag not in NODE_KINDS:
-        known = ", ".join(sorted(NODE_KINDS))
-        raise UnknownNodeKind(f"{where}.type", f"unknown node kind {tag!r} (known: {known})")
-    return tag
+    return node_kind_info(kind.get("type"), f"{where}.type").tag
 
 
 def queue_type_for(tag: str) -> str:
     """The queue a node of kind ``tag`` is dispatched to."""
-    info = NODE_KINDS.get(tag)
-    if info is None:
-        raise UnknownNodeKind("type", f"unknown node kind {tag!r}")
-    return info.queue_type
+    return node_kind_info(tag).queue_type
 
 
 def _field(kind: Mapping[str, object], key: str, where: str) -> str:
@@ -138,13 +150,24 @@ def policy_names(node_id: str, kind: Mapping[str, object], where: str = "kind") 
             cls = _field(kind, "class", where)
             return PolicyNames(tool_name=f"{cls}.{_field(kind, 'method', where)}")
         case "agent":
-            return PolicyNames(tool_name=_field(kind, "agent_ref", where))
-        case "a2a_task" | "agent_discovery":
-            return PolicyNames(tool_name=_field(kind, "skill", where))
+            agent = _field(kind, "agent_ref", where)
+            return PolicyNames(tool_name=agent, delegation_target=agent)
+        case "a2a_task":
+            remote = kind.get("remote_agent")
+            if remote is not None and not isinstance(remote, str):
+                raise InvalidInput(
+                    f"{where}.remote_agent", f"expected a string, got {describe(remote)}"
+                )
+            return PolicyNames(tool_name=_field(kind, "skill", where), delegation_target=remote)
+        case "agent_discovery":
+            skill = _field(kind, "skill", where)
+            return PolicyNames(tool_name=skill, delegation_target=f"agent_discovery:{node_id}")
         case "agent_tool":
-            return PolicyNames(tool_name=_agent_tool_target(node_id, kind.get("agent"), where))
+            target = _agent_tool_target(node_id, kind.get("agent"), where)
+            return PolicyNames(tool_name=target, delegation_target=target)
         case "coordinator":
-            return PolicyNames(tool_name=f"coordinator:{node_id}")
+            name = f"coordinator:{node_id}"
+            return PolicyNames(tool_name=name, delegation_target=name)
         case _:
             return PolicyNames()
 
@@ -171,7 +194,11 @@ def resolve_model(model_ref: str, models: Mapping[str, object] | None) -> str | 
     alias → model string. ``None`` when the reference is not an alias (then the reference is
     itself the model name).
     """
-    if not models or model_ref not in models:
+    if models is None:
+        return None
+    if not isinstance(models, Mapping):
+        raise InvalidInput("models", f"expected a mapping of aliases, got {describe(models)}")
+    if model_ref not in models:
         return None
     entry = models[model_ref]
     where = f"models.{model_ref}"

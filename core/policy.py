@@ -18,16 +18,15 @@ same with ten literal or prefix rules as with ten thousand.
 from __future__ import annotations
 
 import enum
-import hashlib
-import json
 from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 
 from charter.core import _check
+from charter.core.canonical import content_digest
 from charter.core.errors import PolicyError, child, describe
 from charter.core.glob import GlobPattern
-from charter.core.nodes import policy_names, resolve_model
+from charter.core.nodes import NODE_KINDS, node_kind_info, policy_names, resolve_model
 
 __all__ = [
     "ALLOW",
@@ -110,7 +109,13 @@ class EvaluationContext:
 
     ``model_ref`` is the model as written in the node (possibly an alias); ``resolved_model``
     is the concrete model the alias stands for. When it is known, model allowlists are matched
-    against it and never against the alias alone (ARCHITECTURE fix 2).
+    against it and never against the alias alone (ARCHITECTURE fix 2). ``delegation_target``
+    is the agent a delegating node hands work to (checked against an agent card's
+    ``allowed_delegations``).
+
+    A context is checked against the node-kind table when it is built: the tag must be
+    known, a model node needs a ``model_ref`` and every other acting kind a ``tool_name``, so
+    a misspelt or unnamed node can never slip past the rules meant for it.
     """
 
     node_id: str
@@ -118,14 +123,27 @@ class EvaluationContext:
     tool_name: str | None = None
     model_ref: str | None = None
     resolved_model: str | None = attrs.field(default=None, kw_only=True)
+    delegation_target: str | None = attrs.field(default=None, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
-        # One pass of type checks (contexts are built per decision, so this is a hot path).
-        if type(self.node_id) is not str or type(self.node_kind_tag) is not str:
+        # One pass of checks (contexts are built per decision, so this is a hot path).
+        if type(self.node_id) is not str:
             _check.text(self.node_id, "node_id", PolicyError)
-            _check.text(self.node_kind_tag, "node_kind_tag", PolicyError)
-        for name in ("tool_name", "model_ref", "resolved_model"):
-            _check.optional_text(getattr(self, name), name, PolicyError)
+        tag = self.node_kind_tag
+        info = NODE_KINDS.get(tag) if type(tag) is str else None
+        if info is None:
+            info = node_kind_info(tag, "node_kind_tag")  # raises UnknownNodeKind
+        for name in ("tool_name", "model_ref", "resolved_model", "delegation_target"):
+            value = getattr(self, name)
+            if value is not None and type(value) is not str:
+                _check.optional_text(value, name, PolicyError)
+        if tag == "model":
+            if self.model_ref is None:
+                raise PolicyError("model_ref", "a model node needs its model reference")
+        elif info.acting and self.tool_name is None:
+            raise PolicyError(
+                "tool_name", f"a {tag} node acts on the world and needs its policy name"
+            )
 
     @classmethod
     def from_node_kind(
@@ -147,6 +165,7 @@ class EvaluationContext:
             tool_name=names.tool_name,
             model_ref=names.model_ref,
             resolved_model=resolved,
+            delegation_target=names.delegation_target,
         )
 
     def model_candidates(self) -> tuple[str, ...]:
@@ -230,41 +249,55 @@ def _model_allowlist(value: Iterable[str]) -> tuple[str, ...]:
     return _check.patterns(value, "model_allowlist", PolicyError)
 
 
+def _approver(value: str | None) -> str | None:
+    if value is None:
+        return None
+    text = _check.text(value, "approver", PolicyError)
+    if not text.strip():
+        raise PolicyError("approver", "expected a user id, a glob of user ids or 'human'")
+    return text
+
+
 @attrs.frozen
 class PolicySet:
     """One layer of policy: three lists of glob patterns (each may be empty).
 
     * ``blocked_tools``: a node whose policy name matches is blocked.
-    * ``require_approval_for``: a node whose policy name matches needs human approval.
+    * ``require_approval_for``: a node whose policy name matches needs approval — by
+      ``approver`` when set (a user id, comma-separated user-id globs, or ``"human"`` for
+      any identified person; the default), an extension of upstream's shape.
     * ``model_allowlist``: when non-empty, a model node whose model matches none is blocked.
 
     Lists are kept as given (order matters only for which pattern a reason names: the first
     matching one in list order, as upstream). The set is compiled into an index on creation.
     """
 
+    KEYS = ("blocked_tools", "require_approval_for", "model_allowlist", "approver")
+
     blocked_tools: tuple[str, ...] = attrs.field(default=(), converter=_blocked_tools)
     require_approval_for: tuple[str, ...] = attrs.field(default=(), converter=_require_approval_for)
     model_allowlist: tuple[str, ...] = attrs.field(default=(), converter=_model_allowlist)
+    approver: str | None = attrs.field(default=None, kw_only=True, converter=_approver)
     _blocked: _RuleIndex = attrs.field(init=False, eq=False, repr=False, hash=False)
     _approval: _RuleIndex = attrs.field(init=False, eq=False, repr=False, hash=False)
     _allow: _RuleIndex = attrs.field(init=False, eq=False, repr=False, hash=False)
     _digest: str = attrs.field(init=False, eq=False, repr=False, hash=False)
+    _requires: RequireApproval = attrs.field(init=False, eq=False, repr=False, hash=False)
 
     def __attrs_post_init__(self) -> None:
-        object.__setattr__(self, "_blocked", _RuleIndex.build(self.blocked_tools))
-        object.__setattr__(self, "_approval", _RuleIndex.build(self.require_approval_for))
-        object.__setattr__(self, "_allow", _RuleIndex.build(self.model_allowlist))
-        canonical = json.dumps(
-            {
-                "blocked_tools": list(self.blocked_tools),
-                "model_allowlist": list(self.model_allowlist),
-                "require_approval_for": list(self.require_approval_for),
-            },
-            ensure_ascii=False,
-            separators=(",", ":"),
-            sort_keys=True,
-        )
-        object.__setattr__(self, "_digest", hashlib.sha256(canonical.encode()).hexdigest())
+        setter = object.__setattr__
+        setter(self, "_blocked", _RuleIndex.build(self.blocked_tools))
+        setter(self, "_approval", _RuleIndex.build(self.require_approval_for))
+        setter(self, "_allow", _RuleIndex.build(self.model_allowlist))
+        setter(self, "_requires", RequireApproval(self.approver or "human"))
+        shape: dict[str, object] = {
+            "blocked_tools": list(self.blocked_tools),
+            "model_allowlist": list(self.model_allowlist),
+            "require_approval_for": list(self.require_approval_for),
+        }
+        if self.approver is not None:
+            shape["approver"] = self.approver
+        setter(self, "_digest", content_digest(shape))
 
     @property
     def digest(self) -> str:
@@ -272,34 +305,50 @@ class PolicySet:
         policy decided."""
         return self._digest
 
-    def is_empty(self) -> bool:
-        return not (self.blocked_tools or self.require_approval_for or self.model_allowlist)
-
     @classmethod
     def from_dict(cls, data: object, where: str = "policy") -> PolicySet:
-        """A policy set from its JSON shape (upstream ``PolicySetIr``); a missing list is
-        empty; an unknown key, a non-list or a non-string pattern is an error naming it."""
+        """A policy set from its JSON shape (upstream ``PolicySetIr`` plus the optional
+        ``approver``); a missing list is empty; an unknown key, a non-list or a non-string
+        pattern is an error naming it."""
         if not isinstance(data, Mapping):
             raise PolicyError(where, f"expected a mapping of pattern lists, got {describe(data)}")
-        known = ("blocked_tools", "require_approval_for", "model_allowlist")
         for key in data:
-            if key not in known:
+            if key not in cls.KEYS:
                 raise PolicyError(
-                    child(where, key),
-                    f"unknown policy key (expected one of: {', '.join(known)})",
+                    child(where, str(key)),
+                    f"unknown policy key (expected one of: {', '.join(cls.KEYS)})",
                 )
         lists = {
-            key: _check.patterns(data.get(key, ()), child(where, key), PolicyError) for key in known
+            key: _check.patterns(data.get(key, ()), child(where, key), PolicyError)
+            for key in cls.KEYS[:3]
         }
-        return cls(**lists)
+        try:
+            return cls(**lists, approver=data.get("approver"))
+        except PolicyError as error:
+            raise error.within(where) from None
+
+
+def _scope(value: PolicyScope | str) -> PolicyScope:
+    if isinstance(value, PolicyScope):
+        return value
+    for scope in PolicyScope:
+        if value == scope.value:
+            return scope
+    raise PolicyError("scope", f"expected tenant, workflow or node, got {describe(value)}")
+
+
+def _policy(value: PolicySet) -> PolicySet:
+    if not isinstance(value, PolicySet):
+        raise PolicyError("policy", f"expected a PolicySet, got {describe(value)}")
+    return value
 
 
 @attrs.frozen
 class PolicyLayer:
     """A policy set with the scope it comes from."""
 
-    scope: PolicyScope
-    policy: PolicySet
+    scope: PolicyScope = attrs.field(converter=_scope)
+    policy: PolicySet = attrs.field(converter=_policy)
 
 
 def policy_chain(
@@ -335,7 +384,6 @@ class PolicyVerdict:
 
 
 _ALLOW_VERDICT = PolicyVerdict(decision=ALLOW)
-_HUMAN_APPROVAL = RequireApproval("human")
 _MAX_LISTED = 5
 
 
@@ -372,11 +420,21 @@ def _as_layer(item: PolicySet | PolicyLayer) -> tuple[PolicyScope | None, Policy
 _Hit = tuple[PolicyDecision, PolicyScope | None, PolicyRule, str | None, int]
 
 
+def _mode(value: CombiningMode | str) -> CombiningMode:
+    if isinstance(value, CombiningMode):
+        return value
+    for mode in CombiningMode:
+        if value == mode.value:
+            return mode
+    known = ", ".join(mode.value for mode in CombiningMode)
+    raise PolicyError("mode", f"expected one of {known}, got {describe(value)}")
+
+
 @attrs.frozen
 class PolicyEvaluator:
     """Stateless evaluator of a chain of policy sets (least specific first)."""
 
-    mode: CombiningMode = CombiningMode.MOST_SPECIFIC
+    mode: CombiningMode = attrs.field(default=CombiningMode.MOST_SPECIFIC, converter=_mode)
 
     def evaluate(
         self, ctx: EvaluationContext, sets: Sequence[PolicySet | PolicyLayer]
@@ -436,7 +494,7 @@ def _tool_rules(
         hit = policy._approval.first_match(tool_name)
         if hit is not None:
             pattern = policy.require_approval_for[hit]
-            return (_HUMAN_APPROVAL, scope, PolicyRule.REQUIRE_APPROVAL_FOR, pattern, position)
+            return (policy._requires, scope, PolicyRule.REQUIRE_APPROVAL_FOR, pattern, position)
     return None
 
 

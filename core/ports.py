@@ -1,8 +1,11 @@
 """Ports: what the core needs from the world, as Protocols (no I/O here).
 
 `Store` is the one storage port. Every adapter (in-memory reference, SQLite, later Postgres)
-implements all of it and passes the same contract suite (``tests/store_contract.py``).
+implements all of it and passes the same contract suite (``tests/test_store_contract.py``).
 Its guarantees:
+
+* **Threads.** One store object may be shared by threads; calls are serialised or
+  isolated so each behaves as if alone.
 
 * **Atomicity.** Each method is one transaction: it does everything it says or nothing.
   Bad input (`InvalidInput`, `LimitExceeded`, `UnknownTenant`) is refused before anything is
@@ -156,8 +159,9 @@ class Store(Protocol):
         limit: int = 100,
         cursor: str | None = None,
     ) -> Page[Execution]:
-        """Executions in creation order, a page at a time; pass ``next_cursor`` back to
-        continue. Every execution is reachable (no "first 100 only")."""
+        """Executions in creation order (the order `create_execution` calls committed), a
+        page at a time; pass ``next_cursor`` back to continue. Every execution is reachable
+        (no "first 100 only")."""
         ...
 
     def append_events(self, execution_id: str, events: Sequence[EventKind]) -> tuple[Event, ...]:
@@ -196,7 +200,9 @@ class Store(Protocol):
 
     def commit(self, request: CommitRequest) -> tuple[Event, ...]:
         """Settle a claimed item and write everything its attempt produced (see
-        `CommitRequest`), in one fenced transaction; returns the appended events."""
+        `CommitRequest`), in one fenced transaction; returns the appended events. The
+        claim's unrecorded effect reservations are released (reclaim keeps them until their
+        TTL: a presumed-dead worker may still be firing)."""
         ...
 
     def park(
@@ -229,7 +235,8 @@ class Store(Protocol):
     def pending_approvals(
         self, *, tenant_id: str | None = None, execution_id: str | None = None
     ) -> tuple[PendingApprovalRecord, ...]:
-        """Open approval requests, by execution then node."""
+        """Open approval requests of executions that are not finished, by execution then
+        node."""
         ...
 
     def decide_approval(

@@ -30,6 +30,8 @@ ALLOWED_IMPORTS = {
     "json",
     "math",
     "re",
+    "reprlib",
+    "unicodedata",
     "typing",
 }
 
@@ -114,9 +116,9 @@ CORE_API = [
     "Consumed", "CoordinatorDecision", "CoordinatorDiscovery", "CoordinatorScoring",
     "CostBudgetExceeded", "CriticVerdict", "DEFAULT_TENANT", "EVENT_KINDS", "EffectAcquired",
     "EffectHeld", "EffectRecorded", "EffectReservation", "EffectResult", "EscalateLimit",
-    "EscalationRequired", "EscalationTarget", "EvaluationContext", "Event", "EventError",
-    "EventKind", "Execution", "ExecutionStatus", "ExternalEventReceived", "FailurePlan",
-    "FenceLost", "GateInputError", "GateRequest", "GateResult", "GlobPattern", "HumanApproval",
+    "EscalationRequired", "EscalationTarget", "EvaluationContext", "Event", "EventKind",
+    "Execution", "ExecutionStatus", "ExternalEventReceived", "FailurePlan", "FenceLost",
+    "GateInputError", "GateRequest", "GateResult", "GlobPattern", "HumanApproval",
     "IncompatibleStore", "InterruptRaised", "InvalidInput", "IterationCompleted",
     "IterationStarted", "JsonValue", "LEASE_EXPIRED", "LimitExceeded", "LimitValue",
     "MAX_BACKOFF_MS", "MAX_COST_USD", "MAX_ID_LENGTH", "MAX_PAYLOAD_BYTES", "Materialized",
@@ -136,10 +138,10 @@ CORE_API = [
     "WorkflowStarted", "apply_event", "approval_step", "approver_allows", "backoff_delay_ms",
     "canonical_json", "check_after", "check_before", "check_identifier",
     "constraints_from_dict", "content_digest", "decide_approval", "encode_json", "event_type",
-    "gate_node", "glob_match", "materialize", "merge_patch", "node_approval_status",
-    "node_kind_tag", "parse_escalation_target", "pending_approvals", "plan_failure",
-    "plan_park", "policy_chain", "policy_names", "queue_type_for", "rejection_reason",
-    "request_digest", "resolve_model", "settle_node", "status_after",
+    "gate_node", "glob_match", "materialize", "merge_patch", "nanos", "node_approval_status",
+    "node_kind_info", "node_kind_tag", "parse_escalation_target", "pending_approvals",
+    "plan_failure", "plan_park", "policy_chain", "policy_names", "queue_type_for",
+    "rejection_reason", "request_digest", "resolve_model", "settle_node", "status_after",
 ]  # fmt: skip
 
 STRATEGIES_API = [

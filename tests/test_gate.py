@@ -100,7 +100,10 @@ def test_gated_event_records_the_digest_of_every_policy_set_consulted() -> None:
     result = gate_node(_request(policies=policy_chain(tenant=tenant, workflow=workflow)))
     gated = result.events[0]
     assert isinstance(gated, NodeGated)
-    assert gated.policy_digests == {"tenant": tenant.digest, "workflow": workflow.digest}
+    assert gated.policies == [
+        {"scope": "tenant", "digest": tenant.digest},
+        {"scope": "workflow", "digest": workflow.digest},
+    ]
 
 
 def test_approval_requirement_holds_and_raises_one_bound_request() -> None:

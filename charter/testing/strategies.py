@@ -48,7 +48,7 @@ from charter.core.events import (
     EventKind,
     ProvenanceMetadata,
 )
-from charter.core.gate import GateRequest
+from charter.core.gate import GateRequest, request_digest
 from charter.core.nodes import NODE_KINDS
 from charter.core.policy import (
     CombiningMode,
@@ -226,10 +226,11 @@ def budget_states(
     max_tokens: int = _MAX_TOKENS,
     max_cost_usd: float = _MAX_USD,
     max_consecutive_errors: int = 10,
+    max_count: int = 1000,
 ) -> st.SearchStrategy[BudgetState]:
     """Budget states with any valid totals."""
     tokens = st.integers(min_value=0, max_value=max_tokens)
-    counts = st.integers(min_value=0, max_value=1000)
+    counts = st.integers(min_value=0, max_value=max_count)
     return st.builds(
         BudgetState,
         total_input_tokens=tokens,
@@ -348,7 +349,7 @@ def _approval_requests(node_id: str) -> st.SearchStrategy[ApprovalRequest]:
         tool_name=names(),
         approver=st.sampled_from(("human", "alice", "a*")),
         context=json_values(max_leaves=3),
-        request_digest=st.none() | st.text(alphabet="0123456789abcdef", min_size=8, max_size=8),
+        request_digest=st.none() | st.text(alphabet="0123456789abcdef", min_size=64, max_size=64),
         attempt=st.none() | st.integers(min_value=0, max_value=3),
         sequence=st.integers(min_value=1, max_value=1000),
     )
@@ -369,21 +370,58 @@ def approval_statuses(*, node_id: str = "n") -> st.SearchStrategy[ApprovalStatus
     )
 
 
+@st.composite
+def _gate_requests(draw: st.DrawFn, alphabet: str) -> GateRequest:
+    now = draw(datetimes())
+    request = GateRequest(
+        context=draw(evaluation_contexts(alphabet=alphabet)),
+        attempt=draw(st.integers(min_value=0, max_value=3)),
+        policies=draw(policy_chains(alphabet=alphabet)),
+        combining=draw(st.sampled_from(CombiningMode)),
+        agent=draw(st.none() | agent_cards(alphabet=alphabet)),
+        circuit_breaker_threshold=draw(st.integers(min_value=0, max_value=5)),
+        budget=draw(
+            budget_states(
+                max_tokens=2_000, max_cost_usd=20.0, max_consecutive_errors=3, max_count=25
+            )
+        ),
+        limits=draw(st.just(BudgetLimits()) | budget_limits(max_tokens=4_000, max_cost_usd=40.0)),
+        call=draw(st.none() | json_values(max_leaves=3)),
+        now=now,
+        run_started_at=now - timedelta(seconds=draw(st.integers(min_value=0, max_value=25))),
+    )
+    # Half the time, an approval status about *this* request (its real digest, under each
+    # approver the gate may ask for), so that approved, rejected and pending requests for the
+    # same call are exercised, not only unrelated ones.
+    status: ApprovalStatus
+    if draw(st.booleans()):
+        approver = draw(st.sampled_from(("human", "alice")))
+        digest = request_digest(request.context, request.attempt, request.call, approver)
+        ask = ApprovalRequest(
+            node_id=request.context.node_id,
+            tool_name=request.context.tool_name or "t",
+            approver=approver,
+            context={},
+            request_digest=digest,
+            attempt=request.attempt,
+            sequence=1,
+        )
+        user = draw(st.sampled_from(("alice", "bob")))
+        choices: tuple[ApprovalStatus, ...] = (
+            Pending(ask),
+            Approved(request=ask, user_id=user, comment=None, sequence=2),
+            Rejected(request=ask, user_id=user, comment="no", sequence=2),
+            Consumed(request=ask, user_id=user, sequence=3),
+        )
+        status = draw(st.sampled_from(choices))
+    else:
+        status = draw(approval_statuses(node_id=request.context.node_id))
+    return attrs.evolve(request, approval=status)
+
+
 def gate_requests(*, alphabet: str = DEFAULT_ALPHABET) -> st.SearchStrategy[GateRequest]:
     """Complete gate inputs: a node, its policy chain, maybe an agent card, a budget and its
-    limits, an approval status and a clock reading. Budgets, limits and error counts are
-    drawn so that every outcome (run, hold, fail) is common."""
-    return st.builds(
-        GateRequest,
-        context=evaluation_contexts(alphabet=alphabet),
-        attempt=st.integers(min_value=0, max_value=3),
-        policies=policy_chains(alphabet=alphabet),
-        combining=st.sampled_from(CombiningMode),
-        agent=st.none() | agent_cards(alphabet=alphabet),
-        circuit_breaker_threshold=st.integers(min_value=0, max_value=5),
-        budget=budget_states(max_tokens=2_000, max_cost_usd=20.0, max_consecutive_errors=3),
-        limits=st.just(BudgetLimits()) | budget_limits(max_tokens=4_000, max_cost_usd=40.0),
-        approval=approval_statuses(),
-        call=st.none() | json_values(max_leaves=3),
-        now=datetimes(),
-    )
+    limits, an approval status (often one bound to this very request), a clock reading and
+    the run's start. Budgets, limits and error counts are drawn so that every outcome (run,
+    hold, fail) is common."""
+    return _gate_requests(alphabet)
