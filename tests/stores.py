@@ -26,8 +26,15 @@ def _memory(tmp_path: Path, clock: ManualClock) -> Store:
     return MemoryStore(clock=clock)
 
 
+def _sqlite(tmp_path: Path, clock: ManualClock) -> Store:
+    from charter.adapters.sqlite import SqliteStore
+
+    return SqliteStore(tmp_path / "charter.db", clock=clock)
+
+
 _FACTORIES: Final[dict[str, Callable[[Path, ManualClock], Store]]] = {
     "memory": _memory,
+    "sqlite": _sqlite,
 }
 
 #: Every adapter kind the contract suite runs against: ``("memory", "sqlite")``.

@@ -1,0 +1,1025 @@
+"""The SQLite store: Charter's embedded default (`Store` port on one SQLite file).
+
+Built on sqlite-utils' `Database` (connection, pragmas, migrations). Every write is one
+``BEGIN IMMEDIATE`` transaction — it takes the write lock before reading, so a
+read-then-write can never be interleaved with another writer — and either commits all of
+its statements or none. The file runs in WAL mode with a busy timeout, so several processes
+can share it: writers queue for the lock instead of failing.
+
+One store object may be shared by threads (one connection behind a lock). Each process opens
+its own store. SQLite errors are translated at this boundary: a locked database that stays
+locked past the timeout is `StoreUnavailable`, a file that is not a SQLite database, is
+another application's, is corrupt or is newer than this code is `IncompatibleStore`.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import sqlite_utils
+
+from charter.adapters import store_support as rules
+from charter.adapters.clock import SystemClock
+from charter.adapters.codec import dumps, loads
+from charter.adapters.sqlite_schema import APPLICATION_ID, LATEST, MIGRATIONS
+from charter.core.approvals import (
+    ApprovalRefused,
+    ApprovalStatus,
+    NotRequested,
+    Pending,
+    decide_approval,
+)
+from charter.core.budget import BudgetState, Usage, nanos
+from charter.core.errors import (
+    CharterError,
+    Conflict,
+    IncompatibleStore,
+    InvalidInput,
+    NotFound,
+    StoreError,
+    StoreUnavailable,
+    UnknownTenant,
+)
+from charter.core.events import (
+    ApprovalConsumed,
+    ApprovalDecision,
+    ApprovalReceived,
+    Event,
+    EventKind,
+    JsonValue,
+    NodeStarted,
+    ToolApprovalRequired,
+)
+from charter.core.materialize import Materialized, apply_event, status_after
+from charter.core.ports import Clock, CommitRequest, ReclaimResult
+from charter.core.queue import LEASE_EXPIRED, plan_failure, plan_park
+from charter.core.records import (
+    DEFAULT_TENANT,
+    Claim,
+    EffectAcquired,
+    EffectHeld,
+    EffectRecorded,
+    EffectReservation,
+    Execution,
+    ExecutionStatus,
+    NewWorkItem,
+    Page,
+    PendingApprovalRecord,
+    Snapshot,
+    Tenant,
+    WorkflowDefinition,
+    WorkItem,
+    WorkItemStatus,
+    check_identifier,
+    encode_json,
+)
+
+__all__ = ["SqliteStore"]
+
+Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
+
+_TERMINAL: Final = tuple(status.value for status in ExecutionStatus if status.terminal)
+_ITEM_COLUMNS: Final = (
+    "item_id, tenant_id, execution_id, node_id, queue, payload_json, attempt, max_attempts, "
+    "backoff_base_ms, status, available_at, created_at, worker_id, lease_expires_at, fence, "
+    "last_error"
+)
+_EXECUTION_COLUMNS: Final = (
+    "execution_id, tenant_id, workflow_id, workflow_version, status, initial_input_json, "
+    "parent_execution_id, segment_number, created_at, updated_at, last_sequence"
+)
+
+
+def _text(moment: datetime) -> str:
+    return rules.utc_text(moment)
+
+
+def _time(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def _maybe_time(text: str | None) -> datetime | None:
+    return None if text is None else _time(text)
+
+
+def _item(row: sqlite3.Row | tuple[Any, ...]) -> WorkItem:
+    return WorkItem(
+        item_id=row[0],
+        tenant_id=row[1],
+        execution_id=row[2],
+        node_id=row[3],
+        queue=row[4],
+        payload=json.loads(row[5]),
+        attempt=row[6],
+        max_attempts=row[7],
+        backoff_base_ms=row[8],
+        status=WorkItemStatus(row[9]),
+        available_at=_time(row[10]),
+        created_at=_time(row[11]),
+        worker_id=row[12],
+        lease_expires_at=_maybe_time(row[13]),
+        fence=row[14],
+        last_error=row[15],
+    )
+
+
+def _execution(row: tuple[Any, ...]) -> Execution:
+    return Execution(
+        execution_id=row[0],
+        tenant_id=row[1],
+        workflow_id=row[2],
+        workflow_version=row[3],
+        status=ExecutionStatus(row[4]),
+        initial_input=json.loads(row[5]),
+        parent_execution_id=row[6],
+        segment_number=row[7],
+        created_at=_time(row[8]),
+        updated_at=_time(row[9]),
+        last_sequence=row[10],
+    )
+
+
+class SqliteStore:
+    """A `Store` on one SQLite file (see the module doc).
+
+    ``synchronous`` is SQLite's durability setting in WAL mode: ``FULL`` (the default)
+    makes every committed transaction durable across power loss; ``NORMAL`` may lose the
+    last transactions on power loss (never on a process crash) and is much faster.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        clock: Clock | None = None,
+        new_id: Callable[[], str] | None = None,
+        synchronous: Synchronous = "FULL",
+        busy_timeout_ms: int = 5000,
+    ) -> None:
+        if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
+        self.clock: Clock = clock or SystemClock()
+        self.path = Path(path)
+        self._new_id = new_id or (lambda: str(uuid.uuid4()))
+        self._lock = threading.RLock()
+        try:
+            conn = sqlite3.connect(
+                str(self.path), timeout=busy_timeout_ms / 1000, check_same_thread=False
+            )
+        except sqlite3.Error as error:
+            raise StoreUnavailable(f"{self.path}: cannot open: {error}") from None
+        self._conn = conn
+        try:
+            self._db = sqlite_utils.Database(conn, execute_plugins=False)
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            self._migrate()
+            self._db.enable_wal()
+            conn.execute(f"PRAGMA synchronous = {synchronous}")
+            conn.execute("PRAGMA foreign_keys = OFF")
+            self._ensure_default_tenant()
+        except BaseException:
+            conn.close()
+            raise
+
+    # ── opening and migrations ──
+
+    def _migrate(self) -> None:
+        conn = self._conn
+        try:
+            application_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        except sqlite3.DatabaseError as error:
+            raise IncompatibleStore(
+                f"{self.path}: not a SQLite database, or a corrupt one ({error})"
+            ) from None
+        if application_id != APPLICATION_ID and (tables or version):
+            raise IncompatibleStore(
+                f"{self.path}: a SQLite database of another application "
+                f"(application_id {application_id:#x}), not a Charter store"
+            )
+        if version > LATEST:
+            raise IncompatibleStore(
+                f"{self.path}: written by a newer Charter (schema version {version}; this "
+                f"Charter reads up to {LATEST}); upgrade Charter to open it"
+            )
+        for target in sorted(v for v in MIGRATIONS if v > version):
+            with self._immediate():
+                # Re-read inside the lock: another process may have migrated meanwhile.
+                current = conn.execute("PRAGMA user_version").fetchone()[0]
+                if current >= target:
+                    continue
+                for statement in _statements(MIGRATIONS[target]):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                conn.execute(f"PRAGMA user_version = {target}")
+
+    def _ensure_default_tenant(self) -> None:
+        now = self.clock.now()
+        tenant = Tenant(tenant_id=DEFAULT_TENANT, name="Default", created_at=now, updated_at=now)
+        with self._write():
+            self._conn.execute(
+                "INSERT OR IGNORE INTO tenants (tenant_id, record_json) VALUES (?, ?)",
+                (DEFAULT_TENANT, dumps(tenant)),
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # ── transactions and error translation ──
+
+    @contextmanager
+    def _immediate(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, with SQLite errors translated to `StoreError`s."""
+        with self._lock, _translated(self.path), self._immediate() as conn:
+            yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, _translated(self.path):
+            yield self._conn
+
+    # ── tenants ──
+
+    def put_tenant(self, tenant: Tenant) -> None:
+        rules.check_tenant(tenant)
+        record = dumps(tenant)
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO tenants (tenant_id, record_json) VALUES (?, ?) "
+                "ON CONFLICT (tenant_id) DO UPDATE SET record_json = excluded.record_json",
+                (tenant.tenant_id, record),
+            )
+
+    def get_tenant(self, tenant_id: str) -> Tenant | None:
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT record_json FROM tenants WHERE tenant_id = ?", (tenant_id,)
+            ).fetchone()
+        return None if row is None else loads(row[0], Tenant)
+
+    def list_tenants(self) -> tuple[Tenant, ...]:
+        with self._read() as conn:
+            rows = conn.execute("SELECT record_json FROM tenants ORDER BY tenant_id").fetchall()
+        return tuple(loads(row[0], Tenant) for row in rows)
+
+    def _require_tenant(self, conn: sqlite3.Connection, tenant_id: str) -> None:
+        found = conn.execute("SELECT 1 FROM tenants WHERE tenant_id = ?", (tenant_id,)).fetchone()
+        if found is None:
+            raise UnknownTenant("tenant_id", f"unknown tenant {tenant_id!r}")
+
+    # ── workflow definitions ──
+
+    def put_workflow(self, definition: WorkflowDefinition) -> None:
+        ir_json = rules.check_workflow(definition)
+        with self._write() as conn:
+            self._require_tenant(conn, definition.tenant_id)
+            row = conn.execute(
+                "SELECT ir_json FROM workflows WHERE tenant_id = ? AND workflow_id = ? "
+                "AND version = ?",
+                (definition.tenant_id, definition.workflow_id, definition.version),
+            ).fetchone()
+            if row is not None:
+                if json.loads(row[0]) != definition.ir:
+                    raise Conflict(
+                        f"workflow {definition.workflow_id!r} version {definition.version!r} "
+                        "is already stored with a different definition (versions are immutable)"
+                    )
+                return
+            conn.execute(
+                "INSERT INTO workflows (tenant_id, workflow_id, version, ir_json, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (
+                    definition.tenant_id,
+                    definition.workflow_id,
+                    definition.version,
+                    ir_json,
+                    _text(definition.created_at),
+                ),
+            )
+
+    def get_workflow(
+        self, workflow_id: str, version: str, tenant_id: str = DEFAULT_TENANT
+    ) -> WorkflowDefinition | None:
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT ir_json, created_at FROM workflows WHERE tenant_id = ? "
+                "AND workflow_id = ? AND version = ?",
+                (tenant_id, workflow_id, version),
+            ).fetchone()
+        if row is None:
+            return None
+        return WorkflowDefinition(
+            tenant_id=tenant_id,
+            workflow_id=workflow_id,
+            version=version,
+            ir=json.loads(row[0]),
+            created_at=_time(row[1]),
+        )
+
+    # ── executions and events ──
+
+    def create_execution(
+        self,
+        execution: Execution,
+        events: Sequence[EventKind] = (),
+        items: Sequence[NewWorkItem] = (),
+    ) -> tuple[Event, ...]:
+        check_identifier(execution.execution_id, "execution_id")
+        check_identifier(execution.tenant_id, "tenant_id")
+        check_identifier(execution.workflow_id, "workflow_id")
+        check_identifier(execution.workflow_version, "workflow_version")
+        initial = encode_json(execution.initial_input, "initial_input")
+        encoded = rules.encode_events(events)
+        payloads = [rules.check_new_item(item) for item in items]
+        for item in items:
+            if item.execution_id != execution.execution_id:
+                raise InvalidInput("items", "every item must belong to the new execution")
+        now = self.clock.now()
+        with self._write() as conn:
+            self._require_tenant(conn, execution.tenant_id)
+            exists = conn.execute(
+                "SELECT 1 FROM executions WHERE execution_id = ?", (execution.execution_id,)
+            ).fetchone()
+            if exists is not None:
+                raise Conflict(f"execution {execution.execution_id!r} already exists")
+            conn.execute(
+                f"INSERT INTO executions ({_EXECUTION_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+                (
+                    execution.execution_id,
+                    execution.tenant_id,
+                    execution.workflow_id,
+                    execution.workflow_version,
+                    ExecutionStatus.PENDING.value,
+                    initial,
+                    execution.parent_execution_id,
+                    execution.segment_number,
+                    _text(now),
+                    _text(now),
+                ),
+            )
+            conn.execute("INSERT INTO ledger (execution_id) VALUES (?)", (execution.execution_id,))
+            appended = self._append(conn, execution.execution_id, events, encoded, now)
+            self._enqueue(conn, items, payloads, now)
+            return appended
+
+    def get_execution(self, execution_id: str) -> Execution | None:
+        with self._read() as conn:
+            row = conn.execute(
+                f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE execution_id = ?",
+                (execution_id,),
+            ).fetchone()
+        return None if row is None else _execution(row)
+
+    def list_executions(
+        self,
+        *,
+        tenant_id: str | None = None,
+        status: ExecutionStatus | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[Execution]:
+        rules.check_limit(limit)
+        after = rules.decode_cursor(cursor) or 0
+        where = ["ordinal > ?"]
+        args: list[object] = [after]
+        if tenant_id is not None:
+            where.append("tenant_id = ?")
+            args.append(tenant_id)
+        if status is not None:
+            where.append("status = ?")
+            args.append(status.value)
+        args.append(limit + 1)
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT {_EXECUTION_COLUMNS}, ordinal FROM executions "
+                f"WHERE {' AND '.join(where)} ORDER BY ordinal LIMIT ?",
+                args,
+            ).fetchall()
+        page = rows[:limit]
+        more = len(rows) > limit
+        return Page(
+            tuple(_execution(row) for row in page),
+            rules.encode_cursor(page[-1][-1]) if more else None,
+        )
+
+    def append_events(self, execution_id: str, events: Sequence[EventKind]) -> tuple[Event, ...]:
+        encoded = rules.encode_events(events)
+        with self._write() as conn:
+            return self._append(conn, execution_id, events, encoded, self.clock.now())
+
+    def read_events(
+        self, execution_id: str, *, after: int = 0, limit: int | None = None
+    ) -> tuple[Event, ...]:
+        rules.check_read(after, limit)
+        with self._read() as conn:
+            if (
+                conn.execute(
+                    "SELECT 1 FROM executions WHERE execution_id = ?", (execution_id,)
+                ).fetchone()
+                is None
+            ):
+                raise NotFound(f"execution {execution_id!r} does not exist")
+            rows = conn.execute(
+                "SELECT sequence, event_id, kind_json, created_at FROM events "
+                "WHERE execution_id = ? AND sequence > ? ORDER BY sequence LIMIT ?",
+                (execution_id, after, -1 if limit is None else limit),
+            ).fetchall()
+        return tuple(_event(execution_id, row) for row in rows)
+
+    def latest_snapshot(self, execution_id: str) -> Snapshot | None:
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT at_sequence, state_json, created_at FROM snapshots WHERE execution_id = ?",
+                (execution_id,),
+            ).fetchone()
+        if row is None:
+            return None
+        return Snapshot(
+            execution_id=execution_id,
+            at_sequence=row[0],
+            state=json.loads(row[1]),
+            created_at=_time(row[2]),
+        )
+
+    def get_ledger(self, execution_id: str) -> BudgetState:
+        with self._read() as conn:
+            return _ledger_row(conn, execution_id)
+
+    def _append(
+        self,
+        conn: sqlite3.Connection,
+        execution_id: str,
+        events: Sequence[EventKind],
+        encoded: Sequence[str],
+        now: datetime,
+    ) -> tuple[Event, ...]:
+        if not events:
+            return ()
+        stamp = _text(now)
+        row = conn.execute(
+            "UPDATE executions SET last_sequence = last_sequence + ?, updated_at = ? "
+            "WHERE execution_id = ? RETURNING last_sequence, status, tenant_id",
+            (len(events), stamp, execution_id),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"execution {execution_id!r} does not exist")
+        last, status_text, tenant_id = row
+        first = last - len(events) + 1
+        appended = tuple(
+            Event(
+                id=self._new_id(),
+                execution_id=execution_id,
+                sequence=first + index,
+                kind=kind,
+                created_at=now,
+            )
+            for index, kind in enumerate(events)
+        )
+        conn.executemany(
+            "INSERT INTO events (execution_id, sequence, event_id, kind_json, created_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [
+                (execution_id, event.sequence, event.id, text, stamp)
+                for event, text in zip(appended, encoded, strict=True)
+            ],
+        )
+        status = ExecutionStatus(status_text)
+        new_status = status
+        for kind in events:
+            new_status = status_after(new_status, kind)
+        if new_status is not status:
+            conn.execute(
+                "UPDATE executions SET status = ? WHERE execution_id = ?",
+                (new_status.value, execution_id),
+            )
+        for event in appended:
+            if isinstance(event.kind, ToolApprovalRequired | ApprovalReceived | ApprovalConsumed):
+                self._project_approval(conn, tenant_id, event, now)
+        return appended
+
+    def _project_approval(
+        self, conn: sqlite3.Connection, tenant_id: str, event: Event, now: datetime
+    ) -> None:
+        node_id = event.node_id or ""
+        row = conn.execute(
+            "SELECT status_json, requested_at FROM approvals "
+            "WHERE execution_id = ? AND node_id = ?",
+            (event.execution_id, node_id),
+        ).fetchone()
+        current = None if row is None else loads(row[0], ApprovalStatus)
+        updated = rules.next_approval(current, event)
+        if updated is None:
+            return
+        fresh = row is None or isinstance(event.kind, ToolApprovalRequired)
+        requested = _text(now) if fresh else row[1]
+        conn.execute(
+            "INSERT INTO approvals (execution_id, node_id, tenant_id, status_json, pending, "
+            "requested_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (execution_id, node_id) "
+            "DO UPDATE SET status_json = excluded.status_json, pending = excluded.pending, "
+            "requested_at = excluded.requested_at",
+            (
+                event.execution_id,
+                node_id,
+                tenant_id,
+                dumps(updated),
+                int(isinstance(updated, Pending)),
+                requested,
+            ),
+        )
+
+    def _write_snapshot(self, conn: sqlite3.Connection, execution_id: str, now: datetime) -> None:
+        row = conn.execute(
+            "SELECT at_sequence, state_json FROM snapshots WHERE execution_id = ?", (execution_id,)
+        ).fetchone()
+        if row is None:
+            initial = json.loads(
+                conn.execute(
+                    "SELECT initial_input_json FROM executions WHERE execution_id = ?",
+                    (execution_id,),
+                ).fetchone()[0]
+            )
+            current = Materialized(state=initial if isinstance(initial, dict) else {})
+        else:
+            current = Materialized.from_json(json.loads(row[1]), row[0])
+        rows = conn.execute(
+            "SELECT sequence, event_id, kind_json, created_at FROM events "
+            "WHERE execution_id = ? AND sequence > ? ORDER BY sequence",
+            (execution_id, current.last_sequence),
+        ).fetchall()
+        for event_row in rows:
+            current = apply_event(current, _event(execution_id, event_row))
+        conn.execute(
+            "INSERT INTO snapshots (execution_id, at_sequence, state_json, created_at) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (execution_id) DO UPDATE SET "
+            "at_sequence = excluded.at_sequence, state_json = excluded.state_json, "
+            "created_at = excluded.created_at",
+            (
+                execution_id,
+                current.last_sequence,
+                json.dumps(current.to_json(), ensure_ascii=False, separators=(",", ":")),
+                _text(now),
+            ),
+        )
+
+    # ── the work queue ──
+
+    def enqueue(self, items: Sequence[NewWorkItem]) -> tuple[WorkItem, ...]:
+        payloads = [rules.check_new_item(item) for item in items]
+        with self._write() as conn:
+            return self._enqueue(conn, items, payloads, self.clock.now())
+
+    def _enqueue(
+        self,
+        conn: sqlite3.Connection,
+        items: Sequence[NewWorkItem],
+        payloads: Sequence[str],
+        now: datetime,
+    ) -> tuple[WorkItem, ...]:
+        stored = []
+        for new, payload in zip(items, payloads, strict=True):
+            row = conn.execute(
+                f"SELECT {_ITEM_COLUMNS} FROM work_items WHERE item_id = ?", (new.item_id,)
+            ).fetchone()
+            if row is not None:
+                existing = _item(row)
+                if not rules.same_item_content(existing, new):
+                    raise Conflict(f"work item {new.item_id!r} already exists with other content")
+                stored.append(existing)
+                continue
+            owner = conn.execute(
+                "SELECT tenant_id FROM executions WHERE execution_id = ?", (new.execution_id,)
+            ).fetchone()
+            if owner is None:
+                raise NotFound(f"execution {new.execution_id!r} does not exist")
+            row = conn.execute(
+                f"INSERT INTO work_items ({_ITEM_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, 'pending', ?, ?, NULL, NULL, 0, NULL) "
+                f"RETURNING {_ITEM_COLUMNS}",
+                (
+                    new.item_id,
+                    owner[0],
+                    new.execution_id,
+                    new.node_id,
+                    new.queue,
+                    payload,
+                    new.max_attempts,
+                    new.backoff_base_ms,
+                    _text(new.available_at or now),
+                    _text(now),
+                ),
+            ).fetchone()
+            stored.append(_item(row))
+        return tuple(stored)
+
+    def get_item(self, item_id: str) -> WorkItem | None:
+        with self._read() as conn:
+            row = conn.execute(
+                f"SELECT {_ITEM_COLUMNS} FROM work_items WHERE item_id = ?", (item_id,)
+            ).fetchone()
+        return None if row is None else _item(row)
+
+    def claim(self, worker_id: str, queues: Sequence[str], *, lease_secs: float) -> Claim | None:
+        rules.check_claim_args(worker_id, queues, lease_secs)
+        if not queues:
+            return None
+        marks = ", ".join("?" for _ in queues)
+        with self._write() as conn:
+            now = self.clock.now()
+            expires = now + timedelta(seconds=lease_secs)
+            row = conn.execute(
+                "UPDATE work_items SET status = 'claimed', worker_id = ?, lease_expires_at = ?, "
+                "fence = fence + 1 WHERE ordinal = (SELECT ordinal FROM work_items "
+                f"WHERE status = 'pending' AND queue IN ({marks}) AND available_at <= ? "
+                f"ORDER BY available_at, ordinal LIMIT 1) RETURNING {_ITEM_COLUMNS}",
+                (worker_id, _text(expires), *queues, _text(now)),
+            ).fetchone()
+            if row is None:
+                return None
+            item = _item(row)
+            started = NodeStarted(node_id=item.node_id, worker_id=worker_id, attempt=item.attempt)
+            self._append(conn, item.execution_id, (started,), rules.encode_events((started,)), now)
+            return Claim(item=item, fence=item.fence, lease_expires_at=expires)
+
+    def _fenced(self, conn: sqlite3.Connection, item_id: str, fence: int) -> WorkItem:
+        row = conn.execute(
+            f"SELECT {_ITEM_COLUMNS} FROM work_items WHERE item_id = ?", (item_id,)
+        ).fetchone()
+        return rules.check_fence(None if row is None else _item(row), item_id, fence)
+
+    def heartbeat(self, item_id: str, fence: int, *, lease_secs: float) -> datetime:
+        rules.check_seconds(lease_secs, "lease_secs")
+        with self._write() as conn:
+            self._fenced(conn, item_id, fence)
+            expires = self.clock.now() + timedelta(seconds=lease_secs)
+            conn.execute(
+                "UPDATE work_items SET lease_expires_at = ? WHERE item_id = ?",
+                (_text(expires), item_id),
+            )
+            return expires
+
+    def commit(self, request: CommitRequest) -> tuple[Event, ...]:
+        encoded = rules.check_commit(request)
+        effect_json = (
+            None if request.effect is None else encode_json(request.effect.result, "effect.result")
+        )
+        with self._write() as conn:
+            item = self._fenced(conn, request.item_id, request.fence)
+            now = self.clock.now()
+            conn.execute(
+                "UPDATE work_items SET status = ?, worker_id = NULL, lease_expires_at = NULL "
+                "WHERE item_id = ?",
+                (request.outcome.value, item.item_id),
+            )
+            appended = self._append(conn, item.execution_id, request.events, encoded, now)
+            self._charge(conn, item.execution_id, request.usage, request.succeeded)
+            if request.effect is not None:
+                conn.execute(
+                    "INSERT INTO effects (key, execution_id, node_id, item_id, fence, expires_at, "
+                    "recorded, result_json) VALUES (?, ?, ?, ?, ?, NULL, 1, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET recorded = 1, result_json = "
+                    "excluded.result_json, item_id = excluded.item_id, fence = excluded.fence, "
+                    "expires_at = NULL WHERE effects.recorded = 0",
+                    (
+                        request.effect.key,
+                        item.execution_id,
+                        item.node_id,
+                        item.item_id,
+                        request.fence,
+                        effect_json,
+                    ),
+                )
+            self._release_effects(conn, item.item_id, request.fence)
+            if request.write_snapshot:
+                self._write_snapshot(conn, item.execution_id, now)
+            return appended
+
+    def _charge(
+        self,
+        conn: sqlite3.Connection,
+        execution_id: str,
+        usage: Usage | None,
+        succeeded: bool | None,
+    ) -> None:
+        if usage is None and succeeded is None:
+            return
+        # Computed only to check that no total would leave its bounds (raises if so); the
+        # database then applies the same change itself.
+        rules.apply_ledger(_ledger_row(conn, execution_id), usage, succeeded)
+        if usage is not None:
+            # Increments, not overwrites: the database adds, so two writers can never lose
+            # each other's usage even outside this process's lock.
+            conn.execute(
+                "UPDATE ledger SET input_tokens = input_tokens + ?, "
+                "output_tokens = output_tokens + ?, cost_nanos = cost_nanos + ?, "
+                "iterations = iterations + ?, tool_calls = tool_calls + ? "
+                "WHERE execution_id = ?",
+                (
+                    usage.input_tokens,
+                    usage.output_tokens,
+                    nanos(usage.cost_usd),
+                    usage.iterations,
+                    usage.tool_calls,
+                    execution_id,
+                ),
+            )
+        if succeeded is True:
+            conn.execute(
+                "UPDATE ledger SET consecutive_errors = 0 WHERE execution_id = ?", (execution_id,)
+            )
+        elif succeeded is False:
+            conn.execute(
+                "UPDATE ledger SET consecutive_errors = consecutive_errors + 1 "
+                "WHERE execution_id = ?",
+                (execution_id,),
+            )
+
+    def park(
+        self, item_id: str, fence: int, *, retry_after: datetime, count_attempt: bool = True
+    ) -> tuple[Event, ...]:
+        rules.check_moment(retry_after, "retry_after")
+        with self._write() as conn:
+            item = self._fenced(conn, item_id, fence)
+            plan = plan_park(item, retry_after=retry_after, count_attempt=count_attempt)
+            encoded = rules.encode_events(plan.events)
+            conn.execute(
+                "UPDATE work_items SET status = 'pending', attempt = ?, available_at = ?, "
+                "worker_id = NULL, lease_expires_at = NULL WHERE item_id = ?",
+                (plan.attempt, _text(plan.available_at), item_id),
+            )
+            self._release_effects(conn, item_id, fence)
+            return self._append(conn, item.execution_id, plan.events, encoded, self.clock.now())
+
+    def fail(
+        self,
+        item_id: str,
+        fence: int,
+        *,
+        error: str,
+        retryable: bool = True,
+        delay_ms: int | None = None,
+        usage: Usage | None = None,
+    ) -> tuple[Event, ...]:
+        rules.check_failure(error, delay_ms)
+        with self._write() as conn:
+            item = self._fenced(conn, item_id, fence)
+            now = self.clock.now()
+            plan = plan_failure(item, error=error, retryable=retryable, now=now, delay_ms=delay_ms)
+            encoded = rules.encode_events(plan.events)
+            self._settle_failure(
+                conn, item, plan.status, plan.attempt, plan.available_at, error=plan.last_error
+            )
+            self._release_effects(conn, item_id, fence)
+            self._charge(conn, item.execution_id, usage, False)
+            return self._append(conn, item.execution_id, plan.events, encoded, now)
+
+    def _settle_failure(
+        self,
+        conn: sqlite3.Connection,
+        item: WorkItem,
+        status: WorkItemStatus,
+        attempt: int,
+        available_at: datetime | None,
+        *,
+        error: str,
+    ) -> WorkItem:
+        row = conn.execute(
+            "UPDATE work_items SET status = ?, attempt = ?, available_at = ?, worker_id = NULL, "
+            f"lease_expires_at = NULL, last_error = ? WHERE item_id = ? RETURNING {_ITEM_COLUMNS}",
+            (
+                status.value,
+                attempt,
+                _text(available_at or item.available_at),
+                error,
+                item.item_id,
+            ),
+        ).fetchone()
+        return _item(row)
+
+    def reclaim_expired(self, *, limit: int = 100) -> ReclaimResult:
+        rules.check_limit(limit)
+        with self._write() as conn:
+            now = self.clock.now()
+            rows = conn.execute(
+                f"SELECT {_ITEM_COLUMNS} FROM work_items WHERE status = 'claimed' "
+                "AND lease_expires_at < ? ORDER BY lease_expires_at, ordinal LIMIT ?",
+                (_text(now), limit),
+            ).fetchall()
+            retried: list[WorkItem] = []
+            dead: list[WorkItem] = []
+            for row in rows:
+                item = _item(row)
+                plan = plan_failure(item, error=LEASE_EXPIRED, retryable=True, now=now)
+                updated = self._settle_failure(
+                    conn, item, plan.status, plan.attempt, plan.available_at, error=plan.last_error
+                )
+                self._append(
+                    conn, item.execution_id, plan.events, rules.encode_events(plan.events), now
+                )
+                (retried if plan.status is WorkItemStatus.PENDING else dead).append(updated)
+            return ReclaimResult(retried=tuple(retried), dead_lettered=tuple(dead))
+
+    # ── approvals ──
+
+    def pending_approvals(
+        self, *, tenant_id: str | None = None, execution_id: str | None = None
+    ) -> tuple[PendingApprovalRecord, ...]:
+        where = ["a.pending = 1", f"e.status NOT IN ({', '.join('?' for _ in _TERMINAL)})"]
+        args: list[object] = list(_TERMINAL)
+        if tenant_id is not None:
+            where.append("a.tenant_id = ?")
+            args.append(tenant_id)
+        if execution_id is not None:
+            where.append("a.execution_id = ?")
+            args.append(execution_id)
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT a.execution_id, a.node_id, a.tenant_id, a.status_json, a.requested_at "
+                "FROM approvals a JOIN executions e ON e.execution_id = a.execution_id "
+                f"WHERE {' AND '.join(where)} ORDER BY a.execution_id, a.node_id",
+                args,
+            ).fetchall()
+        records = []
+        for exec_id, node_id, tenant, status_json, requested_at in rows:
+            status = loads(status_json, ApprovalStatus)
+            if not isinstance(status, Pending):  # pragma: no cover - the flag says pending
+                continue
+            request = status.request
+            records.append(
+                PendingApprovalRecord(
+                    execution_id=exec_id,
+                    tenant_id=tenant,
+                    node_id=node_id,
+                    tool_name=request.tool_name,
+                    approver=request.approver,
+                    request_digest=request.request_digest,
+                    attempt=request.attempt,
+                    context=request.context,
+                    sequence=request.sequence,
+                    requested_at=_time(requested_at),
+                )
+            )
+        return tuple(records)
+
+    def decide_approval(
+        self,
+        execution_id: str,
+        node_id: str,
+        *,
+        user_id: str,
+        decision: ApprovalDecision,
+        comment: str | None = None,
+        state_patch: JsonValue = None,
+    ) -> Event | ApprovalRefused:
+        check_identifier(user_id, "user_id")
+        encode_json(state_patch, "state_patch")
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT status FROM executions WHERE execution_id = ?", (execution_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"execution {execution_id!r} does not exist")
+            status_value = ExecutionStatus(row[0])
+            if status_value.terminal:
+                return ApprovalRefused(f"execution {execution_id!r} is {status_value.value}")
+            found = conn.execute(
+                "SELECT status_json FROM approvals WHERE execution_id = ? AND node_id = ?",
+                (execution_id, node_id),
+            ).fetchone()
+            status: ApprovalStatus = (
+                loads(found[0], ApprovalStatus) if found is not None else NotRequested()
+            )
+            answer = decide_approval(
+                status, user_id=user_id, decision=decision, comment=comment, state_patch=state_patch
+            )
+            if isinstance(answer, ApprovalRefused):
+                return answer
+            encoded = rules.encode_events((answer,))
+            (event,) = self._append(conn, execution_id, (answer,), encoded, self.clock.now())
+            return event
+
+    # ── tool effects ──
+
+    def reserve_effect(
+        self, key: str, *, item_id: str, fence: int, ttl_secs: float
+    ) -> EffectReservation:
+        check_identifier(key, "key")
+        rules.check_seconds(ttl_secs, "ttl_secs")
+        with self._write() as conn:
+            item = self._fenced(conn, item_id, fence)
+            now = self.clock.now()
+            row = conn.execute(
+                "SELECT item_id, fence, expires_at, recorded, result_json FROM effects "
+                "WHERE key = ?",
+                (key,),
+            ).fetchone()
+            if row is not None:
+                owner_item, owner_fence, expires_at, recorded, result_json = row
+                if recorded:
+                    return EffectRecorded(json.loads(result_json))
+                expiry = _maybe_time(expires_at)
+                if (owner_item, owner_fence) != (item_id, fence) and expiry and expiry > now:
+                    return EffectHeld(item_id=owner_item, fence=owner_fence, expires_at=expiry)
+            conn.execute(
+                "INSERT INTO effects (key, execution_id, node_id, item_id, fence, expires_at, "
+                "recorded, result_json) VALUES (?, ?, ?, ?, ?, ?, 0, NULL) "
+                "ON CONFLICT (key) DO UPDATE SET item_id = excluded.item_id, "
+                "fence = excluded.fence, expires_at = excluded.expires_at, "
+                "execution_id = excluded.execution_id, node_id = excluded.node_id",
+                (
+                    key,
+                    item.execution_id,
+                    item.node_id,
+                    item_id,
+                    fence,
+                    _text(now + timedelta(seconds=ttl_secs)),
+                ),
+            )
+            return EffectAcquired()
+
+    def get_effect(self, key: str) -> JsonValue | None:
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT result_json FROM effects WHERE key = ? AND recorded = 1", (key,)
+            ).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def _release_effects(self, conn: sqlite3.Connection, item_id: str, fence: int) -> None:
+        conn.execute(
+            "DELETE FROM effects WHERE item_id = ? AND fence = ? AND recorded = 0",
+            (item_id, fence),
+        )
+
+
+def _ledger_row(conn: sqlite3.Connection, execution_id: str) -> BudgetState:
+    row = conn.execute(
+        "SELECT input_tokens, output_tokens, cost_nanos, iterations, tool_calls, "
+        "consecutive_errors, breaker_tripped FROM ledger WHERE execution_id = ?",
+        (execution_id,),
+    ).fetchone()
+    if row is None:
+        raise NotFound(f"execution {execution_id!r} does not exist")
+    return BudgetState(
+        total_input_tokens=row[0],
+        total_output_tokens=row[1],
+        total_cost_usd=row[2] / 1_000_000_000,
+        iteration_count=row[3],
+        tool_call_count=row[4],
+        consecutive_error_count=row[5],
+        circuit_breaker_tripped=bool(row[6]),
+    )
+
+
+def _event(execution_id: str, row: tuple[Any, ...]) -> Event:
+    return Event(
+        id=row[1],
+        execution_id=execution_id,
+        sequence=row[0],
+        kind=loads(row[2], EventKind),
+        created_at=_time(row[3]),
+    )
+
+
+def _statements(script: str) -> list[str]:
+    return [part.strip() for part in script.split(";") if part.strip()]
+
+
+@contextmanager
+def _translated(path: Path) -> Iterator[None]:
+    """SQLite's exceptions as Charter's: callers see `StoreError`s, never `sqlite3` ones."""
+    try:
+        yield
+    except CharterError:
+        raise
+    except sqlite3.OperationalError as error:
+        message = str(error)
+        if "locked" in message or "busy" in message:
+            raise StoreUnavailable(f"{path}: database is locked: {message}") from None
+        raise StoreError(f"{path}: {message}") from None
+    except sqlite3.IntegrityError as error:
+        raise Conflict(f"{path}: {error}") from None
+    except sqlite3.DatabaseError as error:
+        raise IncompatibleStore(f"{path}: database error (corrupt?): {error}") from None
