@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping, Sequence
+from typing import assert_never
 
 import attrs
 
@@ -458,9 +459,17 @@ class PolicyEvaluator:
     def _decide(
         self, ctx: EvaluationContext, sets: Sequence[PolicySet | PolicyLayer]
     ) -> _Hit | None:
-        if self.mode is CombiningMode.DENY_OVERRIDES:
-            return _deny_overrides(ctx, sets)
-        return _most_specific(ctx, sets)
+        if not isinstance(ctx, EvaluationContext):
+            raise PolicyError("ctx", f"expected an EvaluationContext, got {describe(ctx)}")
+        if not isinstance(sets, list | tuple):
+            raise PolicyError("sets", f"expected a list of policy sets, got {describe(sets)}")
+        match self.mode:
+            case CombiningMode.DENY_OVERRIDES:
+                return _deny_overrides(ctx, sets)
+            case CombiningMode.MOST_SPECIFIC:
+                return _most_specific(ctx, sets)
+            case _:  # pragma: no cover - the converter admits only the two modes
+                assert_never(self.mode)
 
 
 def _most_specific(ctx: EvaluationContext, sets: Sequence[PolicySet | PolicyLayer]) -> _Hit | None:

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from charter.core import (
+    ALLOW,
     AgentCard,
     AutonomyConstraints,
     AutonomyContext,
@@ -100,7 +101,7 @@ def test_alias_resolving_to_an_unlisted_model_is_blocked() -> None:
 def test_allowlist_may_name_the_provider_qualified_model() -> None:
     ctx = EvaluationContext("m", "model", model_ref="fast", resolved_model="anthropic/claude-x")
     allow = PolicyEvaluator().evaluate(ctx, [PolicySet(model_allowlist=["anthropic/*"])])
-    assert not isinstance(allow, Block)
+    assert allow == ALLOW
 
 
 # ── fix 6: every autonomy constraint is enforced ──
