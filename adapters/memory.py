@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import threading
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -120,7 +119,7 @@ class MemoryStore:
 
     def __init__(self, clock: Clock | None = None, new_id: Callable[[], str] | None = None) -> None:
         self.clock: Clock = clock or SystemClock()
-        self._new_id = new_id or (lambda: str(uuid.uuid4()))
+        self._new_id = new_id or rules.new_event_id
         self._lock = threading.RLock()
         self._tables = _Tables()
         now = self.clock.now()

@@ -45,9 +45,7 @@ CREATE TABLE executions (
     initial_input_json  TEXT NOT NULL,
     parent_execution_id TEXT,
     segment_number      INTEGER NOT NULL,
-    created_at          TEXT NOT NULL,
-    updated_at          TEXT NOT NULL,
-    last_sequence       INTEGER NOT NULL DEFAULT 0
+    created_at          TEXT NOT NULL
 );
 CREATE INDEX executions_by_tenant_status ON executions (tenant_id, status, ordinal);
 CREATE INDEX executions_by_status ON executions (status, ordinal);
@@ -96,12 +94,14 @@ CREATE TABLE work_items (
     worker_id        TEXT,
     lease_expires_at TEXT,
     fence            INTEGER NOT NULL DEFAULT 0,
-    last_error       TEXT
+    last_error       TEXT,
+    reserved         INTEGER NOT NULL DEFAULT 0  -- 1 while the claim holds effect reservations
 );
-CREATE INDEX work_items_to_claim ON work_items (queue, available_at, ordinal)
-    WHERE status = 'pending';
-CREATE INDEX work_items_leased ON work_items (lease_expires_at, ordinal)
-    WHERE status = 'claimed';
+-- One index over live items serves claims (per queue, oldest available first) and reclaims
+-- (a scan of live items only). A claim changes neither key column, so it rewrites its entry
+-- in place instead of moving it between two indexes; settling removes it.
+CREATE INDEX work_items_live ON work_items (queue, available_at, ordinal)
+    WHERE status IN ('pending', 'claimed');
 
 CREATE TABLE approvals (
     execution_id TEXT NOT NULL,

@@ -7,6 +7,7 @@ the memory and SQLite stores (and later Postgres) call the same functions.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Final
@@ -19,7 +20,7 @@ from charter.core.approvals import (
     approval_step,
 )
 from charter.core.budget import BudgetState, Usage
-from charter.core.errors import Conflict, FenceLost, InvalidInput, LimitExceeded, NotFound
+from charter.core.errors import Conflict, FenceLost, InvalidInput, NotFound
 from charter.core.events import (
     ApprovalConsumed,
     ApprovalReceived,
@@ -58,6 +59,7 @@ __all__ = [
     "decode_cursor",
     "encode_cursor",
     "encode_events",
+    "new_event_id",
     "next_approval",
     "same_item_content",
     "utc_text",
@@ -143,17 +145,22 @@ def same_item_content(existing: WorkItem, new: NewWorkItem) -> bool:
 
 
 def encode_events(events: Sequence[EventKind]) -> list[str]:
-    """Each event kind as JSON text (the codec's shape), refusing any over 256 KiB."""
+    """Each event kind as JSON text (the codec's shape), refusing any over 256 KiB and any
+    that is not plain JSON. (On every append, so the common case is kept short: the
+    error path names the event.)"""
     encoded = []
     for index, kind in enumerate(events):
-        where = f"events[{index}] ({event_type(kind)})"
         try:
-            encoded.append(encode_json(dump(kind), where, MAX_PAYLOAD_BYTES))
-        except LimitExceeded:
-            raise
+            encoded.append(encode_json(dump(kind), "", MAX_PAYLOAD_BYTES))
         except InvalidInput as error:
-            raise InvalidInput(where, error.problem) from None
+            where = f"events[{index}] ({event_type(kind)})"
+            raise type(error)(where, error.problem) from None
     return encoded
+
+
+def new_event_id() -> str:
+    """A random 128-bit event id in hex (as unique as a UUID4, cheaper to make)."""
+    return os.urandom(16).hex()
 
 
 def check_claim_args(worker_id: str, queues: Sequence[str], lease_secs: float) -> None:
@@ -223,7 +230,8 @@ def utc_text(moment: datetime) -> str:
     """A sortable text form of an aware datetime (UTC, microseconds, ``Z``)."""
     if moment.tzinfo is None:
         raise InvalidInput("datetime", "expected a timezone-aware datetime")
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    text = moment.astimezone(UTC).isoformat(timespec="microseconds")
+    return text[:-6] + "Z"  # "+00:00" → "Z": fixed width, so text order is time order
 
 
 def encode_cursor(ordinal: int) -> str:

@@ -132,6 +132,7 @@ from charter.core.events import (
     WorkflowFailed,
     WorkflowStarted,
     event_type,
+    type_tag,
 )
 from charter.core.gate import (
     GateInputError,
@@ -150,6 +151,7 @@ from charter.core.glob import (
     glob_match,
 )
 from charter.core.materialize import (
+    STATUS_KINDS,
     Materialized,
     apply_event,
     materialize,
@@ -235,6 +237,7 @@ __all__ = [
     "MAX_ID_LENGTH",
     "MAX_PAYLOAD_BYTES",
     "NODE_KINDS",
+    "STATUS_KINDS",
     "AgentCard",
     "AgentToolCompleted",
     "AgentToolFailed",
@@ -411,4 +414,5 @@ __all__ = [
     "resolve_model",
     "settle_node",
     "status_after",
+    "type_tag",
 ]

@@ -21,7 +21,7 @@ document merge patch it would erase the state, which no executor means by sendin
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Final
 
 import attrs
 
@@ -45,7 +45,14 @@ from charter.core.events import (
 )
 from charter.core.records import ExecutionStatus
 
-__all__ = ["Materialized", "apply_event", "materialize", "merge_patch", "status_after"]
+__all__ = [
+    "STATUS_KINDS",
+    "Materialized",
+    "apply_event",
+    "materialize",
+    "merge_patch",
+    "status_after",
+]
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -89,6 +96,20 @@ class Materialized:
             active_nodes=tuple(data["active_nodes"]),
             last_sequence=last_sequence,
         )
+
+
+#: The event kinds that can change an execution's status; `status_after` leaves it alone for
+#: every other kind (a property test holds the two together), so stores may skip the fold.
+STATUS_KINDS: Final = (
+    WorkflowStarted,
+    WorkflowCompleted,
+    WorkflowFailed,
+    WorkflowCancelled,
+    StrategyLimitHit,
+    SegmentBoundary,
+    InterruptRaised,
+    ApprovalReceived,
+)
 
 
 def status_after(status: ExecutionStatus, kind: EventKind) -> ExecutionStatus:

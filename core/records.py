@@ -52,6 +52,9 @@ MAX_PAYLOAD_BYTES: Final = 256 * 1024
 DEFAULT_TENANT: Final = "default"
 
 
+_ENCODE: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
 def check_identifier(value: object, field: str) -> str:
     """A non-empty string of at most `MAX_ID_LENGTH` characters."""
     if not isinstance(value, str):
@@ -70,24 +73,32 @@ def encode_json(value: JsonValue, field: str, limit: int = MAX_PAYLOAD_BYTES) ->
     """Compact JSON text of a plain JSON value, refusing non-JSON values (sets, bytes,
     objects, NaN, infinities, non-string keys) and anything larger than ``limit`` bytes."""
     try:
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        text = _ENCODE(value)
     except (TypeError, ValueError) as error:
         raise InvalidInput(field, f"expected a JSON value: {error}") from None
     if _non_string_keys(value):
         raise InvalidInput(field, "expected a JSON value: object keys must be strings")
-    size = len(text.encode("utf-8", "surrogatepass"))
-    if size > limit:
-        raise LimitExceeded(field, f"{size} bytes of JSON exceed the limit of {limit} bytes")
+    if len(text) * 4 > limit:  # a character is at most 4 bytes: count only when it matters
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size > limit:
+            raise LimitExceeded(field, f"{size} bytes of JSON exceed the limit of {limit} bytes")
     return text
 
 
 def _non_string_keys(value: object) -> bool:
     # json.dumps silently turns int/float/bool/None keys into strings; a round trip would
-    # then not give back the value that was stored.
-    if isinstance(value, dict):
-        return any(not isinstance(k, str) or _non_string_keys(v) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return any(_non_string_keys(v) for v in value)
+    # then not give back the value that was stored. (Iterative: this runs on every event.)
+    pending = [value]
+    while pending:
+        current = pending.pop()
+        if isinstance(current, dict):
+            for key, item in current.items():
+                if type(key) is not str:
+                    return True
+                if isinstance(item, dict | list | tuple):
+                    pending.append(item)
+        elif isinstance(current, list | tuple):
+            pending.extend(item for item in current if isinstance(item, dict | list | tuple))
     return False
 
 

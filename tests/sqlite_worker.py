@@ -2,8 +2,9 @@
 
 Modes:
 
-* ``drain DB WORKER``: claim and commit items of queue ``q`` until none is left; print one
-  ``claimed <item> <fence>`` line per successful claim and ``committed <item>`` per commit.
+* ``drain DB WORKER``: print ``ready``, wait for a line on stdin, then claim and commit items
+  of queue ``q`` until none is left; print one ``claimed <item> <fence>`` line per successful
+  claim and ``committed <item>`` per commit.
 * ``append DB EXECUTION COUNT``: append COUNT events to EXECUTION, one transaction each.
 * ``claim-and-hang DB WORKER``: claim one item with a short lease, print ``claimed <item>
   <fence>``, then wait forever (the test kills this process with SIGKILL).
@@ -21,6 +22,8 @@ from charter.core.records import WorkItemStatus
 
 
 def _drain(store: SqliteStore, worker: str) -> None:
+    print("ready", flush=True)
+    sys.stdin.readline()  # the test releases all workers at once
     while True:
         claim = store.claim(worker, ["q"], lease_secs=60)
         if claim is None:

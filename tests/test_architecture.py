@@ -128,8 +128,8 @@ CORE_API = [
     "PlanGenerated", "PolicyDecision", "PolicyError", "PolicyEvaluator", "PolicyLayer",
     "PolicyNames", "PolicyRule", "PolicyScope", "PolicySet", "PolicyVerdict", "PolicyViolation",
     "Proceed", "ProvenanceMetadata", "ReclaimResult", "Rejected", "RequireApproval",
-    "RequireToolApproval", "RetryScheduled", "SegmentBoundary", "SettleRequest", "Settlement",
-    "SettlementOutcome", "Snapshot", "Store", "StoreError", "StoreUnavailable",
+    "RequireToolApproval", "RetryScheduled", "STATUS_KINDS", "SegmentBoundary", "SettleRequest",
+    "Settlement", "SettlementOutcome", "Snapshot", "Store", "StoreError", "StoreUnavailable",
     "StrategyCompleted", "StrategyLimitHit", "StrategyStarted", "SupervisorAgent", "Tenant",
     "TenantLimits", "TenantStatus", "TimerCreated", "TimerFired", "TokenBudgetExceeded",
     "ToolApprovalRequired", "ToolCalled", "TripCircuitBreaker", "UnknownNodeKind",
@@ -142,6 +142,7 @@ CORE_API = [
     "node_kind_info", "node_kind_tag", "parse_escalation_target", "pending_approvals",
     "plan_failure", "plan_park", "policy_chain", "policy_names", "queue_type_for",
     "rejection_reason", "request_digest", "resolve_model", "settle_node", "status_after",
+    "type_tag",
 ]  # fmt: skip
 
 STRATEGIES_API = [

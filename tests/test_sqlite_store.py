@@ -37,6 +37,7 @@ def _worker(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "tests.sqlite_worker", *args],
         cwd=ROOT,
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -67,7 +68,19 @@ def test_two_processes_draining_one_file_never_claim_an_item_twice(tmp_path: Pat
     db = tmp_path / "charter.db"
     store = _seed(db, 300)
     workers = [_worker("drain", str(db), name) for name in ("w1", "w2")]
-    outputs = [worker.communicate(timeout=120) for worker in workers]
+    for worker in workers:  # both are up before either starts: they really compete
+        assert worker.stdout is not None
+        assert worker.stdout.readline().strip() == "ready"
+    for worker in workers:
+        assert worker.stdin is not None
+        worker.stdin.write("go\n")
+        worker.stdin.close()
+    outputs = []
+    for worker in workers:  # a few KiB each: reading one after the other cannot block
+        with worker:
+            assert worker.stdout is not None
+            assert worker.stderr is not None
+            outputs.append((worker.stdout.read(), worker.stderr.read()))
     for worker, (_, err) in zip(workers, outputs, strict=True):
         assert worker.returncode == 0, err
     claims = [
