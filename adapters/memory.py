@@ -42,9 +42,8 @@ from charter.core.queue import LEASE_EXPIRED, plan_failure, plan_park
 from charter.core.records import (
     DEFAULT_TENANT,
     Claim,
+    EffectAbandoned,
     EffectAcquired,
-    EffectHeld,
-    EffectRecorded,
     EffectReservation,
     Execution,
     ExecutionStatus,
@@ -243,12 +242,35 @@ class MemoryStore:
         more = len(rows) > limit
         return Page(page, rules.encode_cursor(order[page[-1].execution_id]) if more else None)
 
-    def append_events(self, execution_id: str, events: Sequence[EventKind]) -> tuple[Event, ...]:
+    def append_events(
+        self,
+        execution_id: str,
+        events: Sequence[EventKind],
+        *,
+        items: Sequence[NewWorkItem] = (),
+        expected_last_sequence: int | None = None,
+    ) -> tuple[Event, ...]:
         rules.encode_events(events)
+        for item in items:
+            rules.check_new_item(item)
+            if item.execution_id != execution_id:
+                raise InvalidInput("items", "every item must belong to the execution")
         with self._write() as t:
-            if execution_id not in t.executions:
+            execution = t.executions.get(execution_id)
+            if execution is None:
                 raise NotFound(f"execution {execution_id!r} does not exist")
-            return self._append(t, execution_id, events, self.clock.now())
+            if (
+                expected_last_sequence is not None
+                and execution.last_sequence != expected_last_sequence
+            ):
+                raise Conflict(
+                    f"execution {execution_id!r} moved on: its latest event is "
+                    f"{execution.last_sequence}, not {expected_last_sequence}"
+                )
+            now = self.clock.now()
+            appended = self._append(t, execution_id, events, now)
+            self._enqueue(t, items, now)
+            return appended
 
     def read_events(
         self, execution_id: str, *, after: int = 0, limit: int | None = None
@@ -461,8 +483,10 @@ class MemoryStore:
         retryable: bool = True,
         delay_ms: int | None = None,
         usage: Usage | None = None,
+        events: Sequence[EventKind] = (),
     ) -> tuple[Event, ...]:
         rules.check_failure(error, delay_ms)
+        rules.encode_events(events)
         with self._write() as t:
             item = rules.check_fence(t.items.get(item_id), item_id, fence)
             now = self.clock.now()
@@ -475,7 +499,7 @@ class MemoryStore:
             t.ledger[item.execution_id] = rules.apply_ledger(
                 t.ledger[item.execution_id], usage, False
             )
-            return self._append(t, item.execution_id, plan.events, now)
+            return self._append(t, item.execution_id, (*events, *plan.events), now)
 
     def _settle_failure(
         self,
@@ -594,30 +618,56 @@ class MemoryStore:
             item = rules.check_fence(t.items.get(item_id), item_id, fence)
             now = self.clock.now()
             existing = t.effects.get(key)
-            if existing is not None and existing.recorded:
-                return EffectRecorded(existing.result)
-            if (
-                existing is not None
-                and (existing.item_id, existing.fence) != (item_id, fence)
-                and existing.expires_at is not None
-                and existing.expires_at > now
-            ):
-                return EffectHeld(
-                    item_id=existing.item_id, fence=existing.fence, expires_at=existing.expires_at
+            owner_current = False
+            if existing is not None:
+                holder = t.items.get(existing.item_id)
+                owner_current = (
+                    holder is not None
+                    and holder.status is WorkItemStatus.CLAIMED
+                    and holder.fence == existing.fence
                 )
+            outcome = rules.reservation_outcome(
+                recorded=existing is not None and existing.recorded,
+                result=existing.result if existing is not None else None,
+                owner=(existing.item_id, existing.fence) if existing is not None else None,
+                owner_claim_current=owner_current,
+                expires_at=existing.expires_at if existing is not None else None,
+                claimant=(item_id, fence),
+                now=now,
+            )
+            if isinstance(outcome, EffectAcquired | EffectAbandoned):
+                t.effects[key] = _Effect(
+                    execution_id=item.execution_id,
+                    node_id=item.node_id,
+                    item_id=item_id,
+                    fence=fence,
+                    expires_at=now + timedelta(seconds=ttl_secs),
+                    recorded=False,
+                )
+            return outcome
+
+    def get_effect(self, key: str) -> JsonValue | None:
+        effect = self._tables.effects.get(key)
+        return effect.result if effect is not None and effect.recorded else None
+
+    def record_effect(self, key: str, *, item_id: str, fence: int, result: JsonValue) -> bool:
+        check_identifier(key, "key")
+        encode_json(result, "result")
+        with self._write() as t:
+            item = rules.check_fence(t.items.get(item_id), item_id, fence)
+            existing = t.effects.get(key)
+            if existing is not None and existing.recorded:
+                return False
             t.effects[key] = _Effect(
                 execution_id=item.execution_id,
                 node_id=item.node_id,
                 item_id=item_id,
                 fence=fence,
-                expires_at=now + timedelta(seconds=ttl_secs),
-                recorded=False,
+                expires_at=None,
+                recorded=True,
+                result=result,
             )
-            return EffectAcquired()
-
-    def get_effect(self, key: str) -> JsonValue | None:
-        effect = self._tables.effects.get(key)
-        return effect.result if effect is not None and effect.recorded else None
+            return True
 
     def _release_effects(self, t: _Tables, item_id: str, fence: int) -> None:
         for key, effect in list(t.effects.items()):

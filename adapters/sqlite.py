@@ -64,9 +64,8 @@ from charter.core.queue import LEASE_EXPIRED, plan_failure, plan_park
 from charter.core.records import (
     DEFAULT_TENANT,
     Claim,
+    EffectAbandoned,
     EffectAcquired,
-    EffectHeld,
-    EffectRecorded,
     EffectReservation,
     Execution,
     ExecutionStatus,
@@ -438,10 +437,41 @@ class SqliteStore:
             rules.encode_cursor(page[-1][-1]) if more else None,
         )
 
-    def append_events(self, execution_id: str, events: Sequence[EventKind]) -> tuple[Event, ...]:
+    def append_events(
+        self,
+        execution_id: str,
+        events: Sequence[EventKind],
+        *,
+        items: Sequence[NewWorkItem] = (),
+        expected_last_sequence: int | None = None,
+    ) -> tuple[Event, ...]:
         encoded = rules.encode_events(events)
+        payloads = [rules.check_new_item(item) for item in items]
+        for item in items:
+            if item.execution_id != execution_id:
+                raise InvalidInput("items", "every item must belong to the execution")
         with self._write() as conn:
-            return self._append(conn, execution_id, events, encoded, self.clock.now())
+            if (
+                conn.execute(
+                    "SELECT 1 FROM executions WHERE execution_id = ?", (execution_id,)
+                ).fetchone()
+                is None
+            ):
+                raise NotFound(f"execution {execution_id!r} does not exist")
+            if expected_last_sequence is not None:
+                last = conn.execute(
+                    "SELECT coalesce(max(sequence), 0) FROM events WHERE execution_id = ?",
+                    (execution_id,),
+                ).fetchone()[0]
+                if last != expected_last_sequence:
+                    raise Conflict(
+                        f"execution {execution_id!r} moved on: its latest event is {last}, "
+                        f"not {expected_last_sequence}"
+                    )
+            now = self.clock.now()
+            appended = self._append(conn, execution_id, events, encoded, now, known=True)
+            self._enqueue(conn, items, payloads, now)
+            return appended
 
     def read_events(
         self, execution_id: str, *, after: int = 0, limit: int | None = None
@@ -825,8 +855,10 @@ class SqliteStore:
         retryable: bool = True,
         delay_ms: int | None = None,
         usage: Usage | None = None,
+        events: Sequence[EventKind] = (),
     ) -> tuple[Event, ...]:
         rules.check_failure(error, delay_ms)
+        own = rules.encode_events(events)
         with self._write() as conn:
             item = self._fenced(conn, item_id, fence)
             now = self.clock.now()
@@ -837,7 +869,9 @@ class SqliteStore:
             )
             self._release_effects(conn, item_id, fence)
             self._charge(conn, item.execution_id, usage, False)
-            return self._append(conn, item.execution_id, plan.events, encoded, now, known=True)
+            return self._append(
+                conn, item.execution_id, (*events, *plan.events), [*own, *encoded], now, known=True
+            )
 
     def _settle_failure(
         self,
@@ -981,34 +1015,38 @@ class SqliteStore:
             item = self._fenced(conn, item_id, fence)
             now = self.clock.now()
             row = conn.execute(
-                "SELECT item_id, fence, expires_at, recorded, result_json FROM effects "
-                "WHERE key = ?",
+                "SELECT e.item_id, e.fence, e.expires_at, e.recorded, e.result_json, "
+                "w.status = 'claimed' AND w.fence = e.fence FROM effects e "
+                "LEFT JOIN work_items w ON w.item_id = e.item_id WHERE e.key = ?",
                 (key,),
             ).fetchone()
-            if row is not None:
-                owner_item, owner_fence, expires_at, recorded, result_json = row
-                if recorded:
-                    return EffectRecorded(json.loads(result_json))
-                expiry = _maybe_time(expires_at)
-                if (owner_item, owner_fence) != (item_id, fence) and expiry and expiry > now:
-                    return EffectHeld(item_id=owner_item, fence=owner_fence, expires_at=expiry)
-            conn.execute(
-                "INSERT INTO effects (key, execution_id, node_id, item_id, fence, expires_at, "
-                "recorded, result_json) VALUES (?, ?, ?, ?, ?, ?, 0, NULL) "
-                "ON CONFLICT (key) DO UPDATE SET item_id = excluded.item_id, "
-                "fence = excluded.fence, expires_at = excluded.expires_at, "
-                "execution_id = excluded.execution_id, node_id = excluded.node_id",
-                (
-                    key,
-                    item.execution_id,
-                    item.node_id,
-                    item_id,
-                    fence,
-                    _text(now + timedelta(seconds=ttl_secs)),
-                ),
+            outcome = rules.reservation_outcome(
+                recorded=bool(row and row[3]),
+                result=json.loads(row[4]) if row and row[3] else None,
+                owner=(row[0], row[1]) if row else None,
+                owner_claim_current=bool(row and row[5]),
+                expires_at=_maybe_time(row[2]) if row else None,
+                claimant=(item_id, fence),
+                now=now,
             )
-            conn.execute("UPDATE work_items SET reserved = 1 WHERE item_id = ?", (item_id,))
-            return EffectAcquired()
+            if isinstance(outcome, EffectAcquired | EffectAbandoned):
+                conn.execute(
+                    "INSERT INTO effects (key, execution_id, node_id, item_id, fence, expires_at, "
+                    "recorded, result_json) VALUES (?, ?, ?, ?, ?, ?, 0, NULL) "
+                    "ON CONFLICT (key) DO UPDATE SET item_id = excluded.item_id, "
+                    "fence = excluded.fence, expires_at = excluded.expires_at, "
+                    "execution_id = excluded.execution_id, node_id = excluded.node_id",
+                    (
+                        key,
+                        item.execution_id,
+                        item.node_id,
+                        item_id,
+                        fence,
+                        _text(now + timedelta(seconds=ttl_secs)),
+                    ),
+                )
+                conn.execute("UPDATE work_items SET reserved = 1 WHERE item_id = ?", (item_id,))
+            return outcome
 
     def get_effect(self, key: str) -> JsonValue | None:
         with self._read() as conn:
@@ -1016,6 +1054,25 @@ class SqliteStore:
                 "SELECT result_json FROM effects WHERE key = ? AND recorded = 1", (key,)
             ).fetchone()
         return None if row is None else json.loads(row[0])
+
+    def record_effect(self, key: str, *, item_id: str, fence: int, result: JsonValue) -> bool:
+        check_identifier(key, "key")
+        result_json = encode_json(result, "result")
+        with self._write() as conn:
+            item = self._fenced(conn, item_id, fence)
+            recorded = conn.execute(
+                "SELECT 1 FROM effects WHERE key = ? AND recorded = 1", (key,)
+            ).fetchone()
+            if recorded is not None:
+                return False
+            conn.execute(
+                "INSERT INTO effects (key, execution_id, node_id, item_id, fence, expires_at, "
+                "recorded, result_json) VALUES (?, ?, ?, ?, ?, NULL, 1, ?) "
+                "ON CONFLICT (key) DO UPDATE SET recorded = 1, result_json = excluded.result_json, "
+                "item_id = excluded.item_id, fence = excluded.fence, expires_at = NULL",
+                (key, item.execution_id, item.node_id, item_id, fence, result_json),
+            )
+            return True
 
     def _release_effects(self, conn: sqlite3.Connection, item_id: str, fence: int) -> None:
         conn.execute(

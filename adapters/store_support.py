@@ -26,12 +26,18 @@ from charter.core.events import (
     ApprovalReceived,
     Event,
     EventKind,
+    JsonValue,
     ToolApprovalRequired,
     event_type,
 )
 from charter.core.ports import CommitRequest
 from charter.core.records import (
     MAX_PAYLOAD_BYTES,
+    EffectAbandoned,
+    EffectAcquired,
+    EffectHeld,
+    EffectRecorded,
+    EffectReservation,
     NewWorkItem,
     Tenant,
     WorkflowDefinition,
@@ -61,6 +67,7 @@ __all__ = [
     "encode_events",
     "new_event_id",
     "next_approval",
+    "reservation_outcome",
     "same_item_content",
     "utc_text",
 ]
@@ -252,3 +259,27 @@ def check_limit(limit: object) -> int:
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
         raise InvalidInput("limit", f"expected 1 <= limit <= 1000, got {limit!r}")
     return limit
+
+
+def reservation_outcome(
+    *,
+    recorded: bool,
+    result: JsonValue,
+    owner: tuple[str, int] | None,
+    owner_claim_current: bool,
+    expires_at: datetime | None,
+    claimant: tuple[str, int],
+    now: datetime,
+) -> EffectReservation:
+    """What `reserve_effect` answers, from the effect's current row (``owner`` is ``None``
+    when there is none): `EffectRecorded` if it happened; `EffectHeld` while another claim
+    that is still current holds an unexpired reservation; `EffectAbandoned` when the
+    reservation's claim is gone (reclaimed, re-claimed, settled) or its TTL ran out without a
+    result; otherwise `EffectAcquired`. The caller writes the reservation for the last two."""
+    if recorded:
+        return EffectRecorded(result)
+    if owner is None or owner == claimant:
+        return EffectAcquired()
+    if owner_claim_current and expires_at is not None and expires_at > now:
+        return EffectHeld(item_id=owner[0], fence=owner[1], expires_at=expires_at)
+    return EffectAbandoned(item_id=owner[0], fence=owner[1], expired_at=expires_at or now)

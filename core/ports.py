@@ -164,8 +164,18 @@ class Store(Protocol):
         (no "first 100 only")."""
         ...
 
-    def append_events(self, execution_id: str, events: Sequence[EventKind]) -> tuple[Event, ...]:
-        """Append events atomically, assigning the next sequences; returns them."""
+    def append_events(
+        self,
+        execution_id: str,
+        events: Sequence[EventKind],
+        *,
+        items: Sequence[NewWorkItem] = (),
+        expected_last_sequence: int | None = None,
+    ) -> tuple[Event, ...]:
+        """Append events and enqueue ``items`` atomically, assigning the next sequences;
+        returns the events. With ``expected_last_sequence``, the append happens only if the
+        execution's latest sequence is still that one, else `Conflict` and nothing is written
+        (compare-and-append: two schedulers folding the same log cannot both dispatch)."""
         ...
 
     def read_events(
@@ -221,10 +231,12 @@ class Store(Protocol):
         retryable: bool = True,
         delay_ms: int | None = None,
         usage: Usage | None = None,
+        events: Sequence[EventKind] = (),
     ) -> tuple[Event, ...]:
         """End a claimed attempt that failed (`charter.core.queue.plan_failure`): retry later,
-        dead-letter or fail; the attempt's usage (if any) and one more consecutive error go
-        to the ledger; effect reservations are released."""
+        dead-letter or fail; ``events`` (the attempt's governance record) are appended before
+        the failure's own; the attempt's usage (if any) and one more consecutive error go to
+        the ledger; effect reservations are released."""
         ...
 
     def reclaim_expired(self, *, limit: int = 100) -> ReclaimResult:
@@ -264,6 +276,12 @@ class Store(Protocol):
 
     def get_effect(self, key: str) -> JsonValue | None:
         """The recorded result of a side effect, if any."""
+        ...
+
+    def record_effect(self, key: str, *, item_id: str, fence: int, result: JsonValue) -> bool:
+        """Record a side effect's result as soon as it is known, before the commit that
+        settles the item (so a crash in between replays the result instead of firing again).
+        Fenced; returns False if a result was already recorded (the first one stays)."""
         ...
 
     def close(self) -> None: ...

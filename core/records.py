@@ -24,6 +24,7 @@ __all__ = [
     "MAX_ID_LENGTH",
     "MAX_PAYLOAD_BYTES",
     "Claim",
+    "EffectAbandoned",
     "EffectAcquired",
     "EffectHeld",
     "EffectRecorded",
@@ -287,6 +288,17 @@ class EffectAcquired:
 
 
 @attrs.frozen(kw_only=True)
+class EffectAbandoned:
+    """The reservation of a claim that is gone (its lease expired) ran out without a recorded
+    result: the effect may or may not have happened. The caller now holds the reservation;
+    only an idempotent effect may be fired again."""
+
+    item_id: str
+    fence: int
+    expired_at: datetime
+
+
+@attrs.frozen(kw_only=True)
 class EffectHeld:
     """Another claim holds a live reservation; do not fire."""
 
@@ -302,7 +314,7 @@ class EffectRecorded:
     result: JsonValue
 
 
-EffectReservation = EffectAcquired | EffectHeld | EffectRecorded
+EffectReservation = EffectAcquired | EffectAbandoned | EffectHeld | EffectRecorded
 
 
 @attrs.frozen(kw_only=True)

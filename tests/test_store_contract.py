@@ -52,6 +52,7 @@ from charter.core.events import (
     NodeStarted,
     RetryScheduled,
     ToolApprovalRequired,
+    ToolCalled,
     WorkflowCancelled,
     WorkflowCompleted,
     WorkflowFailed,
@@ -65,6 +66,7 @@ from charter.core.records import (
     MAX_ID_LENGTH,
     MAX_PAYLOAD_BYTES,
     Claim,
+    EffectAbandoned,
     EffectAcquired,
     EffectHeld,
     EffectRecorded,
@@ -1696,15 +1698,113 @@ def test_same_claim_may_reserve_its_effect_again(store: Store, clock: ManualCloc
     assert reserve(store, claimed) == EffectAcquired()
 
 
-def test_expired_reservation_can_be_taken_by_another_claim(
-    store: Store, clock: ManualClock
-) -> None:
+def test_expired_reservation_is_taken_over_as_abandoned(store: Store, clock: ManualClock) -> None:
+    # The TTL ran out without a result: the effect may or may not have happened.
     start(store, clock, 2)
     first, second = claim(store, lease=600), claim(store, lease=600)
     reserve(store, first, ttl=60)
     clock.advance(61)
-    assert reserve(store, second) == EffectAcquired()
+    assert reserve(store, second) == EffectAbandoned(
+        item_id=first.item.item_id, fence=first.fence, expired_at=clock.now() - seconds(1)
+    )
     assert isinstance(reserve(store, first), EffectHeld)
+
+
+def test_reservation_of_a_reclaimed_claim_is_abandoned_before_its_ttl(
+    store: Store, clock: ManualClock
+) -> None:
+    # The owner's claim is gone (lease expired, item reclaimed): no need to wait for the TTL.
+    start(store, clock)
+    dead = claim(store, lease=10)
+    reserve(store, dead, ttl=3600)
+    clock.advance(11)
+    store.reclaim_expired()
+    clock.advance(3600)
+    again = claim(store)
+    outcome = reserve(store, again)
+    assert isinstance(outcome, EffectAbandoned)
+    assert (outcome.item_id, outcome.fence) == (dead.item.item_id, dead.fence)
+    assert reserve(store, again) == EffectAcquired()  # now it is this claim's
+
+
+def test_record_effect_makes_later_claims_replay_the_result(
+    store: Store, clock: ManualClock
+) -> None:
+    start(store, clock)
+    first = claim(store, lease=10)
+    reserve(store, first)
+    assert store.record_effect(
+        EFFECT, item_id=first.item.item_id, fence=first.fence, result={"charged": 40}
+    )
+    assert store.get_effect(EFFECT) == {"charged": 40}
+    clock.advance(11)
+    store.reclaim_expired()  # the worker died after recording, before its commit
+    clock.advance(3600)
+    again = claim(store)
+    assert reserve(store, again) == EffectRecorded({"charged": 40})
+    assert not store.record_effect(
+        EFFECT, item_id=again.item.item_id, fence=again.fence, result={"charged": 41}
+    )
+    assert store.get_effect(EFFECT) == {"charged": 40}  # the first result stays
+
+
+def test_record_effect_is_fenced(store: Store, clock: ManualClock) -> None:
+    start(store, clock)
+    claimed = claim(store, lease=10)
+    complete(store, claimed)
+    with pytest.raises(FenceLost):
+        store.record_effect(EFFECT, item_id=claimed.item.item_id, fence=claimed.fence, result=1)
+    assert store.get_effect(EFFECT) is None
+
+
+def test_append_with_items_enqueues_them_atomically(store: Store, clock: ManualClock) -> None:
+    start(store, clock, 0)
+    appended = store.append_events(
+        EXEC,
+        [ToolCalled(node_id="a", tool="t")],
+        items=[new_item("late-1"), new_item("late-2")],
+    )
+    assert names(appended) == ["ToolCalled"]
+    assert [store.get_item(i) is not None for i in ("late-1", "late-2")] == [True, True]
+
+
+def test_append_expecting_the_current_sequence_succeeds(store: Store, clock: ManualClock) -> None:
+    start(store, clock, 0)
+    last = len(store.read_events(EXEC))
+    appended = store.append_events(
+        EXEC, [ToolCalled(node_id="a", tool="t")], expected_last_sequence=last
+    )
+    assert [e.sequence for e in appended] == [last + 1]
+
+
+def test_append_expecting_a_stale_sequence_is_conflict_and_writes_nothing(
+    store: Store, clock: ManualClock
+) -> None:
+    start(store, clock, 0)
+    last = len(store.read_events(EXEC))
+    store.append_events(EXEC, [ToolCalled(node_id="a", tool="t")])  # someone else moved on
+    before = observe(store)
+    with pytest.raises(Conflict):
+        store.append_events(
+            EXEC,
+            [ToolCalled(node_id="b", tool="t")],
+            items=[new_item("never")],
+            expected_last_sequence=last,
+        )
+    assert observe(store) == before
+    assert store.get_item("never") is None
+
+
+def test_fail_appends_the_attempts_own_events_first(store: Store, clock: ManualClock) -> None:
+    start(store, clock)
+    claimed = claim(store)
+    appended = store.fail(
+        claimed.item.item_id,
+        claimed.fence,
+        error="boom",
+        events=[ToolCalled(node_id=claimed.item.node_id, tool="t")],
+    )
+    assert names(appended) == ["ToolCalled", "NodeFailed", "RetryScheduled"]
 
 
 def test_committed_effect_result_is_recorded_for_every_later_claim(

@@ -1,0 +1,208 @@
+"""Conditions on edges and condition nodes: a small, safe expression language.
+
+A condition is a Python-like boolean expression over three names:
+
+* ``state`` — the workflow state (the merged state patches so far),
+* ``output`` — the output of the node the edge leaves (or, in a condition node, ``None``),
+* ``inputs`` — the run's initial input.
+
+It may use attribute and item access (``state.order.total``, ``state["kind"]``,
+``output.items[0]``); literals: strings, numbers (negative ones too), lists, and
+``true``/``false``/``null`` or ``True``/``False``/``None``; comparisons
+(``== != < <= > >= in not in``); ``and``, ``or``, ``not``; parentheses. Nothing else: no
+calls, no arithmetic, no other names. A missing key or attribute is ``null`` rather than an
+error, so ``state.flag == true`` is simply false while ``flag`` is unset. Comparing values of
+different types with ``<`` and the like is false (``"3" < 4`` is neither an error nor true).
+
+Expressions are parsed once (`parse_condition`, which names the position of any error) and
+evaluated purely (`Condition.evaluate`).
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Mapping
+from typing import Any, Final
+
+import attrs
+
+from charter.core.errors import InvalidInput
+
+__all__ = ["Condition", "parse_condition"]
+
+_NAMES: Final = frozenset({"state", "output", "inputs"})
+_CONSTANTS: Final = {"true": True, "false": False, "null": None}
+_MAX_LENGTH: Final = 2000
+
+
+class _Missing:
+    """A path that leads nowhere; compares like ``null``."""
+
+
+_MISSING = _Missing()
+
+
+def _check(node: ast.AST, source: str) -> None:
+    """Refuse anything outside the language, naming the offending construct."""
+    allowed = (
+        ast.Expression, ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Not, ast.Compare,
+        ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.In, ast.NotIn, ast.USub,
+        ast.Attribute, ast.Subscript, ast.Name, ast.Load, ast.Constant, ast.List, ast.Tuple,
+    )  # fmt: skip
+    for child in ast.walk(node):
+        if not isinstance(child, allowed):
+            where = f" at column {child.col_offset + 1}" if hasattr(child, "col_offset") else ""
+            raise InvalidInput(
+                "condition",
+                f"{type(child).__name__.lower()} is not allowed in a condition{where}: {source!r}",
+            )
+        if isinstance(child, ast.Name) and child.id not in _NAMES | set(_CONSTANTS):
+            raise InvalidInput(
+                "condition",
+                f"unknown name {child.id!r} (expected state, output, inputs, true, false or "
+                f"null): {source!r}",
+            )
+        if isinstance(child, ast.UnaryOp) and not (
+            isinstance(child.op, ast.Not) or _negative_number(child)
+        ):
+            raise InvalidInput(
+                "condition", f"only 'not' and a minus sign on a number are allowed: {source!r}"
+            )
+        if isinstance(child, ast.Subscript) and not isinstance(child.slice, ast.Constant):
+            raise InvalidInput("condition", f"an index must be a literal: {source!r}")
+
+
+def _negative_number(node: ast.UnaryOp) -> bool:
+    operand = node.operand
+    return (
+        isinstance(node.op, ast.USub)
+        and isinstance(operand, ast.Constant)
+        and isinstance(operand.value, int | float)
+        and not isinstance(operand.value, bool)
+    )
+
+
+@attrs.frozen
+class Condition:
+    """A parsed condition (build it with `parse_condition`)."""
+
+    source: str
+    _tree: ast.Expression = attrs.field(eq=False, repr=False)
+
+    def evaluate(self, *, state: Any = None, output: Any = None, inputs: Any = None) -> bool:
+        """Whether the condition holds for these values (always a bool, never raises)."""
+        scope = {"state": state, "output": output, "inputs": inputs}
+        value = _eval(self._tree.body, scope)
+        return value is True
+
+
+def parse_condition(source: object, where: str = "condition") -> Condition:
+    """Parse a condition, or raise `InvalidInput` naming ``where`` and the problem."""
+    if not isinstance(source, str):
+        raise InvalidInput(where, f"expected a condition string, got {type(source).__name__}")
+    if len(source) > _MAX_LENGTH:
+        raise InvalidInput(where, f"a condition may be at most {_MAX_LENGTH} characters")
+    try:
+        tree = ast.parse(source.strip(), mode="eval")
+    except SyntaxError as error:
+        raise InvalidInput(
+            where, f"not a valid condition ({error.msg} at column {error.offset}): {source!r}"
+        ) from None
+    try:
+        _check(tree, source)
+    except InvalidInput as error:
+        raise InvalidInput(where, error.problem) from None
+    return Condition(source, tree)
+
+
+def _eval(node: ast.expr, scope: Mapping[str, Any]) -> Any:
+    match node:
+        case ast.Constant(value=value):
+            return value
+        case ast.Name(id=name):
+            return _CONSTANTS[name] if name in _CONSTANTS else scope[name]
+        case ast.List(elts=items) | ast.Tuple(elts=items):
+            return [_eval(item, scope) for item in items]
+        case ast.Attribute(value=base, attr=key):
+            return _lookup(_eval(base, scope), key)
+        case ast.Subscript(value=base, slice=ast.Constant(value=key)):
+            return _lookup(_eval(base, scope), key)
+        case ast.BoolOp(op=ast.And(), values=values):
+            return all(_eval(v, scope) is True for v in values)
+        case ast.BoolOp(op=ast.Or(), values=values):
+            return any(_eval(v, scope) is True for v in values)
+        case ast.UnaryOp(op=ast.Not(), operand=operand):
+            return _eval(operand, scope) is not True
+        case ast.UnaryOp(op=ast.USub(), operand=ast.Constant(value=int() | float() as number)):
+            return -number
+        case ast.Compare(left=left, ops=ops, comparators=rights):
+            current = _eval(left, scope)
+            for op, right_node in zip(ops, rights, strict=True):
+                right = _eval(right_node, scope)
+                if not _compare(op, current, right):
+                    return False
+                current = right
+            return True
+    raise AssertionError(f"unchecked node {type(node).__name__}")  # pragma: no cover
+
+
+def _lookup(base: Any, key: object) -> Any:
+    if isinstance(base, Mapping) and isinstance(key, str):
+        return base.get(key, _MISSING)
+    if isinstance(base, list) and isinstance(key, int) and not isinstance(key, bool):
+        return base[key] if -len(base) <= key < len(base) else _MISSING
+    return _MISSING
+
+
+def _plain(value: Any) -> Any:
+    return None if value is _MISSING else value
+
+
+def _compare(op: ast.cmpop, left: Any, right: Any) -> bool:
+    left, right = _plain(left), _plain(right)
+    match op:
+        case ast.Eq():
+            return _same(left, right)
+        case ast.NotEq():
+            return not _same(left, right)
+        case ast.In():
+            return _contains(right, left)
+        case ast.NotIn():
+            return not _contains(right, left)
+    if not _orderable(left, right):
+        return False
+    match op:
+        case ast.Lt():
+            return bool(left < right)
+        case ast.LtE():
+            return bool(left <= right)
+        case ast.Gt():
+            return bool(left > right)
+        case ast.GtE():
+            return bool(left >= right)
+    return False  # pragma: no cover - every comparison operator is handled above
+
+
+def _same(left: Any, right: Any) -> bool:
+    # JSON equality: true is not 1, 1 equals 1.0.
+    if isinstance(left, bool) or isinstance(right, bool):
+        return type(left) is type(right) and left == right
+    return bool(left == right)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _orderable(left: Any, right: Any) -> bool:
+    return (_number(left) and _number(right)) or (isinstance(left, str) and isinstance(right, str))
+
+
+def _contains(container: Any, item: Any) -> bool:
+    if isinstance(container, str):
+        return isinstance(item, str) and item in container
+    if isinstance(container, list):
+        return any(_same(item, element) for element in container)
+    if isinstance(container, Mapping):
+        return isinstance(item, str) and item in container
+    return False

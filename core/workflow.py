@@ -1,0 +1,578 @@
+"""Workflow definitions: the parsed, validated form of a workflow file.
+
+The JSON/YAML shape follows upstream's IR where upstream has the keys (``workflow_id``,
+``version``, ``start_node``, ``nodes`` with ``kind: {type: …}``, ``policy``,
+``retry_policy``, ``node_timeout_secs``, ``edges`` with ``from`` / ``to`` / ``condition``,
+workflow ``policy``, ``token_budget``, ``cost_budget_usd``, ``models``, ``tools``,
+``retry_policies``) and adds what Charter needs (``agents``: agent cards; per node
+``agent``: the card governing it; ``tenant_id``; ``combining``).
+
+`parse_workflow` checks everything in one pass and raises `WorkflowInvalid` listing every
+problem with its path (``nodes.refund.kind.tool_ref: expected a string``): unknown keys and
+kinds, bad patterns and budgets, edges to unknown nodes, unreachable nodes, cycles, bad
+conditions. A definition that parses is one the scheduler can run.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, Final, TypeVar
+
+import attrs
+
+from charter.core.autonomy import AgentCard
+from charter.core.budget import BudgetLimits
+from charter.core.conditions import Condition, parse_condition
+from charter.core.errors import InvalidInput, child, describe
+from charter.core.nodes import queue_type_for
+from charter.core.policy import CombiningMode, EvaluationContext, PolicySet
+
+__all__ = [
+    "DEFAULT_RETRY_POLICIES",
+    "Branch",
+    "EdgeDef",
+    "NodeDef",
+    "Problem",
+    "RetryPolicy",
+    "ToolDef",
+    "WorkflowDef",
+    "WorkflowInvalid",
+    "parse_workflow",
+]
+
+
+@attrs.frozen
+class Problem:
+    """One thing wrong with a workflow definition: where, and what."""
+
+    where: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.problem}" if self.where else self.problem
+
+
+class WorkflowInvalid(InvalidInput):
+    """A workflow definition with one or more problems (all of them, in `problems`)."""
+
+    def __init__(self, problems: tuple[Problem, ...], source: str = "") -> None:
+        self.problems = problems
+        self.source = source
+        lines = [str(p) for p in problems]
+        summary = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        super().__init__(source, f"{summary}:\n  " + "\n  ".join(lines))
+
+    def within(self, prefix: str) -> WorkflowInvalid:
+        return WorkflowInvalid(self.problems, prefix.rstrip(":"))
+
+
+@attrs.frozen(kw_only=True)
+class RetryPolicy:
+    """How often a node is tried and how long to wait in between (exponential backoff
+    with jitter: ``backoff_ms × 2^min(attempt, 6)``, plus up to 25 %, at most
+    ``max_backoff_ms``)."""
+
+    max_attempts: int = 3
+    backoff_ms: int = 1000
+    max_backoff_ms: int = 60_000
+
+
+#: Upstream's named policies (reference §8.1), always available.
+DEFAULT_RETRY_POLICIES: Final[Mapping[str, RetryPolicy]] = {
+    "no_retry": RetryPolicy(max_attempts=1),
+    "llm_default": RetryPolicy(max_attempts=3),
+    "io_default": RetryPolicy(max_attempts=5),
+    "default": RetryPolicy(max_attempts=3),
+}
+
+
+_DEFAULT_RETRY: Final = DEFAULT_RETRY_POLICIES["default"]
+_NO_LIMITS: Final = BudgetLimits()
+
+
+@attrs.frozen(kw_only=True)
+class ToolDef:
+    """What a workflow says about a tool: whether repeating a call is harmless, and which
+    built-in or registered executor implements it."""
+
+    name: str
+    idempotent: bool = False
+    executor: str | None = None
+    config: Any = None
+
+
+@attrs.frozen
+class Branch:
+    """A condition node's branch: go to ``target`` when ``condition`` holds (``None``: else)."""
+
+    target: str
+    condition: Condition | None = None
+
+
+@attrs.frozen(kw_only=True)
+class NodeDef:
+    """One node of a workflow."""
+
+    node_id: str
+    kind: Mapping[str, Any]
+    tag: str
+    queue: str
+    context: EvaluationContext
+    policy: PolicySet | None = None
+    retry: RetryPolicy = _DEFAULT_RETRY
+    timeout_secs: float | None = None
+    agent: AgentCard | None = None
+    branches: tuple[Branch, ...] = ()
+    description: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class EdgeDef:
+    """A dependency: ``target`` may run after ``source`` completed (and ``condition``, if
+    any, held on ``source``'s output and the state at that moment)."""
+
+    source: str
+    target: str
+    condition: Condition | None = None
+
+
+@attrs.frozen(kw_only=True)
+class WorkflowDef:
+    """A validated workflow (see the module doc)."""
+
+    workflow_id: str
+    version: str
+    name: str = ""
+    description: str = ""
+    tenant_id: str = "default"
+    start_node: str
+    nodes: Mapping[str, NodeDef]
+    edges: tuple[EdgeDef, ...] = ()
+    policy: PolicySet | None = None
+    combining: CombiningMode = CombiningMode.MOST_SPECIFIC
+    limits: BudgetLimits = _NO_LIMITS
+    models: Mapping[str, Any] = attrs.field(factory=dict)
+    tools: Mapping[str, ToolDef] = attrs.field(factory=dict)
+    agents: Mapping[str, AgentCard] = attrs.field(factory=dict)
+    raw: Mapping[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
+
+    def incoming(self, node_id: str) -> tuple[EdgeDef, ...]:
+        return tuple(edge for edge in self.edges if edge.target == node_id)
+
+    def outgoing(self, node_id: str) -> tuple[EdgeDef, ...]:
+        return tuple(edge for edge in self.edges if edge.source == node_id)
+
+
+# ── parsing ────────────────────────────────────────────────────────────────────────────
+
+_TOP_KEYS: Final = {
+    "workflow_id", "version", "name", "description", "tenant_id", "start_node", "nodes",
+    "edges", "policy", "combining", "token_budget", "cost_budget_usd", "models", "tools",
+    "retry_policies", "agents", "labels", "state_schema", "timeouts", "mcp_servers",
+    "remote_agents", "data_policy",
+}  # fmt: skip
+#: Upstream keys Charter does not implement: refused when set, so nothing looks configured
+#: and silently does nothing.
+_UNSUPPORTED: Final = {
+    "continue_as_new": "continue-as-new segments are not supported",
+    "on_budget_exceeded": "routing on a budget trip is not supported (a trip fails the node)",
+}
+_NODE_KEYS: Final = {
+    "id", "kind", "policy", "retry_policy", "node_timeout_secs", "description", "labels",
+    "agent", "data_policy",
+}  # fmt: skip
+
+T = TypeVar("T")
+
+
+class _Collector:
+    """Gathers problems instead of stopping at the first."""
+
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+
+    def add(self, where: str, problem: str) -> None:
+        self.problems.append(Problem(where, problem))
+
+    def attempt(self, where: str, build: Callable[[], T]) -> T | None:
+        try:
+            return build()
+        except InvalidInput as error:
+            inner = error.where
+            path = (
+                child(where, inner) if inner and not inner.startswith(where) else (inner or where)
+            )
+            self.add(path, error.problem)
+            return None
+
+
+def _mapping(value: object, where: str, out: _Collector) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        out.add(where, f"expected a mapping, got {describe(value)}")
+        return {}
+    return value
+
+
+def _text(value: object, where: str, out: _Collector, *, required: bool = True) -> str:
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or (required and not value):
+        out.add(where, f"expected a non-empty string, got {describe(value)}")
+        return ""
+    return value
+
+
+def _retry_policy(data: object, where: str, out: _Collector) -> RetryPolicy | None:
+    fields = _mapping(data, where, out)
+    for key in fields:
+        if key not in ("max_attempts", "backoff_ms", "max_backoff_ms"):
+            out.add(child(where, str(key)), "unknown retry policy key")
+    values: dict[str, int] = {}
+    for key, low in (("max_attempts", 1), ("backoff_ms", 0), ("max_backoff_ms", 0)):
+        if key in fields:
+            value = fields[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                out.add(child(where, key), f"expected an integer >= {low}, got {describe(value)}")
+            else:
+                values[key] = value
+    return RetryPolicy(**values)
+
+
+def _timeout(value: object, where: str, out: _Collector) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        out.add(where, f"expected a number of seconds, got {describe(value)}")
+        return None
+    if not math.isfinite(value) or value <= 0:
+        out.add(where, f"expected a positive, finite number of seconds, got {value!r}")
+        return None
+    return float(value)
+
+
+def parse_workflow(data: object, source: str = "") -> WorkflowDef:
+    """The validated definition, or `WorkflowInvalid` listing every problem."""
+    out = _Collector()
+    top = _mapping(data, "", out)
+    if not top and not out.problems:
+        out.add("", "the workflow is empty")
+    for key in top:
+        if key in _UNSUPPORTED:
+            if top[key] not in (None, False):
+                out.add(str(key), _UNSUPPORTED[key])
+        elif key not in _TOP_KEYS:
+            out.add(str(key), "unknown workflow key")
+    workflow_id = _text(top.get("workflow_id"), "workflow_id", out)
+    version = _text(top.get("version"), "version", out)
+    start = _text(top.get("start_node"), "start_node", out)
+    tenant = _text(top.get("tenant_id", "default"), "tenant_id", out)
+
+    policy = None
+    if top.get("policy") is not None:
+        policy = out.attempt("policy", lambda: PolicySet.from_dict(top["policy"], "policy"))
+    combining = CombiningMode.MOST_SPECIFIC
+    if "combining" in top:
+        modes = [mode.value for mode in CombiningMode]
+        if top["combining"] in modes:
+            combining = CombiningMode(top["combining"])
+        else:
+            out.add(
+                "combining", f"expected one of {', '.join(modes)}, got {describe(top['combining'])}"
+            )
+    tokens = out.attempt("", lambda: BudgetLimits.from_workflow(top.get("token_budget")))
+    cost = out.attempt("", lambda: BudgetLimits.from_workflow(None, top.get("cost_budget_usd")))
+    limits = None
+    if tokens is not None and cost is not None:
+        limits = attrs.evolve(tokens, cost_usd=cost.cost_usd)
+    models = _mapping(top.get("models"), "models", out)
+
+    tools: dict[str, ToolDef] = {}
+    for name, spec in _mapping(top.get("tools"), "tools", out).items():
+        where = f"tools.{name}"
+        fields = _mapping(spec, where, out)
+        for key in fields:
+            if key not in ("idempotent", "executor", "config", "description", "parameters"):
+                out.add(child(where, str(key)), "unknown tool key")
+        idempotent = fields.get("idempotent", False)
+        if not isinstance(idempotent, bool):
+            out.add(f"{where}.idempotent", f"expected true or false, got {describe(idempotent)}")
+            idempotent = False
+        executor = fields.get("executor")
+        if executor is not None and not isinstance(executor, str):
+            out.add(f"{where}.executor", f"expected an executor name, got {describe(executor)}")
+            executor = None
+        tools[str(name)] = ToolDef(
+            name=str(name), idempotent=idempotent, executor=executor, config=fields.get("config")
+        )
+
+    agents: dict[str, AgentCard] = {}
+    raw_agents = top.get("agents")
+    if isinstance(raw_agents, list):
+        entries = [(f"agents[{i}]", card) for i, card in enumerate(raw_agents)]
+    else:
+        entries = [(f"agents.{k}", v) for k, v in _mapping(raw_agents, "agents", out).items()]
+    for where, card_data in entries:
+        card = out.attempt(where, functools.partial(AgentCard.from_dict, card_data, where))
+        if card is not None:
+            if card.uri in agents:
+                out.add(where, f"agent {card.uri!r} is defined twice")
+            agents[card.uri] = card
+
+    policies = dict(DEFAULT_RETRY_POLICIES)
+    for name, spec in _mapping(top.get("retry_policies"), "retry_policies", out).items():
+        parsed = _retry_policy(spec, f"retry_policies.{name}", out)
+        if parsed is not None:
+            policies[str(name)] = parsed
+
+    nodes: dict[str, NodeDef] = {}
+    raw_nodes = _mapping(top.get("nodes"), "nodes", out)
+    if not raw_nodes and "nodes" in top:
+        out.add("nodes", "a workflow needs at least one node")
+    for node_id, spec in raw_nodes.items():
+        node = _parse_node(str(node_id), spec, models, agents, policies, out)
+        if node is not None:
+            nodes[node.node_id] = node
+
+    edges = _parse_edges(top.get("edges"), out)
+    _check_graph(start, nodes, raw_nodes, edges, out)
+
+    if out.problems:
+        raise WorkflowInvalid(tuple(out.problems), source)
+    return WorkflowDef(
+        workflow_id=workflow_id,
+        version=version,
+        name=str(top.get("name") or ""),
+        description=str(top.get("description") or ""),
+        tenant_id=tenant,
+        start_node=start,
+        nodes=nodes,
+        edges=edges,
+        policy=policy,
+        combining=combining,
+        limits=limits or BudgetLimits(),
+        models=models,
+        tools=tools,
+        agents=agents,
+        raw=top,
+    )
+
+
+def _parse_node(
+    node_id: str,
+    spec: object,
+    models: Mapping[str, Any],
+    agents: Mapping[str, AgentCard],
+    policies: Mapping[str, RetryPolicy],
+    out: _Collector,
+) -> NodeDef | None:
+    where = f"nodes.{node_id}"
+    fields = _mapping(spec, where, out)
+    for key in fields:
+        if key not in _NODE_KEYS:
+            out.add(child(where, str(key)), "unknown node key")
+    if "id" in fields and fields["id"] != node_id:
+        out.add(f"{where}.id", f"does not match the node's key {node_id!r}")
+    kind = fields.get("kind")
+    ctx = None
+    if not isinstance(kind, Mapping):
+        out.add(f"{where}.kind", f"expected a mapping with a 'type', got {describe(kind)}")
+        kind = {}
+    else:
+        ctx = out.attempt(
+            where, lambda: EvaluationContext.from_node_kind(node_id, kind, models=models)
+        )
+    tag = ctx.node_kind_tag if ctx is not None else ""
+    policy = None
+    if fields.get("policy") is not None:
+        policy = out.attempt(
+            f"{where}.policy", lambda: PolicySet.from_dict(fields["policy"], f"{where}.policy")
+        )
+    retry = policies["default"]
+    if fields.get("retry_policy") is not None:
+        reference = fields["retry_policy"]
+        if isinstance(reference, str):
+            if reference in policies:
+                retry = policies[reference]
+            else:
+                known = ", ".join(sorted(policies))
+                out.add(
+                    f"{where}.retry_policy", f"unknown retry policy {reference!r} (known: {known})"
+                )
+        else:
+            retry = _retry_policy(reference, f"{where}.retry_policy", out) or retry
+    agent = None
+    if fields.get("agent") is not None:
+        reference = fields["agent"]
+        if isinstance(reference, str) and reference in agents:
+            agent = agents[reference]
+        else:
+            out.add(f"{where}.agent", f"no agent card named {describe(reference)} under agents")
+    branches: tuple[Branch, ...] = ()
+    if tag == "condition":
+        branches = _parse_branches(kind.get("branches"), f"{where}.kind.branches", out)
+    if tag == "human_approval":
+        approver = kind.get("approver", "human")
+        if not isinstance(approver, str) or not approver.strip():
+            out.add(
+                f"{where}.kind.approver", f"expected a user id or 'human', got {describe(approver)}"
+            )
+        out.attempt(
+            f"{where}.kind.timeout_secs", lambda: _timeout_or_raise(kind.get("timeout_secs"))
+        )
+    timeout = _timeout(fields.get("node_timeout_secs"), f"{where}.node_timeout_secs", out)
+    if ctx is None:
+        return None  # the kind's problems are recorded; the rest was checked too
+    return NodeDef(
+        node_id=node_id,
+        kind=kind,
+        tag=tag,
+        queue=queue_type_for(tag),
+        context=ctx,
+        policy=policy,
+        retry=retry,
+        timeout_secs=timeout,
+        agent=agent,
+        branches=branches,
+        description=str(fields.get("description") or ""),
+    )
+
+
+def _timeout_or_raise(value: object) -> float | None:
+    out = _Collector()
+    parsed = _timeout(value, "", out)
+    if out.problems:
+        raise InvalidInput("", out.problems[0].problem)
+    return parsed
+
+
+def _parse_branches(value: object, where: str, out: _Collector) -> tuple[Branch, ...]:
+    if not isinstance(value, list) or not value:
+        out.add(where, f"expected a non-empty list of branches, got {describe(value)}")
+        return ()
+    branches = []
+    for index, spec in enumerate(value):
+        at = f"{where}[{index}]"
+        fields = _mapping(spec, at, out)
+        target = _text(fields.get("target"), f"{at}.target", out)
+        condition = None
+        if fields.get("condition") is not None:
+            condition = out.attempt(
+                f"{at}.condition",
+                functools.partial(parse_condition, fields["condition"], f"{at}.condition"),
+            )
+        branches.append(Branch(target, condition))
+    return tuple(branches)
+
+
+def _parse_edges(value: object, out: _Collector) -> tuple[EdgeDef, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        out.add("edges", f"expected a list of edges, got {describe(value)}")
+        return ()
+    edges = []
+    seen: set[tuple[str, str]] = set()
+    for index, spec in enumerate(value):
+        where = f"edges[{index}]"
+        fields = _mapping(spec, where, out)
+        for key in fields:
+            if key not in ("from", "to", "condition"):
+                out.add(child(where, str(key)), "unknown edge key (expected from, to, condition)")
+        source = _text(fields.get("from"), f"{where}.from", out)
+        target = _text(fields.get("to"), f"{where}.to", out)
+        condition = None
+        if fields.get("condition") is not None:
+            condition = out.attempt(
+                f"{where}.condition",
+                functools.partial(parse_condition, fields["condition"], f"{where}.condition"),
+            )
+        if (source, target) in seen:
+            out.add(where, f"a second edge from {source!r} to {target!r}")
+        seen.add((source, target))
+        edges.append(EdgeDef(source=source, target=target, condition=condition))
+    return tuple(edges)
+
+
+def _check_graph(
+    start: str,
+    nodes: Mapping[str, NodeDef],
+    raw_nodes: Mapping[str, Any],
+    edges: tuple[EdgeDef, ...],
+    out: _Collector,
+) -> None:
+    known = set(raw_nodes)
+    if start and start not in known:
+        out.add("start_node", f"no node named {start!r}")
+    successors: dict[str, list[str]] = {name: [] for name in known}
+    for index, edge in enumerate(edges):
+        for end, name in (("from", edge.source), ("to", edge.target)):
+            if name and name not in known:
+                out.add(f"edges[{index}].{end}", f"no node named {name!r}")
+        if edge.source in successors and edge.target in known:
+            successors[edge.source].append(edge.target)
+    for node in nodes.values():
+        for index, branch in enumerate(node.branches):
+            if branch.target not in known:
+                out.add(
+                    f"nodes.{node.node_id}.kind.branches[{index}].target",
+                    f"no node named {branch.target!r}",
+                )
+            elif branch.target not in successors[node.node_id]:
+                out.add(
+                    f"nodes.{node.node_id}.kind.branches[{index}].target",
+                    f"no edge from {node.node_id!r} to {branch.target!r} (a branch chooses among "
+                    "the condition node's edges)",
+                )
+        fallback = node.kind.get("fallback_node") if node.tag == "human_approval" else None
+        if fallback is not None and fallback not in known:
+            out.add(f"nodes.{node.node_id}.kind.fallback_node", f"no node named {fallback!r}")
+    cycle = _find_cycle(successors)
+    if cycle:
+        out.add("edges", f"cycle: {' -> '.join(cycle)} (workflows are acyclic; use retries)")
+    if start not in known:
+        return
+    # Unreachable nodes: nothing leads to them from the start node.
+    reached = {start}
+    frontier = [start]
+    while frontier:
+        for target in successors[frontier.pop()]:
+            if target not in reached:
+                reached.add(target)
+                frontier.append(target)
+    for name in sorted(known - reached):
+        out.add(f"nodes.{name}", f"unreachable from the start node {start!r}")
+    if any(start in targets for targets in successors.values()):
+        out.add("start_node", f"{start!r} has incoming edges; the start node must be a root")
+
+
+def _find_cycle(successors: Mapping[str, list[str]]) -> list[str]:
+    """One cycle of the graph as a node path, or an empty list."""
+    white, grey, black = 0, 1, 2
+    color = dict.fromkeys(successors, white)
+    for root in sorted(successors):
+        if color[root] != white:
+            continue
+        stack: list[tuple[str, int]] = [(root, 0)]
+        path = [root]
+        color[root] = grey
+        while stack:
+            node, index = stack[-1]
+            targets = successors[node]
+            if index < len(targets):
+                stack[-1] = (node, index + 1)
+                nxt = targets[index]
+                if color[nxt] == grey:
+                    return [*path[path.index(nxt) :], nxt]
+                if color[nxt] == white:
+                    color[nxt] = grey
+                    stack.append((nxt, 0))
+                    path.append(nxt)
+            else:
+                color[node] = black
+                stack.pop()
+                path.pop()
+    return []
