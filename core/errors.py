@@ -15,6 +15,7 @@ __all__ = [
     "BudgetError",
     "CharterError",
     "Conflict",
+    "ExecutorFailed",
     "FenceLost",
     "IncompatibleStore",
     "InvalidInput",
@@ -81,6 +82,15 @@ class LimitExceeded(InvalidInput):
 
 class UnknownTenant(InvalidInput):
     """A tenant the store does not know; nothing is written for it."""
+
+
+class ExecutorFailed(CharterError):
+    """An executor could not do a node's work. ``retryable`` says whether trying again may
+    help (a timeout, a 503) or not (a refusal, bad arguments)."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        self.retryable = retryable
+        super().__init__(message)
 
 
 class StoreError(CharterError):

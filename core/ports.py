@@ -39,9 +39,9 @@ Its guarantees:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 
@@ -63,7 +63,62 @@ from charter.core.records import (
     WorkItemStatus,
 )
 
-__all__ = ["Clock", "CommitRequest", "EffectResult", "ReclaimResult", "Store"]
+__all__ = [
+    "Clock",
+    "CommitRequest",
+    "EffectResult",
+    "Executor",
+    "NodeCall",
+    "NodeResult",
+    "ReclaimResult",
+    "Store",
+]
+
+
+@attrs.frozen(kw_only=True)
+class NodeCall:
+    """What an executor is asked to do: one attempt of one node.
+
+    ``args`` are the node's static arguments (its kind's ``args``); ``state`` the workflow
+    state when the attempt began; ``idempotency_key`` identifies this call for external
+    systems that deduplicate; ``emit(chunk)`` streams a partial result (recorded in order, in
+    the same commit as the result, as ``agent_tool_progress`` events).
+    """
+
+    execution_id: str
+    node_id: str
+    attempt: int
+    kind_tag: str
+    kind: Mapping[str, Any]
+    tool_name: str | None
+    model_ref: str | None
+    resolved_model: str | None
+    args: JsonValue
+    state: JsonValue
+    inputs: JsonValue
+    config: JsonValue = None
+    idempotency_key: str
+    emit: Callable[[JsonValue], None] = attrs.field(eq=False, repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class NodeResult:
+    """What an attempt produced: its output, the state patch to merge, what it consumed."""
+
+    output: JsonValue = None
+    state_patch: JsonValue = None
+    usage: Usage = attrs.field(factory=Usage)
+    gen_ai_system: str | None = None
+    gen_ai_model: str | None = None
+    finish_reason: str | None = None
+
+
+class Executor(Protocol):
+    """Runs one node attempt. Raise `charter.core.errors.ExecutorFailed` to fail it (saying
+    whether a retry may help); any other exception is a retryable failure too — never a
+    success."""
+
+    def __call__(self, call: NodeCall) -> NodeResult: ...
 
 
 class Clock(Protocol):

@@ -157,12 +157,25 @@ class WorkflowDef:
     tools: Mapping[str, ToolDef] = attrs.field(factory=dict)
     agents: Mapping[str, AgentCard] = attrs.field(factory=dict)
     raw: Mapping[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
+    _incoming: Mapping[str, tuple[EdgeDef, ...]] = attrs.field(init=False, eq=False, repr=False)
+    _outgoing: Mapping[str, tuple[EdgeDef, ...]] = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        incoming: dict[str, list[EdgeDef]] = {name: [] for name in self.nodes}
+        outgoing: dict[str, list[EdgeDef]] = {name: [] for name in self.nodes}
+        for edge in self.edges:
+            incoming.setdefault(edge.target, []).append(edge)
+            outgoing.setdefault(edge.source, []).append(edge)
+        object.__setattr__(self, "_incoming", {k: tuple(v) for k, v in incoming.items()})
+        object.__setattr__(self, "_outgoing", {k: tuple(v) for k, v in outgoing.items()})
 
     def incoming(self, node_id: str) -> tuple[EdgeDef, ...]:
-        return tuple(edge for edge in self.edges if edge.target == node_id)
+        """The edges into a node (indexed once, when the definition is built)."""
+        return self._incoming.get(node_id, ())
 
     def outgoing(self, node_id: str) -> tuple[EdgeDef, ...]:
-        return tuple(edge for edge in self.edges if edge.source == node_id)
+        """The edges out of a node."""
+        return self._outgoing.get(node_id, ())
 
 
 # ── parsing ────────────────────────────────────────────────────────────────────────────

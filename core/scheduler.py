@@ -1,0 +1,474 @@
+"""The scheduler: a pure fold from an execution's events to what should happen next.
+
+`fold(workflow, events)` gives the execution's `Progress`: each node's state, the workflow
+state (merged state patches), which edges are live, whether the run has ended. `plan(workflow,
+progress, now=…, execution_id=…)` gives the next `Plan`: events to append and work items to
+enqueue, which a shell appends with compare-and-append (so two schedulers folding the same
+log cannot both act). Same events, same plan.
+
+Node states and the events that move them:
+
+=====================  =================================================================
+``pending``            not yet scheduled
+``scheduled``          ``node_scheduled``, ``retry_scheduled``, ``node_parked``,
+                       ``node_failed{retryable: true}`` (its work item is pending again)
+``running``            ``node_started``
+``held``               ``tool_approval_required``: waiting for a person
+``answered``           ``approval_received`` while held: dispatch again; the gate decides
+``completed``          ``node_completed``
+``failed``             ``node_failed{retryable: false}``
+``skipped``            ``node_skipped`` (every way into the node is dead)
+``cancelled``          ``node_cancelled``
+=====================  =================================================================
+
+Rules of `plan`, in order:
+
+1. A finished run (completed, failed, cancelled) plans nothing.
+2. ``human_approval`` nodes never reach a worker: when runnable the scheduler raises the
+   request itself (``node_scheduled`` + ``tool_approval_required``); an approval completes the
+   node (``node_completed{output: {approved: true, by, comment}}``, its ``state_patch`` merged),
+   a rejection fails it, and a timeout fails it — or, with a ``fallback_node``, completes it
+   routed to that node only.
+3. An answered node (approved or rejected) is dispatched again; the worker's gate runs it
+   (consuming the approval) or fails it (the rejection).
+4. While no node has failed terminally, every runnable node is dispatched
+   (``node_scheduled`` + a work item whose attempts and backoff come from the node's retry
+   policy). A node is runnable when it is pending and all of its incoming edges come from
+   finished nodes with at least one edge live; a node whose incoming edges are all dead is
+   skipped (``node_skipped{reason: "branch not taken"}``), which may cascade.
+5. An edge is live when its source completed, its condition (evaluated when the source
+   completed, on the source's output and the state then) held, and, for a routing source
+   (condition node, approval with a fallback), the source chose it.
+6. Nothing running, scheduled, held or answered: ``workflow_failed{error: "node(s) failed
+   terminally: …"}`` if a node failed, else ``workflow_completed{final_state}`` once every node
+   is finished. (A run that still has pending nodes it can never reach fails too: that cannot
+   happen with a validated, acyclic definition, but a stuck run must not hang silently.)
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+import attrs
+
+from charter.core.approvals import ANY_HUMAN
+from charter.core.events import (
+    ApprovalDecision,
+    ApprovalReceived,
+    Event,
+    EventKind,
+    NodeCancelled,
+    NodeCompleted,
+    NodeFailed,
+    NodeParked,
+    NodeScheduled,
+    NodeSkipped,
+    NodeStarted,
+    RetryScheduled,
+    ToolApprovalRequired,
+    WorkflowCancelled,
+    WorkflowCompleted,
+    WorkflowFailed,
+    WorkflowStarted,
+)
+from charter.core.gate import request_digest
+from charter.core.materialize import merge_patch
+from charter.core.records import NewWorkItem
+from charter.core.workflow import NodeDef, WorkflowDef
+
+__all__ = ["NodeProgress", "NodeState", "Plan", "Progress", "fold", "fold_event", "plan"]
+
+SKIPPED_REASON: Final = "branch not taken"
+
+
+class NodeState(enum.Enum):
+    PENDING = "pending"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    HELD = "held"
+    ANSWERED = "answered"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in _FINISHED
+
+    @property
+    def active(self) -> bool:
+        return self in _ACTIVE
+
+
+_FINISHED: Final = frozenset(
+    {NodeState.COMPLETED, NodeState.FAILED, NodeState.SKIPPED, NodeState.CANCELLED}
+)
+_ACTIVE: Final = frozenset(
+    {NodeState.SCHEDULED, NodeState.RUNNING, NodeState.HELD, NodeState.ANSWERED}
+)
+
+
+@attrs.frozen(kw_only=True)
+class NodeProgress:
+    """What the log says about one node."""
+
+    state: NodeState = NodeState.PENDING
+    dispatches: int = 0
+    attempt: int = 0
+    output: Any = None
+    error: str | None = None
+    #: For routing nodes: the targets it chose (``None``: not a routing decision).
+    routes: frozenset[str] | None = None
+    #: The approval answer, for an answered or decided human_approval node.
+    answer: ApprovalReceived | None = None
+    held_since: datetime | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Progress:
+    """An execution as the scheduler sees it, as of ``last_sequence``."""
+
+    nodes: Mapping[str, NodeProgress]
+    state: Any = attrs.field(factory=dict)
+    inputs: Any = None
+    #: Edges found dead when their source completed: ``(source, target)``.
+    dead_edges: frozenset[tuple[str, str]] = frozenset()
+    started: bool = False
+    finished: str | None = None  # "completed" | "failed" | "cancelled"
+    last_sequence: int = 0
+
+    def node(self, node_id: str) -> NodeProgress:
+        return self.nodes.get(node_id, _PENDING)
+
+
+_PENDING: Final = NodeProgress()
+
+
+@attrs.frozen(kw_only=True)
+class Plan:
+    """What to append and enqueue next (both empty: nothing to do now)."""
+
+    events: tuple[EventKind, ...] = ()
+    items: tuple[NewWorkItem, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.events and not self.items
+
+
+def _initial(workflow: WorkflowDef) -> Progress:
+    return Progress(nodes=dict.fromkeys(workflow.nodes, _PENDING))
+
+
+@attrs.define
+class _Work:
+    """A mutable working copy of a `Progress` while one batch of events is folded (made
+    once per batch, so folding n events costs O(n), not O(n × nodes))."""
+
+    nodes: dict[str, NodeProgress]
+    state: Any
+    inputs: Any
+    dead_edges: set[tuple[str, str]]
+    started: bool
+    finished: str | None
+    last_sequence: int
+
+    def set(self, node_id: str, **changes: Any) -> None:
+        current = self.nodes.get(node_id)
+        if current is not None:  # an event about a node the definition lacks: ignored
+            self.nodes[node_id] = attrs.evolve(current, **changes)
+
+    def freeze(self) -> Progress:
+        return Progress(
+            nodes=self.nodes,
+            state=self.state,
+            inputs=self.inputs,
+            dead_edges=frozenset(self.dead_edges),
+            started=self.started,
+            finished=self.finished,
+            last_sequence=self.last_sequence,
+        )
+
+
+def fold(
+    workflow: WorkflowDef, events: Iterable[Event], progress: Progress | None = None
+) -> Progress:
+    """The progress of an execution of ``workflow`` after ``events`` (in sequence order),
+    starting from ``progress`` (default: nothing happened yet). ``progress`` is not changed."""
+    base = progress if progress is not None else _initial(workflow)
+    work = _Work(
+        nodes=dict(base.nodes),
+        state=base.state,
+        inputs=base.inputs,
+        dead_edges=set(base.dead_edges),
+        started=base.started,
+        finished=base.finished,
+        last_sequence=base.last_sequence,
+    )
+    for event in events:
+        _apply(workflow, work, event)
+    return work.freeze()
+
+
+def fold_event(workflow: WorkflowDef, progress: Progress, event: Event) -> Progress:
+    """``progress`` after one more event."""
+    return fold(workflow, (event,), progress)
+
+
+def _apply(workflow: WorkflowDef, work: _Work, event: Event) -> None:
+    work.last_sequence = event.sequence
+    kind = event.kind
+    match kind:
+        case WorkflowStarted(initial_input=initial):
+            work.started, work.inputs = True, initial
+            work.state = dict(initial) if isinstance(initial, Mapping) else {}
+        case WorkflowCompleted():
+            work.finished = "completed"
+        case WorkflowFailed():
+            work.finished = "failed"
+        case WorkflowCancelled():
+            work.finished = "cancelled"
+        case NodeScheduled(node_id=node):
+            dispatches = work.nodes[node].dispatches + 1 if node in work.nodes else 0
+            work.set(node, state=NodeState.SCHEDULED, dispatches=dispatches, answer=None)
+        case NodeStarted(node_id=node, attempt=attempt):
+            work.set(node, state=NodeState.RUNNING, attempt=attempt)
+        case (
+            RetryScheduled(node_id=node, attempt=attempt)
+            | NodeParked(node_id=node, attempt=attempt)
+        ):
+            work.set(node, state=NodeState.SCHEDULED, attempt=attempt)
+        case NodeFailed(node_id=node, error=error, retryable=True):
+            work.set(node, state=NodeState.SCHEDULED, error=error)
+        case NodeFailed(node_id=node, error=error):
+            work.set(node, state=NodeState.FAILED, error=error)
+        case NodeSkipped(node_id=node):
+            work.set(node, state=NodeState.SKIPPED)
+        case NodeCancelled(node_id=node):
+            work.set(node, state=NodeState.CANCELLED)
+        case ToolApprovalRequired(node_id=node):
+            work.set(node, state=NodeState.HELD, held_since=event.created_at, answer=None)
+        case ApprovalReceived(node_id=node):
+            entry = work.nodes.get(node)
+            if entry is None or entry.state is not NodeState.HELD:
+                return  # not waiting for an answer: ignored, as the approval fold does
+            if kind.state_patch is not None and kind.decision is ApprovalDecision.APPROVED:
+                work.state = merge_patch(work.state, kind.state_patch)
+            work.set(node, state=NodeState.ANSWERED, answer=kind)
+        case NodeCompleted(node_id=node, output=output, state_patch=patch):
+            _completed(workflow, work, node, output, patch)
+
+
+def _completed(workflow: WorkflowDef, work: _Work, node_id: str, output: Any, patch: Any) -> None:
+    if patch is not None:
+        work.state = merge_patch(work.state, patch)
+    definition = workflow.nodes.get(node_id)
+    routes = None
+    if isinstance(output, Mapping) and "chosen_targets" in output:
+        chosen = output["chosen_targets"]
+        routes = frozenset(str(t) for t in chosen) if isinstance(chosen, list) else frozenset()
+    elif definition is not None and definition.tag == "condition":
+        chosen_target = output.get("chosen_target") if isinstance(output, Mapping) else None
+        routes = frozenset({chosen_target}) if isinstance(chosen_target, str) else frozenset()
+    for edge in workflow.outgoing(node_id):
+        # Evaluated once, now: the output and the state as this node completed.
+        if edge.condition is not None and not edge.condition.evaluate(
+            state=work.state, output=output, inputs=work.inputs
+        ):
+            work.dead_edges.add((edge.source, edge.target))
+        if routes is not None and edge.target not in routes:
+            work.dead_edges.add((edge.source, edge.target))
+    work.set(node_id, state=NodeState.COMPLETED, output=output, routes=routes)
+
+
+# ── planning ───────────────────────────────────────────────────────────────────────────
+
+
+def _edge_live(progress: Progress, source: str, target: str) -> bool:
+    return (
+        progress.node(source).state is NodeState.COMPLETED
+        and (source, target) not in progress.dead_edges
+    )
+
+
+def _readiness(workflow: WorkflowDef, progress: Progress, node_id: str) -> str:
+    """``"ready"``, ``"dead"`` (skip it) or ``"wait"``."""
+    if node_id == workflow.start_node:
+        return "ready"
+    incoming = workflow.incoming(node_id)
+    if not incoming:  # unreachable in a validated workflow
+        return "dead"
+    if not all(progress.node(edge.source).state.finished for edge in incoming):
+        return "wait"
+    if any(_edge_live(progress, edge.source, node_id) for edge in incoming):
+        return "ready"
+    return "dead"
+
+
+def _item_for(execution_id: str, node: NodeDef, dispatch: int, payload: Any) -> NewWorkItem:
+    return NewWorkItem(
+        item_id=f"{execution_id}/{node.node_id}/{dispatch}",
+        execution_id=execution_id,
+        node_id=node.node_id,
+        queue=node.queue,
+        payload=payload,
+        max_attempts=node.retry.max_attempts,
+        backoff_base_ms=node.retry.backoff_ms,
+    )
+
+
+def _approval_request(node: NodeDef, progress: Progress) -> ToolApprovalRequired:
+    approver = node.kind.get("approver", ANY_HUMAN)
+    call = {"description": node.kind.get("description", node.description)}
+    return ToolApprovalRequired(
+        node_id=node.node_id,
+        tool_name=node.node_id,
+        approver=str(approver),
+        context={"node_id": node.node_id, "node_kind": "human_approval", **call},
+        request_digest=request_digest(node.context, 0, call, str(approver)),
+        attempt=0,
+    )
+
+
+def _settle_human_approval(
+    node: NodeDef, entry: NodeProgress, now: datetime, targets: list[str]
+) -> tuple[EventKind, ...]:
+    """Events that end a human_approval node, if its answer or its timeout has come."""
+    answer = entry.answer
+    fallback = node.kind.get("fallback_node")
+    if answer is not None:
+        if answer.decision is ApprovalDecision.APPROVED:
+            output: dict[str, Any] = {"approved": True, "by": answer.user_id}
+            if answer.comment is not None:
+                output["comment"] = answer.comment
+            if isinstance(fallback, str):
+                output["chosen_targets"] = [target for target in targets if target != fallback]
+            return (
+                NodeCompleted(node_id=node.node_id, output=output, state_patch={}, duration_ms=0),
+            )
+        suffix = f": {answer.comment}" if answer.comment else ""
+        return (
+            NodeFailed(
+                node_id=node.node_id,
+                error=f"approval rejected by {answer.user_id}{suffix}",
+                attempt=0,
+                retryable=False,
+            ),
+        )
+    timeout = node.kind.get("timeout_secs")
+    if (
+        isinstance(timeout, int | float)
+        and entry.held_since is not None
+        and now >= entry.held_since + timedelta(seconds=float(timeout))
+    ):
+        if isinstance(fallback, str):
+            output = {"approved": False, "timed_out": True, "chosen_targets": [fallback]}
+            return (
+                NodeCompleted(node_id=node.node_id, output=output, state_patch={}, duration_ms=0),
+            )
+        return (
+            NodeFailed(
+                node_id=node.node_id,
+                error=f"approval timed out after {timeout} s",
+                attempt=0,
+                retryable=False,
+            ),
+        )
+    return ()
+
+
+def plan(workflow: WorkflowDef, progress: Progress, *, now: datetime, execution_id: str) -> Plan:
+    """The next events and work items for an execution (see the module doc)."""
+    if progress.finished is not None or not progress.started:
+        return Plan()
+    events: list[EventKind] = []
+    items: list[NewWorkItem] = []
+    nodes = dict(progress.nodes)
+    failed = any(entry.state is NodeState.FAILED for entry in nodes.values())
+
+    # Human approval nodes: answers and timeouts.
+    for node_id, entry in nodes.items():
+        node = workflow.nodes[node_id]
+        if node.tag != "human_approval" or entry.state not in (NodeState.HELD, NodeState.ANSWERED):
+            continue
+        targets = [edge.target for edge in workflow.outgoing(node_id)]
+        settled = _settle_human_approval(node, entry, now, targets)
+        if settled:
+            events.extend(settled)
+            nodes[node_id] = attrs.evolve(entry, state=NodeState.SCHEDULED)  # settling now
+
+    # Answered tool approvals go back to a worker, whose gate decides.
+    for node_id, entry in progress.nodes.items():
+        node = workflow.nodes[node_id]
+        if entry.state is NodeState.ANSWERED and node.tag != "human_approval":
+            dispatch = entry.dispatches + 1
+            events.append(NodeScheduled(node_id=node_id, queue_type=node.queue))
+            items.append(_item_for(execution_id, node, dispatch, _payload(workflow, node_id)))
+            nodes[node_id] = attrs.evolve(entry, state=NodeState.SCHEDULED)
+
+    if not events and not failed:
+        # Dispatch what is runnable and skip what is dead. A dispatch never makes another
+        # node ready within the same plan (its node is not finished yet), but a skip may:
+        # those successors are re-examined from a worklist, so a plan is linear in the nodes.
+        view = attrs.evolve(progress, nodes=nodes)  # sees every change made to `nodes` below
+        worklist = deque(n for n, entry in nodes.items() if entry.state is NodeState.PENDING)
+        while worklist:
+            node_id = worklist.popleft()
+            entry = view.node(node_id)
+            if entry.state is not NodeState.PENDING:
+                continue
+            readiness = _readiness(workflow, view, node_id)
+            if readiness == "wait":
+                continue
+            node = workflow.nodes[node_id]
+            if readiness == "dead":
+                events.append(NodeSkipped(node_id=node_id, reason=SKIPPED_REASON))
+                nodes[node_id] = attrs.evolve(entry, state=NodeState.SKIPPED)
+                worklist.extend(edge.target for edge in workflow.outgoing(node_id))
+            elif node.tag == "human_approval":
+                events.append(NodeScheduled(node_id=node_id, queue_type=node.queue))
+                events.append(_approval_request(node, view))
+                nodes[node_id] = attrs.evolve(entry, state=NodeState.HELD)
+            else:
+                dispatch = entry.dispatches + 1
+                events.append(NodeScheduled(node_id=node_id, queue_type=node.queue))
+                items.append(_item_for(execution_id, node, dispatch, _payload(workflow, node_id)))
+                nodes[node_id] = attrs.evolve(entry, state=NodeState.SCHEDULED)
+
+    if events or items:
+        return Plan(events=tuple(events), items=tuple(items))
+
+    # Nothing to start: is the run over?
+    if any(entry.state.active for entry in nodes.values()):
+        return Plan()
+    failures = sorted(n for n, entry in nodes.items() if entry.state is NodeState.FAILED)
+    if failures:
+        return Plan(events=(WorkflowFailed(error=_failure_text(progress, failures)),))
+    unfinished = sorted(n for n, entry in nodes.items() if not entry.state.finished)
+    if unfinished:
+        return Plan(
+            events=(
+                WorkflowFailed(
+                    error=f"stuck: nodes never became runnable: {', '.join(unfinished)}"
+                ),
+            )
+        )
+    return Plan(events=(WorkflowCompleted(final_state=progress.state),))
+
+
+def _failure_text(progress: Progress, failures: list[str]) -> str:
+    details = "; ".join(f"{n}: {progress.node(n).error}" for n in failures)
+    return f"node(s) failed terminally: {', '.join(failures)} ({details})"
+
+
+def _payload(workflow: WorkflowDef, node_id: str) -> dict[str, Any]:
+    return {
+        "workflow_id": workflow.workflow_id,
+        "workflow_version": workflow.version,
+        "node_id": node_id,
+    }
