@@ -16,8 +16,15 @@ import yaml
 from charter.adapters.codec import CodecError, parse_json
 from charter.core.errors import InvalidInput, PolicyError, child, describe
 from charter.core.policy import CombiningMode, PolicyLayer, PolicyScope, PolicySet
+from charter.core.workflow import WorkflowDef, WorkflowInvalid, parse_workflow
 
-__all__ = ["PolicyFile", "load_policy_file", "parse_policy_document", "read_document"]
+__all__ = [
+    "PolicyFile",
+    "load_policy_file",
+    "load_workflow_file",
+    "parse_policy_document",
+    "read_document",
+]
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -147,3 +154,15 @@ def load_policy_file(path: str | Path, scope: PolicyScope = PolicyScope.WORKFLOW
         return parse_policy_document(data, where="", scope=scope)
     except InvalidInput as error:
         raise error.within(f"{path}:") from None
+
+
+def load_workflow_file(path: str | Path) -> tuple[WorkflowDef, dict[str, Any]]:
+    """Read, validate and return a workflow file's definition and its raw JSON form (what
+    the store keeps). Every problem is reported at once, each with the file and its path."""
+    data = read_document(path)
+    try:
+        definition = parse_workflow(data, str(path))
+    except WorkflowInvalid as error:
+        raise error.within(f"{path}:") from None
+    raw = dict(data) if isinstance(data, Mapping) else {}
+    return definition, raw

@@ -1,14 +1,15 @@
 """The ``charter`` command line.
 
-Exit codes (documented in docs/cli.md):
+Exit codes (docs/cli.md):
 
-====  =====================================================
-0     allowed / success
+====  ==========================================================================
+0     success: allowed (``check``), run completed (``run``, ``approve``, …)
 1     internal error (a bug: please report it)
-2     bad input or usage (file, field, argument)
-3     ``check``: approval required
-4     ``check``: blocked
-====  =====================================================
+2     bad input or usage (file, field, argument) — the message names it
+3     ``check``: approval required / a run is waiting for a person
+4     ``check``: blocked / a run failed
+5     a run was cancelled
+====  ==========================================================================
 
 Bad input is reported as one line on stderr, never a traceback.
 """
@@ -17,13 +18,30 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
-from collections.abc import Sequence
-from typing import NoReturn
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
 
 from charter.adapters.codec import dump
-from charter.adapters.files import PolicyFile, load_policy_file
-from charter.core.errors import CharterError, describe
+from charter.adapters.files import (
+    PolicyFile,
+    load_policy_file,
+    load_workflow_file,
+    read_document,
+)
+from charter.adapters.sqlite import SqliteStore
+from charter.core.approvals import ApprovalRefused
+from charter.core.errors import CharterError, Conflict, InvalidInput, describe
+from charter.core.events import (
+    ApprovalDecision,
+    Event,
+    WorkflowCancelled,
+    WorkflowStarted,
+)
 from charter.core.policy import (
     Allow,
     Block,
@@ -33,14 +51,34 @@ from charter.core.policy import (
     PolicyVerdict,
     RequireApproval,
 )
+from charter.core.records import Execution, Tenant, WorkflowDefinition
+from charter.core.runs import run_record, run_steps
+from charter.executors import ExecutorRegistry, default_registry, load_plugin
+from charter.render import approval_lines, event_line, run_lines
+from charter.worker import ALL_QUEUES, RunOutcome, Worker, drive
 
-__all__ = ["EXIT_APPROVAL", "EXIT_BLOCKED", "EXIT_INTERNAL", "EXIT_OK", "EXIT_USAGE", "main"]
+__all__ = [
+    "EXIT_APPROVAL",
+    "EXIT_BLOCKED",
+    "EXIT_CANCELLED",
+    "EXIT_FAILED",
+    "EXIT_INTERNAL",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "EXIT_WAITING",
+    "main",
+]
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
 EXIT_APPROVAL = 3
+EXIT_WAITING = 3
 EXIT_BLOCKED = 4
+EXIT_FAILED = 4
+EXIT_CANCELLED = 5
+
+DEFAULT_DB = "charter.db"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,6 +88,25 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+def _db_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--db",
+        metavar="PATH",
+        default=DEFAULT_DB,
+        help=f"SQLite database (default: ./{DEFAULT_DB})",
+    )
+
+
+def _executors_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--executors",
+        metavar="MODULE:FUNCTION",
+        action="append",
+        default=[],
+        help="call FUNCTION(registry) to register your executors (repeatable)",
+    )
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="charter",
@@ -57,6 +114,120 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
+
+    run = commands.add_parser(
+        "run",
+        help="run a workflow file to completion or until it waits for a person",
+        description=(
+            "Validate FILE, store it and start a run; drive it here, printing each event, until "
+            "it completes (exit 0), fails (4), is cancelled (5) or waits for an approval (3)."
+        ),
+    )
+    run.add_argument("file", metavar="FILE", help="workflow file (YAML or JSON)")
+    _db_option(run)
+    run.add_argument("--input", metavar="JSON", help="the run's input: JSON text or @file")
+    run.add_argument("--run-id", metavar="ID", help="id of the new run (default: generated)")
+    run.add_argument("--tenant", metavar="ID", help="run for this tenant (default: the file's)")
+    run.add_argument(
+        "--tenant-policy",
+        metavar="POLICY",
+        help="create or update the tenant with this policy file's set (bare or 'tenant:')",
+    )
+    run.add_argument("--quiet", action="store_true", help="print only the outcome")
+    _executors_option(run)
+    run.set_defaults(handler=_run)
+
+    validate = commands.add_parser(
+        "validate",
+        help="check a workflow file and report every problem",
+        description="Validate FILE; print every problem with its path, or OK.",
+    )
+    validate.add_argument("file", metavar="FILE")
+    validate.set_defaults(handler=_validate)
+
+    status = commands.add_parser(
+        "status",
+        help="show a run (with its steps) or list runs",
+        description="Without RUN, list runs (newest last); with RUN, its record and steps.",
+    )
+    status.add_argument("run_id", metavar="RUN", nargs="?")
+    _db_option(status)
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(handler=_status)
+
+    events = commands.add_parser(
+        "events", help="print a run's event log", description="Print RUN's events, in order."
+    )
+    events.add_argument("run_id", metavar="RUN")
+    _db_option(events)
+    events.add_argument("--json", action="store_true", help="one JSON object per line")
+    events.set_defaults(handler=_events)
+
+    approvals = commands.add_parser(
+        "approvals", help="list open approval requests", description="List open approvals."
+    )
+    _db_option(approvals)
+    approvals.add_argument("--json", action="store_true")
+    approvals.set_defaults(handler=_approvals)
+
+    for name, decision in (("approve", "approved"), ("reject", "rejected")):
+        answer = commands.add_parser(
+            name,
+            help=f"{name} a node's open request, then continue the run",
+            description=(
+                f"Record that USER {decision} NODE's open request in RUN (only the request's "
+                "approver may), then continue the run here unless --no-continue."
+            ),
+        )
+        answer.add_argument("run_id", metavar="RUN")
+        answer.add_argument("node_id", metavar="NODE")
+        answer.add_argument("--user", required=True, metavar="USER", help="who decides")
+        answer.add_argument("--comment", metavar="TEXT")
+        answer.add_argument("--no-continue", action="store_true", help="only record it")
+        answer.add_argument("--quiet", action="store_true")
+        _db_option(answer)
+        _executors_option(answer)
+        answer.set_defaults(handler=_answer, decision=ApprovalDecision(decision))
+
+    cancel = commands.add_parser(
+        "cancel", help="cancel a run", description="Cancel RUN: no further node is started."
+    )
+    cancel.add_argument("run_id", metavar="RUN")
+    cancel.add_argument("--reason", metavar="TEXT")
+    _db_option(cancel)
+    cancel.set_defaults(handler=_cancel)
+
+    worker = commands.add_parser(
+        "worker",
+        help="process work items until stopped (SIGINT / SIGTERM)",
+        description=(
+            "Claim and process work items of every run in the database until stopped; finishes "
+            "the items in hand before exiting."
+        ),
+    )
+    _db_option(worker)
+    worker.add_argument(
+        "--queues",
+        metavar="Q1,Q2",
+        default=",".join(ALL_QUEUES),
+        help=f"queues to claim from (default: {','.join(ALL_QUEUES)})",
+    )
+    worker.add_argument("--concurrency", type=int, default=1, metavar="N", help="threads")
+    worker.add_argument("--lease", type=float, default=30.0, metavar="SECS")
+    worker.add_argument("--worker-id", metavar="ID")
+    _executors_option(worker)
+    worker.set_defaults(handler=_worker)
+
+    tenant = commands.add_parser(
+        "tenant",
+        help="create or update a tenant and its policy",
+        description="Create or update tenant ID; with --policy, its policy layer.",
+    )
+    tenant.add_argument("tenant_id", metavar="ID")
+    tenant.add_argument("--name", default="")
+    tenant.add_argument("--policy", metavar="POLICY", help="policy file (bare set or 'tenant:')")
+    _db_option(tenant)
+    tenant.set_defaults(handler=_tenant)
 
     check = commands.add_parser(
         "check",
@@ -85,6 +256,9 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print JSON instead of text")
     check.set_defaults(handler=_check)
     return parser
+
+
+# ── check ──────────────────────────────────────────────────────────────────────────────
 
 
 def _severity(verdict: PolicyVerdict) -> int:
@@ -146,6 +320,338 @@ def _check(args: argparse.Namespace) -> int:
     return max(_severity(verdict) for _, _, verdict in results)
 
 
+# ── runs ───────────────────────────────────────────────────────────────────────────────
+
+
+def _open(args: argparse.Namespace, *, must_exist: bool = False) -> SqliteStore:
+    path = Path(args.db)
+    if must_exist and not path.exists():
+        raise InvalidInput(str(path), "no such database (run a workflow first, or pass --db)")
+    return SqliteStore(path)
+
+
+def _registry(args: argparse.Namespace) -> ExecutorRegistry:
+    registry = default_registry()
+    for spec in args.executors:
+        load_plugin(spec, registry)
+    return registry
+
+
+def _printer(quiet: bool) -> Callable[[Sequence[Event]], None] | None:
+    if quiet:
+        return None
+
+    def show(events: Sequence[Event]) -> None:
+        for event in events:
+            print(event_line(event), flush=True)
+
+    return show
+
+
+def _outcome_code(outcome: RunOutcome) -> int:
+    return {
+        "completed": EXIT_OK,
+        "failed": EXIT_FAILED,
+        "cancelled": EXIT_CANCELLED,
+        "waiting": EXIT_WAITING,
+    }[outcome.status]
+
+
+def _report(store: SqliteStore, outcome: RunOutcome) -> int:
+    line = f"run {outcome.execution_id}: {outcome.status}"
+    if outcome.status == "waiting":
+        pending = store.pending_approvals(execution_id=outcome.execution_id)
+        if pending:
+            waits = ", ".join(f"{p.node_id} (approver {p.approver})" for p in pending)
+            line += f" for approval of {waits}"
+        line += f"\n  answer with: charter approve {outcome.execution_id} NODE --user USER"
+    elif outcome.error:
+        line += f": {outcome.error}"
+    print(line)
+    return _outcome_code(outcome)
+
+
+def _input(text: str | None) -> Any:
+    if text is None:
+        return {}
+    if text.startswith("@"):
+        return read_document(text[1:])
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InvalidInput("--input", f"not JSON ({error.msg}); pass JSON text or @file") from None
+
+
+def _ensure_tenant(store: SqliteStore, tenant_id: str, policy_path: str | None) -> None:
+    existing = store.get_tenant(tenant_id)
+    if policy_path is None:
+        if existing is None:
+            raise InvalidInput(
+                "--tenant", f"unknown tenant {tenant_id!r} (create it with `charter tenant`)"
+            )
+        return
+    policy = load_policy_file(policy_path, PolicyScope.TENANT)
+    layers = [layer for layer in policy.layers if layer.scope is PolicyScope.TENANT]
+    if len(layers) != 1:
+        raise InvalidInput(policy_path, "expected one tenant layer (a bare set or 'tenant:')")
+    now = store.clock.now()
+    store.put_tenant(
+        Tenant(
+            tenant_id=tenant_id,
+            name=existing.name if existing else tenant_id,
+            policy=layers[0].policy,
+            created_at=existing.created_at if existing else now,
+            updated_at=now,
+        )
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    workflow, raw = load_workflow_file(args.file)
+    inputs = _input(args.input)
+    registry = _registry(args)
+    store = _open(args)
+    try:
+        tenant_id = args.tenant or workflow.tenant_id
+        _ensure_tenant(store, tenant_id, args.tenant_policy)
+        now = store.clock.now()
+        try:
+            store.put_workflow(
+                WorkflowDefinition(
+                    tenant_id=tenant_id,
+                    workflow_id=workflow.workflow_id,
+                    version=workflow.version,
+                    ir=raw,
+                    created_at=now,
+                )
+            )
+        except Conflict as error:
+            raise InvalidInput(args.file, f"{error}; change its version to store it") from None
+        run_id = args.run_id or f"{workflow.workflow_id}-{uuid.uuid4().hex[:8]}"
+        store.create_execution(
+            Execution(
+                execution_id=run_id,
+                tenant_id=tenant_id,
+                workflow_id=workflow.workflow_id,
+                workflow_version=workflow.version,
+                initial_input=inputs,
+                created_at=now,
+                updated_at=now,
+            ),
+            events=[
+                WorkflowStarted(
+                    workflow_id=workflow.workflow_id,
+                    workflow_version=workflow.version,
+                    initial_input=inputs,
+                )
+            ],
+        )
+        if not args.quiet:
+            print(f"run {run_id}: {workflow.workflow_id} v{workflow.version} ({args.db})")
+        worker = Worker(store, executors=registry, on_events=_printer(args.quiet))
+        return _report(store, drive(worker, run_id))
+    finally:
+        store.close()
+
+
+def _validate(args: argparse.Namespace) -> int:
+    workflow, _ = load_workflow_file(args.file)
+    print(
+        f"{args.file}: OK — {workflow.workflow_id} v{workflow.version}, "
+        f"{len(workflow.nodes)} nodes, {len(workflow.edges)} edges"
+    )
+    return EXIT_OK
+
+
+def _require_run(store: SqliteStore, run_id: str) -> Execution:
+    execution = store.get_execution(run_id)
+    if execution is None:
+        raise InvalidInput("RUN", f"no run {run_id!r} in {store.path}")
+    return execution
+
+
+def _status(args: argparse.Namespace) -> int:
+    store = _open(args, must_exist=True)
+    try:
+        if args.run_id is None:
+            runs: list[Execution] = []
+            cursor = None
+            while True:
+                page = store.list_executions(cursor=cursor, limit=1000)
+                runs.extend(page.items)
+                cursor = page.next_cursor
+                if cursor is None:
+                    break
+            records = [run_record(e, store.read_events(e.execution_id)) for e in runs]
+            if args.json:
+                print(json.dumps([dump(r) for r in records], indent=2, ensure_ascii=False))
+            elif not records:
+                print("no runs")
+            else:
+                for r in records:
+                    print(
+                        f"{r.id:<32} {r.status.value:<10} {r.workflow_name} v{r.workflow_version}"
+                    )
+            return EXIT_OK
+        execution = _require_run(store, args.run_id)
+        events = store.read_events(execution.execution_id)
+        record = run_record(execution, events)
+        steps = run_steps(execution.execution_id, events)
+        if args.json:
+            payload = {"run": dump(record), "steps": [dump(s) for s in steps]}
+            print(json.dumps(payload, indent=2, ensure_ascii=False))
+        else:
+            print("\n".join(run_lines(record, steps)))
+        return EXIT_OK
+    finally:
+        store.close()
+
+
+def _events(args: argparse.Namespace) -> int:
+    store = _open(args, must_exist=True)
+    try:
+        execution = _require_run(store, args.run_id)
+        for event in store.read_events(execution.execution_id):
+            if args.json:
+                print(json.dumps(dump(event), ensure_ascii=False))
+            else:
+                print(event_line(event))
+        return EXIT_OK
+    finally:
+        store.close()
+
+
+def _approvals(args: argparse.Namespace) -> int:
+    store = _open(args, must_exist=True)
+    try:
+        pending = store.pending_approvals()
+        if args.json:
+            print(json.dumps([dump(p) for p in pending], indent=2, ensure_ascii=False))
+        else:
+            print("\n".join(approval_lines(pending)))
+        return EXIT_OK
+    finally:
+        store.close()
+
+
+def _answer(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    store = _open(args, must_exist=True)
+    try:
+        execution = _require_run(store, args.run_id)
+        answer = store.decide_approval(
+            execution.execution_id,
+            args.node_id,
+            user_id=args.user,
+            decision=args.decision,
+            comment=args.comment,
+        )
+        if isinstance(answer, ApprovalRefused):
+            raise InvalidInput(f"{args.run_id} {args.node_id}", f"refused: {answer.reason}")
+        if not args.quiet:
+            print(event_line(answer))
+        if args.no_continue:
+            return EXIT_OK
+        worker = Worker(store, executors=registry, on_events=_printer(args.quiet))
+        worker.scheduler.progress(execution.execution_id)  # start the timeline after the answer
+        return _report(store, drive(worker, execution.execution_id))
+    finally:
+        store.close()
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    store = _open(args, must_exist=True)
+    try:
+        execution = _require_run(store, args.run_id)
+        if execution.status.terminal:
+            raise InvalidInput("RUN", f"run {args.run_id!r} is already {execution.status.value}")
+        (event,) = store.append_events(
+            execution.execution_id, [WorkflowCancelled(reason=args.reason)]
+        )
+        print(event_line(event))
+        return EXIT_OK
+    finally:
+        store.close()
+
+
+def _tenant(args: argparse.Namespace) -> int:
+    store = _open(args)
+    try:
+        existing = store.get_tenant(args.tenant_id)
+        now = store.clock.now()
+        policy = existing.policy if existing else None
+        if args.policy is not None:
+            parsed = load_policy_file(args.policy, PolicyScope.TENANT)
+            layers = [layer for layer in parsed.layers if layer.scope is PolicyScope.TENANT]
+            if len(layers) != 1:
+                raise InvalidInput(
+                    args.policy, "expected one tenant layer (a bare set or 'tenant:')"
+                )
+            policy = layers[0].policy
+        store.put_tenant(
+            Tenant(
+                tenant_id=args.tenant_id,
+                name=args.name or (existing.name if existing else args.tenant_id),
+                policy=policy,
+                created_at=existing.created_at if existing else now,
+                updated_at=now,
+            )
+        )
+        print(f"tenant {args.tenant_id}: {'updated' if existing else 'created'}")
+        return EXIT_OK
+    finally:
+        store.close()
+
+
+def _worker(args: argparse.Namespace) -> int:
+    if args.concurrency < 1:
+        raise InvalidInput("--concurrency", f"expected at least 1, got {args.concurrency}")
+    queues = [q for q in args.queues.split(",") if q]
+    registry = _registry(args)
+    store = _open(args)
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        print(f"charter worker: signal {signum}, finishing the items in hand", file=sys.stderr)
+        stop.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    base = args.worker_id or f"worker-{uuid.uuid4().hex[:6]}"
+    first = Worker(
+        store, executors=registry, worker_id=f"{base}-0", queues=queues, lease_secs=args.lease
+    )
+    workers = [first] + [
+        Worker(
+            store,
+            executors=registry,
+            scheduler=first.scheduler,
+            worker_id=f"{base}-{index}",
+            queues=queues,
+            lease_secs=args.lease,
+        )
+        for index in range(1, args.concurrency)
+    ]
+    threads = [
+        threading.Thread(target=worker.run, args=(stop,), name=worker.worker_id)
+        for worker in workers
+    ]
+    print(f"charter worker {base}: {args.concurrency} thread(s) on {','.join(queues)} ({args.db})")
+    for thread in threads:
+        thread.start()
+    try:
+        while any(thread.is_alive() for thread in threads):
+            for thread in threads:
+                thread.join(timeout=0.5)
+    finally:
+        stop.set()
+        store.close()
+    return EXIT_OK
+
+
+# ── entry point ────────────────────────────────────────────────────────────────────────
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (see the module doc)."""
     parser = _build_parser()
@@ -155,6 +661,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CharterError as error:
         print(f"charter: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("charter: interrupted", file=sys.stderr)
+        return EXIT_INTERNAL
     except Exception as error:  # noqa: BLE001 - last resort: one line, never a traceback
         print(
             f"charter: internal error: {type(error).__name__}: {describe(error)} "

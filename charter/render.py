@@ -1,0 +1,148 @@
+"""Human-readable rendering for the CLI: the live timeline, run records, approvals."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from charter.core.events import (
+    ApprovalConsumed,
+    ApprovalReceived,
+    AutonomyLimitReached,
+    CircuitBreakerTripped,
+    CostBudgetExceeded,
+    Event,
+    NodeCompleted,
+    NodeFailed,
+    NodeGated,
+    NodeScheduled,
+    NodeSkipped,
+    NodeStarted,
+    PolicyViolation,
+    RetryScheduled,
+    TokenBudgetExceeded,
+    ToolApprovalRequired,
+    UsageRecorded,
+    WorkflowCancelled,
+    WorkflowCompleted,
+    WorkflowFailed,
+    WorkflowStarted,
+    event_type,
+)
+from charter.core.records import PendingApprovalRecord
+from charter.core.runs import WorkflowRun, WorkflowRunStep
+
+__all__ = ["approval_lines", "event_line", "run_lines", "short"]
+
+
+def short(value: Any, limit: int = 70) -> str:
+    """A one-line rendering of a JSON value, cut at ``limit`` characters."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _detail(event: Event) -> str:
+    kind = event.kind
+    match kind:
+        case WorkflowStarted(workflow_id=wf, workflow_version=version):
+            return f"{wf} v{version}"
+        case NodeScheduled(queue_type=queue):
+            return f"queue {queue}"
+        case NodeStarted(worker_id=worker, attempt=attempt):
+            return f"attempt {attempt} on {worker}"
+        case NodeGated(outcome=outcome, reason=reason, policy_scope=scope, policy_rule=rule):
+            where = f" [{scope} {rule}]" if scope and rule else ""
+            return f"{outcome.upper()}{where}" + (f": {reason}" if reason else "")
+        case PolicyViolation(rule=rule, policy_scope=scope):
+            return f"{scope}: {rule}"
+        case ToolApprovalRequired(approver=approver, tool_name=tool):
+            return f"waiting for {approver} to approve {tool}"
+        case ApprovalReceived(user_id=user, decision=decision, comment=comment):
+            note = f" ({comment})" if comment else ""
+            return f"{decision.value} by {user}{note}"
+        case ApprovalConsumed():
+            return "approval used"
+        case UsageRecorded(input_tokens=i, output_tokens=o, cost_usd=cost, tool_calls=calls):
+            parts = []
+            if i or o:
+                parts.append(f"{i}+{o} tokens")
+            if cost:
+                parts.append(f"${cost:.6f}".rstrip("0").rstrip("."))
+            if calls:
+                parts.append(f"{calls} tool call{'s' if calls != 1 else ''}")
+            return ", ".join(parts) or "nothing"
+        case NodeCompleted(output=output, duration_ms=ms):
+            return f"{ms} ms → {short(output, 50)}"
+        case NodeFailed(error=error, retryable=retryable):
+            return ("retryable: " if retryable else "terminal: ") + error
+        case RetryScheduled(attempt=attempt, delay_ms=delay):
+            return f"attempt {attempt} in {delay / 1000:g} s"
+        case NodeSkipped(reason=reason):
+            return reason
+        case TokenBudgetExceeded(kind=dimension, limit=limit, current=current):
+            return f"{dimension} {current} / limit {limit}"
+        case CostBudgetExceeded(limit_usd=limit, current_usd=current):
+            return f"${current:g} / limit ${limit:g}"
+        case AutonomyLimitReached(limit_type=limit_type, limit_value=limit, actual_value=actual):
+            return f"{limit_type}: {short(actual, 20)} / limit {short(limit, 20)}"
+        case CircuitBreakerTripped(consecutive_errors=errors, threshold=threshold):
+            return f"{errors} consecutive errors (threshold {threshold})"
+        case WorkflowCompleted(final_state=state):
+            return f"final state {short(state, 60)}"
+        case WorkflowFailed(error=error):
+            return error
+        case WorkflowCancelled(reason=reason):
+            return reason or ""
+    return ""
+
+
+def event_line(event: Event) -> str:
+    """``  12  node_completed      refund       12 ms → {...}``"""
+    node = getattr(event.kind, "node_id", "") or ""
+    detail = _detail(event)
+    return f"{event.sequence:5d}  {event_type(event.kind):<24} {node:<14} {detail}".rstrip()
+
+
+def run_lines(run: WorkflowRun, steps: Sequence[WorkflowRunStep]) -> list[str]:
+    """A run record and its steps, as the ``status RUN`` command prints them."""
+    lines = [
+        f"run:       {run.id}",
+        f"workflow:  {run.workflow_name} v{run.workflow_version} (tenant {run.tenant_id})",
+        f"status:    {run.status.value}",
+    ]
+    if run.blocked_on is not None:
+        prompt = getattr(run.blocked_on, "prompt", None)
+        lines.append(f"blocked on: approval of {run.blocked_on.gate_name}: {prompt or ''}".rstrip())
+    if run.started_at is not None:
+        lines.append(f"started:   {run.started_at.isoformat(timespec='seconds')}")
+    if run.ended_at is not None:
+        lines.append(f"ended:     {run.ended_at.isoformat(timespec='seconds')}")
+    if run.total_duration_ms is not None:
+        lines.append(f"duration:  {run.total_duration_ms} ms")
+    if run.error:
+        lines.append(f"error:     {run.error}")
+    lines.append("steps:")
+    for step in steps:
+        extra = step.step_error or step.gate_prompt or step.result_text or ""
+        if step.gate_approved_by:
+            extra = f"answered by {step.gate_approved_by}" + (
+                f": {step.gate_feedback}" if step.gate_feedback else ""
+            )
+        lines.append(
+            f"  {step.position:3d}. {step.step_name:<14} {step.status.value:<9} "
+            f"attempt {step.retry_count}  {short(extra, 60)}".rstrip()
+        )
+    return lines
+
+
+def approval_lines(records: Sequence[PendingApprovalRecord]) -> list[str]:
+    if not records:
+        return ["no approvals pending"]
+    header = f"{'RUN':<28} {'NODE':<14} {'APPROVER':<12} {'TOOL':<20} REQUESTED"
+    return [header] + [
+        f"{record.execution_id:<28} {record.node_id:<14} {record.approver:<12} "
+        f"{record.tool_name:<20} {record.requested_at.isoformat(timespec='seconds')}"
+        for record in records
+    ]
