@@ -34,7 +34,7 @@ from charter.adapters.files import (
     read_document,
 )
 from charter.adapters.sqlite import SqliteStore
-from charter.core.approvals import ApprovalRefused
+from charter.core.approvals import ANY_HUMAN, ApprovalRefused
 from charter.core.errors import CharterError, Conflict, InvalidInput, describe
 from charter.core.events import (
     ApprovalDecision,
@@ -357,14 +357,21 @@ def _outcome_code(outcome: RunOutcome) -> int:
     }[outcome.status]
 
 
-def _report(store: SqliteStore, outcome: RunOutcome) -> int:
-    line = f"run {outcome.execution_id}: {outcome.status}"
+def _report(store: SqliteStore, outcome: RunOutcome, db: str) -> int:
+    run = outcome.execution_id
+    line = f"run {run}: {outcome.status}"
     if outcome.status == "waiting":
-        pending = store.pending_approvals(execution_id=outcome.execution_id)
+        pending = store.pending_approvals(execution_id=run)
         if pending:
             waits = ", ".join(f"{p.node_id} (approver {p.approver})" for p in pending)
             line += f" for approval of {waits}"
-        line += f"\n  answer with: charter approve {outcome.execution_id} NODE --user USER"
+        db_option = "" if db == DEFAULT_DB else f" --db {db}"
+        node = pending[0].node_id if len(pending) == 1 else "NODE"
+        approver = pending[0].approver if len(pending) == 1 else ANY_HUMAN
+        user = "USER" if approver == ANY_HUMAN or any(c in approver for c in "*?[") else approver
+        line += f"\n  answer with: charter approve {run} {node} --user {user}{db_option}"
+        reject = f"charter reject {run} {node} --user {user} --comment WHY"
+        line += f"\n          or: {reject}{db_option}"
     elif outcome.error:
         line += f": {outcome.error}"
     print(line)
@@ -382,12 +389,16 @@ def _input(text: str | None) -> Any:
         raise InvalidInput("--input", f"not JSON ({error.msg}); pass JSON text or @file") from None
 
 
-def _ensure_tenant(store: SqliteStore, tenant_id: str, policy_path: str | None) -> None:
+def _ensure_tenant(
+    store: SqliteStore, tenant_id: str, policy_path: str | None, named_by: str
+) -> None:
     existing = store.get_tenant(tenant_id)
     if policy_path is None:
         if existing is None:
             raise InvalidInput(
-                "--tenant", f"unknown tenant {tenant_id!r} (create it with `charter tenant`)"
+                named_by,
+                f"tenant {tenant_id!r} is not in {store.path}: create it with `charter tenant "
+                f"{tenant_id} --policy FILE`, or pass --tenant-policy FILE",
             )
         return
     policy = load_policy_file(policy_path, PolicyScope.TENANT)
@@ -413,7 +424,8 @@ def _run(args: argparse.Namespace) -> int:
     store = _open(args)
     try:
         tenant_id = args.tenant or workflow.tenant_id
-        _ensure_tenant(store, tenant_id, args.tenant_policy)
+        named_by = "--tenant" if args.tenant else f"{args.file}: tenant_id"
+        _ensure_tenant(store, tenant_id, args.tenant_policy, named_by)
         now = store.clock.now()
         try:
             store.put_workflow(
@@ -449,7 +461,7 @@ def _run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"run {run_id}: {workflow.workflow_id} v{workflow.version} ({args.db})")
         worker = Worker(store, executors=registry, on_events=_printer(args.quiet))
-        return _report(store, drive(worker, run_id))
+        return _report(store, drive(worker, run_id), args.db)
     finally:
         store.close()
 
@@ -552,9 +564,10 @@ def _answer(args: argparse.Namespace) -> int:
             print(event_line(answer))
         if args.no_continue:
             return EXIT_OK
-        worker = Worker(store, executors=registry, on_events=_printer(args.quiet))
-        worker.scheduler.progress(execution.execution_id)  # start the timeline after the answer
-        return _report(store, drive(worker, execution.execution_id))
+        worker = Worker(store, executors=registry)
+        worker.scheduler.progress(execution.execution_id)  # the events so far: not reprinted
+        worker.scheduler.on_events = _printer(args.quiet)
+        return _report(store, drive(worker, execution.execution_id), args.db)
     finally:
         store.close()
 
