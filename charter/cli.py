@@ -9,6 +9,7 @@ Exit codes (docs/cli.md):
 3     ``check``: approval required / a run is waiting for a person
 4     ``check``: blocked / a run failed
 5     a run was cancelled
+141   the output's reader went away (``charter events RUN | head``); nothing is reported
 ====  ==========================================================================
 
 Bad input is reported as one line on stderr, never a traceback.
@@ -17,7 +18,9 @@ Bad input is reported as one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import signal
 import sys
 import threading
@@ -40,7 +43,6 @@ from charter.core.events import (
     ApprovalDecision,
     Event,
     WorkflowCancelled,
-    WorkflowStarted,
 )
 from charter.core.policy import (
     Allow,
@@ -51,11 +53,11 @@ from charter.core.policy import (
     PolicyVerdict,
     RequireApproval,
 )
-from charter.core.records import Execution, Tenant, WorkflowDefinition
+from charter.core.records import Execution, Tenant
 from charter.core.runs import run_record, run_steps
 from charter.executors import ExecutorRegistry, default_registry, load_plugin
 from charter.render import approval_lines, event_line, run_lines
-from charter.worker import ALL_QUEUES, RunOutcome, Worker, drive
+from charter.worker import ALL_QUEUES, RunOutcome, Worker, drive, start_run
 
 __all__ = [
     "EXIT_APPROVAL",
@@ -64,6 +66,7 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_INTERNAL",
     "EXIT_OK",
+    "EXIT_PIPE",
     "EXIT_USAGE",
     "EXIT_WAITING",
     "main",
@@ -77,6 +80,7 @@ EXIT_WAITING = 3
 EXIT_BLOCKED = 4
 EXIT_FAILED = 4
 EXIT_CANCELLED = 5
+EXIT_PIPE = 141  # 128 + SIGPIPE: the output was cut off by its reader
 
 DEFAULT_DB = "charter.db"
 
@@ -418,7 +422,7 @@ def _ensure_tenant(
 
 
 def _run(args: argparse.Namespace) -> int:
-    workflow, raw = load_workflow_file(args.file)
+    workflow, _ = load_workflow_file(args.file)
     inputs = _input(args.input)
     registry = _registry(args)
     store = _open(args)
@@ -426,38 +430,15 @@ def _run(args: argparse.Namespace) -> int:
         tenant_id = args.tenant or workflow.tenant_id
         named_by = "--tenant" if args.tenant else f"{args.file}: tenant_id"
         _ensure_tenant(store, tenant_id, args.tenant_policy, named_by)
-        now = store.clock.now()
+        if args.run_id is not None and store.get_execution(args.run_id) is not None:
+            raise InvalidInput("--run-id", f"a run {args.run_id!r} already exists in {args.db}")
         try:
-            store.put_workflow(
-                WorkflowDefinition(
-                    tenant_id=tenant_id,
-                    workflow_id=workflow.workflow_id,
-                    version=workflow.version,
-                    ir=raw,
-                    created_at=now,
-                )
+            execution = start_run(
+                store, workflow, inputs=inputs, execution_id=args.run_id, tenant_id=tenant_id
             )
         except Conflict as error:
             raise InvalidInput(args.file, f"{error}; change its version to store it") from None
-        run_id = args.run_id or f"{workflow.workflow_id}-{uuid.uuid4().hex[:8]}"
-        store.create_execution(
-            Execution(
-                execution_id=run_id,
-                tenant_id=tenant_id,
-                workflow_id=workflow.workflow_id,
-                workflow_version=workflow.version,
-                initial_input=inputs,
-                created_at=now,
-                updated_at=now,
-            ),
-            events=[
-                WorkflowStarted(
-                    workflow_id=workflow.workflow_id,
-                    workflow_version=workflow.version,
-                    initial_input=inputs,
-                )
-            ],
-        )
+        run_id = execution.execution_id
         if not args.quiet:
             print(f"run {run_id}: {workflow.workflow_id} v{workflow.version} ({args.db})")
         worker = Worker(store, executors=registry, on_events=_printer(args.quiet))
@@ -674,6 +655,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CharterError as error:
         print(f"charter: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:
+        # The reader went away (`charter events RUN | head`): stop quietly, like other tools.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_PIPE
     except KeyboardInterrupt:
         print("charter: interrupted", file=sys.stderr)
         return EXIT_INTERNAL

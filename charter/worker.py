@@ -27,6 +27,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
@@ -54,6 +55,7 @@ from charter.core.events import (
     NodeCompleted,
     NodeFailed,
     ToolApprovalRequired,
+    WorkflowStarted,
 )
 from charter.core.gate import (
     GateRequest,
@@ -84,13 +86,22 @@ from charter.core.records import (
     EffectRecorded,
     Execution,
     ExecutionStatus,
+    WorkflowDefinition,
     WorkItemStatus,
 )
 from charter.core.scheduler import NodeState, Progress, fold, plan
 from charter.core.workflow import NodeDef, WorkflowDef, WorkflowInvalid, parse_workflow
 from charter.executors import ExecutorRegistry, condition_executor, default_registry
 
-__all__ = ["Definitions", "RunOutcome", "Scheduler", "Worker", "WorkerHooks", "drive"]
+__all__ = [
+    "Definitions",
+    "RunOutcome",
+    "Scheduler",
+    "Worker",
+    "WorkerHooks",
+    "drive",
+    "start_run",
+]
 
 log = logging.getLogger("charter.worker")
 
@@ -719,6 +730,60 @@ def _result_from_json(data: JsonValue) -> NodeResult:
         gen_ai_model=data.get("gen_ai_model"),
         finish_reason=data.get("finish_reason"),
     )
+
+
+# ── starting and driving one execution in-process ──────────────────────────────────────
+
+
+def start_run(
+    store: Store,
+    workflow: WorkflowDef,
+    *,
+    inputs: JsonValue = None,
+    execution_id: str | None = None,
+    tenant_id: str | None = None,
+) -> Execution:
+    """Store ``workflow`` (its ``raw`` form; storing the same definition again is a no-op,
+    a different one under the same version is `Conflict`) and create a run of it with its
+    ``workflow_started`` event, for ``tenant_id`` (default: the workflow's own). The tenant
+    must exist (`UnknownTenant` otherwise: a run without its tenant's policy would run
+    ungoverned); an existing ``execution_id`` is `Conflict`. Nothing runs until a worker
+    claims the run's work (`drive`, `Worker.run`)."""
+    tenant = tenant_id or workflow.tenant_id
+    now = store.clock.now()
+    store.put_workflow(
+        WorkflowDefinition(
+            tenant_id=tenant,
+            workflow_id=workflow.workflow_id,
+            version=workflow.version,
+            ir=dict(workflow.raw),
+            created_at=now,
+        )
+    )
+    run_id = execution_id or f"{workflow.workflow_id}-{uuid.uuid4().hex[:12]}"
+    initial = {} if inputs is None else inputs
+    store.create_execution(
+        Execution(
+            execution_id=run_id,
+            tenant_id=tenant,
+            workflow_id=workflow.workflow_id,
+            workflow_version=workflow.version,
+            initial_input=initial,
+            created_at=now,
+            updated_at=now,
+        ),
+        events=[
+            WorkflowStarted(
+                workflow_id=workflow.workflow_id,
+                workflow_version=workflow.version,
+                initial_input=initial,
+            )
+        ],
+    )
+    execution = store.get_execution(run_id)
+    if execution is None:  # pragma: no cover - the store just created it
+        raise NotFound(f"execution {run_id!r} vanished after creation")
+    return execution
 
 
 # ── driving one execution in-process ───────────────────────────────────────────────────
