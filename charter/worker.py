@@ -161,6 +161,7 @@ class Scheduler:
         self.on_events = on_events
         self._tracked: dict[str, _Tracked] = {}
         self._lock = threading.RLock()
+        self._last_tick = float("-inf")
 
     def progress(self, execution_id: str) -> Progress:
         """The execution's progress, caught up with its log."""
@@ -200,6 +201,34 @@ class Scheduler:
         if execution is None:
             raise NotFound(f"execution {execution_id!r} does not exist")
         return execution
+
+    def tick(self, *, min_interval_secs: float = 0.0) -> int:
+        """Advance every running execution once: what a long-running worker does
+        periodically, so that work not triggered by a claimed item still happens — an
+        approval answered from elsewhere (``charter approve --no-continue``, an API) is
+        dispatched, a ``human_approval`` node's timeout fires, a run whose last item was
+        dead-lettered is finished. Returns how many events were appended. With
+        ``min_interval_secs``, a call within that long of the previous one does nothing (so
+        threads sharing a scheduler can all call it)."""
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last_tick < min_interval_secs:
+                return 0
+            self._last_tick = now
+        appended = 0
+        for status in (ExecutionStatus.RUNNING, ExecutionStatus.PAUSED):
+            cursor = None
+            while True:
+                page = self.store.list_executions(status=status, cursor=cursor, limit=500)
+                for execution in page.items:
+                    try:
+                        appended += len(self.advance(execution.execution_id))
+                    except (StoreError, InvalidInput) as error:
+                        log.warning("tick: %s: %s", execution.execution_id, error)
+                cursor = page.next_cursor
+                if cursor is None:
+                    break
+        return appended
 
     def advance(self, execution_id: str) -> tuple[Event, ...]:
         """Append the execution's next plans until there is nothing more to do now."""
@@ -307,15 +336,20 @@ class Worker:
         self.process(claim)
         return True
 
-    def run(self, stop: threading.Event, *, idle_secs: float = 0.2) -> None:
-        """Work until ``stop`` is set: reclaim expired leases, claim, process. Finishes the
-        item in hand before returning (graceful shutdown)."""
-        last_reclaim = 0.0
+    def run(self, stop: threading.Event, *, idle_secs: float = 0.2, tick_secs: float = 1.0) -> None:
+        """Work until ``stop`` is set: reclaim expired leases, advance every running
+        execution (`Scheduler.tick`, at most every ``tick_secs``), claim, process. Finishes
+        the item in hand before returning (graceful shutdown)."""
+        last_reclaim = float("-inf")
         while not stop.is_set():
             now = time.monotonic()
-            if now - last_reclaim >= self.lease_secs / 3:
-                self.reclaim()
-                last_reclaim = now
+            try:
+                if now - last_reclaim >= self.lease_secs / 3:
+                    self.reclaim()
+                    last_reclaim = now
+                self.scheduler.tick(min_interval_secs=tick_secs)
+            except StoreError as error:
+                log.warning("worker %s: store unavailable: %s", self.worker_id, error)
             try:
                 worked = self.step()
             except StoreError as error:

@@ -1,0 +1,295 @@
+"""The worker shell in one process: what it does around the core's decisions.
+
+Approvals answered elsewhere and ``human_approval`` timeouts (the scheduler's tick), executor
+timeouts, missing executors, unknown tenants, streaming chunks, failures while committing,
+graceful shutdown.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from charter.adapters.clock import ManualClock
+from charter.adapters.memory import MemoryStore
+from charter.adapters.sqlite import SqliteStore
+from charter.core.approvals import ApprovalRefused
+from charter.core.events import (
+    AgentToolProgress,
+    ApprovalDecision,
+    Event,
+    NodeCompleted,
+    NodeFailed,
+    NodeSkipped,
+    WorkflowCompleted,
+)
+from charter.core.ports import NodeCall, NodeResult, Store
+from charter.core.records import Claim
+from charter.core.workflow import parse_workflow
+from charter.executors import ExecutorRegistry, default_registry
+from charter.worker import Worker, WorkerHooks, drive, start_run
+
+
+def _no_sleep(_: float) -> None:
+    pass
+
+
+def _workflow(nodes: dict[str, Any], edges: list[tuple[str, str]], **extra: Any) -> Any:
+    return parse_workflow(
+        {
+            "workflow_id": "w",
+            "version": "1",
+            "start_node": next(iter(nodes)),
+            "nodes": nodes,
+            "edges": [{"from": a, "to": b} for a, b in edges],
+            **extra,
+        }
+    )
+
+
+def _tool(name: str, **extra: Any) -> dict[str, Any]:
+    return {"kind": {"type": "tool", "tool_ref": name}, **extra}
+
+
+def _completed(events: tuple[Event, ...]) -> list[str]:
+    return [e.kind.node_id for e in events if isinstance(e.kind, NodeCompleted)]
+
+
+def _failures(events: tuple[Event, ...]) -> list[NodeFailed]:
+    return [e.kind for e in events if isinstance(e.kind, NodeFailed)]
+
+
+# ── approvals and the tick ─────────────────────────────────────────────────────────────
+
+
+def test_a_running_worker_resumes_a_run_approved_from_elsewhere(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "charter.db")
+    workflow = _workflow(
+        {"refund": _tool("payments.refund"), "notify": _tool("email.send")},
+        [("refund", "notify")],
+        policy={"require_approval_for": ["payments.*"], "approver": "lead"},
+        tools={"payments.refund": {"executor": "echo"}, "email.send": {"executor": "echo"}},
+    )
+    run = start_run(store, workflow, execution_id="r").execution_id
+    assert drive(Worker(store), run, sleep=_no_sleep).status == "waiting"
+    # The answer is recorded by someone else (another process, an API): nothing is claimed.
+    answer = store.decide_approval(
+        "r", "refund", user_id="lead", decision=ApprovalDecision.APPROVED
+    )
+    assert not isinstance(answer, ApprovalRefused)
+
+    stop = threading.Event()
+    worker = Worker(store, lease_secs=5.0)
+    thread = threading.Thread(target=worker.run, args=(stop,), kwargs={"idle_secs": 0.01})
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while worker.scheduler.progress(run).finished is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        thread.join()
+    events = store.read_events(run)
+    assert isinstance(events[-1].kind, WorkflowCompleted)
+    assert _completed(events) == ["refund", "notify"]
+
+
+def _approval_workflow(**kind: Any) -> Any:
+    return _workflow(
+        {
+            "review": {"kind": {"type": "human_approval", **kind}},
+            "publish": _tool("blog.publish"),
+            "escalate": _tool("pager.page"),
+        },
+        [("review", "publish"), ("review", "escalate")],
+        tools={"blog.publish": {"executor": "echo"}, "pager.page": {"executor": "echo"}},
+    )
+
+
+def test_a_human_approval_timeout_routes_to_its_fallback() -> None:
+    clock = ManualClock()
+    store = MemoryStore(clock=clock)
+    workflow = _approval_workflow(approver="alice", timeout_secs=60, fallback_node="escalate")
+    run = start_run(store, workflow, execution_id="r").execution_id
+    worker = Worker(store)
+    assert drive(worker, run, sleep=_no_sleep).status == "waiting"
+    clock.advance(59)
+    assert worker.scheduler.tick() == 0  # not yet
+    clock.advance(2)
+    assert worker.scheduler.tick() > 0
+    assert drive(worker, run, sleep=_no_sleep).status == "completed"
+    events = store.read_events(run)
+    review = next(
+        e.kind for e in events if isinstance(e.kind, NodeCompleted) and e.kind.node_id == "review"
+    )
+    assert review.output == {"approved": False, "timed_out": True, "chosen_targets": ["escalate"]}
+    assert "publish" in [e.kind.node_id for e in events if isinstance(e.kind, NodeSkipped)]
+    assert _completed(events) == ["review", "escalate"]
+
+
+def test_a_human_approval_timeout_without_fallback_fails_the_run() -> None:
+    clock = ManualClock()
+    store = MemoryStore(clock=clock)
+    run = start_run(store, _approval_workflow(timeout_secs=5), execution_id="r").execution_id
+    worker = Worker(store)
+    assert drive(worker, run, sleep=_no_sleep).status == "waiting"
+    clock.advance(6)
+    worker.scheduler.tick()
+    outcome = drive(worker, run, sleep=_no_sleep)
+    assert outcome.status == "failed"
+    assert outcome.error is not None
+    assert "review: approval timed out after 5 s" in outcome.error
+
+
+def test_a_human_approval_node_waits_for_its_named_approver() -> None:
+    store = MemoryStore()
+    run = start_run(store, _approval_workflow(approver="alice"), execution_id="r").execution_id
+    worker = Worker(store)
+    assert drive(worker, run, sleep=_no_sleep).status == "waiting"
+    refused = store.decide_approval(
+        "r", "review", user_id="bob", decision=ApprovalDecision.APPROVED
+    )
+    assert isinstance(refused, ApprovalRefused)
+    store.decide_approval(
+        "r", "review", user_id="alice", decision=ApprovalDecision.APPROVED, comment="ship it"
+    )
+    assert drive(worker, run, sleep=_no_sleep).status == "completed"
+    events = store.read_events(run)
+    review = next(
+        e.kind for e in events if isinstance(e.kind, NodeCompleted) and e.kind.node_id == "review"
+    )
+    assert review.output == {"approved": True, "by": "alice", "comment": "ship it"}
+    # Without a fallback, an approval lets every successor run.
+    assert sorted(_completed(events)) == ["escalate", "publish", "review"]
+
+
+# ── executors ──────────────────────────────────────────────────────────────────────────
+
+
+def _run_one(store: Store, registry: ExecutorRegistry, node: dict[str, Any], **extra: Any) -> Any:
+    workflow = _workflow({"only": node}, [], **extra)
+    run = start_run(store, workflow, execution_id="r").execution_id
+    return drive(Worker(store, executors=registry), run, sleep=_no_sleep)
+
+
+def test_an_executor_that_overruns_its_timeout_fails_the_attempt() -> None:
+    release = threading.Event()
+
+    def slow(call: NodeCall) -> NodeResult:
+        release.wait(30)
+        return NodeResult(output={})
+
+    registry = default_registry()
+    registry.register_tool("slow.*", slow)
+    store = MemoryStore()
+    node = _tool("slow.call", node_timeout_secs=0.05, retry_policy="no_retry")
+    try:
+        outcome = _run_one(store, registry, node, tools={"slow.call": {"idempotent": True}})
+    finally:
+        release.set()
+    assert outcome.status == "failed"
+    (failure,) = _failures(store.read_events("r"))
+    assert failure.error == "exhausted 1 attempts: timed out after 0.05 s"
+
+
+def test_a_node_without_an_executor_fails_instead_of_succeeding() -> None:
+    store = MemoryStore()
+    outcome = _run_one(store, default_registry(), _tool("crm.unknown"))
+    assert outcome.status == "failed"
+    (failure,) = _failures(store.read_events("r"))
+    assert not failure.retryable
+    assert failure.error == "no executor for tool node 'only' (crm.unknown)"
+
+
+def test_a_run_of_an_unknown_tenant_is_refused_at_start() -> None:
+    from charter.core.errors import UnknownTenant
+
+    with pytest.raises(UnknownTenant):
+        start_run(MemoryStore(), _workflow({"a": _tool("t")}, []), tenant_id="nobody")
+
+
+def test_streamed_chunks_are_recorded_in_order_with_the_result() -> None:
+    def stream(call: NodeCall) -> NodeResult:
+        for word in ("one", "two", "three"):
+            call.emit(word)
+        return NodeResult(output={"words": 3})
+
+    registry = default_registry()
+    registry.register_tool("agent://*", stream)
+    store = MemoryStore()
+    node = {"kind": {"type": "agent_tool", "agent": "agent://writer", "mode": "streaming"}}
+    assert _run_one(store, registry, node).status == "completed"
+    events = store.read_events("r")
+    chunks = [e for e in events if isinstance(e.kind, AgentToolProgress)]
+    kinds = [c.kind for c in chunks if isinstance(c.kind, AgentToolProgress)]
+    assert [(k.chunk_index, k.partial_output_summary) for k in kinds] == [
+        (0, "one"),
+        (1, "two"),
+        (2, "three"),
+    ]
+    completion = next(e for e in events if isinstance(e.kind, NodeCompleted))
+    assert all(c.sequence < completion.sequence for c in chunks)
+
+
+def test_a_failure_while_committing_fails_closed_and_the_node_is_retried() -> None:
+    calls: list[int] = []
+
+    def count(call: NodeCall) -> NodeResult:
+        calls.append(call.attempt)
+        return NodeResult(output={"attempt": call.attempt})
+
+    broken = {"first": True}
+
+    def break_first_commit(claim: Claim) -> None:
+        if broken.pop("first", False):
+            raise RuntimeError("disk unplugged")
+
+    registry = default_registry()
+    registry.register_tool("work.*", count)
+    store = MemoryStore()
+    workflow = _workflow(
+        {"only": _tool("work.step", retry_policy={"max_attempts": 3, "backoff_ms": 0})},
+        [],
+        tools={"work.step": {"idempotent": True}},
+    )
+    run = start_run(store, workflow, execution_id="r").execution_id
+    worker = Worker(store, executors=registry, hooks=WorkerHooks(before_commit=break_first_commit))
+    assert drive(worker, run, sleep=_no_sleep).status == "completed"
+    events = store.read_events(run)
+    (failure,) = _failures(events)
+    assert failure.retryable
+    assert "RuntimeError: disk unplugged" in failure.error
+    assert calls == [0, 1]  # the failed attempt was not counted as done
+    assert _completed(events) == ["only"]
+
+
+def test_graceful_shutdown_finishes_the_item_in_hand() -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    def wait_for_release(call: NodeCall) -> NodeResult:
+        entered.set()
+        release.wait(30)
+        return NodeResult(output={"finished": True})
+
+    registry = default_registry()
+    registry.register_tool("work.*", wait_for_release)
+    store = MemoryStore()
+    workflow = _workflow(
+        {"only": _tool("work.step")}, [], tools={"work.step": {"idempotent": True}}
+    )
+    run = start_run(store, workflow, execution_id="r").execution_id
+    worker = Worker(store, executors=registry)
+    worker.scheduler.advance(run)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), kwargs={"idle_secs": 0.01})
+    thread.start()
+    assert entered.wait(30)
+    stop.set()  # asked to stop while the executor runs
+    release.set()
+    thread.join(30)
+    assert not thread.is_alive()
+    assert _completed(store.read_events(run)) == ["only"]
