@@ -13,6 +13,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -181,3 +182,44 @@ def test_two_worker_processes_run_each_of_200_nodes_exactly_once(tmp_path: Path)
     starts = {e.kind.node_id: e.sequence for e in events if isinstance(e.kind, NodeStarted)}
     assert all(order[f"n{(i - 1) // 2}"] < starts[f"n{i}"] for i in range(1, 200))
     assert sorted(e.sequence for e in events) == list(range(1, len(events) + 1))
+
+
+def test_the_worker_command_resumes_approved_runs_and_stops_on_sigterm(tmp_path: Path) -> None:
+    db = str(tmp_path / "charter.db")
+    refund = str(ROOT / "examples" / "refund.yaml")
+    tenant = str(ROOT / "examples" / "tenant-acme.yaml")
+
+    def charter(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "charter", *args, "--db", db],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    assert charter("run", refund, "--run-id", "r", "--tenant-policy", tenant).returncode == 3
+    answer = charter("approve", "r", "issue_refund", "--user", "finance-lead", "--no-continue")
+    assert answer.returncode == 0, answer.stderr
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "charter", "worker", "--db", db, "--concurrency", "2"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        store = SqliteStore(db)
+        for _ in range(600):  # the worker's tick finds the answered run and finishes it
+            if isinstance(store.read_events("r")[-1].kind, WorkflowCompleted):
+                break
+            time.sleep(0.1)
+        assert isinstance(store.read_events("r")[-1].kind, WorkflowCompleted)
+        store.close()
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        out, err = worker.communicate(timeout=60)
+    assert worker.returncode == 0, err
+    assert "2 thread(s)" in out
+    assert "finishing the items in hand" in err
