@@ -42,6 +42,10 @@ from charter.core.errors import CharterError, Conflict, InvalidInput, describe
 from charter.core.events import (
     ApprovalDecision,
     Event,
+    NodeCancelled,
+    NodeCompleted,
+    NodeFailed,
+    NodeSkipped,
     WorkflowCancelled,
 )
 from charter.core.policy import (
@@ -341,13 +345,35 @@ def _registry(args: argparse.Namespace) -> ExecutorRegistry:
     return registry
 
 
-def _printer(quiet: bool) -> Callable[[Sequence[Event]], None] | None:
+def _printer(
+    quiet: bool, total: int, done: Sequence[Event] = ()
+) -> Callable[[Sequence[Event]], None] | None:
+    """The live timeline: each event as it is recorded, and after each node that finishes,
+    how many of the run's ``total`` nodes have (counting those finished in ``done``)."""
     if quiet:
         return None
+    finished: set[str] = set()
+
+    def count(event: Event) -> bool:
+        kind = event.kind
+        ends = isinstance(kind, NodeCompleted | NodeSkipped | NodeCancelled) or (
+            isinstance(kind, NodeFailed) and not kind.retryable
+        )
+        node = getattr(kind, "node_id", None)
+        if ends and isinstance(node, str) and node not in finished:
+            finished.add(node)
+            return True
+        return False
+
+    for event in done:
+        count(event)
 
     def show(events: Sequence[Event]) -> None:
         for event in events:
-            print(event_line(event), flush=True)
+            line = event_line(event)
+            if count(event):
+                line += f"  [{len(finished)}/{total}]"
+            print(line, flush=True)
 
     return show
 
@@ -441,7 +467,8 @@ def _run(args: argparse.Namespace) -> int:
         run_id = execution.execution_id
         if not args.quiet:
             print(f"run {run_id}: {workflow.workflow_id} v{workflow.version} ({args.db})")
-        worker = Worker(store, executors=registry, on_events=_printer(args.quiet))
+        printer = _printer(args.quiet, len(workflow.nodes))
+        worker = Worker(store, executors=registry, on_events=printer)
         return _report(store, drive(worker, run_id), args.db)
     finally:
         store.close()
@@ -547,7 +574,9 @@ def _answer(args: argparse.Namespace) -> int:
             return EXIT_OK
         worker = Worker(store, executors=registry)
         worker.scheduler.progress(execution.execution_id)  # the events so far: not reprinted
-        worker.scheduler.on_events = _printer(args.quiet)
+        total = len(worker.scheduler.definitions.for_execution(execution).nodes)
+        done = store.read_events(execution.execution_id)
+        worker.scheduler.on_events = _printer(args.quiet, total, done)
         return _report(store, drive(worker, execution.execution_id), args.db)
     finally:
         store.close()
