@@ -463,14 +463,19 @@ class MemoryStore:
         with self._write() as t:
             item = rules.check_fence(t.items.get(item_id), item_id, fence)
             plan = plan_park(item, retry_after=retry_after, count_attempt=count_attempt)
-            t.items[item_id] = attrs.evolve(
-                item,
-                status=WorkItemStatus.PENDING,
-                attempt=plan.attempt,
-                available_at=plan.available_at,
-                worker_id=None,
-                lease_expires_at=None,
-            )
+            if plan.available_at is not None:  # parked, pending again
+                t.items[item_id] = attrs.evolve(
+                    item,
+                    status=WorkItemStatus.PENDING,
+                    attempt=plan.attempt,
+                    available_at=plan.available_at,
+                    worker_id=None,
+                    lease_expires_at=None,
+                )
+            else:  # no attempt left: dead-lettered, like a failure
+                self._settle_failure(
+                    t, item, plan.status, plan.attempt, None, plan.last_error or ""
+                )
             self._release_effects(t, item_id, fence)
             return self._append(t, item.execution_id, plan.events, self.clock.now())
 
@@ -523,6 +528,7 @@ class MemoryStore:
         return updated
 
     def reclaim_expired(self, *, limit: int = 100) -> ReclaimResult:
+        rules.check_limit(limit)
         with self._write() as t:
             now = self.clock.now()
             expired = sorted(

@@ -837,11 +837,16 @@ class SqliteStore:
             item = self._fenced(conn, item_id, fence)
             plan = plan_park(item, retry_after=retry_after, count_attempt=count_attempt)
             encoded = rules.encode_events(plan.events)
-            conn.execute(
-                "UPDATE work_items SET status = 'pending', attempt = ?, available_at = ?, "
-                "worker_id = NULL, lease_expires_at = NULL, reserved = 0 WHERE item_id = ?",
-                (plan.attempt, _text(plan.available_at), item_id),
-            )
+            if plan.available_at is not None:  # parked, pending again
+                conn.execute(
+                    "UPDATE work_items SET status = 'pending', attempt = ?, available_at = ?, "
+                    "worker_id = NULL, lease_expires_at = NULL, reserved = 0 WHERE item_id = ?",
+                    (plan.attempt, _text(plan.available_at), item_id),
+                )
+            else:  # no attempt left: dead-lettered, like a failure
+                self._settle_failure(
+                    conn, item, plan.status, plan.attempt, None, error=plan.last_error or ""
+                )
             self._release_effects(conn, item_id, fence)
             now = self.clock.now()
             return self._append(conn, item.execution_id, plan.events, encoded, now, known=True)

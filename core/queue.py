@@ -15,7 +15,7 @@ failure that is not retryable fails it with ``node_failed{retryable: false}``.
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 import attrs
@@ -120,16 +120,39 @@ def plan_failure(
 
 @attrs.frozen(kw_only=True)
 class ParkPlan:
-    """A claimed item put back to wait until ``available_at`` (e.g. a provider rate limit)."""
+    """A claimed item put back to wait until ``available_at`` (e.g. a provider rate limit),
+    or, when a counted park leaves no attempt, dead-lettered (``status``)."""
 
+    status: WorkItemStatus
     attempt: int
-    available_at: datetime
+    available_at: datetime | None
     events: tuple[EventKind, ...]
+    last_error: str | None = None
 
 
 def plan_park(item: WorkItem, *, retry_after: datetime, count_attempt: bool) -> ParkPlan:
-    """Park ``item`` until ``retry_after``, counting the attempt or not; records
-    ``node_parked{attempt, retry_after}`` with the attempt it will run at."""
+    """Park ``item`` until ``retry_after`` (kept in UTC), counting the attempt or not;
+    records ``node_parked{attempt, retry_after}`` with the attempt it will run at.
+
+    A counted park obeys ``max_attempts`` like a failure does: when no attempt is left the
+    item is dead-lettered with ``node_failed{retryable: false, error: "exhausted N attempts:
+    parked until …"}`` (upstream's rate-limit park makes the same check, ref §7.2). An
+    uncounted park never uses up an attempt."""
+    moment = retry_after.astimezone(UTC)
     attempt = item.attempt + 1 if count_attempt else item.attempt
-    parked = NodeParked(node_id=item.node_id, attempt=attempt, retry_after=retry_after)
-    return ParkPlan(attempt=attempt, available_at=retry_after, events=(parked,))
+    if count_attempt and attempt >= item.max_attempts:
+        message = f"exhausted {item.max_attempts} attempts: parked until {moment.isoformat()}"
+        failed = NodeFailed(
+            node_id=item.node_id, error=message, attempt=item.attempt, retryable=False
+        )
+        return ParkPlan(
+            status=WorkItemStatus.DEAD_LETTERED,
+            attempt=attempt,
+            available_at=None,
+            events=(failed,),
+            last_error=message,
+        )
+    parked = NodeParked(node_id=item.node_id, attempt=attempt, retry_after=moment)
+    return ParkPlan(
+        status=WorkItemStatus.PENDING, attempt=attempt, available_at=moment, events=(parked,)
+    )

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Final
 
@@ -1069,6 +1069,62 @@ def test_park_without_counting_the_attempt_keeps_the_attempt(
     stored = store.get_item(item_id)
     assert stored is not None
     assert (stored.status, stored.attempt, stored.available_at) == (PENDING, 0, retry_after)
+
+
+def test_a_counted_park_with_no_attempt_left_dead_letters_the_item(
+    store: Store, clock: ManualClock
+) -> None:
+    (item_id,) = start(store, clock, max_attempts=2)
+    first = claim(store)
+    store.park(item_id, first.fence, retry_after=clock.now())
+    second = claim(store)
+    assert second.item.attempt == 1
+    until = clock.now() + seconds(60)
+    events = store.park(item_id, second.fence, retry_after=until, count_attempt=True)
+    message = f"exhausted 2 attempts: parked until {until.astimezone(UTC).isoformat()}"
+    assert [e.kind for e in events] == [
+        NodeFailed(node_id=node_of(item_id), error=message, attempt=1, retryable=False)
+    ]
+    stored = store.get_item(item_id)
+    assert stored is not None
+    assert (stored.status, stored.attempt) == (WorkItemStatus.DEAD_LETTERED, 2)
+    assert stored.last_error == message
+    clock.advance(3600)
+    assert store.claim(WORKER, [QUEUE], lease_secs=LEASE) is None  # it never runs again
+
+
+def test_an_uncounted_park_never_uses_up_attempts(store: Store, clock: ManualClock) -> None:
+    (item_id,) = start(store, clock, max_attempts=1)
+    for fence in (1, 2, 3):
+        claimed = claim(store)
+        assert (claimed.item.attempt, claimed.fence) == (0, fence)
+        store.park(item_id, claimed.fence, retry_after=clock.now(), count_attempt=False)
+
+
+def test_park_records_retry_after_in_utc(store: Store, clock: ManualClock) -> None:
+    (item_id,) = start(store, clock)
+    claimed = claim(store)
+    local = (clock.now() + seconds(30)).astimezone(timezone(timedelta(hours=2)))
+    (event,) = store.park(item_id, claimed.fence, retry_after=local)
+    assert isinstance(event.kind, NodeParked)
+    assert event.kind.retry_after == local
+    assert event.kind.retry_after.utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize("limit", [0, -1, 1001, True, 2.0])
+def test_reclaim_refuses_a_bad_limit_and_changes_nothing(
+    store: Store, clock: ManualClock, limit: Any
+) -> None:
+    start(store, clock, 2)
+    claim(store)
+    claim(store)
+    clock.advance(LEASE + 1)
+    with pytest.raises(InvalidInput, match="limit"):
+        store.reclaim_expired(limit=limit)
+    assert [i.status for i in (store.get_item(f"{EXEC}-item-{n}") for n in (0, 1)) if i] == [
+        WorkItemStatus.CLAIMED,
+        WorkItemStatus.CLAIMED,
+    ]
 
 
 def test_parked_item_is_claimable_only_after_retry_after(store: Store, clock: ManualClock) -> None:
