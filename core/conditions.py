@@ -10,12 +10,17 @@ It may use attribute and item access (``state.order.total``, ``state["kind"]``,
 ``output.items[0]``); literals: strings, numbers (negative ones too), lists, and
 ``true``/``false``/``null`` or ``True``/``False``/``None``; comparisons
 (``== != < <= > >= in not in``); ``and``, ``or``, ``not``; parentheses. Nothing else: no
-calls, no arithmetic, no other names. A missing key or attribute is ``null`` rather than an
-error, so ``state.flag == true`` is simply false while ``flag`` is unset. Comparing values of
-different types with ``<`` and the like is false (``"3" < 4`` is neither an error nor true).
+calls, no arithmetic, no other names, no other literals (bytes, ``...``, complex numbers). A
+missing key or attribute is ``null`` rather than an error (inside a list literal too), so
+``state.flag == true`` is simply false while ``flag`` is unset. Equality is JSON equality, at
+any depth: ``true`` is not ``1``, ``1`` equals ``1.0``. Comparing values of different types
+with ``<`` and the like is false (``"3" < 4`` is neither an error nor true). Only the boolean
+``true`` counts as true: ``state.name`` alone, or ``1 and true``, is false.
 
-Expressions are parsed once (`parse_condition`, which names the position of any error) and
-evaluated purely (`Condition.evaluate`).
+A condition is at most 2000 characters long and nested at most 100 levels deep (so that
+evaluating it cannot exhaust the stack). Expressions are parsed once (`parse_condition`, which
+names the position of any error in the text as written) and evaluated purely
+(`Condition.evaluate`).
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ __all__ = ["Condition", "parse_condition"]
 _NAMES: Final = frozenset({"state", "output", "inputs"})
 _CONSTANTS: Final = {"true": True, "false": False, "null": None}
 _MAX_LENGTH: Final = 2000
+_MAX_DEPTH: Final = 100
+_LITERALS: Final = (str, int, float, bool, type(None))  # JSON's scalars; not bytes, `...`, 1j
 
 
 class _Missing:
@@ -42,7 +49,7 @@ class _Missing:
 _MISSING = _Missing()
 
 
-def _check(node: ast.AST, source: str) -> None:
+def _check(node: ast.AST, source: str, at: _Locator) -> None:
     """Refuse anything outside the language, naming the offending construct."""
     allowed = (
         ast.Expression, ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Not, ast.Compare,
@@ -51,7 +58,7 @@ def _check(node: ast.AST, source: str) -> None:
     )  # fmt: skip
     for child in ast.walk(node):
         if not isinstance(child, allowed):
-            where = f" at column {child.col_offset + 1}" if hasattr(child, "col_offset") else ""
+            where = f" at {at.node(child)}" if hasattr(child, "col_offset") else ""
             raise InvalidInput(
                 "condition",
                 f"{type(child).__name__.lower()} is not allowed in a condition{where}: {source!r}",
@@ -59,17 +66,68 @@ def _check(node: ast.AST, source: str) -> None:
         if isinstance(child, ast.Name) and child.id not in _NAMES | set(_CONSTANTS):
             raise InvalidInput(
                 "condition",
-                f"unknown name {child.id!r} (expected state, output, inputs, true, false or "
-                f"null): {source!r}",
+                f"unknown name {child.id!r} at {at.node(child)} (expected state, output, inputs, "
+                f"true, false or null): {source!r}",
+            )
+        if isinstance(child, ast.Constant) and type(child.value) not in _LITERALS:
+            raise InvalidInput(
+                "condition",
+                f"a literal of type {type(child.value).__name__} is not allowed at "
+                f"{at.node(child)} (expected a string, a number, true, false or null): {source!r}",
             )
         if isinstance(child, ast.UnaryOp) and not (
             isinstance(child.op, ast.Not) or _negative_number(child)
         ):
             raise InvalidInput(
-                "condition", f"only 'not' and a minus sign on a number are allowed: {source!r}"
+                "condition",
+                f"only 'not' and a minus sign on a number are allowed (at {at.node(child)}): "
+                f"{source!r}",
             )
         if isinstance(child, ast.Subscript) and not isinstance(child.slice, ast.Constant):
-            raise InvalidInput("condition", f"an index must be a literal: {source!r}")
+            raise InvalidInput(
+                "condition", f"an index must be a literal (at {at.node(child.slice)}): {source!r}"
+            )
+    if _depth(node) > _MAX_DEPTH:
+        raise InvalidInput("condition", f"nested more than {_MAX_DEPTH} levels deep: {source!r}")
+
+
+def _depth(tree: ast.AST) -> int:
+    # Iterative: the tree may be deeper than the stack allows to recurse over.
+    deepest = 0
+    pending = [(tree, 1)]
+    while pending:
+        node, depth = pending.pop()
+        deepest = max(deepest, depth)
+        pending.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return deepest
+
+
+class _Locator:
+    """Turns a position in the stripped text that was parsed into one in the source as
+    written (``column 5``, or ``line 2, column 3`` past the first line)."""
+
+    def __init__(self, source: str, text: str) -> None:
+        self._source = source
+        self._text = text
+        self._indent = len(source) - len(source.lstrip())
+
+    def char(self, lineno: int, column: int) -> str:
+        """``column`` is 1-based and counts characters on line ``lineno`` of the text."""
+        lines = self._text.split("\n")
+        index = sum(len(line) + 1 for line in lines[: max(lineno - 1, 0)]) + column - 1
+        index = min(max(index, 0), len(self._text)) + self._indent
+        line = self._source.count("\n", 0, index) + 1
+        column = index - (self._source.rfind("\n", 0, index) + 1) + 1
+        return f"column {column}" if line == 1 else f"line {line}, column {column}"
+
+    def node(self, node: ast.AST) -> str:
+        """The position of a node (whose ``col_offset`` counts UTF-8 bytes, not characters)."""
+        lineno: int = getattr(node, "lineno", 1)
+        offset: int = getattr(node, "col_offset", 0)
+        lines = self._text.split("\n")
+        line = lines[lineno - 1] if 0 < lineno <= len(lines) else ""
+        chars = len(line.encode("utf-8")[:offset].decode("utf-8", errors="ignore"))
+        return self.char(lineno, chars + 1)
 
 
 def _negative_number(node: ast.UnaryOp) -> bool:
@@ -102,14 +160,19 @@ def parse_condition(source: object, where: str = "condition") -> Condition:
         raise InvalidInput(where, f"expected a condition string, got {type(source).__name__}")
     if len(source) > _MAX_LENGTH:
         raise InvalidInput(where, f"a condition may be at most {_MAX_LENGTH} characters")
+    text = source.strip()  # leading blanks would be an "unexpected indent"
+    at = _Locator(source, text)
     try:
-        tree = ast.parse(source.strip(), mode="eval")
+        tree = ast.parse(text, mode="eval")
     except SyntaxError as error:
+        position = f" at {at.char(error.lineno or 1, error.offset)}" if error.offset else ""
         raise InvalidInput(
-            where, f"not a valid condition ({error.msg} at column {error.offset}): {source!r}"
+            where, f"not a valid condition ({error.msg}{position}): {source!r}"
         ) from None
+    except ValueError as error:  # a lone surrogate is not text the parser can read
+        raise InvalidInput(where, f"not a valid condition ({error}): {source!r}") from None
     try:
-        _check(tree, source)
+        _check(tree, source, at)
     except InvalidInput as error:
         raise InvalidInput(where, error.problem) from None
     return Condition(source, tree)
@@ -122,7 +185,7 @@ def _eval(node: ast.expr, scope: Mapping[str, Any]) -> Any:
         case ast.Name(id=name):
             return _CONSTANTS[name] if name in _CONSTANTS else scope[name]
         case ast.List(elts=items) | ast.Tuple(elts=items):
-            return [_eval(item, scope) for item in items]
+            return [_plain(_eval(item, scope)) for item in items]
         case ast.Attribute(value=base, attr=key):
             return _lookup(_eval(base, scope), key)
         case ast.Subscript(value=base, slice=ast.Constant(value=key)):
@@ -184,9 +247,13 @@ def _compare(op: ast.cmpop, left: Any, right: Any) -> bool:
 
 
 def _same(left: Any, right: Any) -> bool:
-    # JSON equality: true is not 1, 1 equals 1.0.
+    # JSON equality, at every depth: true is not 1 (nor [true] [1]), 1 equals 1.0.
     if isinstance(left, bool) or isinstance(right, bool):
         return type(left) is type(right) and left == right
+    if isinstance(left, list) and isinstance(right, list):
+        return len(left) == len(right) and all(map(_same, left, right))
+    if isinstance(left, Mapping) and isinstance(right, Mapping):
+        return left.keys() == right.keys() and all(_same(left[k], right[k]) for k in left)
     return bool(left == right)
 
 

@@ -9,8 +9,9 @@ workflow ``policy``, ``token_budget``, ``cost_budget_usd``, ``models``, ``tools`
 
 `parse_workflow` checks everything in one pass and raises `WorkflowInvalid` listing every
 problem with its path (``nodes.refund.kind.tool_ref: expected a string``): unknown keys and
-kinds, bad patterns and budgets, edges to unknown nodes, unreachable nodes, cycles, bad
-conditions. A definition that parses is one the scheduler can run.
+kinds, node ids that are not strings, bad patterns, budgets and model aliases, edges to
+unknown nodes, unreachable nodes, cycles, bad conditions. A definition that parses is one the
+scheduler can run.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from charter.core.autonomy import AgentCard
 from charter.core.budget import BudgetLimits
 from charter.core.conditions import Condition, parse_condition
 from charter.core.errors import InvalidInput, child, describe
-from charter.core.nodes import queue_type_for
+from charter.core.nodes import queue_type_for, resolve_model
 from charter.core.policy import CombiningMode, EvaluationContext, PolicySet
 
 __all__ = [
@@ -275,7 +276,8 @@ def parse_workflow(data: object, source: str = "") -> WorkflowDef:
         out.add("", "the workflow is empty")
     for key in top:
         if key in _UNSUPPORTED:
-            if top[key] not in (None, False):
+            # Identity, not `in (None, False)`: 0 == False, and `on_budget_exceeded: 0` is set.
+            if top[key] is not None and top[key] is not False:
                 out.add(str(key), _UNSUPPORTED[key])
         elif key not in _TOP_KEYS:
             out.add(str(key), "unknown workflow key")
@@ -302,6 +304,13 @@ def parse_workflow(data: object, source: str = "") -> WorkflowDef:
     if tokens is not None and cost is not None:
         limits = attrs.evolve(tokens, cost_usd=cost.cost_usd)
     models = _mapping(top.get("models"), "models", out)
+    # Each alias is checked once, at its own path; nodes resolve against the good ones only
+    # (a bad alias is reported here, not as `nodes.<id>.models.<alias>` once per node).
+    resolvable = {
+        alias: entry
+        for alias, entry in models.items()
+        if out.attempt("", functools.partial(resolve_model, alias, models)) is not None
+    }
 
     tools: dict[str, ToolDef] = {}
     for name, spec in _mapping(top.get("tools"), "tools", out).items():
@@ -345,8 +354,13 @@ def parse_workflow(data: object, source: str = "") -> WorkflowDef:
     raw_nodes = _mapping(top.get("nodes"), "nodes", out)
     if not raw_nodes and "nodes" in top:
         out.add("nodes", "a workflow needs at least one node")
+    ids: list[object] = list(raw_nodes)  # YAML allows `1:`; edges and start_node name strings
+    for node_id in ids:
+        if not isinstance(node_id, str):
+            out.add(f"nodes.{node_id}", f"expected a string node id, got {describe(node_id)}")
+    raw_nodes = {key: raw_nodes[key] for key in ids if isinstance(key, str)}
     for node_id, spec in raw_nodes.items():
-        node = _parse_node(str(node_id), spec, models, agents, policies, out)
+        node = _parse_node(str(node_id), spec, resolvable, agents, policies, out)
         if node is not None:
             nodes[node.node_id] = node
 
