@@ -184,21 +184,35 @@ class WorkflowDef:
 _TOP_KEYS: Final = {
     "workflow_id", "version", "name", "description", "tenant_id", "start_node", "nodes",
     "edges", "policy", "combining", "token_budget", "cost_budget_usd", "models", "tools",
-    "retry_policies", "agents", "labels", "state_schema", "timeouts", "mcp_servers",
-    "remote_agents", "data_policy",
+    "retry_policies", "agents", "labels", "state_schema", "mcp_servers", "remote_agents",
 }  # fmt: skip
 #: Upstream keys Charter does not implement: refused when set, so nothing looks configured
-#: and silently does nothing.
+#: and silently does nothing (a data policy or a timeout that is not enforced is worse than
+#: an error).
 _UNSUPPORTED: Final = {
     "continue_as_new": "continue-as-new segments are not supported",
     "on_budget_exceeded": "routing on a budget trip is not supported (a trip fails the node)",
+    "data_policy": "data policies are not enforced by Charter; remove the key",
+    "timeouts": "workflow-level timeouts are not supported; set node_timeout_secs per node",
 }
 _NODE_KEYS: Final = {
     "id", "kind", "policy", "retry_policy", "node_timeout_secs", "description", "labels",
-    "agent", "data_policy",
+    "agent",
 }  # fmt: skip
+_NODE_UNSUPPORTED: Final = {
+    "data_policy": "data policies are not enforced by Charter; remove the key",
+}
 
 T = TypeVar("T")
+
+
+def _is_set(value: object) -> bool:
+    """Whether an unsupported key configures something: anything but null, false or an
+    empty mapping or list. (Identity, not ``in (None, False)``: ``0 == False``, and
+    ``on_budget_exceeded: 0`` is set.)"""
+    if value is None or value is False:
+        return False
+    return not (isinstance(value, Mapping | list) and not value)
 
 
 class _Collector:
@@ -253,6 +267,15 @@ def _retry_policy(data: object, where: str, out: _Collector) -> RetryPolicy | No
                 out.add(child(where, key), f"expected an integer >= {low}, got {describe(value)}")
             else:
                 values[key] = value
+    base = values.get("backoff_ms", RetryPolicy().backoff_ms)
+    cap = values.get("max_backoff_ms", RetryPolicy().max_backoff_ms)
+    if cap < base:
+        out.add(
+            child(where, "max_backoff_ms"),
+            f"expected at least backoff_ms ({base}), got {cap}",
+        )
+        values.pop("max_backoff_ms", None)
+        values.pop("backoff_ms", None)
     return RetryPolicy(**values)
 
 
@@ -276,8 +299,7 @@ def parse_workflow(data: object, source: str = "") -> WorkflowDef:
         out.add("", "the workflow is empty")
     for key in top:
         if key in _UNSUPPORTED:
-            # Identity, not `in (None, False)`: 0 == False, and `on_budget_exceeded: 0` is set.
-            if top[key] is not None and top[key] is not False:
+            if _is_set(top[key]):
                 out.add(str(key), _UNSUPPORTED[key])
         elif key not in _TOP_KEYS:
             out.add(str(key), "unknown workflow key")
@@ -399,7 +421,10 @@ def _parse_node(
     where = f"nodes.{node_id}"
     fields = _mapping(spec, where, out)
     for key in fields:
-        if key not in _NODE_KEYS:
+        if key in _NODE_UNSUPPORTED:
+            if _is_set(fields[key]):
+                out.add(child(where, str(key)), _NODE_UNSUPPORTED[key])
+        elif key not in _NODE_KEYS:
             out.add(child(where, str(key)), "unknown node key")
     if "id" in fields and fields["id"] != node_id:
         out.add(f"{where}.id", f"does not match the node's key {node_id!r}")
@@ -543,6 +568,8 @@ def _check_graph(
             successors[edge.source].append(edge.target)
     for node in nodes.values():
         for index, branch in enumerate(node.branches):
+            if not branch.target:
+                continue  # reported where it was parsed
             if branch.target not in known:
                 out.add(
                     f"nodes.{node.node_id}.kind.branches[{index}].target",
@@ -555,8 +582,19 @@ def _check_graph(
                     "the condition node's edges)",
                 )
         fallback = node.kind.get("fallback_node") if node.tag == "human_approval" else None
-        if fallback is not None and fallback not in known:
-            out.add(f"nodes.{node.node_id}.kind.fallback_node", f"no node named {fallback!r}")
+        at = f"nodes.{node.node_id}.kind.fallback_node"
+        if fallback is None:
+            pass
+        elif not isinstance(fallback, str):
+            out.add(at, f"expected a node id, got {describe(fallback)}")
+        elif fallback not in known:
+            out.add(at, f"no node named {fallback!r}")
+        elif fallback not in successors[node.node_id]:
+            out.add(
+                at,
+                f"no edge from {node.node_id!r} to {fallback!r} (the fallback is one of the "
+                "approval node's successors, taken on timeout)",
+            )
     cycle = _find_cycle(successors)
     if cycle:
         out.add("edges", f"cycle: {' -> '.join(cycle)} (workflows are acyclic; use retries)")

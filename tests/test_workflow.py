@@ -272,10 +272,22 @@ def test_the_default_retry_policies_follow_upstream_names() -> None:
 def test_a_named_retry_policy_and_an_inline_one() -> None:
     data = workflow(retry_policies={"fast": {"max_attempts": 2, "backoff_ms": 5}})
     data["nodes"]["a"]["retry_policy"] = "fast"
-    data["nodes"]["b"]["retry_policy"] = {"max_attempts": 7, "max_backoff_ms": 10}
+    data["nodes"]["b"]["retry_policy"] = {"max_attempts": 7, "backoff_ms": 2, "max_backoff_ms": 10}
     d = parse_workflow(data)
     assert d.nodes["a"].retry == RetryPolicy(max_attempts=2, backoff_ms=5, max_backoff_ms=60_000)
-    assert d.nodes["b"].retry == RetryPolicy(max_attempts=7, backoff_ms=1000, max_backoff_ms=10)
+    assert d.nodes["b"].retry == RetryPolicy(max_attempts=7, backoff_ms=2, max_backoff_ms=10)
+
+
+def test_a_backoff_cap_below_the_base_is_refused() -> None:
+    data = workflow(retry_policies={"odd": {"backoff_ms": 500, "max_backoff_ms": 100}})
+    assert problem_at(data, "retry_policies.odd.max_backoff_ms") == (
+        "expected at least backoff_ms (500), got 100"
+    )
+    data = workflow()
+    data["nodes"]["b"]["retry_policy"] = {"max_backoff_ms": 10}  # below the default base
+    assert problem_at(data, "nodes.b.retry_policy.max_backoff_ms") == (
+        "expected at least backoff_ms (1000), got 10"
+    )
 
 
 def test_a_workflow_may_redefine_the_default_retry_policy() -> None:
@@ -337,6 +349,21 @@ def test_upstream_keys_charter_ignores_are_accepted() -> None:
         )
     )
     assert d.workflow_id == "w"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("data_policy", {"pii": "redact"}, "data policies are not enforced by Charter"),
+        ("timeouts", {"workflow_secs": 60}, "set node_timeout_secs per node"),
+    ],
+)
+def test_upstream_keys_that_would_do_nothing_are_refused_when_set(
+    key: str, value: object, message: str
+) -> None:
+    assert message in problem_at(workflow(**{key: value}), key)
+    node = dict(TOOL, data_policy={"pii": "redact"})
+    assert "not enforced" in problem_at(with_node("b", node), "nodes.b.data_policy")
 
 
 def test_the_raw_document_is_kept() -> None:
@@ -691,9 +718,17 @@ def test_a_human_approval_fallback_must_name_a_node() -> None:
     )
 
 
-def test_a_human_approval_fallback_may_name_a_node() -> None:
+def test_a_human_approval_fallback_may_name_one_of_its_successors() -> None:
+    spec = {"kind": {"type": "human_approval", "fallback_node": "b"}}
+    assert parse_workflow(with_node("a", spec)).nodes["a"].kind["fallback_node"] == "b"
+
+
+def test_a_human_approval_fallback_must_be_one_of_its_successors() -> None:
     spec = {"kind": {"type": "human_approval", "fallback_node": "a"}}
-    assert parse_workflow(with_node("b", spec)).nodes["b"].kind["fallback_node"] == "a"
+    assert problem_at(with_node("b", spec), "nodes.b.kind.fallback_node") == (
+        "no edge from 'b' to 'a' (the fallback is one of the approval node's successors, "
+        "taken on timeout)"
+    )
 
 
 # condition nodes
