@@ -10,7 +10,12 @@ it can never disagree with the log and can be recomputed by anyone holding the l
 * `WorkflowRunStep` — one per attempt of a node (runkon inserts a new row per retry: a
   step's ``retry_count`` is the attempt), with status ``pending | running | completed |
   failed | skipped | waiting | timed_out``, result text, error and, for approvals, the gate
-  fields (type, prompt, approved by and when, feedback).
+  fields (type, prompt, approved by and when, feedback). A node or gate that timed out is
+  ``timed_out`` — a human_approval routed to its fallback too, since a ``completed`` gate
+  step reads as approved.
+
+A run is ``waiting`` when some node's latest step waits for a person and no other work is
+running or queued (a node scheduled, or put back for a retry, counts as queued).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 import attrs
@@ -30,9 +35,11 @@ from charter.core.events import (
     NodeCancelled,
     NodeCompleted,
     NodeFailed,
+    NodeParked,
     NodeScheduled,
     NodeSkipped,
     NodeStarted,
+    RetryScheduled,
     ToolApprovalRequired,
     WorkflowCancelled,
     WorkflowCompleted,
@@ -234,7 +241,15 @@ def run_steps(execution_id: str, events: Iterable[Event]) -> tuple[WorkflowRunSt
                 )
             case NodeCompleted(node_id=node, output=output):
                 if node in open_step:
-                    end(node, event, status=StepStatus.COMPLETED, result_text=_text(output))
+                    # A gate that timed out to its fallback completes the node, but its step
+                    # is not "completed": readers of a gate step take that to mean approved.
+                    timed_out = (
+                        node in gate_nodes
+                        and isinstance(output, dict)
+                        and output.get("timed_out") is True
+                    )
+                    status = StepStatus.TIMED_OUT if timed_out else StepStatus.COMPLETED
+                    end(node, event, status=status, result_text=_text(output))
             case NodeFailed(node_id=node, error=error):
                 timed_out = "timed out" in error
                 status = StepStatus.TIMED_OUT if timed_out else StepStatus.FAILED
@@ -276,7 +291,8 @@ def run_record(execution: Execution, events: Iterable[Event]) -> WorkflowRun:
             blocked = HumanApproval(gate_name=first.step_name, prompt=first.gate_prompt)
     duration = None
     if started is not None and ended is not None:
-        duration = int((ended - started).total_seconds() * 1000)
+        # Integer arithmetic: float seconds × 1000 truncates 1.001 s to 1000 ms.
+        duration = (ended - started) // timedelta(milliseconds=1)
     return WorkflowRun(
         id=execution.execution_id,
         workflow_name=execution.workflow_id,
@@ -295,11 +311,12 @@ def run_record(execution: Execution, events: Iterable[Event]) -> WorkflowRun:
 
 
 def _scheduled(events: list[Event]) -> bool:
-    """Whether some node is scheduled but not yet started (queued work)."""
+    """Whether some node has queued work: scheduled, or put back for a retry or after being
+    parked, and not yet started again (the scheduler's ``scheduled`` state)."""
     pending: set[str] = set()
     for event in events:
         kind = event.kind
-        if isinstance(kind, NodeScheduled):
+        if isinstance(kind, NodeScheduled | RetryScheduled | NodeParked):
             pending.add(kind.node_id)
         elif isinstance(kind, NodeStarted | NodeSkipped | ToolApprovalRequired):
             pending.discard(kind.node_id)

@@ -268,11 +268,15 @@ def _completed(workflow: WorkflowDef, work: _Work, node_id: str, output: Any, pa
     if patch is not None:
         work.state = merge_patch(work.state, patch)
     definition = workflow.nodes.get(node_id)
+    tag = definition.tag if definition is not None else None
     routes = None
-    if isinstance(output, Mapping) and "chosen_targets" in output:
+    # Only routing nodes choose among their edges (rule 5): a human_approval's own output
+    # (``chosen_targets``, written by `plan` when it has a fallback) and a condition node's
+    # ``chosen_target``. Any other node's output — a tool's, a model's — never routes.
+    if tag == "human_approval" and isinstance(output, Mapping) and "chosen_targets" in output:
         chosen = output["chosen_targets"]
         routes = frozenset(str(t) for t in chosen) if isinstance(chosen, list) else frozenset()
-    elif definition is not None and definition.tag == "condition":
+    elif tag == "condition":
         chosen_target = output.get("chosen_target") if isinstance(output, Mapping) else None
         routes = frozenset({chosen_target}) if isinstance(chosen_target, str) else frozenset()
     for edge in workflow.outgoing(node_id):

@@ -1,0 +1,588 @@
+"""Properties of the scheduler: random acyclic workflows driven to their end by a simulated shell.
+
+Each example builds a random valid workflow (tool, condition and human_approval nodes; edges
+with and without conditions; a retry policy per node) and plays a shell against `plan`: it
+appends whatever `plan` returns, and whenever there is nothing to plan, Hypothesis chooses what
+the world does next — a worker claims an item, then completes it, fails it (retryably or not)
+or holds it for approval; a person approves or rejects; time passes; someone cancels.
+
+The checks compare the log with an oracle computed from the simulation's own choices (which
+target a condition node chose, which tool outputs made an edge condition hold, who approved),
+never from the scheduler's output format, so a wrong design shows up as a disagreement.
+
+`workflow_specs` is local to this file; it belongs in `charter.testing.strategies` once that
+module grows a workflow strategy (it is pinned by a test and edited by others meanwhile).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import attrs
+from hypothesis import given
+from hypothesis import strategies as st
+
+from charter.core.events import (
+    ApprovalDecision,
+    ApprovalReceived,
+    Event,
+    EventKind,
+    NodeCancelled,
+    NodeCompleted,
+    NodeFailed,
+    NodeScheduled,
+    NodeSkipped,
+    NodeStarted,
+    RetryScheduled,
+    ToolApprovalRequired,
+    WorkflowCancelled,
+    WorkflowCompleted,
+    WorkflowFailed,
+    WorkflowStarted,
+)
+from charter.core.queue import backoff_delay_ms, plan_failure
+from charter.core.records import Execution, NewWorkItem, WorkItem, WorkItemStatus
+from charter.core.runs import RunStatus, StepStatus, run_record, run_steps
+from charter.core.scheduler import NodeState, Plan, Progress, fold, plan
+from charter.core.workflow import EdgeDef, WorkflowDef, parse_workflow
+
+EXEC: Final = "run-1"
+T0: Final = datetime(2026, 1, 1, tzinfo=UTC)
+INITIAL: Final = {"x": 1}
+
+#: Edge conditions the generated workflows use, each with an independent oracle.
+EDGE_CONDITIONS: Final[dict[str, Callable[[Any], bool]]] = {
+    "output.ok == true": lambda output: isinstance(output, dict) and output.get("ok") is True,
+    "output.ok == false": lambda output: isinstance(output, dict) and output.get("ok") is False,
+}
+
+
+# ── strategies ─────────────────────────────────────────────────────────────────────────
+
+
+@st.composite
+def workflow_specs(draw: st.DrawFn, *, max_nodes: int = 7) -> dict[str, Any]:
+    """Valid workflow files (as dicts): a random DAG over ``n0 … n<k>`` (``n0`` the start
+    node, every other node with 1–3 sources of a lower number, so every node is reachable and
+    there is no cycle), its nodes listed in any order; tool, condition (only where there are
+    targets) and human_approval nodes, each with its own retry policy."""
+    count = draw(st.integers(min_value=1, max_value=max_nodes))
+    names = [f"n{i}" for i in range(count)]
+    sources = {
+        i: draw(st.sets(st.integers(0, i - 1), min_size=1, max_size=min(i, 3)))
+        for i in range(1, count)
+    }
+    nodes: dict[str, Any] = {}
+    edges: list[dict[str, str]] = []
+    for i, name in enumerate(names):
+        targets = [names[j] for j in range(count) if i in sources.get(j, set())]
+        tags = ["tool", "condition", "human_approval"] if targets else ["tool", "human_approval"]
+        tag = draw(st.sampled_from(tags))
+        kind: dict[str, Any]
+        if tag == "tool":
+            kind = {"type": "tool", "tool_ref": f"t.{name}"}
+        elif tag == "condition":
+            branches: list[dict[str, str]] = [
+                {"target": t, "condition": f"state.go == {t!r}"} for t in targets[:-1]
+            ]
+            kind = {"type": "condition", "branches": [*branches, {"target": targets[-1]}]}
+        else:
+            kind = {"type": "human_approval", "description": f"may {name} go ahead?"}
+            if draw(st.booleans()):
+                kind["timeout_secs"] = draw(st.integers(min_value=1, max_value=3600))
+            with_fallback = draw(st.booleans())
+            if targets and with_fallback:
+                kind["fallback_node"] = draw(st.sampled_from(targets))
+        backoff = draw(st.integers(min_value=0, max_value=5000))
+        retry = {
+            "max_attempts": draw(st.integers(min_value=1, max_value=3)),
+            "backoff_ms": backoff,
+            "max_backoff_ms": backoff + draw(st.integers(min_value=0, max_value=60_000)),
+        }
+        nodes[name] = {"kind": kind, "retry_policy": retry}
+        for target in targets:
+            edge = {"from": name, "to": target}
+            condition = draw(st.sampled_from([None, *EDGE_CONDITIONS])) if tag == "tool" else None
+            if condition is not None:
+                edge["condition"] = condition
+            edges.append(edge)
+    # The order of the file's nodes is not an order of execution: shuffle it.
+    order = draw(st.permutations(names))
+    return {
+        "workflow_id": "random",
+        "version": "1",
+        "start_node": "n0",
+        "nodes": {name: nodes[name] for name in order},
+        "edges": edges,
+    }
+
+
+# ── the simulated shell and world ──────────────────────────────────────────────────────
+
+
+def _execution() -> Execution:
+    return Execution(
+        execution_id=EXEC,
+        workflow_id="random",
+        workflow_version="1",
+        initial_input=INITIAL,
+        created_at=T0,
+        updated_at=T0,
+    )
+
+
+def _work_item(new: NewWorkItem, now: datetime) -> WorkItem:
+    return WorkItem(
+        item_id=new.item_id,
+        tenant_id="default",
+        execution_id=new.execution_id,
+        node_id=new.node_id,
+        queue=new.queue,
+        payload=new.payload,
+        attempt=0,
+        max_attempts=new.max_attempts,
+        backoff_base_ms=new.backoff_base_ms,
+        status=WorkItemStatus.PENDING,
+        available_at=new.available_at or now,
+        created_at=now,
+    )
+
+
+@attrs.define
+class Simulation:
+    """One execution: the log, the scheduler's progress, the queue, and the world's choices."""
+
+    spec: dict[str, Any]
+    workflow: WorkflowDef
+    events: list[Event] = attrs.Factory(list)
+    progress: Progress = attrs.field(init=False)
+    now: datetime = T0
+    items: dict[str, WorkItem] = attrs.Factory(dict)
+    claimed: set[str] = attrs.Factory(set)
+    item_ids: set[str] = attrs.Factory(set)
+    #: What the world decided: tool outputs, condition choices, approvals, holds.
+    outputs: dict[str, Any] = attrs.Factory(dict)
+    chosen: dict[str, str] = attrs.Factory(dict)
+    approved: set[str] = attrs.Factory(set)
+    rejected_tools: set[str] = attrs.Factory(set)
+    held_once: set[str] = attrs.Factory(set)
+    held_at: dict[str, datetime] = attrs.Factory(dict)
+    completions: Counter[str] = attrs.Factory(Counter)
+    dispatches: Counter[str] = attrs.Factory(Counter)
+
+    def __attrs_post_init__(self) -> None:
+        self.progress = fold(self.workflow, ())
+
+    # ── the oracle ──
+
+    def edge_condition(self, edge: EdgeDef) -> str | None:
+        for spec in self.spec["edges"]:
+            if spec["from"] == edge.source and spec["to"] == edge.target:
+                condition = spec.get("condition")
+                return condition if isinstance(condition, str) else None
+        raise AssertionError(f"no such edge {edge}")
+
+    def live(self, edge: EdgeDef) -> bool:
+        """The oracle: whether ``edge`` is live, from what the world did."""
+        source = edge.source
+        if self.progress.node(source).state is not NodeState.COMPLETED:
+            return False
+        node = self.workflow.nodes[source]
+        condition = self.edge_condition(edge)
+        if condition is not None and not EDGE_CONDITIONS[condition](self.outputs.get(source)):
+            return False
+        if node.tag == "condition":
+            return self.chosen[source] == edge.target
+        fallback = node.kind.get("fallback_node")
+        if node.tag == "human_approval" and isinstance(fallback, str):
+            # approved: every target but the fallback; completed without approval: timed out
+            return (edge.target != fallback) if source in self.approved else edge.target == fallback
+        return True
+
+    # ── appending, with the checks that must hold before each event ──
+
+    def append(self, kinds: Sequence[EventKind]) -> None:
+        for kind in kinds:
+            event = Event(
+                id=f"{EXEC}-{len(self.events) + 1}",
+                execution_id=EXEC,
+                sequence=len(self.events) + 1,
+                kind=kind,
+                created_at=self.now,
+            )
+            self.check_before(kind)
+            self.events.append(event)
+            self.progress = fold(self.workflow, (event,), self.progress)
+
+    def check_before(self, kind: EventKind) -> None:
+        progress = self.progress
+        assert progress.finished is None or isinstance(kind, NodeCancelled), (
+            f"{kind} appended after the run {progress.finished}"
+        )
+        match kind:
+            case NodeScheduled(node_id=node):
+                state = progress.node(node).state
+                assert state in (NodeState.PENDING, NodeState.ANSWERED), (
+                    f"{node} dispatched while {state.value}"
+                )
+                self.dispatches[node] += 1
+                if state is NodeState.PENDING:
+                    assert self.dispatches[node] == 1, f"{node} dispatched twice from pending"
+                    failed = [n for n, e in progress.nodes.items() if e.state is NodeState.FAILED]
+                    assert not failed, f"{node} dispatched after {failed} failed terminally"
+                    incoming = self.workflow.incoming(node)
+                    for edge in incoming:
+                        source_state = progress.node(edge.source).state
+                        assert source_state in (NodeState.COMPLETED, NodeState.SKIPPED), (
+                            f"{node} dispatched while its source {edge.source} is "
+                            f"{source_state.value}"
+                        )
+                    assert not incoming or any(self.live(edge) for edge in incoming), (
+                        f"{node} dispatched with every incoming edge dead"
+                    )
+            case NodeSkipped(node_id=node):
+                assert progress.node(node).state is NodeState.PENDING
+                incoming = self.workflow.incoming(node)
+                assert incoming, "the start node is never skipped"
+                for edge in incoming:
+                    assert progress.node(edge.source).state.finished
+                    assert not self.live(edge), f"{node} skipped but {edge.source} → it is live"
+            case NodeCompleted(node_id=node):
+                self.completions[node] += 1
+                assert self.completions[node] == 1, f"{node} completed twice"
+                definition = self.workflow.nodes[node]
+                if definition.tag == "human_approval" and node not in self.approved:
+                    timeout = definition.kind.get("timeout_secs")
+                    assert timeout is not None, f"{node} completed without approval or timeout"
+                    assert self.now >= self.held_at[node] + timedelta(seconds=timeout)
+            case ToolApprovalRequired(node_id=node):
+                self.held_at[node] = self.now
+            case _:
+                pass
+
+    # ── the shell: append the plan ──
+
+    def apply(self, next_plan: Plan) -> None:
+        scheduled = [k.node_id for k in next_plan.events if isinstance(k, NodeScheduled)]
+        for_workers = [n for n in scheduled if self.workflow.nodes[n].tag != "human_approval"]
+        assert sorted(item.node_id for item in next_plan.items) == sorted(for_workers), (
+            "every dispatch to a worker has exactly one work item, and only those"
+        )
+        for new in next_plan.items:
+            node = self.workflow.nodes[new.node_id]
+            assert new.execution_id == EXEC
+            assert new.queue == node.queue
+            assert new.max_attempts == node.retry.max_attempts
+            assert new.backoff_base_ms == node.retry.backoff_ms
+            assert new.item_id not in self.item_ids, f"item id {new.item_id} reused"
+            self.item_ids.add(new.item_id)
+        self.append(next_plan.events)
+        for new in next_plan.items:
+            self.items[new.item_id] = _work_item(new, self.now)
+
+    # ── the world ──
+
+    def actions(self) -> list[tuple[str, str]]:
+        found: list[tuple[str, str]] = []
+        for item_id, item in sorted(self.items.items()):
+            if item_id in self.claimed:
+                found.append(("finish", item_id))
+            elif item.available_at <= self.now:
+                found.append(("claim", item_id))
+        if any(i.available_at > self.now for k, i in self.items.items() if k not in self.claimed):
+            found.append(("wait", ""))
+        for node_id, entry in sorted(self.progress.nodes.items()):
+            if entry.state is NodeState.HELD:
+                # weighted towards approval, so that runs get further
+                found += [("approve", node_id)] * 3 + [("reject", node_id)]
+                if self.workflow.nodes[node_id].kind.get("timeout_secs") is not None:
+                    found.append(("expire", node_id))
+        return found
+
+    def act(self, action: str, subject: str, data: st.DataObject) -> None:
+        match action:
+            case "claim":
+                item = self.items[subject]
+                self.claimed.add(subject)
+                self.append(
+                    (NodeStarted(node_id=item.node_id, worker_id="w", attempt=item.attempt),)
+                )
+            case "finish":
+                self.finish(self.items[subject], data)
+            case "wait":  # until the next item waiting for its backoff becomes available
+                self.now = min(
+                    i.available_at for i in self.items.values() if i.available_at > self.now
+                )
+            case "approve" | "reject":
+                approved = action == "approve"
+                if approved:
+                    self.approved.add(subject)
+                elif self.workflow.nodes[subject].tag != "human_approval":
+                    self.rejected_tools.add(subject)
+                decision = ApprovalDecision.APPROVED if approved else ApprovalDecision.REJECTED
+                self.append(
+                    (ApprovalReceived(node_id=subject, user_id="alice", decision=decision),)
+                )
+            case "expire":
+                timeout = self.workflow.nodes[subject].kind["timeout_secs"]
+                extra = data.draw(st.integers(min_value=0, max_value=5), label="extra secs")
+                deadline = self.held_at[subject] + timedelta(seconds=timeout + extra)
+                self.now = max(self.now, deadline)
+            case _:
+                raise AssertionError(action)
+
+    def finish(self, item: WorkItem, data: st.DataObject) -> None:
+        """A worker settles a claimed item (as `charter.worker.Worker` would)."""
+        node = self.workflow.nodes[item.node_id]
+        self.claimed.discard(item.item_id)
+        del self.items[item.item_id]
+        if item.node_id in self.rejected_tools:  # the gate fails a rejected request
+            error = "approval rejected by alice"
+            self.append(
+                (
+                    NodeFailed(
+                        node_id=node.node_id, error=error, attempt=item.attempt, retryable=False
+                    ),
+                )
+            )
+            return
+        # Weighted towards success (and shrinking towards it: it comes first), so that runs
+        # get deep into the graph often.
+        outcomes = ["complete"] * 3 + ["retry"] * 2 + ["fail"]
+        if node.tag == "tool" and node.node_id not in self.held_once:
+            outcomes += ["hold"] * 2
+        outcome = data.draw(st.sampled_from(outcomes), label=f"outcome of {item.item_id}")
+        if outcome == "complete":
+            output: dict[str, Any]
+            if node.tag == "condition":
+                targets = [b.target for b in node.branches]
+                self.chosen[node.node_id] = data.draw(st.sampled_from(targets), label="branch")
+                output = {"chosen_target": self.chosen[node.node_id]}
+                patch: dict[str, Any] = {}
+            else:
+                output = {"ok": data.draw(st.booleans(), label="ok")}
+                patch = {"seen": {node.node_id: output["ok"]}}
+            self.outputs[node.node_id] = output
+            completed = NodeCompleted(
+                node_id=node.node_id, output=output, state_patch=patch, duration_ms=1
+            )
+            self.append((completed,))
+        elif outcome == "retry":
+            delay = backoff_delay_ms(
+                item.attempt + 1,
+                item.backoff_base_ms,
+                jitter_key=item.item_id,
+                max_ms=node.retry.max_backoff_ms,
+            )
+            failure = plan_failure(
+                item, error="flaky", retryable=True, now=self.now, delay_ms=delay
+            )
+            self.append(failure.events)
+            if failure.status is WorkItemStatus.PENDING:
+                assert failure.available_at is not None
+                self.items[item.item_id] = attrs.evolve(
+                    item, attempt=failure.attempt, available_at=failure.available_at
+                )
+        elif outcome == "fail":
+            self.append(
+                (
+                    NodeFailed(
+                        node_id=node.node_id, error="broken", attempt=item.attempt, retryable=False
+                    ),
+                )
+            )
+        else:
+            self.held_once.add(node.node_id)
+            request = ToolApprovalRequired(
+                node_id=node.node_id,
+                tool_name=node.context.tool_name or node.node_id,
+                approver="human",
+                context={},
+                attempt=item.attempt,
+            )
+            self.append((request,))
+
+    def cancel(self) -> None:
+        self.append((WorkflowCancelled(reason="operator"),))
+        for item_id in sorted(self.claimed):  # workers settle what they hold as cancelled
+            self.append((NodeCancelled(node_id=self.items[item_id].node_id),))
+
+    # ── what a run record must say at a quiet moment ──
+
+    def check_run_record(self) -> None:
+        record = run_record(_execution(), self.events)
+        states = {entry.state for entry in self.progress.nodes.values()}
+        if self.progress.finished is not None:
+            assert record.status.value == self.progress.finished
+        elif NodeState.HELD in states and not states & {
+            NodeState.SCHEDULED,
+            NodeState.RUNNING,
+            NodeState.ANSWERED,
+        }:
+            assert record.status is RunStatus.WAITING, (record, self.progress)
+            assert record.blocked_on is not None
+            held = {n for n, e in self.progress.nodes.items() if e.state is NodeState.HELD}
+            assert record.blocked_on.gate_name in held
+        else:
+            assert record.status is RunStatus.RUNNING, (record, self.progress)
+            assert record.blocked_on is None
+
+
+def _run(spec: dict[str, Any], data: st.DataObject, *, check_records: bool = False) -> Simulation:
+    """Drive one execution to its end (or fail the example if it does not end in time)."""
+    workflow = parse_workflow(spec)
+    sim = Simulation(spec=spec, workflow=workflow)
+    sim.append(
+        (WorkflowStarted(workflow_id="random", workflow_version="1", initial_input=INITIAL),)
+    )
+    # Each round either appends a plan or does one thing in the world; per node that is at
+    # most 2 dispatches × 3 attempts × (claim, finish, wait) plus a hold, its answer and a
+    # few plans, so this bound is generous but finite.
+    bound = 10 + 40 * len(workflow.nodes)
+    for _ in range(bound):
+        next_plan = plan(workflow, sim.progress, now=sim.now, execution_id=EXEC)
+        again = plan(workflow, sim.progress, now=sim.now, execution_id=EXEC)
+        scratch = plan(workflow, fold(workflow, sim.events), now=sim.now, execution_id=EXEC)
+        assert next_plan == again == scratch, "plan depends only on the log and the time"
+        if not next_plan.empty:
+            sim.apply(next_plan)
+            continue
+        if sim.progress.finished is not None:
+            return sim
+        if check_records:
+            sim.check_run_record()
+        actions = sim.actions()
+        assert actions, f"stuck: nothing to plan and nothing to do: {sim.progress}"
+        # Someone cancels now and then (about one round in forty).
+        if data.draw(st.integers(min_value=0, max_value=39), label="cancel?") == 39:
+            sim.cancel()
+            assert plan(workflow, sim.progress, now=sim.now, execution_id=EXEC).empty
+            return sim
+        action, subject = data.draw(st.sampled_from(actions), label="action")
+        sim.act(action, subject, data)
+    raise AssertionError(f"the run did not end within {bound} rounds: {sim.progress}")
+
+
+# ── the properties ─────────────────────────────────────────────────────────────────────
+
+
+@given(workflow_specs(), st.data())
+def test_every_run_ends_and_never_breaks_dependency_order(
+    spec: dict[str, Any], data: st.DataObject
+) -> None:
+    # The per-event checks (dispatch only after every source finished with a live edge, skip
+    # only when every edge is dead, never complete twice, nothing after the end) run inside.
+    sim = _run(spec, data)
+    assert sim.progress.finished in ("completed", "failed", "cancelled")
+    terminal = [e for e in sim.events if isinstance(e.kind, WorkflowCompleted | WorkflowFailed)]
+    cancelled = [e for e in sim.events if isinstance(e.kind, WorkflowCancelled)]
+    assert len(terminal) + len(cancelled) == 1
+
+
+@given(workflow_specs(), st.data())
+def test_a_completed_run_finished_every_node_exactly_as_the_edges_say(
+    spec: dict[str, Any], data: st.DataObject
+) -> None:
+    sim = _run(spec, data)
+    if sim.progress.finished != "completed":
+        return
+    workflow = sim.workflow
+    for node_id, entry in sim.progress.nodes.items():
+        incoming = workflow.incoming(node_id)
+        reached = not incoming or any(sim.live(edge) for edge in incoming)
+        expected = NodeState.COMPLETED if reached else NodeState.SKIPPED
+        assert entry.state is expected, f"{node_id}: {entry.state.value}, expected {expected}"
+    final = sim.events[-1].kind
+    assert isinstance(final, WorkflowCompleted)
+    seen = {n: out["ok"] for n, out in sim.outputs.items() if "ok" in out}
+    assert final.final_state == ({**INITIAL, "seen": seen} if seen else INITIAL)
+
+
+@given(workflow_specs(), st.data())
+def test_a_failed_run_names_every_node_that_failed_terminally(
+    spec: dict[str, Any], data: st.DataObject
+) -> None:
+    sim = _run(spec, data)
+    if sim.progress.finished != "failed":
+        return
+    final = sim.events[-1].kind
+    assert isinstance(final, WorkflowFailed)
+    errors = {
+        k.node_id: k.error
+        for k in (e.kind for e in sim.events)
+        if isinstance(k, NodeFailed) and not k.retryable
+    }
+    assert errors, "a run fails only when a node failed terminally"
+    failed = sorted(errors)
+    details = "; ".join(f"{n}: {errors[n]}" for n in failed)
+    assert final.error == f"node(s) failed terminally: {', '.join(failed)} ({details})"
+    assert not any(e.state.active for e in sim.progress.nodes.values())
+
+
+@given(workflow_specs(), st.data())
+def test_fold_is_incremental_and_leaves_its_input_alone(
+    spec: dict[str, Any], data: st.DataObject
+) -> None:
+    sim = _run(spec, data)
+    split = data.draw(st.integers(min_value=0, max_value=len(sim.events)), label="split")
+    first = fold(sim.workflow, sim.events[:split])
+    before = attrs.evolve(first, nodes=dict(first.nodes))
+    assert fold(sim.workflow, sim.events[split:], first) == fold(sim.workflow, sim.events)
+    assert first == before
+    assert fold(sim.workflow, sim.events) == sim.progress
+
+
+@given(workflow_specs(), st.data())
+def test_retries_follow_the_nodes_retry_policy(spec: dict[str, Any], data: st.DataObject) -> None:
+    sim = _run(spec, data)
+    for event in sim.events:
+        kind = event.kind
+        if isinstance(kind, NodeStarted):
+            policy = sim.workflow.nodes[kind.node_id].retry
+            assert 0 <= kind.attempt < policy.max_attempts, "no attempt beyond the policy"
+        if isinstance(kind, RetryScheduled):
+            policy = sim.workflow.nodes[kind.node_id].retry
+            base, ceiling = policy.backoff_ms, policy.max_backoff_ms
+            exponential = base * 2 ** min(kind.attempt, 6)
+            assert 1 <= kind.attempt < policy.max_attempts
+            assert base <= kind.delay_ms <= ceiling
+            assert min(exponential, ceiling) <= kind.delay_ms <= min(exponential * 5 // 4, ceiling)
+        if isinstance(kind, NodeFailed) and kind.error.startswith("exhausted"):
+            policy = sim.workflow.nodes[kind.node_id].retry
+            assert kind.error == f"exhausted {policy.max_attempts} attempts: flaky"
+            assert kind.attempt == policy.max_attempts - 1
+
+
+@given(workflow_specs(), st.data())
+def test_run_records_agree_with_the_scheduler(spec: dict[str, Any], data: st.DataObject) -> None:
+    sim = _run(spec, data, check_records=True)
+    record = run_record(_execution(), sim.events)
+    assert record.status.value == sim.progress.finished
+    assert record.ended_at is not None
+    assert record.total_duration_ms == (sim.now - T0) // timedelta(milliseconds=1)
+    steps = run_steps(EXEC, sim.events)
+    kinds = [e.kind for e in sim.events]
+    starts = [(k.node_id, k.attempt) for k in kinds if isinstance(k, NodeStarted)]
+    skips = [k.node_id for k in kinds if isinstance(k, NodeSkipped)]
+    gates = [
+        k.node_id
+        for k in kinds
+        if isinstance(k, ToolApprovalRequired)
+        and sim.workflow.nodes[k.node_id].tag == "human_approval"
+    ]
+    assert len(steps) == len(starts) + len(skips) + len(gates), "one step per attempt"
+    assert [s.position for s in steps] == list(range(1, len(steps) + 1))
+    attempts = [
+        (s.step_name, s.retry_count)
+        for s in steps
+        if s.status is not StepStatus.SKIPPED
+        and sim.workflow.nodes[s.step_name].tag != "human_approval"
+    ]
+    assert attempts == starts, "a step per attempt, in order, its retry_count the attempt"
+    assert sorted(s.step_name for s in steps if s.status is StepStatus.SKIPPED) == sorted(skips)
+    if sim.progress.finished != "cancelled":
+        unsettled = [s for s in steps if s.status in (StepStatus.RUNNING, StepStatus.WAITING)]
+        assert not unsettled, "a finished run has no step still running or waiting"
