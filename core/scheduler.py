@@ -23,7 +23,9 @@ Node states and the events that move them:
 
 Rules of `plan`, in order:
 
-1. A finished run (completed, failed, cancelled) plans nothing.
+1. A finished run (completed, failed, cancelled) plans nothing. Once a node has failed
+   terminally, every held or answered node is cancelled (``node_cancelled``): no approval
+   can make a failed run act again, and the run does not wait for a person to fail.
 2. ``human_approval`` nodes never reach a worker: when runnable the scheduler raises the
    request itself (``node_scheduled`` + ``tool_approval_required``); an approval completes the
    node (``node_completed{output: {approved: true, by, comment}}``, its ``state_patch`` merged),
@@ -394,6 +396,17 @@ def plan(workflow: WorkflowDef, progress: Progress, *, now: datetime, execution_
     items: list[NewWorkItem] = []
     nodes = dict(progress.nodes)
     failed = any(entry.state is NodeState.FAILED for entry in nodes.values())
+
+    if failed:
+        # The run has failed: nothing waiting for a person may still act. Held and answered
+        # nodes are cancelled (an approval arriving now would otherwise run a tool of a
+        # failed run), and the run fails as soon as what is already running has finished.
+        for node_id, entry in progress.nodes.items():
+            if entry.state in (NodeState.HELD, NodeState.ANSWERED):
+                events.append(NodeCancelled(node_id=node_id))
+                nodes[node_id] = attrs.evolve(entry, state=NodeState.CANCELLED)
+        if events:
+            return Plan(events=tuple(events))
 
     # Human approval nodes: answers and timeouts.
     for node_id, entry in nodes.items():

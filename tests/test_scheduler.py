@@ -212,6 +212,36 @@ def test_cancellation_stops_an_answered_approval_from_being_dispatched() -> None
     assert log.plan().empty
 
 
+def test_a_terminal_failure_cancels_what_waits_for_a_person_and_fails_the_run() -> None:
+    workflow = _workflow(
+        {"a": _tool(), "pay": _tool(), "boom": _tool(), "review": _approval()},
+        [("a", "pay"), ("a", "boom"), ("a", "review")],
+    )
+    log = Log(workflow)
+    log.advance()
+    log.run("a")
+    log.advance()
+    log.hold("pay").answer("pay")  # approved: would be dispatched again…
+    log.fail("boom")  # …but the run has failed
+    assert log.state("review") is NodeState.HELD
+    cancel = log.advance()
+    assert cancel == Plan(events=(NodeCancelled("pay"), NodeCancelled("review")))
+    assert cancel.items == ()
+    final = log.advance()
+    assert final.events == (WorkflowFailed(error="node(s) failed terminally: boom (boom: boom)"),)
+
+
+def test_a_failure_waits_for_running_nodes_before_failing_the_run() -> None:
+    log = Log(FORK)
+    log.advance()
+    log.run("a")
+    log.advance()
+    log.add(NodeStarted(node_id="c", worker_id="w2", attempt=0)).fail("b")
+    assert log.plan().empty  # c is still running
+    log.add(NodeCompleted(node_id="c", output={}, state_patch={}, duration_ms=1))
+    assert isinstance(log.advance().events[0], WorkflowFailed)
+
+
 # ── 4. dispatch: dependency order, work items from the retry policy ────────────────────
 
 
