@@ -143,6 +143,19 @@ class Progress:
     started: bool = False
     finished: str | None = None  # "completed" | "failed" | "cancelled"
     last_sequence: int = 0
+    # Indexes kept by `fold` so that `plan` costs what changed, not the workflow's size:
+    #: per node, how many of its incoming edges come from nodes not finished yet;
+    waiting_on: Mapping[str, int] = attrs.field(factory=dict)
+    #: pending nodes whose incoming edges all come from finished nodes (run or skip them);
+    decidable: frozenset[str] = frozenset()
+    #: nodes scheduled, running, held or answered;
+    active: frozenset[str] = frozenset()
+    #: nodes held for, or answered by, a person;
+    people: frozenset[str] = frozenset()
+    #: nodes that failed terminally;
+    failed: frozenset[str] = frozenset()
+    #: how many nodes are finished (completed, failed, skipped, cancelled).
+    finished_count: int = 0
 
     def node(self, node_id: str) -> NodeProgress:
         return self.nodes.get(node_id, _PENDING)
@@ -164,14 +177,24 @@ class Plan:
 
 
 def _initial(workflow: WorkflowDef) -> Progress:
-    return Progress(nodes=dict.fromkeys(workflow.nodes, _PENDING))
+    waiting_on = {name: len(workflow.incoming(name)) for name in workflow.nodes}
+    return Progress(
+        nodes=dict.fromkeys(workflow.nodes, _PENDING),
+        waiting_on=waiting_on,
+        decidable=frozenset(name for name, count in waiting_on.items() if count == 0),
+    )
+
+
+_PEOPLE: Final = frozenset({NodeState.HELD, NodeState.ANSWERED})
 
 
 @attrs.define
 class _Work:
     """A mutable working copy of a `Progress` while one batch of events is folded (made
-    once per batch, so folding n events costs O(n), not O(n × nodes))."""
+    once per batch, so folding n events costs O(n), not O(n × nodes)). `set` keeps the
+    indexes (`Progress.waiting_on`, `decidable`, `active`, …) in step with node states."""
 
+    workflow: WorkflowDef
     nodes: dict[str, NodeProgress]
     state: Any
     inputs: Any
@@ -179,11 +202,51 @@ class _Work:
     started: bool
     finished: str | None
     last_sequence: int
+    waiting_on: dict[str, int]
+    decidable: set[str]
+    active: set[str]
+    people: set[str]
+    failed: set[str]
+    finished_count: int
 
     def set(self, node_id: str, **changes: Any) -> None:
         current = self.nodes.get(node_id)
-        if current is not None:  # an event about a node the definition lacks: ignored
-            self.nodes[node_id] = attrs.evolve(current, **changes)
+        if current is None:  # an event about a node the definition lacks: ignored
+            return
+        updated = attrs.evolve(current, **changes)
+        self.nodes[node_id] = updated
+        old, new = current.state, updated.state
+        if old is not new:
+            self._moved(node_id, old, new)
+
+    def _moved(self, node_id: str, old: NodeState, new: NodeState) -> None:
+        if old is NodeState.PENDING:
+            self.decidable.discard(node_id)
+        if old.active:
+            self.active.discard(node_id)
+        if new.active:
+            self.active.add(node_id)
+        if old in _PEOPLE:
+            self.people.discard(node_id)
+        if new in _PEOPLE:
+            self.people.add(node_id)
+        if old is NodeState.FAILED:
+            self.failed.discard(node_id)
+        if new is NodeState.FAILED:
+            self.failed.add(node_id)
+        if old.finished is new.finished:
+            return
+        step = 1 if new.finished else -1  # a finished node is not expected to reopen, but
+        self.finished_count += step  # the indexes stay right if a log says it does
+        for edge in self.workflow.outgoing(node_id):
+            target = edge.target
+            count = self.waiting_on.get(target, 0) - step
+            self.waiting_on[target] = count
+            entry = self.nodes.get(target)
+            if count == 0 and entry is not None and entry.state is NodeState.PENDING:
+                self.decidable.add(target)
+            else:
+                self.decidable.discard(target)
 
     def freeze(self) -> Progress:
         return Progress(
@@ -194,6 +257,12 @@ class _Work:
             started=self.started,
             finished=self.finished,
             last_sequence=self.last_sequence,
+            waiting_on=self.waiting_on,
+            decidable=frozenset(self.decidable),
+            active=frozenset(self.active),
+            people=frozenset(self.people),
+            failed=frozenset(self.failed),
+            finished_count=self.finished_count,
         )
 
 
@@ -204,6 +273,7 @@ def fold(
     starting from ``progress`` (default: nothing happened yet). ``progress`` is not changed."""
     base = progress if progress is not None else _initial(workflow)
     work = _Work(
+        workflow=workflow,
         nodes=dict(base.nodes),
         state=base.state,
         inputs=base.inputs,
@@ -211,6 +281,12 @@ def fold(
         started=base.started,
         finished=base.finished,
         last_sequence=base.last_sequence,
+        waiting_on=dict(base.waiting_on),
+        decidable=set(base.decidable),
+        active=set(base.active),
+        people=set(base.people),
+        failed=set(base.failed),
+        finished_count=base.finished_count,
     )
     for event in events:
         _apply(workflow, work, event)
@@ -302,20 +378,6 @@ def _edge_live(progress: Progress, source: str, target: str) -> bool:
     )
 
 
-def _readiness(workflow: WorkflowDef, progress: Progress, node_id: str) -> str:
-    """``"ready"``, ``"dead"`` (skip it) or ``"wait"``."""
-    if node_id == workflow.start_node:
-        return "ready"
-    incoming = workflow.incoming(node_id)
-    if not incoming:  # unreachable in a validated workflow
-        return "dead"
-    if not all(progress.node(edge.source).state.finished for edge in incoming):
-        return "wait"
-    if any(_edge_live(progress, edge.source, node_id) for edge in incoming):
-        return "ready"
-    return "dead"
-
-
 def _item_for(execution_id: str, node: NodeDef, dispatch: int, payload: Any) -> NewWorkItem:
     return NewWorkItem(
         item_id=f"{execution_id}/{node.node_id}/{dispatch}",
@@ -389,85 +451,86 @@ def _settle_human_approval(
 
 
 def plan(workflow: WorkflowDef, progress: Progress, *, now: datetime, execution_id: str) -> Plan:
-    """The next events and work items for an execution (see the module doc)."""
+    """The next events and work items for an execution (see the module doc). Its cost is
+    that of the nodes it can act on (`Progress.decidable`, `people`), not the workflow's
+    size."""
     if progress.finished is not None or not progress.started:
         return Plan()
     events: list[EventKind] = []
     items: list[NewWorkItem] = []
-    nodes = dict(progress.nodes)
-    failed = any(entry.state is NodeState.FAILED for entry in nodes.values())
+    changed: dict[str, NodeState] = {}  # node states this plan has moved
+    people = workflow.in_order(progress.people)
 
-    if failed:
-        # The run has failed: nothing waiting for a person may still act. Held and answered
-        # nodes are cancelled (an approval arriving now would otherwise run a tool of a
-        # failed run), and the run fails as soon as what is already running has finished.
-        for node_id, entry in progress.nodes.items():
-            if entry.state in (NodeState.HELD, NodeState.ANSWERED):
-                events.append(NodeCancelled(node_id=node_id))
-                nodes[node_id] = attrs.evolve(entry, state=NodeState.CANCELLED)
-        if events:
-            return Plan(events=tuple(events))
+    if progress.failed and people:
+        return Plan(events=tuple(NodeCancelled(node_id=node_id) for node_id in people))
 
     # Human approval nodes: answers and timeouts.
-    for node_id, entry in nodes.items():
+    for node_id in people:
         node = workflow.nodes[node_id]
-        if node.tag != "human_approval" or entry.state not in (NodeState.HELD, NodeState.ANSWERED):
+        if node.tag != "human_approval":
             continue
+        entry = progress.node(node_id)
         targets = [edge.target for edge in workflow.outgoing(node_id)]
         settled = _settle_human_approval(node, entry, now, targets)
         if settled:
             events.extend(settled)
-            nodes[node_id] = attrs.evolve(entry, state=NodeState.SCHEDULED)  # settling now
+            changed[node_id] = NodeState.SCHEDULED  # settling now
 
     # Answered tool approvals go back to a worker, whose gate decides.
-    for node_id, entry in progress.nodes.items():
+    for node_id in people:
         node = workflow.nodes[node_id]
+        entry = progress.node(node_id)
         if entry.state is NodeState.ANSWERED and node.tag != "human_approval":
-            dispatch = entry.dispatches + 1
             events.append(NodeScheduled(node_id=node_id, queue_type=node.queue))
-            items.append(_item_for(execution_id, node, dispatch, _payload(workflow, node_id)))
-            nodes[node_id] = attrs.evolve(entry, state=NodeState.SCHEDULED)
+            items.append(
+                _item_for(execution_id, node, entry.dispatches + 1, _payload(workflow, node_id))
+            )
+            changed[node_id] = NodeState.SCHEDULED
 
-    if not events and not failed:
-        # Dispatch what is runnable and skip what is dead. A dispatch never makes another
-        # node ready within the same plan (its node is not finished yet), but a skip may:
-        # those successors are re-examined from a worklist, so a plan is linear in the nodes.
-        view = attrs.evolve(progress, nodes=nodes)  # sees every change made to `nodes` below
-        worklist = deque(n for n, entry in nodes.items() if entry.state is NodeState.PENDING)
+    if not events and not progress.failed:
+        # Dispatch what is runnable and skip what is dead, among the decidable nodes (all
+        # their incoming edges come from finished nodes). A dispatch never makes another
+        # node decidable within the same plan (its node is not finished yet), but a skip
+        # may: those successors join the worklist when their last predecessor is skipped.
+        worklist = deque(workflow.in_order(progress.decidable))
+        waits: dict[str, int] = {}
         while worklist:
             node_id = worklist.popleft()
-            entry = view.node(node_id)
-            if entry.state is not NodeState.PENDING:
-                continue
-            readiness = _readiness(workflow, view, node_id)
-            if readiness == "wait":
+            if changed.get(node_id, progress.node(node_id).state) is not NodeState.PENDING:
                 continue
             node = workflow.nodes[node_id]
-            if readiness == "dead":
+            if not _runnable(workflow, progress, node_id):
                 events.append(NodeSkipped(node_id=node_id, reason=SKIPPED_REASON))
-                nodes[node_id] = attrs.evolve(entry, state=NodeState.SKIPPED)
-                worklist.extend(edge.target for edge in workflow.outgoing(node_id))
+                changed[node_id] = NodeState.SKIPPED
+                for edge in workflow.outgoing(node_id):
+                    target = edge.target
+                    count = waits.get(target, progress.waiting_on.get(target, 0)) - 1
+                    waits[target] = count
+                    if count == 0:
+                        worklist.append(target)
             elif node.tag == "human_approval":
                 events.append(NodeScheduled(node_id=node_id, queue_type=node.queue))
-                events.append(_approval_request(node, view))
-                nodes[node_id] = attrs.evolve(entry, state=NodeState.HELD)
+                events.append(_approval_request(node, progress))
+                changed[node_id] = NodeState.HELD
             else:
-                dispatch = entry.dispatches + 1
+                entry = progress.node(node_id)
                 events.append(NodeScheduled(node_id=node_id, queue_type=node.queue))
-                items.append(_item_for(execution_id, node, dispatch, _payload(workflow, node_id)))
-                nodes[node_id] = attrs.evolve(entry, state=NodeState.SCHEDULED)
+                items.append(
+                    _item_for(execution_id, node, entry.dispatches + 1, _payload(workflow, node_id))
+                )
+                changed[node_id] = NodeState.SCHEDULED
 
     if events or items:
         return Plan(events=tuple(events), items=tuple(items))
 
     # Nothing to start: is the run over?
-    if any(entry.state.active for entry in nodes.values()):
+    if progress.active:
         return Plan()
-    failures = sorted(n for n, entry in nodes.items() if entry.state is NodeState.FAILED)
-    if failures:
+    if progress.failed:
+        failures = sorted(progress.failed)
         return Plan(events=(WorkflowFailed(error=_failure_text(progress, failures)),))
-    unfinished = sorted(n for n, entry in nodes.items() if not entry.state.finished)
-    if unfinished:
+    if progress.finished_count < len(workflow.nodes):
+        unfinished = sorted(n for n, entry in progress.nodes.items() if not entry.state.finished)
         return Plan(
             events=(
                 WorkflowFailed(
@@ -476,6 +539,14 @@ def plan(workflow: WorkflowDef, progress: Progress, *, now: datetime, execution_
             )
         )
     return Plan(events=(WorkflowCompleted(final_state=progress.state),))
+
+
+def _runnable(workflow: WorkflowDef, progress: Progress, node_id: str) -> bool:
+    """For a decidable node: run it (the start node, or one incoming edge is live) or skip
+    it (every incoming edge is dead)."""
+    if node_id == workflow.start_node:
+        return True
+    return any(_edge_live(progress, edge.source, node_id) for edge in workflow.incoming(node_id))
 
 
 def _failure_text(progress: Progress, failures: list[str]) -> str:

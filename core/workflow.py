@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, TypeVar
 
 import attrs
@@ -160,6 +160,7 @@ class WorkflowDef:
     raw: Mapping[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
     _incoming: Mapping[str, tuple[EdgeDef, ...]] = attrs.field(init=False, eq=False, repr=False)
     _outgoing: Mapping[str, tuple[EdgeDef, ...]] = attrs.field(init=False, eq=False, repr=False)
+    _position: Mapping[str, int] = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         incoming: dict[str, list[EdgeDef]] = {name: [] for name in self.nodes}
@@ -169,6 +170,7 @@ class WorkflowDef:
             outgoing.setdefault(edge.source, []).append(edge)
         object.__setattr__(self, "_incoming", {k: tuple(v) for k, v in incoming.items()})
         object.__setattr__(self, "_outgoing", {k: tuple(v) for k, v in outgoing.items()})
+        object.__setattr__(self, "_position", {name: i for i, name in enumerate(self.nodes)})
 
     def incoming(self, node_id: str) -> tuple[EdgeDef, ...]:
         """The edges into a node (indexed once, when the definition is built)."""
@@ -177,6 +179,12 @@ class WorkflowDef:
     def outgoing(self, node_id: str) -> tuple[EdgeDef, ...]:
         """The edges out of a node."""
         return self._outgoing.get(node_id, ())
+
+    def in_order(self, node_ids: Iterable[str]) -> list[str]:
+        """``node_ids`` in the order the definition lists its nodes (unknown ids last)."""
+        position = self._position
+        last = len(position)
+        return sorted(node_ids, key=lambda name: position.get(name, last))
 
 
 # ── parsing ────────────────────────────────────────────────────────────────────────────

@@ -216,6 +216,7 @@ class Simulation:
             self.check_before(kind)
             self.events.append(event)
             self.progress = fold(self.workflow, (event,), self.progress)
+            check_indexes(self.workflow, self.progress)
 
     def check_before(self, kind: EventKind) -> None:
         progress = self.progress
@@ -429,6 +430,28 @@ class Simulation:
         else:
             assert record.status is RunStatus.RUNNING, (record, self.progress)
             assert record.blocked_on is None
+
+
+def check_indexes(workflow: WorkflowDef, progress: Progress) -> None:
+    """The indexes `fold` keeps for `plan` equal what they index, recomputed from scratch."""
+    states = {name: progress.node(name).state for name in workflow.nodes}
+    finished = {name for name, state in states.items() if state.finished}
+    waiting_on = {
+        name: sum(edge.source not in finished for edge in workflow.incoming(name))
+        for name in workflow.nodes
+    }
+    assert dict(progress.waiting_on) == waiting_on
+    assert progress.decidable == {
+        name
+        for name, state in states.items()
+        if state is NodeState.PENDING and waiting_on[name] == 0
+    }
+    assert progress.active == {name for name, state in states.items() if state.active}
+    assert progress.people == {
+        name for name, state in states.items() if state in (NodeState.HELD, NodeState.ANSWERED)
+    }
+    assert progress.failed == {name for name, s in states.items() if s is NodeState.FAILED}
+    assert progress.finished_count == len(finished)
 
 
 def _run(spec: dict[str, Any], data: st.DataObject, *, check_records: bool = False) -> Simulation:
