@@ -264,33 +264,80 @@ class WorkerHooks:
     before_commit: Callable[[Claim], None] | None = None
 
 
-class _Heartbeat:
-    """Renews a claim's lease in the background until stopped (or the fence is lost)."""
+class _Beat:
+    """One claim whose lease is being renewed."""
 
-    def __init__(self, store: Store, claim: Claim, lease_secs: float) -> None:
-        self._store = store
-        self._claim = claim
-        self._lease = lease_secs
-        self._stop = threading.Event()
+    def __init__(self, claim: Claim, due: float) -> None:
+        self.claim = claim
+        self.due = due
         self.lost = False
-        self._thread = threading.Thread(target=self._run, name="charter-heartbeat", daemon=True)
-        self._thread.start()
+
+
+class _Heartbeats:
+    """Renews the leases of a worker's claims in flight, from one long-lived thread (a
+    thread per claim costs more to start than a no-op node takes to run). A claim is renewed
+    every third of the lease; the thread wakes at least that often, so a claim registered
+    while it sleeps is renewed well before its lease runs out."""
+
+    def __init__(self, store: Store, lease_secs: float) -> None:
+        self._store = store
+        self._period = lease_secs / 3
+        self._lease = lease_secs
+        self._cond = threading.Condition()
+        self._beats: set[_Beat] = set()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def start(self, claim: Claim) -> _Beat:
+        beat = _Beat(claim, time.monotonic() + self._period)
+        with self._cond:
+            self._beats.add(beat)
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(
+                    target=self._run, name="charter-heartbeat", daemon=True
+                )
+                self._thread.start()
+        return beat
+
+    def stop(self, beat: _Beat) -> None:
+        with self._cond:
+            self._beats.discard(beat)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
 
     def _run(self) -> None:
-        while not self._stop.wait(self._lease / 3):
-            try:
-                self._store.heartbeat(
-                    self._claim.item.item_id, self._claim.fence, lease_secs=self._lease
-                )
-            except FenceLost:
-                self.lost = True
-                return
-            except StoreError as error:  # transient: the next beat may succeed
-                log.warning("heartbeat of %s failed: %s", self._claim.item.item_id, error)
+        while True:
+            with self._cond:
+                if self._closed:
+                    return
+                now = time.monotonic()
+                due = [beat for beat in self._beats if beat.due <= now]
+                if not due:
+                    earliest = min((beat.due for beat in self._beats), default=now + self._period)
+                    self._cond.wait(min(max(earliest - now, 0.001), self._period))
+                    continue
+                for beat in due:
+                    beat.due = now + self._period
+            for beat in due:
+                self._renew(beat)
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
+    def _renew(self, beat: _Beat) -> None:
+        claim = beat.claim
+        try:
+            self._store.heartbeat(claim.item.item_id, claim.fence, lease_secs=self._lease)
+        except FenceLost:
+            beat.lost = True
+            self.stop(beat)
+        except StoreError as error:  # transient: the next beat may succeed
+            log.warning("heartbeat of %s failed: %s", claim.item.item_id, error)
+        except Exception:  # a heartbeat must never kill the renewing thread
+            log.exception("heartbeat of %s failed", claim.item.item_id)
 
 
 def _default_worker_id() -> str:
@@ -321,6 +368,11 @@ class Worker:
         self.lease_secs = lease_secs
         self.effect_ttl_secs = effect_ttl_secs
         self.hooks = hooks or WorkerHooks()
+        self._heartbeats = _Heartbeats(store, lease_secs)
+
+    def close(self) -> None:
+        """Stop the heartbeat thread (claims still in flight are no longer renewed)."""
+        self._heartbeats.close()
 
     @property
     def clock(self) -> Clock:
@@ -566,19 +618,19 @@ class Worker:
         if self.hooks.before_execute is not None:
             self.hooks.before_execute(claim)
         started = time.monotonic()
-        beat = _Heartbeat(self.store, claim, self.lease_secs)
+        beat = self._heartbeats.start(claim)
         try:
             result = (
                 replayed if replayed is not None else _execute(executor, call, node.timeout_secs)
             )
         except ExecutorFailed as failure:
-            beat.stop()
+            self._heartbeats.stop(beat)
             self._failed_attempt(
                 claim, node, gate, ledger_state, workflow, str(failure), failure.retryable
             )
             return
         except Exception as failure:  # noqa: BLE001 - any executor exception fails the attempt
-            beat.stop()
+            self._heartbeats.stop(beat)
             message = f"{type(failure).__name__}: {failure}"
             self._failed_attempt(claim, node, gate, ledger_state, workflow, message, True)
             return
@@ -586,7 +638,7 @@ class Worker:
             self.store.record_effect(
                 key, item_id=item.item_id, fence=claim.fence, result=_result_to_json(result)
             )
-        beat.stop()
+        self._heartbeats.stop(beat)
         duration_ms = int((time.monotonic() - started) * 1000)
         settlement = settle_node(
             SettleRequest(

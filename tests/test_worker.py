@@ -27,7 +27,7 @@ from charter.core.events import (
     NodeSkipped,
     WorkflowCompleted,
 )
-from charter.core.ports import NodeCall, NodeResult, Store
+from charter.core.ports import NodeCall, NodeResult, ReclaimResult, Store
 from charter.core.records import Claim
 from charter.core.workflow import parse_workflow
 from charter.executors import ExecutorRegistry, default_registry
@@ -292,4 +292,36 @@ def test_graceful_shutdown_finishes_the_item_in_hand() -> None:
     release.set()
     thread.join(30)
     assert not thread.is_alive()
+    assert _completed(store.read_events(run)) == ["only"]
+
+
+def test_the_heartbeat_keeps_a_long_call_claimed_past_its_lease(tmp_path: Path) -> None:
+    started, release = threading.Event(), threading.Event()
+    calls: list[str] = []
+
+    def long_call(call: NodeCall) -> NodeResult:
+        calls.append(call.node_id)
+        started.set()
+        release.wait(30)
+        return NodeResult(output={"done": True})
+
+    registry = default_registry()
+    registry.register_tool("work.*", long_call)
+    store = SqliteStore(tmp_path / "charter.db")
+    tools = {"work.step": {"idempotent": True}}
+    workflow = _workflow({"only": _tool("work.step")}, [], tools=tools)
+    run = start_run(store, workflow, execution_id="r").execution_id
+    worker = Worker(store, executors=registry, lease_secs=0.3)
+    worker.scheduler.advance(run)
+    thread = threading.Thread(target=worker.step)
+    thread.start()
+    assert started.wait(30)
+    # Several lease periods pass while the call runs; reclaiming finds nothing expired.
+    for _ in range(10):
+        time.sleep(0.1)
+        assert store.reclaim_expired() == ReclaimResult()
+    release.set()
+    thread.join(30)
+    worker.close()
+    assert calls == ["only"]
     assert _completed(store.read_events(run)) == ["only"]
