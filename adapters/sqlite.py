@@ -478,18 +478,19 @@ class SqliteStore:
     ) -> tuple[Event, ...]:
         rules.check_read(after, limit)
         with self._read() as conn:
-            if (
+            rows = conn.execute(
+                "SELECT sequence, event_id, kind_json, created_at FROM events "
+                "WHERE execution_id = ? AND sequence > ? ORDER BY sequence LIMIT ?",
+                (execution_id, after, -1 if limit is None else limit),
+            ).fetchall()
+            # Events exist only for existing executions: ask only when there are none.
+            if not rows and (
                 conn.execute(
                     "SELECT 1 FROM executions WHERE execution_id = ?", (execution_id,)
                 ).fetchone()
                 is None
             ):
                 raise NotFound(f"execution {execution_id!r} does not exist")
-            rows = conn.execute(
-                "SELECT sequence, event_id, kind_json, created_at FROM events "
-                "WHERE execution_id = ? AND sequence > ? ORDER BY sequence LIMIT ?",
-                (execution_id, after, -1 if limit is None else limit),
-            ).fetchall()
         return tuple(_event(execution_id, row) for row in rows)
 
     def latest_snapshot(self, execution_id: str) -> Snapshot | None:

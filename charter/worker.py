@@ -28,7 +28,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 import attrs
@@ -96,6 +96,7 @@ from charter.executors import ExecutorRegistry, condition_executor, default_regi
 __all__ = [
     "Definitions",
     "RunOutcome",
+    "RunView",
     "Scheduler",
     "Worker",
     "WorkerHooks",
@@ -140,12 +141,33 @@ class Definitions:
 
 @attrs.define
 class _Tracked:
+    execution: Execution  # as first read: only its identity and creation are used
+    workflow: WorkflowDef
     progress: Progress
     approvals: dict[str, ApprovalStatus]
 
 
+@attrs.frozen(kw_only=True)
+class RunView:
+    """An execution as a scheduler knows it: its record (as first read: identity, tenant,
+    creation), definition, progress and each node's approval status, as of
+    ``progress.last_sequence``."""
+
+    execution: Execution
+    workflow: WorkflowDef
+    progress: Progress
+    approvals: Mapping[str, ApprovalStatus]
+
+    def approval(self, node_id: str) -> ApprovalStatus:
+        return self.approvals.get(node_id, _NOT_REQUESTED)
+
+
 class Scheduler:
-    """Folds executions incrementally and appends their next plans (see the module doc)."""
+    """Folds executions incrementally and appends their next plans (see the module doc).
+
+    Each execution's definition and fold are kept between calls; the log is read only for
+    events the scheduler has not seen. Events a caller wrote itself (a commit) are handed
+    over with `absorb` and need not be read back."""
 
     def __init__(
         self,
@@ -171,23 +193,53 @@ class Scheduler:
         """The node's approval status, caught up with the log."""
         return self._catch_up(execution_id).approvals.get(node_id, _NOT_REQUESTED)
 
-    def _catch_up(self, execution_id: str) -> _Tracked:
+    def view(self, execution_id: str) -> RunView:
+        """Everything the scheduler knows of the execution, caught up with its log (one
+        read of the new events)."""
         with self._lock:
+            tracked = self._catch_up(execution_id)
+            return RunView(
+                execution=tracked.execution,
+                workflow=tracked.workflow,
+                progress=tracked.progress,
+                approvals=dict(tracked.approvals),
+            )
+
+    def absorb(self, execution_id: str, events: Sequence[Event]) -> bool:
+        """Fold in events the caller appended itself, if they follow on from what the
+        scheduler knows; returns whether they did (then its view is complete up to them)."""
+        with self._lock:
+            tracked = self._tracked.get(execution_id)
+            if (
+                tracked is None
+                or not events
+                or events[0].sequence != tracked.progress.last_sequence + 1
+            ):
+                return False
+            self._absorb(tracked, events)
+            return True
+
+    def _track(self, execution_id: str) -> _Tracked:
+        tracked = self._tracked.get(execution_id)
+        if tracked is None:
             execution = self._execution(execution_id)
             workflow = self.definitions.for_execution(execution)
-            tracked = self._tracked.get(execution_id)
-            if tracked is None:
-                tracked = _Tracked(fold(workflow, ()), {})
-                self._tracked[execution_id] = tracked
+            tracked = _Tracked(execution, workflow, fold(workflow, ()), {})
+            self._tracked[execution_id] = tracked
+        return tracked
+
+    def _catch_up(self, execution_id: str) -> _Tracked:
+        with self._lock:
+            tracked = self._track(execution_id)
             new = self.store.read_events(execution_id, after=tracked.progress.last_sequence)
             if new:
-                self._absorb(workflow, tracked, new)
+                self._absorb(tracked, new)
             return tracked
 
-    def _absorb(self, workflow: WorkflowDef, tracked: _Tracked, events: Sequence[Event]) -> None:
+    def _absorb(self, tracked: _Tracked, events: Sequence[Event]) -> None:
         """Fold new events in; every event of a log passes here exactly once, in order, so
         this is also where they are reported (``on_events``)."""
-        tracked.progress = fold(workflow, events, tracked.progress)
+        tracked.progress = fold(tracked.workflow, events, tracked.progress)
         for event in events:
             if isinstance(event.kind, ToolApprovalRequired | ApprovalReceived | ApprovalConsumed):
                 node = event.kind.node_id
@@ -230,15 +282,24 @@ class Scheduler:
                     break
         return appended
 
-    def advance(self, execution_id: str) -> tuple[Event, ...]:
-        """Append the execution's next plans until there is nothing more to do now."""
+    def advance(self, execution_id: str, *, read: bool = True) -> tuple[Event, ...]:
+        """Append the execution's next plans until there is nothing more to do now.
+
+        With ``read=False`` the plan starts from what the scheduler already knows: right
+        when its view is complete (the caller's own commit was just absorbed), and safe
+        anyway — every append is conditional on the log not having moved
+        (compare-and-append), and on a conflict the new events are read and the plan made
+        again."""
         appended: list[Event] = []
+        with self._lock:
+            tracked = self._catch_up(execution_id) if read else self._track(execution_id)
         for _ in range(1000):  # each round makes progress; a bound guards against surprises
             with self._lock:
-                tracked = self._catch_up(execution_id)
-                workflow = self.definitions.for_execution(self._execution(execution_id))
                 next_plan = plan(
-                    workflow, tracked.progress, now=self.clock.now(), execution_id=execution_id
+                    tracked.workflow,
+                    tracked.progress,
+                    now=self.clock.now(),
+                    execution_id=execution_id,
                 )
                 if next_plan.empty:
                     break
@@ -250,8 +311,10 @@ class Scheduler:
                         expected_last_sequence=tracked.progress.last_sequence,
                     )
                 except Conflict:
-                    continue  # someone else moved the log: fold their events and plan again
-                self._absorb(workflow, tracked, events)
+                    # Someone else moved the log: fold their events and plan again.
+                    tracked = self._catch_up(execution_id)
+                    continue
+                self._absorb(tracked, events)
             appended.extend(events)
         return tuple(appended)
 
@@ -357,6 +420,7 @@ class Worker:
         queues: Sequence[str] = ALL_QUEUES,
         lease_secs: float = 30.0,
         effect_ttl_secs: float = 300.0,
+        snapshot_every: int = 256,
         hooks: WorkerHooks | None = None,
         on_events: Callable[[Sequence[Event]], None] | None = None,
     ) -> None:
@@ -367,8 +431,12 @@ class Worker:
         self.queues = tuple(queues)
         self.lease_secs = lease_secs
         self.effect_ttl_secs = effect_ttl_secs
+        if snapshot_every < 1:
+            raise InvalidInput("snapshot_every", f"expected at least 1, got {snapshot_every}")
+        self.snapshot_every = snapshot_every
         self.hooks = hooks or WorkerHooks()
         self._heartbeats = _Heartbeats(store, lease_secs)
+        self._absorbed = False  # whether the item in hand's own write was folded in
 
     def close(self) -> None:
         """Stop the heartbeat thread (claims still in flight are no longer renewed)."""
@@ -421,6 +489,7 @@ class Worker:
     def process(self, claim: Claim) -> None:
         """Decide, execute and commit one claimed item; never raises for a node's failure."""
         item = claim.item
+        self._absorbed = False
         try:
             self._process(claim)
         except FenceLost:
@@ -428,11 +497,13 @@ class Worker:
         except Exception as error:
             log.exception("%s: error processing %s", self.worker_id, item.item_id)
             self._fail(claim, f"worker error: {type(error).__name__}: {error}", retryable=True)
-        self._advance(item.execution_id)
+        # When this item's own write followed on from what the scheduler knew, its view is
+        # complete and planning needs no read (compare-and-append guards it regardless).
+        self._advance(item.execution_id, read=not self._absorbed)
 
-    def _advance(self, execution_id: str) -> None:
+    def _advance(self, execution_id: str, *, read: bool = True) -> None:
         try:
-            self.scheduler.advance(execution_id)
+            self.scheduler.advance(execution_id, read=read)
         except (StoreError, InvalidInput) as error:
             log.warning("scheduling %s failed (will be retried): %s", execution_id, error)
 
@@ -447,7 +518,7 @@ class Worker:
         delay_ms: int | None = None,
     ) -> None:
         try:
-            self.store.fail(
+            written = self.store.fail(
                 claim.item.item_id,
                 claim.fence,
                 error=error,
@@ -460,11 +531,14 @@ class Worker:
             return
         except StoreError as failure:  # the lease will expire and the item be reclaimed
             log.warning("could not record the failure of %s: %s", claim.item.item_id, failure)
+            return
+        self._absorbed = self.scheduler.absorb(claim.item.execution_id, written)
 
     def _commit(self, claim: Claim, request: CommitRequest) -> None:
         if self.hooks.before_commit is not None:
             self.hooks.before_commit(claim)
-        self.store.commit(request)
+        written = self.store.commit(request)
+        self._absorbed = self.scheduler.absorb(claim.item.execution_id, written)
 
     def _settle_terminal(self, claim: Claim, events: Sequence[EventKind]) -> None:
         request = CommitRequest(
@@ -492,12 +566,13 @@ class Worker:
             self._settle_terminal(claim, (outcome,))
             return
         try:
-            workflow = self.scheduler.definitions.for_execution(execution)
+            view = self.scheduler.view(execution.execution_id)
         except WorkflowInvalid as error:
             self._settle_terminal(
                 claim, (_failed(item.node_id, item.attempt, f"invalid definition: {error}"),)
             )
             return
+        workflow = view.workflow
         node = workflow.nodes.get(item.node_id)
         if node is None:
             self._settle_terminal(
@@ -512,10 +587,9 @@ class Worker:
             self._settle_terminal(claim, (_failed(item.node_id, item.attempt, reason),))
             return
         ledger = self.store.get_ledger(execution.execution_id)
-        progress = self.scheduler.progress(execution.execution_id)
-        state = progress.state
-        args = node.kind.get("args")
-        call = {"args": args, "state_digest": content_digest(state)}
+        progress = view.progress
+        state_digest = content_digest(progress.state)
+        call = {"args": node.kind.get("args"), "state_digest": state_digest}
         gate = gate_node(
             GateRequest(
                 context=node.context,
@@ -525,7 +599,7 @@ class Worker:
                 agent=node.agent,
                 budget=ledger,
                 limits=workflow.limits,
-                approval=self.scheduler.approval(execution.execution_id, node.node_id),
+                approval=view.approval(node.node_id),
                 call=call,
                 now=self.clock.now(),
                 run_started_at=execution.created_at,
@@ -545,7 +619,7 @@ class Worker:
                     ),
                 )
             case Outcome.RUN:
-                self._run(claim, execution, workflow, node, gate, progress, ledger_state=ledger)
+                self._run(claim, execution, workflow, node, gate, progress, ledger, state_digest)
 
     def _run(
         self,
@@ -555,8 +629,8 @@ class Worker:
         node: NodeDef,
         gate: GateResult,
         progress: Progress,
-        *,
         ledger_state: Any,
+        state_digest: str,
     ) -> None:
         item = claim.item
         executor = self._executor(workflow, node)
@@ -568,7 +642,6 @@ class Worker:
             )
             return
         args = node.kind.get("args")
-        state_digest = content_digest(progress.state)
         key = content_digest({"item": item.item_id, "args": args, "state": state_digest})
         effectful = self._effectful(workflow, node)
         replayed: NodeResult | None = None
@@ -614,6 +687,7 @@ class Worker:
             config=tool.config if tool is not None else None,
             idempotency_key=key,
             emit=chunks.append,
+            workflow_id=workflow.workflow_id,
         )
         if self.hooks.before_execute is not None:
             self.hooks.before_execute(claim)
@@ -685,16 +759,22 @@ class Worker:
             cost_usd=result.usage.cost_usd or None,
             idempotency_key=key if effectful else None,
         )
+        events = (*gate.events, *progress_events, *settlement.events, completed)
+        # A snapshot folds the log into the materialized state; the scheduler does not need
+        # one (it folds the log itself), so one is written every `snapshot_every` events of
+        # the run rather than at every commit, whose cost would grow with the run.
+        before = progress.last_sequence
+        snapshot = (before + len(events)) // self.snapshot_every > before // self.snapshot_every
         self._commit(
             claim,
             CommitRequest(
                 item_id=item.item_id,
                 fence=claim.fence,
                 outcome=WorkItemStatus.COMPLETED,
-                events=(*gate.events, *progress_events, *settlement.events, completed),
+                events=events,
                 usage=result.usage,
                 succeeded=True,
-                write_snapshot=True,
+                write_snapshot=snapshot,
                 effect=EffectResult(key=key, result=_result_to_json(result)) if effectful else None,
             ),
         )
