@@ -37,7 +37,7 @@ from charter.core.approvals import (
     Pending,
     decide_approval,
 )
-from charter.core.budget import BudgetState, Usage, nanos
+from charter.core.budget import MAX_COST_USD, BudgetState, Usage, nanos
 from charter.core.errors import (
     CharterError,
     Conflict,
@@ -82,6 +82,12 @@ from charter.core.records import (
 )
 
 __all__ = ["SqliteStore"]
+
+_NO_USAGE: Final = Usage()
+#: The ledger's bounds (`charter.core.budget`): counts fit a signed 64-bit column, cost is at
+#: most `MAX_COST_USD` in nano-dollars.
+_MAX_COUNT: Final = 2**63 - 1
+_MAX_NANOS: Final = nanos(MAX_COST_USD)
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
@@ -193,6 +199,7 @@ class SqliteStore:
         except sqlite3.Error as error:
             raise StoreUnavailable(f"{self.path}: cannot open: {error}") from None
         self._conn = conn
+        self._tenants: dict[str, tuple[str, Tenant]] = {}
         try:
             self._db = sqlite_utils.Database(conn, execute_plugins=False)
             conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
@@ -293,7 +300,18 @@ class SqliteStore:
             row = conn.execute(
                 "SELECT record_json FROM tenants WHERE tenant_id = ?", (tenant_id,)
             ).fetchone()
-        return None if row is None else loads(row[0], Tenant)
+        if row is None:
+            return None
+        # Decoding compiles the tenant's policy indexes; the decoded record is immutable, so
+        # the same stored text (read at every gate) is decoded once. Any update changes the
+        # text (it carries updated_at), so a changed policy is never served from here.
+        text: str = row[0]
+        cached = self._tenants.get(tenant_id)
+        if cached is not None and cached[0] == text:
+            return cached[1]
+        tenant = loads(text, Tenant)
+        self._tenants[tenant_id] = (text, tenant)
+        return tenant
 
     def list_tenants(self) -> tuple[Tenant, ...]:
         with self._read() as conn:
@@ -451,25 +469,28 @@ class SqliteStore:
             if item.execution_id != execution_id:
                 raise InvalidInput("items", "every item must belong to the execution")
         with self._write() as conn:
+            last = conn.execute(
+                "SELECT coalesce(max(sequence), 0) FROM events WHERE execution_id = ?",
+                (execution_id,),
+            ).fetchone()[0]
+            # Every execution has its first event from creation on: ask only if none.
             if (
-                conn.execute(
+                last == 0
+                and conn.execute(
                     "SELECT 1 FROM executions WHERE execution_id = ?", (execution_id,)
                 ).fetchone()
                 is None
             ):
                 raise NotFound(f"execution {execution_id!r} does not exist")
-            if expected_last_sequence is not None:
-                last = conn.execute(
-                    "SELECT coalesce(max(sequence), 0) FROM events WHERE execution_id = ?",
-                    (execution_id,),
-                ).fetchone()[0]
-                if last != expected_last_sequence:
-                    raise Conflict(
-                        f"execution {execution_id!r} moved on: its latest event is {last}, "
-                        f"not {expected_last_sequence}"
-                    )
+            if expected_last_sequence is not None and last != expected_last_sequence:
+                raise Conflict(
+                    f"execution {execution_id!r} moved on: its latest event is {last}, "
+                    f"not {expected_last_sequence}"
+                )
             now = self.clock.now()
-            appended = self._append(conn, execution_id, events, encoded, now, known=True)
+            appended = self._append(
+                conn, execution_id, events, encoded, now, known=True, last=last
+            )
             self._enqueue(conn, items, payloads, now)
             return appended
 
@@ -522,13 +543,14 @@ class SqliteStore:
         *,
         known: bool = False,
         stamp: str | None = None,
+        last: int | None = None,
     ) -> tuple[Event, ...]:
-        """Append events, numbering them inside the statement that inserts them.
+        """Append events, numbered from one past the largest sequence so far.
 
-        Inside BEGIN IMMEDIATE no other writer can interleave, so each event's sequence is
-        one past the largest so far (an index probe on the events' primary key), computed by
-        the INSERT itself. ``known`` skips the existence check for callers that just read the
-        execution through one of its work items.
+        Inside BEGIN IMMEDIATE no other writer can interleave, so the latest sequence (an
+        index probe on the events' primary key, or ``last`` when the caller just read it)
+        stays the latest until the transaction ends. ``known`` skips the existence check for
+        callers that just read the execution through one of its work items.
         """
         if not events:
             return ()
@@ -542,15 +564,27 @@ class SqliteStore:
             raise NotFound(f"execution {execution_id!r} does not exist")
         if stamp is None:
             stamp = _text(now)
+        # One probe for the latest sequence (inside BEGIN IMMEDIATE nobody can interleave),
+        # then one statement for all the rows.
+        if last is None:
+            last = conn.execute(
+                "SELECT coalesce(max(sequence), 0) FROM events WHERE execution_id = ?",
+                (execution_id,),
+            ).fetchone()[0]
+        new_id = self._new_id
+        rows = [
+            (execution_id, last + offset, new_id(), text, stamp)
+            for offset, text in enumerate(encoded, start=1)
+        ]
+        if len(rows) != len(events):
+            raise AssertionError("events and their encodings differ in number")
+        conn.executemany(
+            "INSERT INTO events (execution_id, sequence, event_id, kind_json, created_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            rows,
+        )
         appended = []
-        for kind, text in zip(events, encoded, strict=True):
-            event_id = self._new_id()
-            (sequence,) = conn.execute(
-                "INSERT INTO events (execution_id, sequence, event_id, kind_json, created_at) "
-                "SELECT ?1, coalesce(max(sequence), 0) + 1, ?2, ?3, ?4 FROM events "
-                "WHERE execution_id = ?1 RETURNING sequence",
-                (execution_id, event_id, text, stamp),
-            ).fetchone()
+        for kind, (_, sequence, event_id, _, _) in zip(events, rows, strict=True):
             appended.append(
                 Event(
                     id=event_id,
@@ -799,36 +833,36 @@ class SqliteStore:
     ) -> None:
         if usage is None and succeeded is None:
             return
-        # Computed only to check that no total would leave its bounds (raises if so); the
-        # database then applies the same change itself.
-        rules.apply_ledger(_ledger_row(conn, execution_id), usage, succeeded)
-        if usage is not None:
-            # Increments, not overwrites: the database adds, so two writers can never lose
-            # each other's usage even outside this process's lock.
-            conn.execute(
-                "UPDATE ledger SET input_tokens = input_tokens + ?, "
-                "output_tokens = output_tokens + ?, cost_nanos = cost_nanos + ?, "
-                "iterations = iterations + ?, tool_calls = tool_calls + ? "
-                "WHERE execution_id = ?",
-                (
-                    usage.input_tokens,
-                    usage.output_tokens,
-                    nanos(usage.cost_usd),
-                    usage.iterations,
-                    usage.tool_calls,
-                    execution_id,
-                ),
-            )
-        if succeeded is True:
-            conn.execute(
-                "UPDATE ledger SET consecutive_errors = 0 WHERE execution_id = ?", (execution_id,)
-            )
-        elif succeeded is False:
-            conn.execute(
-                "UPDATE ledger SET consecutive_errors = consecutive_errors + 1 "
-                "WHERE execution_id = ?",
-                (execution_id,),
-            )
+        usage = usage or _NO_USAGE
+        cost = nanos(usage.cost_usd)
+        # Increments, not overwrites: the database adds, so two writers can never lose each
+        # other's usage even outside this process's lock. The WHERE clause keeps every total
+        # within its bounds; when it refuses, the row is read to say which one (or that the
+        # execution does not exist).
+        updated = conn.execute(
+            "UPDATE ledger SET input_tokens = input_tokens + ?1, "
+            "output_tokens = output_tokens + ?2, cost_nanos = cost_nanos + ?3, "
+            "iterations = iterations + ?4, tool_calls = tool_calls + ?5, "
+            "consecutive_errors = CASE ?6 WHEN 1 THEN 0 WHEN 0 THEN consecutive_errors + 1 "
+            "ELSE consecutive_errors END "
+            "WHERE execution_id = ?7 AND input_tokens <= ?8 - ?1 AND output_tokens <= ?8 - ?2 "
+            "AND cost_nanos <= ?9 - ?3 AND iterations <= ?8 - ?4 AND tool_calls <= ?8 - ?5 "
+            "AND (?6 IS NOT 0 OR consecutive_errors < ?8)",
+            (
+                usage.input_tokens,
+                usage.output_tokens,
+                cost,
+                usage.iterations,
+                usage.tool_calls,
+                None if succeeded is None else int(succeeded),
+                execution_id,
+                _MAX_COUNT,
+                _MAX_NANOS,
+            ),
+        ).rowcount
+        if updated != 1:
+            rules.apply_ledger(_ledger_row(conn, execution_id), usage, succeeded)  # raises
+            raise AssertionError("unreachable: the ledger refused a change its rules accept")
 
     def park(
         self, item_id: str, fence: int, *, retry_after: datetime, count_attempt: bool = True

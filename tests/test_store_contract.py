@@ -29,8 +29,9 @@ import pytest
 
 from charter.adapters.clock import ManualClock
 from charter.core.approvals import ApprovalRefused
-from charter.core.budget import BudgetState, Usage
+from charter.core.budget import MAX_COST_USD, BudgetState, Usage
 from charter.core.errors import (
+    BudgetError,
     Conflict,
     FenceLost,
     InvalidInput,
@@ -1432,6 +1433,23 @@ def test_ledgers_are_kept_per_execution(store: Store, clock: ManualClock) -> Non
     complete(store, claim(store), usage=Usage(input_tokens=3))
     assert store.get_ledger("exec-a") == BudgetState(total_input_tokens=3)
     assert store.get_ledger("exec-b") == BudgetState()
+
+
+def test_a_total_past_its_bound_is_refused_and_the_commit_writes_nothing(
+    store: Store, clock: ManualClock
+) -> None:
+    start(store, clock, 3)
+    near = MAX_COST_USD - 1.0
+    complete(store, claim(store), usage=Usage(cost_usd=near, input_tokens=2**62))
+    over = claim(store)
+    before = store.read_events(EXEC)
+    with pytest.raises(BudgetError, match="total"):
+        complete(store, over, usage=Usage(cost_usd=2.0))
+    with pytest.raises(BudgetError, match="total_input_tokens"):
+        complete(store, over, usage=Usage(input_tokens=2**62))
+    assert store.read_events(EXEC) == before
+    assert store.get_ledger(EXEC) == BudgetState(total_cost_usd=near, total_input_tokens=2**62)
+    assert store.get_item(over.item.item_id).status is WorkItemStatus.CLAIMED  # type: ignore[union-attr]
 
 
 def test_ledger_of_unknown_execution_is_not_found(store: Store) -> None:
