@@ -488,9 +488,7 @@ class SqliteStore:
                     f"not {expected_last_sequence}"
                 )
             now = self.clock.now()
-            appended = self._append(
-                conn, execution_id, events, encoded, now, known=True, last=last
-            )
+            appended = self._append(conn, execution_id, events, encoded, now, known=True, last=last)
             self._enqueue(conn, items, payloads, now)
             return appended
 
