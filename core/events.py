@@ -12,7 +12,11 @@ reader of a kind it knows is unaffected:
 * ``approval_consumed``: an approval is single-use;
 * ``node_gated``: every gate decision, with what it saw, so audits can recompute it;
 * ``usage_recorded``: what one settled attempt consumed, so the budget ledger is the sum of
-  recorded usage, including the usage of the attempt that tripped a budget (fix 5).
+  recorded usage, including the usage of the attempt that tripped a budget (fix 5);
+* ``circuit_breaker_opened`` / ``_half_opened`` / ``_closed`` / ``_counted``: the transitions
+  and counter changes of a `charter.core.breaker.CircuitBreaker` (the worker pool's, one per
+  worker), so its state can be rebuilt from the log. Upstream's ``circuit_breaker_tripped``
+  keeps its meaning: an agent's consecutive-error breaker tripped at the gate.
 
 JSON values (outputs, state patches, contexts) are typed `JsonValue` and must be plain JSON:
 dicts with string keys, lists, strings, finite numbers, booleans and ``None``.
@@ -43,6 +47,10 @@ __all__ = [
     "ChildWorkflowCompleted",
     "ChildWorkflowFailed",
     "ChildWorkflowStarted",
+    "CircuitBreakerClosed",
+    "CircuitBreakerCounted",
+    "CircuitBreakerHalfOpened",
+    "CircuitBreakerOpened",
     "CircuitBreakerTripped",
     "CoordinatorDecision",
     "CoordinatorDiscovery",
@@ -335,6 +343,57 @@ class CircuitBreakerTripped:
     threshold: int
 
 
+# ── circuit breakers (Charter) ─────────────────────────────────────────────────────────
+#
+# ``breaker`` names the breaker (the pool's are named after their workers); ``at`` is the
+# moment of the change in seconds on the breaker's own clock (the pool's is monotonic), the
+# ``now`` its caller passed. Each event carries the values it sets, so replaying a breaker's
+# events in order rebuilds its state exactly (`CircuitBreaker.rebuild`).
+
+
+@attrs.frozen(kw_only=True)
+class CircuitBreakerOpened:
+    """Charter: a breaker opened after ``failures`` consecutive failures (1 when a half-open
+    trial failed); it refuses calls until ``retry_at``. Its counters restart at zero."""
+
+    breaker: str
+    at: float
+    failures: int
+    retry_at: float
+
+
+@attrs.frozen(kw_only=True)
+class CircuitBreakerHalfOpened:
+    """Charter: an open breaker's reset timeout ran out (or it was expedited): a bounded
+    number of trial calls may go through. Its counters restart at zero."""
+
+    breaker: str
+    at: float
+
+
+@attrs.frozen(kw_only=True)
+class CircuitBreakerClosed:
+    """Charter: ``successes`` trial calls succeeded; the breaker lets every call through
+    again. Its counters restart at zero."""
+
+    breaker: str
+    at: float
+    successes: int
+
+
+@attrs.frozen(kw_only=True)
+class CircuitBreakerCounted:
+    """Charter: a breaker's counters changed without a transition (a failure counted or
+    forgiven while closed, a trial admitted, succeeded or released while half-open); the
+    fields are the new values."""
+
+    breaker: str
+    at: float
+    failures: int
+    successes: int
+    trials: int
+
+
 @attrs.frozen(kw_only=True)
 class EscalationRequired:
     node_id: str
@@ -573,6 +632,10 @@ EventKind = (
     | CostBudgetExceeded
     | AutonomyLimitReached
     | CircuitBreakerTripped
+    | CircuitBreakerOpened
+    | CircuitBreakerHalfOpened
+    | CircuitBreakerClosed
+    | CircuitBreakerCounted
     | EscalationRequired
     | PolicyViolation
     | NodeGated

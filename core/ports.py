@@ -1,6 +1,6 @@
 """Ports: what the core needs from the world, as Protocols (no I/O here).
 
-`Store` is the one storage port. Every adapter (in-memory reference, SQLite, later Postgres)
+`Store` is the one storage port. Every adapter (in-memory reference, SQLite, Postgres)
 implements all of it and passes the same contract suite (``tests/test_store_contract.py``).
 Its guarantees:
 
@@ -82,7 +82,8 @@ class NodeCall:
     ``args`` are the node's static arguments (its kind's ``args``); ``state`` the workflow
     state when the attempt began; ``idempotency_key`` identifies this call for external
     systems that deduplicate; ``emit(chunk)`` streams a partial result (recorded in order, in
-    the same commit as the result, as ``agent_tool_progress`` events).
+    the same commit as the result, as ``agent_tool_progress`` events). ``workflow_id`` names
+    the workflow the execution runs (``None`` when the caller does not say).
     """
 
     execution_id: str
@@ -99,6 +100,7 @@ class NodeCall:
     config: JsonValue = None
     idempotency_key: str
     emit: Callable[[JsonValue], None] = attrs.field(eq=False, repr=False)
+    workflow_id: str | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -48,6 +48,7 @@ from charter.core.records import Execution, NewWorkItem, WorkItem, WorkItemStatu
 from charter.core.runs import RunStatus, StepStatus, run_record, run_steps
 from charter.core.scheduler import NodeState, Plan, Progress, fold, plan
 from charter.core.workflow import EdgeDef, WorkflowDef, parse_workflow
+from charter.testing.strategies import workflow_documents
 
 EXEC: Final = "run-1"
 T0: Final = datetime(2026, 1, 1, tzinfo=UTC)
@@ -63,61 +64,9 @@ EDGE_CONDITIONS: Final[dict[str, Callable[[Any], bool]]] = {
 # ── strategies ─────────────────────────────────────────────────────────────────────────
 
 
-@st.composite
-def workflow_specs(draw: st.DrawFn, *, max_nodes: int = 7) -> dict[str, Any]:
-    """Valid workflow files (as dicts): a random DAG over ``n0 … n<k>`` (``n0`` the start
-    node, every other node with 1–3 sources of a lower number, so every node is reachable and
-    there is no cycle), its nodes listed in any order; tool, condition (only where there are
-    targets) and human_approval nodes, each with its own retry policy."""
-    count = draw(st.integers(min_value=1, max_value=max_nodes))
-    names = [f"n{i}" for i in range(count)]
-    sources = {
-        i: draw(st.sets(st.integers(0, i - 1), min_size=1, max_size=min(i, 3)))
-        for i in range(1, count)
-    }
-    nodes: dict[str, Any] = {}
-    edges: list[dict[str, str]] = []
-    for i, name in enumerate(names):
-        targets = [names[j] for j in range(count) if i in sources.get(j, set())]
-        tags = ["tool", "condition", "human_approval"] if targets else ["tool", "human_approval"]
-        tag = draw(st.sampled_from(tags))
-        kind: dict[str, Any]
-        if tag == "tool":
-            kind = {"type": "tool", "tool_ref": f"t.{name}"}
-        elif tag == "condition":
-            branches: list[dict[str, str]] = [
-                {"target": t, "condition": f"state.go == {t!r}"} for t in targets[:-1]
-            ]
-            kind = {"type": "condition", "branches": [*branches, {"target": targets[-1]}]}
-        else:
-            kind = {"type": "human_approval", "description": f"may {name} go ahead?"}
-            if draw(st.booleans()):
-                kind["timeout_secs"] = draw(st.integers(min_value=1, max_value=3600))
-            with_fallback = draw(st.booleans())
-            if targets and with_fallback:
-                kind["fallback_node"] = draw(st.sampled_from(targets))
-        backoff = draw(st.integers(min_value=0, max_value=5000))
-        retry = {
-            "max_attempts": draw(st.integers(min_value=1, max_value=3)),
-            "backoff_ms": backoff,
-            "max_backoff_ms": backoff + draw(st.integers(min_value=0, max_value=60_000)),
-        }
-        nodes[name] = {"kind": kind, "retry_policy": retry}
-        for target in targets:
-            edge = {"from": name, "to": target}
-            condition = draw(st.sampled_from([None, *EDGE_CONDITIONS])) if tag == "tool" else None
-            if condition is not None:
-                edge["condition"] = condition
-            edges.append(edge)
-    # The order of the file's nodes is not an order of execution: shuffle it.
-    order = draw(st.permutations(names))
-    return {
-        "workflow_id": "random",
-        "version": "1",
-        "start_node": "n0",
-        "nodes": {name: nodes[name] for name in order},
-        "edges": edges,
-    }
+def workflow_specs(*, max_nodes: int = 7) -> st.SearchStrategy[dict[str, Any]]:
+    """The shipped strategy, with the edge conditions this file has oracles for."""
+    return workflow_documents(max_nodes=max_nodes, edge_conditions=tuple(EDGE_CONDITIONS))
 
 
 # ── the simulated shell and world ──────────────────────────────────────────────────────
@@ -609,3 +558,10 @@ def test_run_records_agree_with_the_scheduler(spec: dict[str, Any], data: st.Dat
     if sim.progress.finished != "cancelled":
         unsettled = [s for s in steps if s.status in (StepStatus.RUNNING, StepStatus.WAITING)]
         assert not unsettled, "a finished run has no step still running or waiting"
+
+
+@given(workflow_documents(max_nodes=12))
+def test_every_shipped_workflow_document_is_valid(document: dict[str, Any]) -> None:
+    workflow = parse_workflow(document)
+    assert workflow.start_node == "n0"
+    assert set(workflow.nodes) == {f"n{i}" for i in range(len(document["nodes"]))}

@@ -57,3 +57,17 @@ def test_every_claim_is_checked(page: str) -> None:
     claims = [c for block in _blocks(page) for c in _claims(block)]
     assert "circuit breaker tripped: 3 consecutive errors >= 3" in claims
     assert len(claims) >= 6
+
+
+def test_pool_guide_runs_and_prints_what_it_claims() -> None:
+    blocks = _blocks("pool.md")
+    assert blocks
+    for number, source in enumerate(blocks, start=1):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exec(compile(source, f"docs/pool.md block {number}", "exec"), {"__name__": "pool"})
+        printed = " ".join(out.getvalue().split())
+        claims = _claims(source)
+        assert claims
+        for expected in claims:
+            assert expected in printed, f"block {number}: {expected!r} not in {printed!r}"

@@ -40,6 +40,7 @@ from charter.core.autonomy import (
     AutonomyContext,
     AutonomyLevel,
 )
+from charter.core.breaker import CircuitBreaker
 from charter.core.budget import MAX_COST_USD, BudgetLimits, BudgetState, Usage
 from charter.core.events import (
     EVENT_KINDS,
@@ -57,6 +58,17 @@ from charter.core.policy import (
     PolicyScope,
     PolicySet,
 )
+from charter.pool_protocol import (
+    LlmOperation,
+    ToolOperation,
+    WorkerErrorCode,
+    WorkerFailure,
+    WorkerOperation,
+    WorkerProtocolError,
+    WorkerRequest,
+    WorkerResponse,
+    WorkerSuccess,
+)
 
 __all__ = [
     "agent_cards",
@@ -65,6 +77,7 @@ __all__ = [
     "autonomy_contexts",
     "budget_limits",
     "budget_states",
+    "circuit_breakers",
     "datetimes",
     "evaluation_contexts",
     "event_kinds",
@@ -76,6 +89,9 @@ __all__ = [
     "policy_chains",
     "policy_sets",
     "usages",
+    "worker_requests",
+    "worker_responses",
+    "workflow_documents",
 ]
 
 DEFAULT_ALPHABET = "ab._"
@@ -425,3 +441,122 @@ def gate_requests(*, alphabet: str = DEFAULT_ALPHABET) -> st.SearchStrategy[Gate
     the run's start. Budgets, limits and error counts are drawn so that every outcome (run,
     hold, fail) is common."""
     return _gate_requests(alphabet)
+
+
+@st.composite
+def workflow_documents(
+    draw: st.DrawFn,
+    *,
+    max_nodes: int = 7,
+    edge_conditions: tuple[str, ...] = ("output.ok == true", "output.ok == false"),
+) -> dict[str, Any]:
+    """Valid workflow files (as dicts): a random DAG over ``n0 … n<k>`` (``n0`` the start
+    node, every other node with 1–3 sources of a lower number, so every node is reachable and
+    there is no cycle), its nodes listed in any order; tool, condition (only where there are
+    targets) and human_approval nodes, each with its own retry policy; tool nodes' edges
+    sometimes carry one of ``edge_conditions``. Parse them with `parse_workflow`."""
+    count = draw(st.integers(min_value=1, max_value=max_nodes))
+    names = [f"n{i}" for i in range(count)]
+    sources = {
+        i: draw(st.sets(st.integers(0, i - 1), min_size=1, max_size=min(i, 3)))
+        for i in range(1, count)
+    }
+    nodes: dict[str, Any] = {}
+    edges: list[dict[str, str]] = []
+    for i, name in enumerate(names):
+        targets = [names[j] for j in range(count) if i in sources.get(j, set())]
+        tags = ["tool", "condition", "human_approval"] if targets else ["tool", "human_approval"]
+        tag = draw(st.sampled_from(tags))
+        kind: dict[str, Any]
+        if tag == "tool":
+            kind = {"type": "tool", "tool_ref": f"t.{name}"}
+        elif tag == "condition":
+            branches: list[dict[str, str]] = [
+                {"target": t, "condition": f"state.go == {t!r}"} for t in targets[:-1]
+            ]
+            kind = {"type": "condition", "branches": [*branches, {"target": targets[-1]}]}
+        else:
+            kind = {"type": "human_approval", "description": f"may {name} go ahead?"}
+            if draw(st.booleans()):
+                kind["timeout_secs"] = draw(st.integers(min_value=1, max_value=3600))
+            with_fallback = draw(st.booleans())
+            if targets and with_fallback:
+                kind["fallback_node"] = draw(st.sampled_from(targets))
+        backoff = draw(st.integers(min_value=0, max_value=5000))
+        retry = {
+            "max_attempts": draw(st.integers(min_value=1, max_value=3)),
+            "backoff_ms": backoff,
+            "max_backoff_ms": backoff + draw(st.integers(min_value=0, max_value=60_000)),
+        }
+        nodes[name] = {"kind": kind, "retry_policy": retry}
+        for target in targets:
+            edge = {"from": name, "to": target}
+            condition = draw(st.sampled_from([None, *edge_conditions])) if tag == "tool" else None
+            if condition is not None:
+                edge["condition"] = condition
+            edges.append(edge)
+    # The order of the file's nodes is not an order of execution: shuffle it.
+    order = draw(st.permutations(names))
+    return {
+        "workflow_id": "random",
+        "version": "1",
+        "start_node": "n0",
+        "nodes": {name: nodes[name] for name in order},
+        "edges": edges,
+    }
+
+
+def circuit_breakers(*, name: str = "b", max_count: int = 4) -> st.SearchStrategy[CircuitBreaker]:
+    """Breakers with small settings (counts from 1 to ``max_count``, a reset timeout from 0
+    to 10 s), so that every transition is reached in a few calls."""
+    counts = st.integers(min_value=1, max_value=max_count)
+    return st.builds(
+        CircuitBreaker,
+        name=st.just(name),
+        fail_max=counts,
+        reset_timeout=st.sampled_from((0.0, 1.0, 10.0)) | st.floats(min_value=0, max_value=10),
+        half_open_max_calls=counts,
+        success_threshold=counts,
+    )
+
+
+def _operations() -> st.SearchStrategy[WorkerOperation]:
+    text = st.text(max_size=12)
+    return st.builds(
+        LlmOperation, model=text, prompt=text, scoped_input=json_values(max_leaves=4)
+    ) | st.builds(
+        ToolOperation,
+        tool=text,
+        input=json_values(max_leaves=4),
+        scoped_input=json_values(max_leaves=4),
+    )
+
+
+def worker_requests() -> st.SearchStrategy[WorkerRequest]:
+    """Worker-pool requests of either operation, with any JSON payloads (not necessarily
+    within a security policy's limits)."""
+    return st.builds(
+        WorkerRequest,
+        request_id=st.text(max_size=12),
+        workflow_name=st.text(max_size=12),
+        node_id=st.text(max_size=12),
+        timeout_ms=st.none() | st.integers(min_value=0, max_value=2**64 - 1),
+        operation=_operations(),
+    )
+
+
+def worker_responses() -> st.SearchStrategy[WorkerResponse]:
+    """Worker-pool responses, successes and errors with every error code."""
+    errors = st.builds(
+        WorkerProtocolError,
+        code=st.sampled_from(WorkerErrorCode),
+        message=st.text(max_size=20),
+        retryable=st.booleans(),
+    )
+    return st.builds(
+        WorkerResponse,
+        request_id=st.text(max_size=12),
+        worker_id=st.text(max_size=12),
+        result=st.builds(WorkerSuccess, json_values()) | st.builds(WorkerFailure, errors),
+        elapsed_ms=st.integers(min_value=0, max_value=2**64 - 1),
+    )
