@@ -36,7 +36,7 @@ from charter.core.events import (
     NodeStarted,
     ToolApprovalRequired,
 )
-from charter.core.materialize import Materialized, apply_event, status_after
+from charter.core.materialize import Materialized, apply_events, status_after
 from charter.core.ports import Clock, CommitRequest, ReclaimResult
 from charter.core.queue import LEASE_EXPIRED, plan_failure, plan_park
 from charter.core.records import (
@@ -335,8 +335,7 @@ class MemoryStore:
             )
         else:
             current = Materialized.from_json(previous.state, previous.at_sequence)
-        for event in t.events[execution_id][current.last_sequence :]:
-            current = apply_event(current, event)
+        current = apply_events(current, t.events[execution_id][current.last_sequence :])
         t.snapshots[execution_id] = Snapshot(
             execution_id=execution_id,
             at_sequence=current.last_sequence,
@@ -429,9 +428,12 @@ class MemoryStore:
 
     def commit(self, request: CommitRequest) -> tuple[Event, ...]:
         rules.check_commit(request)
+        rules.check_follow_up(request)
         with self._write() as t:
             item = rules.check_fence(t.items.get(request.item_id), request.item_id, request.fence)
             now = self.clock.now()
+            last_before = t.executions[item.execution_id].last_sequence
+            follow_up = rules.follow_up_applies(request, last_before, item.execution_id)
             t.items[item.item_id] = attrs.evolve(
                 item, status=request.outcome, worker_id=None, lease_expires_at=None
             )
@@ -454,6 +456,9 @@ class MemoryStore:
             self._release_effects(t, item.item_id, request.fence)
             if request.write_snapshot:
                 self._write_snapshot(t, item.execution_id, now)
+            if follow_up:
+                appended += self._append(t, item.execution_id, request.then_events, now)
+                self._enqueue(t, request.then_items, now)
             return appended
 
     def park(

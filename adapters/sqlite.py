@@ -28,7 +28,7 @@ import sqlite_utils
 
 from charter.adapters import store_support as rules
 from charter.adapters.clock import SystemClock
-from charter.adapters.codec import dumps, loads
+from charter.adapters.codec import dumps, load, loads
 from charter.adapters.sqlite_schema import APPLICATION_ID, LATEST, MIGRATIONS
 from charter.core.approvals import (
     ApprovalRefused,
@@ -58,7 +58,13 @@ from charter.core.events import (
     NodeStarted,
     ToolApprovalRequired,
 )
-from charter.core.materialize import STATUS_KINDS, Materialized, apply_event, status_after
+from charter.core.materialize import (
+    MATERIALIZED_TYPES,
+    STATUS_KINDS,
+    Materialized,
+    apply_events,
+    status_after,
+)
 from charter.core.ports import Clock, CommitRequest, ReclaimResult
 from charter.core.queue import LEASE_EXPIRED, plan_failure, plan_park
 from charter.core.records import (
@@ -664,8 +670,22 @@ class SqliteStore:
             "WHERE execution_id = ? AND sequence > ? ORDER BY sequence",
             (execution_id, current.last_sequence),
         ).fetchall()
-        for event_row in rows:
-            current = apply_event(current, _event(execution_id, event_row))
+        # Only the kinds that change a snapshot are decoded (a gate decision, say, is not).
+        relevant = []
+        for sequence, event_id, text, created_at in rows:
+            data = json.loads(text)
+            if data.get("type") in MATERIALIZED_TYPES:
+                relevant.append(
+                    Event(
+                        id=event_id,
+                        execution_id=execution_id,
+                        sequence=sequence,
+                        kind=load(data, EventKind),
+                        created_at=_time(created_at),
+                    )
+                )
+        last = rows[-1][0] if rows else None
+        current = apply_events(current, relevant, last_sequence=last)
         conn.execute(
             "INSERT INTO snapshots (execution_id, at_sequence, state_json, created_at) "
             "VALUES (?, ?, ?, ?) ON CONFLICT (execution_id) DO UPDATE SET "
@@ -781,6 +801,7 @@ class SqliteStore:
 
     def commit(self, request: CommitRequest) -> tuple[Event, ...]:
         encoded = rules.check_commit(request)
+        then_encoded, then_payloads = rules.check_follow_up(request)
         effect_json = (
             None if request.effect is None else encode_json(request.effect.result, "effect.result")
         )
@@ -798,7 +819,14 @@ class SqliteStore:
                 raise AssertionError("unreachable: the fence check refused the commit")
             execution_id, node_id, reserved = settled
             now = self.clock.now()
-            appended = self._append(conn, execution_id, request.events, encoded, now, known=True)
+            last = conn.execute(
+                "SELECT coalesce(max(sequence), 0) FROM events WHERE execution_id = ?",
+                (execution_id,),
+            ).fetchone()[0]
+            follow_up = rules.follow_up_applies(request, last, execution_id)
+            appended = self._append(
+                conn, execution_id, request.events, encoded, now, known=True, last=last
+            )
             self._charge(conn, execution_id, request.usage, request.succeeded)
             if request.effect is not None:
                 conn.execute(
@@ -820,6 +848,17 @@ class SqliteStore:
                 self._release_effects(conn, request.item_id, request.fence)
             if request.write_snapshot:
                 self._write_snapshot(conn, execution_id, now)
+            if follow_up:
+                appended += self._append(
+                    conn,
+                    execution_id,
+                    request.then_events,
+                    then_encoded,
+                    now,
+                    known=True,
+                    last=last + len(request.events),
+                )
+                self._enqueue(conn, request.then_items, then_payloads, now)
             return appended
 
     def _charge(

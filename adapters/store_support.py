@@ -2,7 +2,7 @@
 
 Adapters differ in how they keep data; they must not differ in what they accept or in what
 a stored event means. So every check of a request and every projection step lives here, and
-the memory and SQLite stores (and later Postgres) call the same functions.
+the memory, SQLite and Postgres stores call the same functions.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ __all__ = [
     "check_commit",
     "check_failure",
     "check_fence",
+    "check_follow_up",
     "check_limit",
     "check_moment",
     "check_new_item",
@@ -65,6 +66,7 @@ __all__ = [
     "decode_cursor",
     "encode_cursor",
     "encode_events",
+    "follow_up_applies",
     "new_event_id",
     "next_approval",
     "reservation_outcome",
@@ -189,7 +191,38 @@ def check_commit(request: CommitRequest) -> list[str]:
     if request.effect is not None:
         check_identifier(request.effect.key, "effect.key")
         encode_json(request.effect.result, "effect.result")
+    if (request.then_events or request.then_items) and request.then_if_last_sequence is None:
+        raise InvalidInput(
+            "then_if_last_sequence", "required with then_events or then_items (the log they assume)"
+        )
     return encode_events(request.events)
+
+
+def check_follow_up(request: CommitRequest) -> tuple[list[str], list[str]]:
+    """A commit's follow-up (``then_events``, ``then_items``): the events as JSON text and
+    the items' payloads, checked before anything is written."""
+    encoded: list[str] = []
+    if request.then_events:
+        try:
+            encoded = encode_events(request.then_events)
+        except InvalidInput as error:
+            raise type(error)(f"then_{error.where}", error.problem) from None
+    return encoded, [check_new_item(item) for item in request.then_items]
+
+
+def follow_up_applies(request: CommitRequest, last_before: int, execution_id: str) -> bool:
+    """Whether a commit's follow-up is written: there is one, the log is where its plan
+    assumed, and its items belong to the execution (else `InvalidInput`: nothing written)."""
+    if not (request.then_events or request.then_items):
+        return False
+    for index, item in enumerate(request.then_items):
+        if item.execution_id != execution_id:
+            raise InvalidInput(
+                f"then_items[{index}].execution_id",
+                f"expected the committed item's execution {execution_id!r}, "
+                f"got {item.execution_id!r}",
+            )
+    return request.then_if_last_sequence == last_before
 
 
 def check_fence(item: WorkItem | None, item_id: str, fence: int) -> WorkItem:

@@ -437,6 +437,7 @@ class Worker:
         self.hooks = hooks or WorkerHooks()
         self._heartbeats = _Heartbeats(store, lease_secs)
         self._absorbed = False  # whether the item in hand's own write was folded in
+        self._view: RunView | None = None  # the view the item in hand is decided on
 
     def close(self) -> None:
         """Stop the heartbeat thread (claims still in flight are no longer renewed)."""
@@ -490,6 +491,7 @@ class Worker:
         """Decide, execute and commit one claimed item; never raises for a node's failure."""
         item = claim.item
         self._absorbed = False
+        self._view = None
         try:
             self._process(claim)
         except FenceLost:
@@ -537,8 +539,39 @@ class Worker:
     def _commit(self, claim: Claim, request: CommitRequest) -> None:
         if self.hooks.before_commit is not None:
             self.hooks.before_commit(claim)
-        written = self.store.commit(request)
+        written = self.store.commit(self._with_follow_up(claim, request))
         self._absorbed = self.scheduler.absorb(claim.item.execution_id, written)
+
+    def _with_follow_up(self, claim: Claim, request: CommitRequest) -> CommitRequest:
+        """The commit, with the scheduler's next step planned from the view the attempt was
+        decided on plus the commit's own events: written in the same transaction if the log
+        has not moved meanwhile (one write per node instead of two), left out otherwise."""
+        view = self._view
+        if view is None or view.execution.execution_id != claim.item.execution_id:
+            return request
+        progress = view.progress
+        now = self.clock.now()
+        first = progress.last_sequence + 1
+        pending = [
+            Event(
+                id=f"planned-{index}",
+                execution_id=claim.item.execution_id,
+                sequence=index,
+                kind=kind,
+                created_at=now,
+            )
+            for index, kind in enumerate(request.events, start=first)
+        ]
+        after = fold(view.workflow, pending, progress)
+        follow_up = plan(view.workflow, after, now=now, execution_id=claim.item.execution_id)
+        if follow_up.empty:
+            return request
+        return attrs.evolve(
+            request,
+            then_events=follow_up.events,
+            then_items=follow_up.items,
+            then_if_last_sequence=progress.last_sequence,
+        )
 
     def _settle_terminal(self, claim: Claim, events: Sequence[EventKind]) -> None:
         request = CommitRequest(
@@ -573,6 +606,7 @@ class Worker:
             )
             return
         workflow = view.workflow
+        self._view = view
         node = workflow.nodes.get(item.node_id)
         if node is None:
             self._settle_terminal(

@@ -42,13 +42,17 @@ from charter.core.events import (
     WorkflowCompleted,
     WorkflowFailed,
     WorkflowStarted,
+    type_tag,
 )
 from charter.core.records import ExecutionStatus
 
 __all__ = [
+    "MATERIALIZED_KINDS",
+    "MATERIALIZED_TYPES",
     "STATUS_KINDS",
     "Materialized",
     "apply_event",
+    "apply_events",
     "materialize",
     "merge_patch",
     "status_after",
@@ -172,9 +176,61 @@ def apply_event(current: Materialized, event: Event) -> Materialized:
     )
 
 
+#: The event kinds `apply_event` reacts to beyond the sequence: any other kind only moves
+#: ``last_sequence`` (so a store need not decode it to keep a snapshot).
+MATERIALIZED_KINDS: Final = (
+    *STATUS_KINDS,
+    NodeScheduled,
+    NodeStarted,
+    NodeCompleted,
+    NodeFailed,
+    NodeSkipped,
+    NodeCancelled,
+)
+#: Their JSON ``type`` tags.
+MATERIALIZED_TYPES: Final = frozenset(type_tag(kind) for kind in MATERIALIZED_KINDS)
+
+
+def apply_events(
+    current: Materialized, events: Iterable[Event], *, last_sequence: int | None = None
+) -> Materialized:
+    """``current`` after ``events`` (in sequence order), then at ``last_sequence`` if given
+    (events of kinds outside `MATERIALIZED_KINDS` may be left out: they change nothing
+    else). The same as applying `apply_event` one event at a time, in time linear in the
+    events rather than in events × nodes."""
+    status = current.status
+    state = current.state
+    completed = dict(current.completed_nodes)
+    active = set(current.active_nodes)
+    sequence = current.last_sequence
+    for event in events:
+        kind = event.kind
+        sequence = event.sequence
+        status = status_after(status, kind)
+        match kind:
+            case WorkflowCompleted(final_state=final):
+                state = final
+            case ApprovalReceived(state_patch=patch) if patch is not None:
+                state = merge_patch(state, patch)
+            case NodeScheduled(node_id=node) | NodeStarted(node_id=node):
+                active.add(node)
+            case NodeCompleted(node_id=node, output=output, state_patch=patch):
+                active.discard(node)
+                completed[node] = output
+                if patch is not None:
+                    state = merge_patch(state, patch)
+            case NodeFailed(node_id=node) | NodeSkipped(node_id=node) | NodeCancelled(node_id=node):
+                active.discard(node)
+    return Materialized(
+        status=status,
+        state=state,
+        completed_nodes=completed,
+        active_nodes=tuple(sorted(active)),
+        last_sequence=sequence if last_sequence is None else max(sequence, last_sequence),
+    )
+
+
 def materialize(initial_input: Any, events: Iterable[Event]) -> Materialized:
     """Fold ``events`` (in sequence order) over an execution's initial input."""
     current = Materialized(state=initial_input if isinstance(initial_input, Mapping) else {})
-    for event in events:
-        current = apply_event(current, event)
-    return current
+    return apply_events(current, events)

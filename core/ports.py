@@ -147,6 +147,13 @@ class CommitRequest:
     extends it, None leaves it). ``write_snapshot`` folds the new events into the latest
     snapshot and stores the result at the last new sequence. ``effect`` records a tool side
     effect's result.
+
+    ``then_events`` and ``then_items`` are what the caller plans to append and enqueue next
+    (the scheduler's next step), written in the same transaction after ``events`` — but only
+    if the execution's latest event, just before ``events``, is ``then_if_last_sequence``:
+    the log the plan was made from. Otherwise they are left out (no error): the caller sees
+    that from the returned events and plans again from the log. ``then_items`` must belong
+    to the item's execution.
     """
 
     item_id: str
@@ -157,6 +164,9 @@ class CommitRequest:
     succeeded: bool | None = None
     write_snapshot: bool = False
     effect: EffectResult | None = None
+    then_events: tuple[EventKind, ...] = ()
+    then_items: tuple[NewWorkItem, ...] = ()
+    then_if_last_sequence: int | None = None
 
 
 @attrs.frozen(kw_only=True)

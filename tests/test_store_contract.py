@@ -1869,6 +1869,79 @@ def test_append_expecting_a_stale_sequence_is_conflict_and_writes_nothing(
     assert store.get_item("never") is None
 
 
+# ── commit with a follow-up (the scheduler's next step in the same transaction) ────────
+
+
+def test_a_commits_follow_up_is_written_when_the_log_is_where_it_assumed(
+    store: Store, clock: ManualClock
+) -> None:
+    start(store, clock)
+    claimed = claim(store)
+    last = len(store.read_events(EXEC))
+    appended = complete(
+        store,
+        claimed,
+        then_events=(ToolCalled(node_id="next", tool="t"),),
+        then_items=(new_item("next-item"),),
+        then_if_last_sequence=last,
+    )
+    assert names(appended) == ["NodeCompleted", "ToolCalled"]
+    assert [e.sequence for e in appended] == [last + 1, last + 2]
+    assert appended == store.read_events(EXEC)[-2:]
+    next_item = store.get_item("next-item")
+    assert next_item is not None
+    assert next_item.status is PENDING
+    assert claim(store).item.item_id == "next-item"
+
+
+def test_a_commits_follow_up_is_left_out_when_the_log_moved(
+    store: Store, clock: ManualClock
+) -> None:
+    start(store, clock)
+    claimed = claim(store)
+    last = len(store.read_events(EXEC))
+    store.append_events(EXEC, [ToolCalled(node_id="other", tool="t")])  # someone else
+    appended = complete(
+        store,
+        claimed,
+        then_events=(ToolCalled(node_id="next", tool="t"),),
+        then_items=(new_item("next-item"),),
+        then_if_last_sequence=last,
+    )
+    assert names(appended) == ["NodeCompleted"]  # the commit itself still happens
+    assert store.get_item("next-item") is None
+    stored = store.get_item(claimed.item.item_id)
+    assert stored is not None
+    assert stored.status is COMPLETED
+
+
+@pytest.mark.parametrize(
+    ("options", "where"),
+    [
+        ({"then_events": (ToolCalled(node_id="n", tool="t"),)}, "then_if_last_sequence"),
+        (
+            {
+                "then_items": (new_item("x", execution_id="exec-other"),),
+                "then_if_last_sequence": 0,
+            },
+            "then_items[0].execution_id",
+        ),
+    ],
+    ids=["no-assumed-sequence", "foreign-item"],
+)
+def test_a_bad_follow_up_refuses_the_whole_commit(
+    store: Store, clock: ManualClock, options: dict[str, Any], where: str
+) -> None:
+    start(store, clock)
+    start(store, clock, 0, execution_id="exec-other")
+    claimed = claim(store)
+    before = observe(store)
+    with pytest.raises(InvalidInput) as refused:
+        complete(store, claimed, **options)
+    assert refused.value.where == where
+    assert observe(store) == before
+
+
 def test_fail_appends_the_attempts_own_events_first(store: Store, clock: ManualClock) -> None:
     start(store, clock)
     claimed = claim(store)
