@@ -65,8 +65,10 @@ from charter.core.budget import (
     nanos,
 )
 from charter.core.canonical import (
+    MAX_DEPTH,
     canonical_json,
     content_digest,
+    number_text,
 )
 from charter.core.conditions import (
     Condition,
@@ -292,6 +294,7 @@ __all__ = [
     "MATERIALIZED_TYPES",
     "MAX_BACKOFF_MS",
     "MAX_COST_USD",
+    "MAX_DEPTH",
     "MAX_ID_LENGTH",
     "MAX_PAYLOAD_BYTES",
     "NODE_KINDS",
@@ -497,6 +500,7 @@ __all__ = [
     "node_approval_status",
     "node_kind_info",
     "node_kind_tag",
+    "number_text",
     "parse_condition",
     "parse_escalation_target",
     "parse_workflow",

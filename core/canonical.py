@@ -22,10 +22,11 @@ from collections.abc import Mapping
 
 from charter.core.errors import InvalidInput, describe
 
-__all__ = ["canonical_json", "content_digest"]
+__all__ = ["MAX_DEPTH", "canonical_json", "content_digest", "number_text"]
 
 
-def _number(value: float) -> str:
+def number_text(value: float) -> str:
+    """A finite float as ECMAScript prints it (shortest round trip; see the module doc)."""
     if not math.isfinite(value):
         raise InvalidInput("", f"expected a finite number, got {value!r}")
     if value == 0:
@@ -84,7 +85,7 @@ def _write(value: object, out: list[str], where: str, depth: int = 0) -> None:
         out.append(str(value))
     elif isinstance(value, float):
         try:
-            out.append(_number(value))
+            out.append(number_text(value))
         except InvalidInput as error:
             raise InvalidInput(where or "$", error.problem) from None
     elif isinstance(value, str):

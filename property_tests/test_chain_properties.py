@@ -1,0 +1,109 @@
+"""The event chain's fast canonical encoder is the exact one, and its hash links events."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from charter.adapters.chain import GENESIS, canonical_text, envelope_text, event_hash
+from charter.core.canonical import canonical_json
+from charter.core.errors import InvalidInput
+
+_keys = st.text(max_size=6) | st.sampled_from(["a", "b", "\ue000", "\U0001f600", "é", "A"])
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**64), max_value=2**64)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.sampled_from([0.0, -0.0, 1.0, 1e16, 1e21, 1e-7, 1e-6, 123.456, 2.0**53, 5e-324])
+    | st.text()
+    | st.sampled_from(["\ud800", "\x00\x1f\x7f", '"\\', "\u2028"])
+)
+_values = st.recursive(
+    _scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_keys, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def _exact(value: Any) -> str | type[InvalidInput]:
+    try:
+        return canonical_json(value)
+    except InvalidInput:
+        return InvalidInput
+
+
+@given(_values)
+def test_the_fast_encoder_gives_exactly_the_canonical_text(value: Any) -> None:
+    expected = _exact(value)
+    if expected is InvalidInput:
+        with pytest.raises(InvalidInput):
+            canonical_text(value)
+    else:
+        assert canonical_text(value) == expected
+
+
+def test_nesting_past_the_limit_is_refused_by_both() -> None:
+    deep: Any = 0
+    for _ in range(70):
+        deep = [deep]
+    with pytest.raises(InvalidInput):
+        canonical_text(deep)
+
+
+_ids = st.text(alphabet="abcdef0123456789-", min_size=1, max_size=12)
+
+
+@given(_ids, st.integers(1, 2**40), _ids, _values.filter(lambda v: _exact(v) is not InvalidInput))
+def test_the_envelope_is_the_canonical_json_of_the_event(
+    execution_id: str, sequence: int, event_id: str, kind: Any
+) -> None:
+    created = "2026-11-21T12:00:00.000000Z"
+    fields = {
+        "execution_id": execution_id,
+        "sequence": sequence,
+        "event_id": event_id,
+        "created_at": created,
+        "kind_text": canonical_text(kind),
+        "prev_hash": GENESIS,
+    }
+    text = envelope_text(**fields)  # type: ignore[arg-type]
+    assert text == canonical_json(
+        {
+            "created_at": created,
+            "execution_id": execution_id,
+            "id": event_id,
+            "kind": kind,
+            "prev_hash": GENESIS,
+            "sequence": sequence,
+        }
+    )
+    assert json.loads(text)["kind"] == json.loads(canonical_json(kind))
+    assert event_hash(**fields) == hashlib.sha256(text.encode()).hexdigest()  # type: ignore[arg-type]
+
+
+@given(st.lists(_values.filter(lambda v: _exact(v) is not InvalidInput), min_size=2, max_size=6))
+def test_a_chain_commits_to_every_earlier_event(kinds: list[Any]) -> None:
+    def chain(texts: list[str]) -> list[str]:
+        hashes, previous = [], GENESIS
+        for sequence, text in enumerate(texts, start=1):
+            previous = event_hash(
+                execution_id="x",
+                sequence=sequence,
+                event_id=f"e{sequence}",
+                created_at="2026-11-21T12:00:00.000000Z",
+                kind_text=text,
+                prev_hash=previous,
+            )
+            hashes.append(previous)
+        return hashes
+
+    texts = [canonical_text(kind) for kind in kinds]
+    original = chain(texts)
+    changed = chain([texts[0] + " ", *texts[1:]])  # any change to the first event…
+    assert all(a != b for a, b in zip(original, changed, strict=True))  # …changes every hash
