@@ -27,7 +27,7 @@ import threading
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from charter.adapters.codec import dump
 from charter.adapters.files import (
@@ -38,7 +38,7 @@ from charter.adapters.files import (
 )
 from charter.adapters.sqlite import SqliteStore
 from charter.core.approvals import ANY_HUMAN, ApprovalRefused
-from charter.core.errors import CharterError, Conflict, InvalidInput, describe
+from charter.core.errors import CharterError, Conflict, InvalidInput, NotFound, describe
 from charter.core.events import (
     ApprovalDecision,
     Event,
@@ -62,6 +62,13 @@ from charter.core.runs import run_record, run_steps
 from charter.executors import ExecutorRegistry, default_registry, load_plugin
 from charter.render import approval_lines, event_line, run_lines
 from charter.worker import ALL_QUEUES, RunOutcome, Worker, drive, start_run
+
+if TYPE_CHECKING:  # the Postgres store is optional: imported by `_open` when asked for
+    from typing import TypeAlias
+
+    from charter.adapters.postgres import PostgresStore
+
+    _Store: TypeAlias = SqliteStore | PostgresStore
 
 __all__ = [
     "EXIT_APPROVAL",
@@ -331,7 +338,28 @@ def _check(args: argparse.Namespace) -> int:
 # ── runs ───────────────────────────────────────────────────────────────────────────────
 
 
-def _open(args: argparse.Namespace, *, must_exist: bool = False) -> SqliteStore:
+def _open(args: argparse.Namespace, *, must_exist: bool = False) -> _Store:
+    """The store ``--db`` names: a SQLite file, or a Postgres database given as a
+    ``postgresql://`` URL (optionally ``?schema=NAME``; the Postgres store needs
+    ``pip install 'charter[postgres]'``). Either way a missing store is created, unless
+    ``must_exist``."""
+    if args.db.startswith(("postgresql://", "postgres://")):
+        try:
+            from charter.adapters.postgres import PostgresStore
+        except ImportError as error:
+            raise InvalidInput(
+                "--db",
+                "a PostgreSQL URL needs the Postgres driver: pip install 'charter[postgres]' "
+                f"({error})",
+            ) from None
+        # Each worker thread and its lease heartbeat may hold a connection at once.
+        connections = max(10, 2 * getattr(args, "concurrency", 1) + 2)
+        try:
+            return PostgresStore(args.db, create=not must_exist, max_connections=connections)
+        except NotFound as missing:
+            raise InvalidInput(
+                "--db", f"{missing} (run a workflow first, or pass another --db)"
+            ) from None
     path = Path(args.db)
     if must_exist and not path.exists():
         raise InvalidInput(str(path), "no such database (run a workflow first, or pass --db)")
@@ -387,7 +415,7 @@ def _outcome_code(outcome: RunOutcome) -> int:
     }[outcome.status]
 
 
-def _report(store: SqliteStore, outcome: RunOutcome, db: str) -> int:
+def _report(store: _Store, outcome: RunOutcome, db: str) -> int:
     run = outcome.execution_id
     line = f"run {run}: {outcome.status}"
     if outcome.status == "waiting":
@@ -419,9 +447,7 @@ def _input(text: str | None) -> Any:
         raise InvalidInput("--input", f"not JSON ({error.msg}); pass JSON text or @file") from None
 
 
-def _ensure_tenant(
-    store: SqliteStore, tenant_id: str, policy_path: str | None, named_by: str
-) -> None:
+def _ensure_tenant(store: _Store, tenant_id: str, policy_path: str | None, named_by: str) -> None:
     existing = store.get_tenant(tenant_id)
     if policy_path is None:
         if existing is None:
@@ -483,7 +509,7 @@ def _validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _require_run(store: SqliteStore, run_id: str) -> Execution:
+def _require_run(store: _Store, run_id: str) -> Execution:
     execution = store.get_execution(run_id)
     if execution is None:
         raise InvalidInput("RUN", f"no run {run_id!r} in {store.path}")

@@ -1,0 +1,163 @@
+"""The Postgres store's schema and its versioned migrations.
+
+A Charter store lives in one Postgres schema (``charter`` unless told otherwise), so several
+stores — a production one, a staging one, one per test — can share a database without
+seeing each other. The schema is marked as Charter's by its `MARKER` table, one row holding
+the application name (`APPLICATION`) and the schema version. Opening a store checks both:
+a schema that holds tables but no marker is refused as another application's, a version
+newer than `LATEST` is refused as written by a newer Charter, and an older one is migrated,
+one migration per transaction with the version bump inside it (Postgres DDL is
+transactional, so a crash leaves either the old schema or the new one). Migrations take an
+advisory lock, so processes opening the store at the same moment migrate it once.
+
+Column types mirror the SQLite store's, with Postgres's own where they help: times are
+``timestamptz`` (compared by the database, whose clock judges leases), JSON is kept as the
+exact ``text`` the codec wrote (``jsonb`` would reorder keys and rewrite numbers, so a value
+would not read back as it was stored), cost is integer nano-dollars, counters ``bigint``.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = ["APPLICATION", "DEFAULT_SCHEMA", "LATEST", "LOCK_CLASS", "MARKER", "MIGRATIONS"]
+
+#: What the marker row says about whose schema this is.
+APPLICATION: Final = "charter"
+#: The table that marks a schema as a Charter store and holds its version.
+MARKER: Final = "charter_store"
+#: The schema a store uses when none is named.
+DEFAULT_SCHEMA: Final = "charter"
+#: The first key of Charter's advisory locks: "CHRT" in ASCII, as SQLite's application id.
+LOCK_CLASS: Final = 0x43485254
+
+_V1 = """
+CREATE TABLE charter_store (
+    singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    application text NOT NULL,
+    version     integer NOT NULL
+);
+
+CREATE TABLE tenants (
+    tenant_id   text PRIMARY KEY,
+    record_json text NOT NULL
+);
+
+CREATE TABLE workflows (
+    tenant_id   text NOT NULL,
+    workflow_id text NOT NULL,
+    version     text NOT NULL,
+    ir_json     text NOT NULL,
+    created_at  timestamptz NOT NULL,
+    PRIMARY KEY (tenant_id, workflow_id, version)
+);
+
+-- Executions are numbered in the order their creations commit (a listing cursor may then
+-- never skip one that commits late): the counter row is locked by each creation until it
+-- commits.
+CREATE TABLE execution_counter (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    last      bigint NOT NULL
+);
+INSERT INTO execution_counter (last) VALUES (0);
+
+CREATE TABLE executions (
+    ordinal             bigint PRIMARY KEY,
+    execution_id        text NOT NULL UNIQUE,
+    tenant_id           text NOT NULL,
+    workflow_id         text NOT NULL,
+    workflow_version    text NOT NULL,
+    status              text NOT NULL,
+    initial_input_json  text NOT NULL,
+    parent_execution_id text,
+    segment_number      bigint NOT NULL,
+    created_at          timestamptz NOT NULL,
+    updated_at          timestamptz NOT NULL,
+    -- Bumped by every append under the row's lock: the gapless per-execution sequence.
+    last_sequence       bigint NOT NULL DEFAULT 0
+);
+CREATE INDEX executions_by_tenant_status ON executions (tenant_id, status, ordinal);
+CREATE INDEX executions_by_status ON executions (status, ordinal);
+
+CREATE TABLE events (
+    execution_id text NOT NULL,
+    sequence     bigint NOT NULL,
+    event_id     text NOT NULL,
+    kind_json    text NOT NULL,
+    created_at   timestamptz NOT NULL,
+    PRIMARY KEY (execution_id, sequence)
+);
+
+CREATE TABLE snapshots (
+    execution_id text PRIMARY KEY,
+    at_sequence  bigint NOT NULL,
+    state_json   text NOT NULL,
+    created_at   timestamptz NOT NULL
+);
+
+CREATE TABLE ledger (
+    execution_id       text PRIMARY KEY,
+    input_tokens       bigint NOT NULL DEFAULT 0,
+    output_tokens      bigint NOT NULL DEFAULT 0,
+    cost_nanos         bigint NOT NULL DEFAULT 0,
+    iterations         bigint NOT NULL DEFAULT 0,
+    tool_calls         bigint NOT NULL DEFAULT 0,
+    consecutive_errors bigint NOT NULL DEFAULT 0,
+    breaker_tripped    boolean NOT NULL DEFAULT false
+);
+
+CREATE TABLE work_items (
+    ordinal          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    item_id          text NOT NULL UNIQUE,
+    tenant_id        text NOT NULL,
+    execution_id     text NOT NULL,
+    node_id          text NOT NULL,
+    queue            text NOT NULL,
+    payload_json     text NOT NULL,
+    attempt          bigint NOT NULL,
+    max_attempts     bigint NOT NULL,
+    backoff_base_ms  bigint NOT NULL,
+    status           text NOT NULL,
+    available_at     timestamptz NOT NULL,
+    created_at       timestamptz NOT NULL,
+    worker_id        text,
+    lease_expires_at timestamptz,
+    fence            bigint NOT NULL DEFAULT 0,
+    last_error       text,
+    reserved         boolean NOT NULL DEFAULT false  -- while the claim holds effect reservations
+);
+-- Claims walk pending items oldest-available first (skipping rows other claims have locked);
+-- reclaims walk claimed items by lease expiry. Settled items are in neither index.
+CREATE INDEX work_items_pending ON work_items (available_at, ordinal) WHERE status = 'pending';
+CREATE INDEX work_items_claimed ON work_items (lease_expires_at, ordinal)
+    WHERE status = 'claimed';
+
+CREATE TABLE approvals (
+    execution_id text NOT NULL,
+    node_id      text NOT NULL,
+    tenant_id    text NOT NULL,
+    status_json  text NOT NULL,
+    pending      boolean NOT NULL,
+    requested_at timestamptz NOT NULL,
+    PRIMARY KEY (execution_id, node_id)
+);
+CREATE INDEX approvals_pending ON approvals (execution_id, node_id) WHERE pending;
+
+CREATE TABLE effects (
+    key          text PRIMARY KEY,
+    execution_id text NOT NULL,
+    node_id      text NOT NULL,
+    item_id      text NOT NULL,
+    fence        bigint NOT NULL,
+    expires_at   timestamptz,
+    recorded     boolean NOT NULL,
+    result_json  text
+);
+CREATE INDEX effects_by_owner ON effects (item_id, fence) WHERE NOT recorded;
+"""
+
+#: Schema migrations by the version they produce; applied in order, one transaction each.
+#: (The migration runner writes the marker row's version after each script.)
+MIGRATIONS: Final[dict[int, str]] = {1: _V1}
+#: The schema version this code reads and writes.
+LATEST: Final = max(MIGRATIONS)
