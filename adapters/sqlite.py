@@ -809,8 +809,8 @@ class SqliteStore:
             # The fence check and the settle are one statement; only a refused commit reads
             # the row again, to say why.
             settled = conn.execute(
-                "UPDATE work_items SET status = ?, worker_id = NULL, lease_expires_at = NULL, "
-                "reserved = 0 WHERE item_id = ? AND fence = ? AND status = 'claimed' "
+                "UPDATE work_items SET status = ?, worker_id = NULL, lease_expires_at = NULL "
+                "WHERE item_id = ? AND fence = ? AND status = 'claimed' "
                 "RETURNING execution_id, node_id, reserved",
                 (request.outcome.value, request.item_id, request.fence),
             ).fetchone()
@@ -844,8 +844,11 @@ class SqliteStore:
                         effect_json,
                     ),
                 )
-            if reserved:
+            if reserved:  # (RETURNING gives the row after the update: reset it only now)
                 self._release_effects(conn, request.item_id, request.fence)
+                conn.execute(
+                    "UPDATE work_items SET reserved = 0 WHERE item_id = ?", (request.item_id,)
+                )
             if request.write_snapshot:
                 self._write_snapshot(conn, execution_id, now)
             if follow_up:

@@ -31,6 +31,7 @@ from charter.core.events import (
     event_type,
 )
 from charter.core.ports import CommitRequest
+from charter.core.queue import MAX_ATTEMPTS, MAX_BACKOFF_MS
 from charter.core.records import (
     MAX_PAYLOAD_BYTES,
     EffectAbandoned,
@@ -98,12 +99,14 @@ def check_new_item(item: NewWorkItem) -> str:
         check_identifier(getattr(item, field), field)
     if isinstance(item.max_attempts, bool) or not isinstance(item.max_attempts, int):
         raise InvalidInput("max_attempts", f"expected an integer, got {item.max_attempts!r}")
-    if item.max_attempts < 1:
-        raise InvalidInput("max_attempts", f"expected at least 1, got {item.max_attempts}")
+    if not 1 <= item.max_attempts <= MAX_ATTEMPTS:
+        raise InvalidInput("max_attempts", f"expected 1 to {MAX_ATTEMPTS}, got {item.max_attempts}")
     if isinstance(item.backoff_base_ms, bool) or not isinstance(item.backoff_base_ms, int):
         raise InvalidInput("backoff_base_ms", f"expected an integer, got {item.backoff_base_ms!r}")
-    if item.backoff_base_ms < 0:
-        raise InvalidInput("backoff_base_ms", f"expected >= 0, got {item.backoff_base_ms}")
+    if not 0 <= item.backoff_base_ms <= MAX_BACKOFF_MS:
+        raise InvalidInput(
+            "backoff_base_ms", f"expected 0 to {MAX_BACKOFF_MS}, got {item.backoff_base_ms}"
+        )
     if item.available_at is not None:
         check_moment(item.available_at, "available_at")
     return encode_json(item.payload, "payload")

@@ -219,6 +219,7 @@ from charter.core.ports import (
 )
 from charter.core.queue import (
     LEASE_EXPIRED,
+    MAX_ATTEMPTS,
     MAX_BACKOFF_MS,
     FailurePlan,
     ParkPlan,
@@ -292,6 +293,7 @@ __all__ = [
     "LEASE_EXPIRED",
     "MATERIALIZED_KINDS",
     "MATERIALIZED_TYPES",
+    "MAX_ATTEMPTS",
     "MAX_BACKOFF_MS",
     "MAX_COST_USD",
     "MAX_DEPTH",

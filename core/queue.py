@@ -25,6 +25,7 @@ from charter.core.records import WorkItem, WorkItemStatus
 
 __all__ = [
     "LEASE_EXPIRED",
+    "MAX_ATTEMPTS",
     "MAX_BACKOFF_MS",
     "FailurePlan",
     "ParkPlan",
@@ -37,6 +38,8 @@ __all__ = [
 LEASE_EXPIRED: Final = "lease expired: worker presumed dead"
 #: No backoff is longer than an hour.
 MAX_BACKOFF_MS: Final = 3_600_000
+#: The most attempts an item may have (every store's integer columns hold it with room).
+MAX_ATTEMPTS: Final = 1_000_000
 
 
 def backoff_delay_ms(

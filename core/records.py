@@ -67,6 +67,15 @@ def check_identifier(value: object, field: str) -> str:
             field,
             f"identifier of {len(value)} characters exceeds the limit of {MAX_ID_LENGTH}",
         )
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidInput(field, "expected text, got a lone surrogate") from None
+        if "\x00" in value:
+            raise InvalidInput(field, "expected text without NUL characters")
+    elif "\x00" in value:
+        raise InvalidInput(field, "expected text without NUL characters")
     return value
 
 

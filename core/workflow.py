@@ -29,6 +29,7 @@ from charter.core.conditions import Condition, parse_condition
 from charter.core.errors import InvalidInput, child, describe
 from charter.core.nodes import queue_type_for, resolve_model
 from charter.core.policy import CombiningMode, EvaluationContext, PolicySet
+from charter.core.queue import MAX_ATTEMPTS, MAX_BACKOFF_MS
 
 __all__ = [
     "DEFAULT_RETRY_POLICIES",
@@ -268,11 +269,19 @@ def _retry_policy(data: object, where: str, out: _Collector) -> RetryPolicy | No
         if key not in ("max_attempts", "backoff_ms", "max_backoff_ms"):
             out.add(child(where, str(key)), "unknown retry policy key")
     values: dict[str, int] = {}
-    for key, low in (("max_attempts", 1), ("backoff_ms", 0), ("max_backoff_ms", 0)):
+    bounds = (
+        ("max_attempts", 1, MAX_ATTEMPTS),
+        ("backoff_ms", 0, MAX_BACKOFF_MS),
+        ("max_backoff_ms", 0, MAX_BACKOFF_MS),
+    )
+    for key, low, high in bounds:
         if key in fields:
             value = fields[key]
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                out.add(child(where, key), f"expected an integer >= {low}, got {describe(value)}")
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                out.add(
+                    child(where, key),
+                    f"expected an integer from {low} to {high}, got {describe(value)}",
+                )
             else:
                 values[key] = value
     base = values.get("backoff_ms", RetryPolicy().backoff_ms)

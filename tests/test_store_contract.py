@@ -1993,7 +1993,39 @@ def test_fail_releases_the_effect_reservation(store: Store, clock: ManualClock) 
     assert reserve(store, claim(store)) == EffectAcquired()
 
 
+@pytest.mark.parametrize("outcome", [COMPLETED, WorkItemStatus.HELD, WorkItemStatus.FAILED])
+def test_commit_releases_an_unrecorded_effect_reservation(
+    store: Store, clock: ManualClock, outcome: WorkItemStatus
+) -> None:
+    start(store, clock, 2)
+    first = claim(store)
+    reserve(store, first, ttl=600)
+    commit(store, first, completed(first.item.node_id), outcome=outcome)
+    assert reserve(store, claim(store)) == EffectAcquired()
+
+
 # ── bad input: refused, nothing written ────────────────────────────────────────────────
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"item_id": "bad\ud800id"}, "item_id"),
+        ({"node_id": "nul\x00here"}, "node_id"),
+        ({"max_attempts": 2**63}, "max_attempts"),
+        ({"backoff_base_ms": 10**12}, "backoff_base_ms"),
+    ],
+    ids=["lone-surrogate", "nul", "huge-attempts", "huge-backoff"],
+)
+def test_an_item_no_store_could_keep_is_refused_naming_its_field(
+    store: Store, clock: ManualClock, changes: dict[str, Any], field: str
+) -> None:
+    start(store, clock, 0)
+    before = observe(store)
+    with pytest.raises(InvalidInput) as refused:
+        store.enqueue([attrs.evolve(new_item("ok"), **changes)])
+    assert refused.value.where == field
+    assert observe(store) == before
 
 
 def test_oversized_payload_is_refused_naming_the_limit(store: Store, clock: ManualClock) -> None:
