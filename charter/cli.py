@@ -24,6 +24,7 @@ import os
 import signal
 import sys
 import threading
+import urllib.parse
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -106,9 +107,12 @@ class _Parser(argparse.ArgumentParser):
 def _db_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--db",
-        metavar="PATH",
+        metavar="PATH|URL",
         default=DEFAULT_DB,
-        help=f"SQLite database (default: ./{DEFAULT_DB})",
+        help=(
+            f"a SQLite file (default: ./{DEFAULT_DB}) or a postgresql:// URL "
+            "(pip install 'charter[postgres]'; keep passwords in ~/.pgpass or PGPASSWORD)"
+        ),
     )
 
 
@@ -338,6 +342,22 @@ def _check(args: argparse.Namespace) -> int:
 # ── runs ───────────────────────────────────────────────────────────────────────────────
 
 
+def _shown(db: str) -> str:
+    """``--db`` as it may be printed: a Postgres URL without its password."""
+    if not db.startswith(("postgresql://", "postgres://")):
+        return db
+    parts = urllib.parse.urlsplit(db)
+    if parts.password is not None:
+        host = parts.netloc.rsplit("@", 1)[-1]
+        parts = parts._replace(netloc=f"{parts.username or ''}@{host}")
+    query = [
+        (name, "***" if name == "password" else value)
+        for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    ]
+    rest = urllib.parse.urlencode(query, safe="*")
+    return urllib.parse.urlunsplit(parts._replace(query=rest))
+
+
 def _open(args: argparse.Namespace, *, must_exist: bool = False) -> _Store:
     """The store ``--db`` names: a SQLite file, or a Postgres database given as a
     ``postgresql://`` URL (optionally ``?schema=NAME``; the Postgres store needs
@@ -423,7 +443,7 @@ def _report(store: _Store, outcome: RunOutcome, db: str) -> int:
         if pending:
             waits = ", ".join(f"{p.node_id} (approver {p.approver})" for p in pending)
             line += f" for approval of {waits}"
-        db_option = "" if db == DEFAULT_DB else f" --db {db}"
+        db_option = "" if db == DEFAULT_DB else f" --db {_shown(db)}"
         node = pending[0].node_id if len(pending) == 1 else "NODE"
         approver = pending[0].approver if len(pending) == 1 else ANY_HUMAN
         user = "USER" if approver == ANY_HUMAN or any(c in approver for c in "*?[") else approver
@@ -483,7 +503,9 @@ def _run(args: argparse.Namespace) -> int:
         named_by = "--tenant" if args.tenant else f"{args.file}: tenant_id"
         _ensure_tenant(store, tenant_id, args.tenant_policy, named_by)
         if args.run_id is not None and store.get_execution(args.run_id) is not None:
-            raise InvalidInput("--run-id", f"a run {args.run_id!r} already exists in {args.db}")
+            raise InvalidInput(
+                "--run-id", f"a run {args.run_id!r} already exists in {_shown(args.db)}"
+            )
         try:
             execution = start_run(
                 store, workflow, inputs=inputs, execution_id=args.run_id, tenant_id=tenant_id
@@ -492,7 +514,7 @@ def _run(args: argparse.Namespace) -> int:
             raise InvalidInput(args.file, f"{error}; change its version to store it") from None
         run_id = execution.execution_id
         if not args.quiet:
-            print(f"run {run_id}: {workflow.workflow_id} v{workflow.version} ({args.db})")
+            print(f"run {run_id}: {workflow.workflow_id} v{workflow.version} ({_shown(args.db)})")
         printer = _printer(args.quiet, len(workflow.nodes))
         worker = Worker(store, executors=registry, on_events=printer)
         return _report(store, drive(worker, run_id), args.db)
@@ -685,7 +707,8 @@ def _worker(args: argparse.Namespace) -> int:
         threading.Thread(target=worker.run, args=(stop,), name=worker.worker_id)
         for worker in workers
     ]
-    print(f"charter worker {base}: {args.concurrency} thread(s) on {','.join(queues)} ({args.db})")
+    where = _shown(args.db)
+    print(f"charter worker {base}: {args.concurrency} thread(s) on {','.join(queues)} ({where})")
     for thread in threads:
         thread.start()
     try:

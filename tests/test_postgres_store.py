@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
@@ -688,6 +689,24 @@ def test_every_command_accepts_a_postgres_url(url: str, schema: str) -> None:
     cancelled = _charter("cancel", "r2", "--reason", "not today", "--db", db)
     assert cancelled.returncode == 0, cancelled.stderr
     assert "workflow_cancelled" in _charter("events", "r2", "--db", db).stdout
+
+
+def test_the_command_line_never_prints_a_password_from_the_url(url: str, schema: str) -> None:
+    # The local server trusts its clients, so any password is accepted — and must not show.
+    parts = urllib.parse.urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    user = parts.username or "postgres"
+    with_password = urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:hunter2@{host}"))
+    db = _with_parameter(with_password, "schema", schema)
+    refund = str(ROOT / "examples" / "refund.yaml")
+    tenant = str(ROOT / "examples" / "tenant-acme.yaml")
+    held = _charter("run", refund, "--run-id", "r", "--tenant-policy", tenant, "--db", db)
+    assert held.returncode == 3, held.stderr
+    assert "hunter2" not in held.stdout + held.stderr
+    assert f"--db postgresql://{user}@{host}" in held.stdout
+    again = _charter("run", refund, "--run-id", "r", "--db", db)
+    assert again.returncode == 2
+    assert "hunter2" not in again.stdout + again.stderr
 
 
 def test_the_worker_command_serves_a_postgres_database_and_stops_on_sigterm(
