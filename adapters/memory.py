@@ -388,8 +388,15 @@ class MemoryStore:
     def get_item(self, item_id: str) -> WorkItem | None:
         return self._tables.items.get(item_id)
 
-    def claim(self, worker_id: str, queues: Sequence[str], *, lease_secs: float) -> Claim | None:
-        rules.check_claim_args(worker_id, queues, lease_secs)
+    def claim(
+        self,
+        worker_id: str,
+        queues: Sequence[str],
+        *,
+        lease_secs: float,
+        execution_id: str | None = None,
+    ) -> Claim | None:
+        rules.check_claim_args(worker_id, queues, lease_secs, execution_id)
         wanted = set(queues)
         with self._write() as t:
             now = self.clock.now()
@@ -399,6 +406,7 @@ class MemoryStore:
                 if item.status is WorkItemStatus.PENDING
                 and item.queue in wanted
                 and item.available_at <= now
+                and (execution_id is None or item.execution_id == execution_id)
             ]
             if not candidates:
                 return None

@@ -1068,16 +1068,31 @@ class PostgresStore:
         )
         return None if row is None else _item(row)
 
-    def claim(self, worker_id: str, queues: Sequence[str], *, lease_secs: float) -> Claim | None:
-        rules.check_claim_args(worker_id, queues, lease_secs)
+    def claim(
+        self,
+        worker_id: str,
+        queues: Sequence[str],
+        *,
+        lease_secs: float,
+        execution_id: str | None = None,
+    ) -> Claim | None:
+        rules.check_claim_args(worker_id, queues, lease_secs, execution_id)
         if not queues:
             return None
         wanted = list(dict.fromkeys(queues))
+        sql = _CLAIM if execution_id is None else _CLAIM_OF_EXECUTION
 
         def work(tx: _Tx) -> Claim | None:
             expires = tx.now + timedelta(seconds=lease_secs)
             row = tx.one(
-                _CLAIM, {"worker": worker_id, "expires": expires, "queues": wanted, "now": tx.now}
+                sql,
+                {
+                    "worker": worker_id,
+                    "expires": expires,
+                    "queues": wanted,
+                    "now": tx.now,
+                    "execution": execution_id,
+                },
             )
             if row is None:
                 return None
@@ -1529,6 +1544,15 @@ _CLAIM: Final = (
     "UPDATE work_items SET status = 'claimed', worker_id = %(worker)s, "
     "lease_expires_at = %(expires)s, fence = fence + 1 WHERE ordinal = ("
     "SELECT ordinal FROM work_items WHERE status = 'pending' "
+    "AND queue = ANY(%(queues)s::text[]) AND available_at <= %(now)s "
+    "ORDER BY available_at, ordinal LIMIT 1 FOR UPDATE SKIP LOCKED) "
+    f"RETURNING {_ITEM_COLUMNS}"
+)
+
+_CLAIM_OF_EXECUTION: Final = (
+    "UPDATE work_items SET status = 'claimed', worker_id = %(worker)s, "
+    "lease_expires_at = %(expires)s, fence = fence + 1 WHERE ordinal = ("
+    "SELECT ordinal FROM work_items WHERE status = 'pending' AND execution_id = %(execution)s "
     "AND queue = ANY(%(queues)s::text[]) AND available_at <= %(now)s "
     "ORDER BY available_at, ordinal LIMIT 1 FOR UPDATE SKIP LOCKED) "
     f"RETURNING {_ITEM_COLUMNS}"

@@ -756,16 +756,24 @@ class SqliteStore:
             ).fetchone()
         return None if row is None else _item(row)
 
-    def claim(self, worker_id: str, queues: Sequence[str], *, lease_secs: float) -> Claim | None:
-        rules.check_claim_args(worker_id, queues, lease_secs)
+    def claim(
+        self,
+        worker_id: str,
+        queues: Sequence[str],
+        *,
+        lease_secs: float,
+        execution_id: str | None = None,
+    ) -> Claim | None:
+        rules.check_claim_args(worker_id, queues, lease_secs, execution_id)
         if not queues:
             return None
-        sql = _claim_sql(len(set(queues)))
+        sql = _claim_sql(len(set(queues)), one_execution=execution_id is not None)
         with self._write() as conn:
             now = self.clock.now()
             stamp = _text(now)
             expires = now + timedelta(seconds=lease_secs)
-            heads = [value for queue in dict.fromkeys(queues) for value in (queue, stamp)]
+            per_queue = (stamp,) if execution_id is None else (stamp, execution_id)
+            heads = [value for queue in dict.fromkeys(queues) for value in (queue, *per_queue)]
             row = conn.execute(sql, (worker_id, _text(expires), *heads)).fetchone()
             if row is None:
                 return None
@@ -1190,6 +1198,11 @@ def _event(execution_id: str, row: tuple[Any, ...]) -> Event:
     )
 
 
+_HEAD_OF_EXECUTION: Final = (
+    "SELECT ordinal, available_at FROM (SELECT ordinal, available_at FROM work_items "
+    "WHERE status IN ('pending', 'claimed') AND status = 'pending' AND queue = ? "
+    "AND available_at <= ? AND execution_id = ? ORDER BY available_at, ordinal LIMIT 1)"
+)
 # The oldest available pending item of one queue: a probe of the live index. (The redundant
 # `status IN (…)` term lets SQLite use that partial index.)
 _HEAD: Final = (
@@ -1200,11 +1213,13 @@ _HEAD: Final = (
 
 
 @functools.cache
-def _claim_sql(queues: int) -> str:
+@functools.cache
+def _claim_sql(queues: int, *, one_execution: bool = False) -> str:
     """The claim statement for ``queues`` distinct queues: one head probe per queue, then the
     oldest of those heads (so a claim costs one index probe per queue, not a sort of every
-    pending item of every queue)."""
-    heads = " UNION ALL ".join([_HEAD] * queues)
+    pending item of every queue). With ``one_execution`` each probe walks its queue's live
+    items until one of the given execution (``charter run`` on a shared database)."""
+    heads = " UNION ALL ".join([_HEAD_OF_EXECUTION if one_execution else _HEAD] * queues)
     return (
         "UPDATE work_items SET status = 'claimed', worker_id = ?, lease_expires_at = ?, "
         f"fence = fence + 1 WHERE ordinal = (SELECT ordinal FROM ({heads}) "

@@ -175,8 +175,12 @@ def new_event_id() -> str:
     return os.urandom(16).hex()
 
 
-def check_claim_args(worker_id: str, queues: Sequence[str], lease_secs: float) -> None:
+def check_claim_args(
+    worker_id: str, queues: Sequence[str], lease_secs: float, execution_id: str | None = None
+) -> None:
     check_identifier(worker_id, "worker_id")
+    if execution_id is not None:
+        check_identifier(execution_id, "execution_id")
     if not isinstance(queues, list | tuple):
         raise InvalidInput("queues", f"expected a list of queue names, got {queues!r}")
     for index, queue in enumerate(queues):

@@ -449,9 +449,12 @@ class Worker:
 
     # ── the loop ──
 
-    def step(self) -> bool:
-        """Claim and process one item; False when none is available."""
-        claim = self.store.claim(self.worker_id, self.queues, lease_secs=self.lease_secs)
+    def step(self, execution_id: str | None = None) -> bool:
+        """Claim and process one item (of ``execution_id`` only, if given); False when none
+        is available."""
+        claim = self.store.claim(
+            self.worker_id, self.queues, lease_secs=self.lease_secs, execution_id=execution_id
+        )
         if claim is None:
             return False
         self.process(claim)
@@ -1015,7 +1018,7 @@ def drive(
     scheduler.advance(execution_id)
     while True:
         worked = False
-        while worker.step():
+        while worker.step(execution_id):  # only this run's work: others' is not ours to do
             worked = True
         progress = scheduler.progress(execution_id)
         if progress.finished is not None:

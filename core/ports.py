@@ -265,10 +265,18 @@ class Store(Protocol):
 
     def get_item(self, item_id: str) -> WorkItem | None: ...
 
-    def claim(self, worker_id: str, queues: Sequence[str], *, lease_secs: float) -> Claim | None:
-        """Claim the oldest available pending item of ``queues``: status claimed, this
-        worker, a lease until now + ``lease_secs``, the next fence; appends
-        ``node_started{worker_id, attempt}``. ``None`` when nothing is available."""
+    def claim(
+        self,
+        worker_id: str,
+        queues: Sequence[str],
+        *,
+        lease_secs: float,
+        execution_id: str | None = None,
+    ) -> Claim | None:
+        """Claim the oldest available pending item of ``queues`` (of one execution, with
+        ``execution_id``): status claimed, this worker, a lease until now + ``lease_secs``,
+        the next fence; appends ``node_started{worker_id, attempt}``. ``None`` when nothing
+        is available."""
         ...
 
     def heartbeat(self, item_id: str, fence: int, *, lease_secs: float) -> datetime:

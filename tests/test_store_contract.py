@@ -1869,6 +1869,21 @@ def test_append_expecting_a_stale_sequence_is_conflict_and_writes_nothing(
     assert store.get_item("never") is None
 
 
+def test_a_claim_for_one_execution_takes_only_its_items(store: Store, clock: ManualClock) -> None:
+    (theirs,) = start(store, clock, 1, execution_id="exec-theirs")  # older: claimed first…
+    clock.advance(1)
+    (ours,) = start(store, clock, 1, execution_id="exec-ours")
+    clock.advance(1)
+    claimed = store.claim(WORKER, [QUEUE], lease_secs=LEASE, execution_id="exec-ours")
+    assert claimed is not None
+    assert claimed.item.item_id == ours
+    assert store.claim(WORKER, [QUEUE], lease_secs=LEASE, execution_id="exec-ours") is None
+    other = store.get_item(theirs)
+    assert other is not None
+    assert other.status is PENDING
+    assert claim(store).item.item_id == theirs  # …by a claim for any execution
+
+
 # ── commit with a follow-up (the scheduler's next step in the same transaction) ────────
 
 

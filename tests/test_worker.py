@@ -325,3 +325,15 @@ def test_the_heartbeat_keeps_a_long_call_claimed_past_its_lease(tmp_path: Path) 
     worker.close()
     assert calls == ["only"]
     assert _completed(store.read_events(run)) == ["only"]
+
+
+def test_driving_one_run_leaves_other_runs_work_to_their_workers(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "charter.db")
+    tools = {"work.step": {"executor": "echo", "idempotent": True}}
+    workflow = _workflow({"only": _tool("work.step")}, [], tools=tools)
+    other = start_run(store, workflow, execution_id="other").execution_id
+    Worker(store).scheduler.advance(other)  # its item waits in the same queue, older
+    mine = start_run(store, workflow, execution_id="mine").execution_id
+    assert drive(Worker(store), mine, sleep=_no_sleep).status == "completed"
+    assert _completed(store.read_events(other)) == []
+    assert drive(Worker(store), other, sleep=_no_sleep).status == "completed"
