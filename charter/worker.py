@@ -34,7 +34,7 @@ from typing import Any, Final
 import attrs
 
 from charter.core.approvals import ApprovalStatus, NotRequested, approval_step
-from charter.core.budget import Usage
+from charter.core.budget import BudgetState, Usage, budget_after
 from charter.core.canonical import content_digest
 from charter.core.errors import (
     Conflict,
@@ -55,6 +55,7 @@ from charter.core.events import (
     NodeCompleted,
     NodeFailed,
     ToolApprovalRequired,
+    UsageRecorded,
     WorkflowStarted,
 )
 from charter.core.gate import (
@@ -145,18 +146,20 @@ class _Tracked:
     workflow: WorkflowDef
     progress: Progress
     approvals: dict[str, ApprovalStatus]
+    budget: BudgetState = attrs.Factory(BudgetState)
 
 
 @attrs.frozen(kw_only=True)
 class RunView:
     """An execution as a scheduler knows it: its record (as first read: identity, tenant,
-    creation), definition, progress and each node's approval status, as of
-    ``progress.last_sequence``."""
+    creation), definition, progress, each node's approval status and its budget ledger
+    (`charter.core.budget.budget_after` of the log), all as of ``progress.last_sequence``."""
 
     execution: Execution
     workflow: WorkflowDef
     progress: Progress
     approvals: Mapping[str, ApprovalStatus]
+    budget: BudgetState = attrs.Factory(BudgetState)
 
     def approval(self, node_id: str) -> ApprovalStatus:
         return self.approvals.get(node_id, _NOT_REQUESTED)
@@ -203,6 +206,7 @@ class Scheduler:
                 workflow=tracked.workflow,
                 progress=tracked.progress,
                 approvals=dict(tracked.approvals),
+                budget=tracked.budget,
             )
 
     def absorb(self, execution_id: str, events: Sequence[Event]) -> bool:
@@ -240,6 +244,7 @@ class Scheduler:
         """Fold new events in; every event of a log passes here exactly once, in order, so
         this is also where they are reported (``on_events``)."""
         tracked.progress = fold(tracked.workflow, events, tracked.progress)
+        tracked.budget = budget_after(tracked.budget, events)
         for event in events:
             if isinstance(event.kind, ToolApprovalRequired | ApprovalReceived | ApprovalConsumed):
                 node = event.kind.node_id
@@ -522,6 +527,21 @@ class Worker:
         usage: Usage | None = None,
         delay_ms: int | None = None,
     ) -> None:
+        if not any(isinstance(kind, UsageRecorded) for kind in events):
+            # A failure counts as an error in the ledger: say so in the log, so that the
+            # ledger stays the fold of the log (`budget_after`).
+            spent = usage or Usage()
+            recorded = UsageRecorded(
+                node_id=claim.item.node_id,
+                attempt=claim.item.attempt,
+                input_tokens=spent.input_tokens,
+                output_tokens=spent.output_tokens,
+                cost_usd=spent.cost_usd,
+                tool_calls=spent.tool_calls,
+                iterations=spent.iterations,
+                succeeded=False,
+            )
+            events = (*events, recorded)
         try:
             written = self.store.fail(
                 claim.item.item_id,
@@ -623,7 +643,9 @@ class Worker:
             )
             self._settle_terminal(claim, (_failed(item.node_id, item.attempt, reason),))
             return
-        ledger = self.store.get_ledger(execution.execution_id)
+        # The budget is the fold of the same log the rest was read from (`as_of`), which
+        # is what the store's ledger holds at that point: a replay can recompute it.
+        ledger = view.budget
         progress = view.progress
         state_digest = content_digest(progress.state)
         call = {"args": node.kind.get("args"), "state_digest": state_digest}
@@ -640,6 +662,7 @@ class Worker:
                 call=call,
                 now=self.clock.now(),
                 run_started_at=execution.created_at,
+                as_of=progress.last_sequence,
             )
         )
         match gate.outcome:

@@ -18,13 +18,14 @@ Differences, each deliberate (docs/semantics.md, "Budgets"):
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Final
 
 import attrs
 
 from charter.core import _check
 from charter.core.errors import BudgetError, describe
+from charter.core.events import Event, UsageRecorded
 
 __all__ = [
     "BUDGET_KEY",
@@ -35,6 +36,7 @@ __all__ = [
     "BudgetState",
     "BudgetTrip",
     "Usage",
+    "budget_after",
     "check_after",
     "check_before",
     "nanos",
@@ -393,3 +395,24 @@ def check_before(state: BudgetState, limits: BudgetLimits) -> BudgetTrip | None:
 def check_after(state: BudgetState, limits: BudgetLimits) -> BudgetTrip | None:
     """After a node ran, on the new totals: trip when any limit is exceeded (``>``)."""
     return _check_limits(state, limits, BudgetPhase.AFTER)
+
+
+def budget_after(state: BudgetState, events: Iterable[Event]) -> BudgetState:
+    """``state`` after ``events``: each ``usage_recorded`` adds its usage and records a
+    success or an error; nothing else changes the ledger. A store's ledger is this fold of
+    its log (each ledger change is written with its ``usage_recorded``), so anyone holding
+    the log can recompute the budget any decision saw."""
+    for event in events:
+        kind = event.kind
+        if isinstance(kind, UsageRecorded):
+            state = state.apply(
+                Usage(
+                    input_tokens=kind.input_tokens,
+                    output_tokens=kind.output_tokens,
+                    cost_usd=kind.cost_usd,
+                    tool_calls=kind.tool_calls,
+                    iterations=kind.iterations,
+                )
+            )
+            state = state.record_success() if kind.succeeded else state.record_error()
+    return state

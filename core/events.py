@@ -421,7 +421,9 @@ class NodeGated:
     ``circuit_breaker_threshold``, ``elapsed_secs`` and ``delegation_target``. Always:
     ``budget`` (the counters seen), ``limits``, ``approval`` (the node's approval status
     going in), ``call_digest`` (of the call's arguments), ``request_digest`` (when approval
-    was involved) and ``decided_at`` (the clock value given).
+    was involved), ``decided_at`` (the clock value given) and ``as_of`` (the sequence of the
+    last event of the log the caller read its inputs from — state, approvals, budget — so a
+    replay can rebuild them from the log).
     """
 
     node_id: str
@@ -445,6 +447,7 @@ class NodeGated:
     call_digest: str | None = None
     request_digest: str | None = None
     decided_at: datetime | None = None
+    as_of: int | None = None
 
 
 @attrs.frozen(kw_only=True)

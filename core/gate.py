@@ -130,7 +130,8 @@ class Outcome(enum.Enum):
 @attrs.frozen(kw_only=True)
 class GateRequest:
     """Everything the gate decides from. ``now`` is the caller's clock reading;
-    ``run_started_at`` (for the agent's time budget) is when the run began."""
+    ``run_started_at`` (for the agent's time budget) is when the run began; ``as_of`` (only
+    recorded) is the log position the caller read the budget, approval and state from."""
 
     context: EvaluationContext
     attempt: int = 0
@@ -145,11 +146,14 @@ class GateRequest:
     call: JsonValue = None
     now: datetime
     run_started_at: datetime | None = None
+    as_of: int | None = None
 
     def __attrs_post_init__(self) -> None:
         # Misuse is refused here, before any decision, so it can never turn into a decision.
         _expect(self.context, EvaluationContext, "context")
         _check.count(self.attempt, "attempt", GateInputError)
+        if self.as_of is not None:
+            _check.count(self.as_of, "as_of", GateInputError)
         _check.count(self.circuit_breaker_threshold, "circuit_breaker_threshold", GateInputError)
         _check.optional_text(self.delegation_target, "delegation_target", GateInputError)
         _expect(self.combining, CombiningMode, "combining")
@@ -388,6 +392,7 @@ class _Decided:
             call_digest=content_digest(request.call),
             request_digest=bound,
             decided_at=request.now,
+            as_of=request.as_of,
         )
         return GateResult(
             outcome=outcome,

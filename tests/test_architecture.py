@@ -144,14 +144,14 @@ CORE_API = [
     "WorkItem", "WorkItemStatus", "WorkflowCancelled", "WorkflowCompleted", "WorkflowDef",
     "WorkflowDefinition", "WorkflowFailed", "WorkflowInvalid", "WorkflowRun", "WorkflowRunStep",
     "WorkflowStarted", "apply_event", "apply_events", "approval_step", "approver_allows",
-    "backoff_delay_ms", "canonical_json", "check_after", "check_before", "check_identifier",
-    "constraints_from_dict", "content_digest", "decide_approval", "encode_json", "event_type",
-    "fold", "fold_event", "gate_node", "glob_match", "materialize", "merge_patch", "nanos",
-    "node_approval_status", "node_kind_info", "node_kind_tag", "number_text", "parse_condition",
-    "parse_escalation_target", "parse_workflow", "pending_approvals", "plan", "plan_failure",
-    "plan_park", "policy_chain", "policy_names", "queue_type_for", "rejection_reason",
-    "request_digest", "resolve_model", "run_record", "run_steps", "settle_node", "status_after",
-    "type_tag",
+    "backoff_delay_ms", "budget_after", "canonical_json", "check_after", "check_before",
+    "check_identifier", "constraints_from_dict", "content_digest", "decide_approval",
+    "encode_json", "event_type", "fold", "fold_event", "gate_node", "glob_match", "materialize",
+    "merge_patch", "nanos", "node_approval_status", "node_kind_info", "node_kind_tag",
+    "number_text", "parse_condition", "parse_escalation_target", "parse_workflow",
+    "pending_approvals", "plan", "plan_failure", "plan_park", "policy_chain", "policy_names",
+    "queue_type_for", "rejection_reason", "request_digest", "resolve_model", "run_record",
+    "run_steps", "settle_node", "status_after", "type_tag",
 ]  # fmt: skip
 
 STRATEGIES_API = [

@@ -19,6 +19,7 @@ from charter.adapters.files import load_policy_file, load_workflow_file
 from charter.adapters.sqlite import SqliteStore
 from charter.cli import main
 from charter.core.approvals import ApprovalRefused
+from charter.core.budget import BudgetState, budget_after
 from charter.core.events import (
     ApprovalDecision,
     ApprovalReceived,
@@ -492,3 +493,21 @@ def test_the_installed_entry_point_runs_an_example(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "run r: completed"
+
+
+@pytest.mark.parametrize(
+    "example", ["refund.yaml", "cleanup.yaml", "research.yaml", "flaky-agent.yaml"]
+)
+def test_the_stored_ledger_is_the_fold_of_the_log(tmp_path: Path, example: str) -> None:
+    # What lets an auditor recompute the budget every decision saw from the log alone.
+    store = open_store(tmp_path)
+    run_example(store, example, "r")
+    events = store.read_events("r")
+    assert store.get_ledger("r") == budget_after(BudgetState(), events)
+    gated = [e.kind for e in events if isinstance(e.kind, NodeGated)]
+    assert gated
+    for kind in gated:  # each decision records the log position its inputs came from
+        assert kind.as_of is not None
+        position = kind.as_of
+        seen = budget_after(BudgetState(), [e for e in events if e.sequence <= position])
+        assert kind.budget == seen.to_dict()
