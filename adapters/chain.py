@@ -25,11 +25,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
-from charter.core.canonical import MAX_DEPTH, canonical_json, number_text
+import attrs
 
-__all__ = ["GENESIS", "canonical_text", "envelope_text", "event_hash"]
+from charter.core.canonical import MAX_DEPTH, canonical_json, number_text
+from charter.core.errors import InvalidInput
+from charter.core.records import ChainLink
+
+__all__ = [
+    "GENESIS",
+    "ChainProblem",
+    "ChainVerifier",
+    "canonical_text",
+    "envelope_text",
+    "event_hash",
+    "link_hashes",
+]
 
 #: The ``prev_hash`` of an execution's first event.
 GENESIS: Final = "0" * 64
@@ -122,3 +135,144 @@ def event_hash(
         prev_hash=prev_hash,
     )
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def link_hashes(
+    *,
+    execution_id: str,
+    first_sequence: int,
+    prev_hash: str,
+    created_at: str,
+    event_ids: Sequence[str],
+    kind_texts: Sequence[str],
+) -> list[tuple[str, str]]:
+    """``(prev_hash, hash)`` of each of a batch of events appended together (numbered from
+    ``first_sequence``, all stamped ``created_at``), continuing the chain from ``prev_hash``
+    (the hash of the event before the batch, or `GENESIS`)."""
+    out = []
+    for offset, (event_id, kind_text) in enumerate(zip(event_ids, kind_texts, strict=True)):
+        this = event_hash(
+            execution_id=execution_id,
+            sequence=first_sequence + offset,
+            event_id=event_id,
+            created_at=created_at,
+            kind_text=kind_text,
+            prev_hash=prev_hash,
+        )
+        out.append((prev_hash, this))
+        prev_hash = this
+    return out
+
+
+@attrs.frozen
+class ChainProblem:
+    """Where an execution's chain is broken, and how."""
+
+    execution_id: str
+    sequence: int
+    event_id: str | None
+    problem: str
+
+    def __str__(self) -> str:
+        event = f" ({self.event_id})" if self.event_id else ""
+        return f"{self.execution_id} #{self.sequence}{event}: {self.problem}"
+
+
+class ChainVerifier:
+    """Checks one execution's stored events, fed in order a page at a time (its memory does
+    not grow with the log): numbering 1, 2, 3… without gaps; each ``prev_hash`` the stored
+    hash of the event before; each hash recomputed from the stored content; with
+    ``strict``, each kind in canonical form. `finish` checks the tail against an anchor —
+    ``(sequence, hash)`` exported earlier — which catches a truncated tail or a tail
+    rewritten with fresh hashes, the two changes a chain alone cannot reveal."""
+
+    def __init__(self, execution_id: str, *, strict: bool = False) -> None:
+        self.execution_id = execution_id
+        self.strict = strict
+        self.problems: list[ChainProblem] = []
+        self.count = 0
+        self.last_sequence = 0
+        self.head = GENESIS
+        self._anchored: dict[int, str] = {}
+        self._watch: int | None = None
+
+    def expect(self, sequence: int, hash_: str) -> None:
+        """Ask `finish` to check that event ``sequence`` is still there with ``hash_``."""
+        self._watch = sequence
+        self._anchored.clear()
+        self._anchored[sequence] = hash_
+
+    def _problem(self, sequence: int, event_id: str | None, problem: str) -> None:
+        self.problems.append(ChainProblem(self.execution_id, sequence, event_id, problem))
+
+    def feed(self, links: Iterable[ChainLink]) -> None:
+        for link in links:
+            expected = self.last_sequence + 1
+            if link.sequence > expected:
+                missing = (
+                    f"event {expected} is missing"
+                    if link.sequence == expected + 1
+                    else f"events {expected}–{link.sequence - 1} are missing"
+                )
+                self._problem(link.sequence, link.event_id, f"{missing} (removed?)")
+            elif link.sequence < expected:
+                self._problem(
+                    link.sequence,
+                    link.event_id,
+                    f"out of order: comes after event {self.last_sequence}",
+                )
+            if link.prev_hash != self.head:
+                self._problem(
+                    link.sequence,
+                    link.event_id,
+                    "its prev_hash is not the hash of the event before it "
+                    "(an earlier event was removed, inserted or replaced)",
+                )
+            recomputed = event_hash(
+                execution_id=link.execution_id,
+                sequence=link.sequence,
+                event_id=link.event_id,
+                created_at=link.created_at,
+                kind_text=link.kind_text,
+                prev_hash=link.prev_hash,
+            )
+            if recomputed != link.hash or link.execution_id != self.execution_id:
+                self._problem(
+                    link.sequence,
+                    link.event_id,
+                    "its content does not match its hash (the event was modified)",
+                )
+            if self.strict:
+                self._check_canonical(link)
+            if self._watch == link.sequence and self._anchored[link.sequence] != link.hash:
+                self._problem(
+                    link.sequence,
+                    link.event_id,
+                    "differs from the anchored event (the log was rewritten from here on)",
+                )
+                self._watch = None
+            elif self._watch == link.sequence:
+                self._watch = None
+            self.head = link.hash
+            self.last_sequence = max(self.last_sequence, link.sequence)
+            self.count += 1
+
+    def _check_canonical(self, link: ChainLink) -> None:
+        try:
+            canonical = canonical_text(json.loads(link.kind_text))
+        except (ValueError, InvalidInput):
+            canonical = None
+        if canonical != link.kind_text:
+            self._problem(link.sequence, link.event_id, "its kind is not canonical JSON")
+
+    def finish(self) -> list[ChainProblem]:
+        """The problems found (empty: the chain holds)."""
+        if self._watch is not None:
+            self._problem(
+                self._watch,
+                None,
+                f"the anchored event is gone: the log ends at {self.last_sequence} "
+                "(the tail was truncated)",
+            )
+            self._watch = None
+        return self.problems

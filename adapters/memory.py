@@ -18,7 +18,9 @@ from datetime import datetime, timedelta
 import attrs
 
 from charter.adapters import store_support as rules
+from charter.adapters.chain import canonical_text, event_hash
 from charter.adapters.clock import SystemClock
+from charter.adapters.codec import dump
 from charter.core.approvals import (
     ApprovalRefused,
     ApprovalStatus,
@@ -37,10 +39,12 @@ from charter.core.events import (
     ToolApprovalRequired,
 )
 from charter.core.materialize import Materialized, apply_events, status_after
+from charter.core.policy import PolicySet
 from charter.core.ports import Clock, CommitRequest, ReclaimResult
 from charter.core.queue import LEASE_EXPIRED, plan_failure, plan_park
 from charter.core.records import (
     DEFAULT_TENANT,
+    ChainLink,
     Claim,
     EffectAbandoned,
     EffectAcquired,
@@ -93,6 +97,7 @@ class _Tables:
     execution_order: dict[str, int] = attrs.Factory(dict)
     approvals: dict[tuple[str, str], _ApprovalRow] = attrs.Factory(dict)
     effects: dict[str, _Effect] = attrs.Factory(dict)
+    policy_sets: dict[str, PolicySet] = attrs.Factory(dict)
     enqueued: int = 0
 
     def copy(self) -> _Tables:
@@ -107,6 +112,7 @@ class _Tables:
             items=self.items.copy(),
             item_order=self.item_order.copy(),
             execution_order=self.execution_order.copy(),
+            policy_sets=self.policy_sets.copy(),
             approvals=self.approvals.copy(),
             effects=self.effects.copy(),
             enqueued=self.enqueued,
@@ -144,6 +150,8 @@ class MemoryStore:
         rules.check_tenant(tenant)
         with self._write() as t:
             t.tenants[tenant.tenant_id] = tenant
+            if tenant.policy is not None:  # kept for good: decisions name it by digest
+                t.policy_sets.setdefault(tenant.policy.digest, tenant.policy)
 
     def get_tenant(self, tenant_id: str) -> Tenant | None:
         return self._tables.tenants.get(tenant_id)
@@ -282,6 +290,27 @@ class MemoryStore:
         chosen = log[after:]
         return chosen if limit is None else chosen[:limit]
 
+    def read_chain(
+        self, execution_id: str, *, after: int = 0, limit: int | None = None
+    ) -> tuple[ChainLink, ...]:
+        events = self.read_events(execution_id, after=after, limit=limit)
+        return tuple(
+            ChainLink(
+                execution_id=execution_id,
+                sequence=event.sequence,
+                event_id=event.id,
+                created_at=rules.utc_text(event.created_at),
+                kind_text=canonical_text(dump(event.kind)),
+                prev_hash=event.prev_hash,
+                hash=event.hash,
+            )
+            for event in events
+        )
+
+    def get_policy_set(self, digest: str) -> PolicySet | None:
+        with self._lock:
+            return self._tables.policy_sets.get(digest)
+
     def latest_snapshot(self, execution_id: str) -> Snapshot | None:
         return self._tables.snapshots.get(execution_id)
 
@@ -299,16 +328,31 @@ class MemoryStore:
         execution = t.executions[execution_id]
         status = execution.status
         sequence = execution.last_sequence
+        existing = t.events[execution_id]
+        head = rules.chain_head(sequence, existing[-1].hash if existing else None)
+        stamp = rules.utc_text(now)
         appended = []
-        for kind in events:
+        for kind, text in zip(events, rules.encode_events(events), strict=True):
             sequence += 1
+            event_id = self._new_id()
+            this = event_hash(
+                execution_id=execution_id,
+                sequence=sequence,
+                event_id=event_id,
+                created_at=stamp,
+                kind_text=text,
+                prev_hash=head,
+            )
             event = Event(
-                id=self._new_id(),
+                id=event_id,
                 execution_id=execution_id,
                 sequence=sequence,
                 kind=kind,
                 created_at=now,
+                prev_hash=head,
+                hash=this,
             )
+            head = this
             appended.append(event)
             status = status_after(status, kind)
             key = (execution_id, getattr(kind, "node_id", ""))

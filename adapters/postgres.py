@@ -52,6 +52,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from charter.adapters import store_support as rules
+from charter.adapters.chain import GENESIS, canonical_text, event_hash, link_hashes
 from charter.adapters.codec import dumps, loads
 from charter.adapters.postgres_schema import (
     APPLICATION,
@@ -89,10 +90,12 @@ from charter.core.events import (
     ToolApprovalRequired,
 )
 from charter.core.materialize import STATUS_KINDS, Materialized, apply_event, status_after
+from charter.core.policy import PolicySet
 from charter.core.ports import Clock, CommitRequest, ReclaimResult
 from charter.core.queue import LEASE_EXPIRED, plan_failure, plan_park
 from charter.core.records import (
     DEFAULT_TENANT,
+    ChainLink,
     Claim,
     EffectAbandoned,
     EffectAcquired,
@@ -204,13 +207,54 @@ def _execution(row: Row) -> Execution:
     )
 
 
+def _chain_existing_events(conn: Connection) -> None:
+    """Schema version 2: give every event stored before it its canonical text and its place
+    in the chain, each execution its head hash, and keep every tenant's policy set."""
+    previous: tuple[str, str] | None = None  # (execution, hash of its latest event)
+    rows = conn.execute(
+        "SELECT execution_id, sequence, event_id, kind_json, created_at FROM events "
+        "ORDER BY execution_id, sequence"
+    ).fetchall()
+    for execution_id, sequence, event_id, kind_json, created_at in rows:
+        prev = previous[1] if previous is not None and previous[0] == execution_id else GENESIS
+        text = canonical_text(json.loads(kind_json))
+        this = event_hash(
+            execution_id=execution_id,
+            sequence=sequence,
+            event_id=event_id,
+            created_at=rules.utc_text(created_at),
+            kind_text=text,
+            prev_hash=prev,
+        )
+        conn.execute(
+            "UPDATE events SET kind_json = %s, prev_hash = %s, hash = %s "
+            "WHERE execution_id = %s AND sequence = %s",
+            (text, prev, this, execution_id, sequence),
+        )
+        conn.execute(
+            "UPDATE executions SET head_hash = %s WHERE execution_id = %s", (this, execution_id)
+        )
+        previous = (execution_id, this)
+    for (record,) in conn.execute("SELECT record_json FROM tenants").fetchall():
+        tenant = loads(record, Tenant)
+        if tenant.policy is not None:
+            conn.execute(
+                "INSERT INTO policy_sets (digest, set_json) VALUES (%s, %s) "
+                "ON CONFLICT (digest) DO NOTHING",
+                (tenant.policy.digest, dumps(tenant.policy)),
+            )
+
+
 def _event(execution_id: str, row: Row) -> Event:
+    """An event from ``(sequence, event_id, kind_json, created_at[, prev_hash, hash])``."""
     return Event(
         id=row[1],
         execution_id=execution_id,
         sequence=row[0],
         kind=loads(row[2], EventKind),
         created_at=row[3],
+        prev_hash=row[4] if len(row) > 4 else "",
+        hash=row[5] if len(row) > 5 else "",
     )
 
 
@@ -373,6 +417,8 @@ class PostgresStore:
                         sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(self.schema))
                     )
                     conn.execute(MIGRATIONS[target])
+                    if target == 2:
+                        _chain_existing_events(conn)
                     conn.execute(
                         sql.SQL(
                             "INSERT INTO {} (application, version) VALUES (%s, %s) "
@@ -611,13 +657,29 @@ class PostgresStore:
     def put_tenant(self, tenant: Tenant) -> None:
         rules.check_tenant(tenant)
         record = dumps(tenant)
-        self._write(
-            lambda tx: tx.run(
+
+        def work(tx: _Tx) -> None:
+            tx.run(
                 "INSERT INTO tenants (tenant_id, record_json) VALUES (%s, %s) "
                 "ON CONFLICT (tenant_id) DO UPDATE SET record_json = excluded.record_json",
                 (tenant.tenant_id, record),
             )
+            if tenant.policy is not None:  # kept for good: decisions name it by digest
+                tx.run(
+                    "INSERT INTO policy_sets (digest, set_json) VALUES (%s, %s) "
+                    "ON CONFLICT (digest) DO NOTHING",
+                    (tenant.policy.digest, dumps(tenant.policy)),
+                )
+
+        self._write(work)
+
+    def get_policy_set(self, digest: str) -> PolicySet | None:
+        row = self._read(
+            lambda cur: cur.execute(
+                "SELECT set_json FROM policy_sets WHERE digest = %s", (digest,)
+            ).fetchone()
         )
+        return None if row is None else loads(row[0], PolicySet)
 
     def get_tenant(self, tenant_id: str) -> Tenant | None:
         row = self._read(
@@ -823,21 +885,43 @@ class PostgresStore:
     ) -> tuple[Event, ...]:
         rules.check_read(after, limit)
         # One statement: no row at all means no such execution; one row of NULLs, no events.
+        rows = self._events(execution_id, after, limit)
+        return tuple(_event(execution_id, row) for row in rows)
+
+    def read_chain(
+        self, execution_id: str, *, after: int = 0, limit: int | None = None
+    ) -> tuple[ChainLink, ...]:
+        rules.check_read(after, limit)
+        return tuple(
+            ChainLink(
+                execution_id=execution_id,
+                sequence=row[0],
+                event_id=row[1],
+                created_at=rules.utc_text(row[3]),
+                kind_text=row[2],
+                prev_hash=row[4],
+                hash=row[5],
+            )
+            for row in self._events(execution_id, after, limit)
+        )
+
+    def _events(self, execution_id: str, after: int, limit: int | None) -> list[Row]:
+        # One statement: no row at all means no such execution; one row of NULLs, no events.
         rows = self._read(
             lambda cur: cur.execute(
-                "SELECT v.sequence, v.event_id, v.kind_json, v.created_at FROM executions x "
-                "LEFT JOIN LATERAL (SELECT sequence, event_id, kind_json, created_at "
-                "FROM events WHERE execution_id = x.execution_id AND sequence > %s "
-                "ORDER BY sequence LIMIT %s) v ON true WHERE x.execution_id = %s "
-                "ORDER BY v.sequence",
+                "SELECT v.sequence, v.event_id, v.kind_json, v.created_at, v.prev_hash, v.hash "
+                "FROM executions x LEFT JOIN LATERAL (SELECT sequence, event_id, kind_json, "
+                "created_at, prev_hash, hash FROM events WHERE execution_id = x.execution_id "
+                "AND sequence > %s ORDER BY sequence LIMIT %s) v ON true "
+                "WHERE x.execution_id = %s ORDER BY v.sequence",
                 (after, limit, execution_id),
             ).fetchall()
         )
         if not rows:
             raise NotFound(f"execution {execution_id!r} does not exist")
         if rows[0][0] is None:
-            return ()
-        return tuple(_event(execution_id, row) for row in rows)
+            return []
+        return rows
 
     def latest_snapshot(self, execution_id: str) -> Snapshot | None:
         row = self._read(
@@ -874,36 +958,50 @@ class PostgresStore:
             return ()
         count = len(events)
         ids = [self._new_id() for _ in events]
-        row = tx.one(
-            _APPEND if expected is None else _APPEND_EXPECTING,
+        # The execution's row lock, taken here and held to commit, queues appenders to one
+        # execution: its sequences are gapless, in commit order, and each new event links
+        # to the latest one (the chain).
+        head = tx.one(_LOCK_HEAD, {"id": execution_id, "stamp": tx.stamp})
+        if head is None:
+            raise NotFound(f"execution {execution_id!r} does not exist")
+        previous, head_hash, status_text, tenant_id, stamp = head
+        if expected is not None and previous != expected:
+            raise _moved_on(execution_id, previous, expected)
+        links = link_hashes(
+            execution_id=execution_id,
+            first_sequence=previous + 1,
+            prev_hash=rules.chain_head(previous, head_hash),
+            created_at=rules.utc_text(stamp),
+            event_ids=ids,
+            kind_texts=encoded,
+        )
+        tx.run(
+            _APPEND,
             {
                 "id": execution_id,
-                "n": count,
-                "stamp": tx.stamp,
+                "first": previous + 1,
+                "last": previous + count,
+                "head": links[-1][1],
+                "stamp": stamp,
                 "ids": ids,
                 "kinds": list(encoded),
-                "expected": expected,
+                "prevs": [prev for prev, _ in links],
+                "hashes": [this for _, this in links],
             },
         )
-        if row is None:
-            found = tx.one(
-                "SELECT last_sequence FROM executions WHERE execution_id = %s", (execution_id,)
-            )
-            if found is None:
-                raise NotFound(f"execution {execution_id!r} does not exist")
-            assert expected is not None
-            raise _moved_on(execution_id, found[0], expected)
-        last, status_text, tenant_id, stamp = row
-        first = last - count + 1
         appended = tuple(
             Event(
                 id=event_id,
                 execution_id=execution_id,
-                sequence=first + index,
+                sequence=previous + 1 + index,
                 kind=kind,
                 created_at=stamp,
+                prev_hash=prev,
+                hash=this,
             )
-            for index, (event_id, kind) in enumerate(zip(ids, events, strict=True))
+            for index, (event_id, kind, (prev, this)) in enumerate(
+                zip(ids, events, links, strict=True)
+            )
         )
         if any(isinstance(kind, _PROJECTED) for kind in events):
             self._project(tx, execution_id, status_text, tenant_id, appended, stamp)
@@ -1510,21 +1608,20 @@ class PostgresStore:
 
 # ── statements ──
 
-_APPEND_TEMPLATE: Final = (
-    "WITH x AS (UPDATE executions SET last_sequence = last_sequence + %(n)s, "
-    "updated_at = coalesce(%(stamp)s::timestamptz, clock_timestamp()) "
-    "WHERE execution_id = %(id)s{expecting} "
-    "RETURNING last_sequence, status, tenant_id, updated_at), "
-    "inserted AS (INSERT INTO events (execution_id, sequence, event_id, kind_json, created_at) "
-    "SELECT %(id)s, x.last_sequence - %(n)s + e.ord, e.event_id, e.kind_json, x.updated_at "
-    "FROM x, unnest(%(ids)s::text[], %(kinds)s::text[]) WITH ORDINALITY "
-    "AS e(event_id, kind_json, ord)) "
-    "SELECT last_sequence, status, tenant_id, updated_at FROM x"
+_LOCK_HEAD: Final = (
+    "SELECT last_sequence, head_hash, status, tenant_id, "
+    "coalesce(%(stamp)s::timestamptz, clock_timestamp()) FROM executions "
+    "WHERE execution_id = %(id)s FOR UPDATE"
 )
-# The execution's row lock is taken by the UPDATE and held to commit: appenders to one
-# execution queue there, so its sequences are gapless and in commit order.
-_APPEND: Final = _APPEND_TEMPLATE.format(expecting="")
-_APPEND_EXPECTING: Final = _APPEND_TEMPLATE.format(expecting=" AND last_sequence = %(expected)s")
+# Under that lock: the events, numbered and linked, and the execution's new head.
+_APPEND: Final = (
+    "WITH x AS (UPDATE executions SET last_sequence = %(last)s, head_hash = %(head)s, "
+    "updated_at = %(stamp)s WHERE execution_id = %(id)s) "
+    "INSERT INTO events (execution_id, sequence, event_id, kind_json, created_at, prev_hash, "
+    "hash) SELECT %(id)s, %(first)s + e.ord - 1, e.event_id, e.kind_json, %(stamp)s, e.prev, "
+    "e.hash FROM unnest(%(ids)s::text[], %(kinds)s::text[], %(prevs)s::text[], "
+    "%(hashes)s::text[]) WITH ORDINALITY AS e(event_id, kind_json, prev, hash, ord)"
+)
 
 _ENQUEUE: Final = (
     "INSERT INTO work_items (item_id, tenant_id, execution_id, node_id, queue, payload_json, "

@@ -156,8 +156,24 @@ CREATE TABLE effects (
 CREATE INDEX effects_by_owner ON effects (item_id, fence) WHERE NOT recorded;
 """
 
+# Version 2: the event chain (docs/audit.md) and the policy sets decisions name by digest.
+# The execution row keeps the hash of its latest event, beside its latest sequence, so an
+# append links to it under the same row lock. Events stored by version 1 get their
+# canonical text and hashes in the same transaction (`charter.adapters.postgres` runs the
+# Python step after this script).
+_V2 = """
+ALTER TABLE events ADD COLUMN prev_hash text NOT NULL DEFAULT '';
+ALTER TABLE events ADD COLUMN hash text NOT NULL DEFAULT '';
+ALTER TABLE executions ADD COLUMN head_hash text NOT NULL DEFAULT '';
+
+CREATE TABLE policy_sets (
+    digest   text PRIMARY KEY,
+    set_json text NOT NULL
+);
+"""
+
 #: Schema migrations by the version they produce; applied in order, one transaction each.
 #: (The migration runner writes the marker row's version after each script.)
-MIGRATIONS: Final[dict[int, str]] = {1: _V1}
+MIGRATIONS: Final[dict[int, str]] = {1: _V1, 2: _V2}
 #: The schema version this code reads and writes.
 LATEST: Final = max(MIGRATIONS)

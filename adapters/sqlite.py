@@ -27,6 +27,7 @@ from typing import Any, Final, Literal
 import sqlite_utils
 
 from charter.adapters import store_support as rules
+from charter.adapters.chain import GENESIS, canonical_text, event_hash, link_hashes
 from charter.adapters.clock import SystemClock
 from charter.adapters.codec import dumps, load, loads
 from charter.adapters.sqlite_schema import APPLICATION_ID, LATEST, MIGRATIONS
@@ -65,10 +66,12 @@ from charter.core.materialize import (
     apply_events,
     status_after,
 )
+from charter.core.policy import PolicySet
 from charter.core.ports import Clock, CommitRequest, ReclaimResult
 from charter.core.queue import LEASE_EXPIRED, plan_failure, plan_park
 from charter.core.records import (
     DEFAULT_TENANT,
+    ChainLink,
     Claim,
     EffectAbandoned,
     EffectAcquired,
@@ -248,6 +251,8 @@ class SqliteStore:
                     continue
                 for statement in _statements(MIGRATIONS[target]):
                     conn.execute(statement)
+                if target == 2:
+                    _chain_existing_events(conn)
                 conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 conn.execute(f"PRAGMA user_version = {target}")
 
@@ -300,6 +305,18 @@ class SqliteStore:
                 "ON CONFLICT (tenant_id) DO UPDATE SET record_json = excluded.record_json",
                 (tenant.tenant_id, record),
             )
+            if tenant.policy is not None:  # kept for good: decisions name it by digest
+                conn.execute(
+                    "INSERT OR IGNORE INTO policy_sets (digest, set_json) VALUES (?, ?)",
+                    (tenant.policy.digest, dumps(tenant.policy)),
+                )
+
+    def get_policy_set(self, digest: str) -> PolicySet | None:
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT set_json FROM policy_sets WHERE digest = ?", (digest,)
+            ).fetchone()
+        return None if row is None else loads(row[0], PolicySet)
 
     def get_tenant(self, tenant_id: str) -> Tenant | None:
         with self._read() as conn:
@@ -475,10 +492,7 @@ class SqliteStore:
             if item.execution_id != execution_id:
                 raise InvalidInput("items", "every item must belong to the execution")
         with self._write() as conn:
-            last = conn.execute(
-                "SELECT coalesce(max(sequence), 0) FROM events WHERE execution_id = ?",
-                (execution_id,),
-            ).fetchone()[0]
+            last, head_hash = _head(conn, execution_id)
             # Every execution has its first event from creation on: ask only if none.
             if (
                 last == 0
@@ -494,7 +508,9 @@ class SqliteStore:
                     f"not {expected_last_sequence}"
                 )
             now = self.clock.now()
-            appended = self._append(conn, execution_id, events, encoded, now, known=True, last=last)
+            appended = self._append(
+                conn, execution_id, events, encoded, now, known=True, head=(last, head_hash)
+            )
             self._enqueue(conn, items, payloads, now)
             return appended
 
@@ -504,7 +520,7 @@ class SqliteStore:
         rules.check_read(after, limit)
         with self._read() as conn:
             rows = conn.execute(
-                "SELECT sequence, event_id, kind_json, created_at FROM events "
+                "SELECT sequence, event_id, kind_json, created_at, prev_hash, hash FROM events "
                 "WHERE execution_id = ? AND sequence > ? ORDER BY sequence LIMIT ?",
                 (execution_id, after, -1 if limit is None else limit),
             ).fetchall()
@@ -517,6 +533,36 @@ class SqliteStore:
             ):
                 raise NotFound(f"execution {execution_id!r} does not exist")
         return tuple(_event(execution_id, row) for row in rows)
+
+    def read_chain(
+        self, execution_id: str, *, after: int = 0, limit: int | None = None
+    ) -> tuple[ChainLink, ...]:
+        rules.check_read(after, limit)
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT sequence, event_id, created_at, kind_json, prev_hash, hash FROM events "
+                "WHERE execution_id = ? AND sequence > ? ORDER BY sequence LIMIT ?",
+                (execution_id, after, -1 if limit is None else limit),
+            ).fetchall()
+            if not rows and (
+                conn.execute(
+                    "SELECT 1 FROM executions WHERE execution_id = ?", (execution_id,)
+                ).fetchone()
+                is None
+            ):
+                raise NotFound(f"execution {execution_id!r} does not exist")
+        return tuple(
+            ChainLink(
+                execution_id=execution_id,
+                sequence=row[0],
+                event_id=row[1],
+                created_at=row[2],
+                kind_text=row[3],
+                prev_hash=row[4],
+                hash=row[5],
+            )
+            for row in rows
+        )
 
     def latest_snapshot(self, execution_id: str) -> Snapshot | None:
         with self._read() as conn:
@@ -547,7 +593,7 @@ class SqliteStore:
         *,
         known: bool = False,
         stamp: str | None = None,
-        last: int | None = None,
+        head: tuple[int, str] | None = None,
     ) -> tuple[Event, ...]:
         """Append events, numbered from one past the largest sequence so far.
 
@@ -568,27 +614,34 @@ class SqliteStore:
             raise NotFound(f"execution {execution_id!r} does not exist")
         if stamp is None:
             stamp = _text(now)
-        # One probe for the latest sequence (inside BEGIN IMMEDIATE nobody can interleave),
-        # then one statement for all the rows.
-        if last is None:
-            last = conn.execute(
-                "SELECT coalesce(max(sequence), 0) FROM events WHERE execution_id = ?",
-                (execution_id,),
-            ).fetchone()[0]
+        # One probe for the latest event (inside BEGIN IMMEDIATE nobody can interleave),
+        # then one statement for all the rows, each linked to the one before.
+        last, head_hash = _head(conn, execution_id) if head is None else head
         new_id = self._new_id
-        rows = [
-            (execution_id, last + offset, new_id(), text, stamp)
-            for offset, text in enumerate(encoded, start=1)
-        ]
-        if len(rows) != len(events):
+        ids = [new_id() for _ in encoded]
+        if len(ids) != len(events):
             raise AssertionError("events and their encodings differ in number")
+        links = link_hashes(
+            execution_id=execution_id,
+            first_sequence=last + 1,
+            prev_hash=rules.chain_head(last, head_hash),
+            created_at=stamp,
+            event_ids=ids,
+            kind_texts=encoded,
+        )
+        rows = [
+            (execution_id, last + offset, event_id, text, stamp, prev, this)
+            for offset, (event_id, text, (prev, this)) in enumerate(
+                zip(ids, encoded, links, strict=True), start=1
+            )
+        ]
         conn.executemany(
-            "INSERT INTO events (execution_id, sequence, event_id, kind_json, created_at) "
-            "VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO events (execution_id, sequence, event_id, kind_json, created_at, "
+            "prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
         appended = []
-        for kind, (_, sequence, event_id, _, _) in zip(events, rows, strict=True):
+        for kind, (_, sequence, event_id, _, _, prev, this) in zip(events, rows, strict=True):
             appended.append(
                 Event(
                     id=event_id,
@@ -596,6 +649,8 @@ class SqliteStore:
                     sequence=sequence,
                     kind=kind,
                     created_at=now,
+                    prev_hash=prev,
+                    hash=this,
                 )
             )
         if any(isinstance(kind, _PROJECTED) for kind in events):
@@ -827,13 +882,10 @@ class SqliteStore:
                 raise AssertionError("unreachable: the fence check refused the commit")
             execution_id, node_id, reserved = settled
             now = self.clock.now()
-            last = conn.execute(
-                "SELECT coalesce(max(sequence), 0) FROM events WHERE execution_id = ?",
-                (execution_id,),
-            ).fetchone()[0]
+            last, head_hash = _head(conn, execution_id)
             follow_up = rules.follow_up_applies(request, last, execution_id)
             appended = self._append(
-                conn, execution_id, request.events, encoded, now, known=True, last=last
+                conn, execution_id, request.events, encoded, now, known=True, head=(last, head_hash)
             )
             self._charge(conn, execution_id, request.usage, request.succeeded)
             if request.effect is not None:
@@ -867,7 +919,7 @@ class SqliteStore:
                     then_encoded,
                     now,
                     known=True,
-                    last=last + len(request.events),
+                    head=(appended[-1].sequence, appended[-1].hash) if appended else None,
                 )
                 self._enqueue(conn, request.then_items, then_payloads, now)
             return appended
@@ -1169,6 +1221,49 @@ class SqliteStore:
         )
 
 
+def _head(conn: sqlite3.Connection, execution_id: str) -> tuple[int, str]:
+    """The execution's latest sequence and event hash (0 and "" when it has none)."""
+    row = conn.execute(
+        "SELECT sequence, hash FROM events WHERE execution_id = ? ORDER BY sequence DESC LIMIT 1",
+        (execution_id,),
+    ).fetchone()
+    return (0, "") if row is None else (row[0], row[1])
+
+
+def _chain_existing_events(conn: sqlite3.Connection) -> None:
+    """Schema version 2: give every event stored before it its canonical text and its place
+    in the chain, and keep every tenant's policy set by digest."""
+    previous: tuple[str, str] | None = None  # (execution, hash of its latest event)
+    rows = conn.execute(
+        "SELECT execution_id, sequence, event_id, kind_json, created_at FROM events "
+        "ORDER BY execution_id, sequence"
+    ).fetchall()
+    for execution_id, sequence, event_id, kind_json, created_at in rows:
+        prev = previous[1] if previous is not None and previous[0] == execution_id else GENESIS
+        text = canonical_text(json.loads(kind_json))
+        this = event_hash(
+            execution_id=execution_id,
+            sequence=sequence,
+            event_id=event_id,
+            created_at=created_at,
+            kind_text=text,
+            prev_hash=prev,
+        )
+        conn.execute(
+            "UPDATE events SET kind_json = ?, prev_hash = ?, hash = ? "
+            "WHERE execution_id = ? AND sequence = ?",
+            (text, prev, this, execution_id, sequence),
+        )
+        previous = (execution_id, this)
+    for (record,) in conn.execute("SELECT record_json FROM tenants").fetchall():
+        tenant = loads(record, Tenant)
+        if tenant.policy is not None:
+            conn.execute(
+                "INSERT OR IGNORE INTO policy_sets (digest, set_json) VALUES (?, ?)",
+                (tenant.policy.digest, dumps(tenant.policy)),
+            )
+
+
 def _ledger_row(conn: sqlite3.Connection, execution_id: str) -> BudgetState:
     row = conn.execute(
         "SELECT input_tokens, output_tokens, cost_nanos, iterations, tool_calls, "
@@ -1189,12 +1284,15 @@ def _ledger_row(conn: sqlite3.Connection, execution_id: str) -> BudgetState:
 
 
 def _event(execution_id: str, row: tuple[Any, ...]) -> Event:
+    """An event from ``(sequence, event_id, kind_json, created_at[, prev_hash, hash])``."""
     return Event(
         id=row[1],
         execution_id=execution_id,
         sequence=row[0],
         kind=loads(row[2], EventKind),
         created_at=_time(row[3]),
+        prev_hash=row[4] if len(row) > 4 else "",
+        hash=row[5] if len(row) > 5 else "",
     )
 
 

@@ -127,7 +127,20 @@ CREATE TABLE effects (
 CREATE INDEX effects_by_owner ON effects (item_id, fence) WHERE recorded = 0;
 """
 
+# Version 2: the event chain (docs/audit.md) and the policy sets decisions name by digest.
+# Events stored by version 1 get their canonical text and their hashes in the same
+# transaction (`charter.adapters.sqlite` runs the Python step after these statements).
+_V2 = """
+ALTER TABLE events ADD COLUMN prev_hash TEXT NOT NULL DEFAULT '';
+ALTER TABLE events ADD COLUMN hash TEXT NOT NULL DEFAULT '';
+
+CREATE TABLE policy_sets (
+    digest   TEXT PRIMARY KEY,
+    set_json TEXT NOT NULL
+);
+"""
+
 #: Schema migrations by the version they produce; applied in order, one transaction each.
-MIGRATIONS: Final[dict[int, str]] = {1: _V1}
+MIGRATIONS: Final[dict[int, str]] = {1: _V1, 2: _V2}
 #: The schema version this code reads and writes.
 LATEST: Final = max(MIGRATIONS)

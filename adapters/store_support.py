@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Final
 
+from charter.adapters.chain import GENESIS, canonical_text
 from charter.adapters.codec import dump
 from charter.core.approvals import (
     ApprovalStatus,
@@ -20,7 +21,7 @@ from charter.core.approvals import (
     approval_step,
 )
 from charter.core.budget import BudgetState, Usage
-from charter.core.errors import Conflict, FenceLost, InvalidInput, NotFound
+from charter.core.errors import Conflict, FenceLost, InvalidInput, LimitExceeded, NotFound
 from charter.core.events import (
     ApprovalConsumed,
     ApprovalReceived,
@@ -52,6 +53,7 @@ __all__ = [
     "COMMIT_OUTCOMES",
     "MAX_DEFINITION_BYTES",
     "apply_ledger",
+    "chain_head",
     "check_claim_args",
     "check_commit",
     "check_failure",
@@ -157,17 +159,30 @@ def same_item_content(existing: WorkItem, new: NewWorkItem) -> bool:
 
 
 def encode_events(events: Sequence[EventKind]) -> list[str]:
-    """Each event kind as JSON text (the codec's shape), refusing any over 256 KiB and any
-    that is not plain JSON. (On every append, so the common case is kept short: the
-    error path names the event.)"""
+    """Each event kind as canonical JSON text (the codec's shape; what the event chain
+    hashes), refusing any over 256 KiB and any that is not plain JSON. (On every append,
+    so the common case is kept short: the error path names the event.)"""
     encoded = []
     for index, kind in enumerate(events):
         try:
-            encoded.append(encode_json(dump(kind), "", MAX_PAYLOAD_BYTES))
+            text = canonical_text(dump(kind))
+            if len(text) * 4 > MAX_PAYLOAD_BYTES:  # a character is at most 4 bytes
+                size = len(text.encode("utf-8"))
+                if size > MAX_PAYLOAD_BYTES:
+                    raise LimitExceeded(
+                        "",
+                        f"{size} bytes of JSON exceed the limit of {MAX_PAYLOAD_BYTES} bytes",
+                    )
+            encoded.append(text)
         except InvalidInput as error:
             where = f"events[{index}] ({event_type(kind)})"
             raise type(error)(where, error.problem) from None
     return encoded
+
+
+def chain_head(last: int, head_hash: str | None) -> str:
+    """The hash a new event's ``prev_hash`` must be: the last event's, or `GENESIS`."""
+    return head_hash if last and head_hash else GENESIS
 
 
 def new_event_id() -> str:

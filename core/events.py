@@ -691,13 +691,20 @@ _TAGS: Final[dict[type, str]] = {cls: tag for tag, cls in EVENT_KINDS.items()}
 @attrs.frozen(kw_only=True)
 class Event:
     """The envelope of a logged event. The store assigns ``sequence`` (1, 2, 3… per
-    execution, no gaps); ``id`` and ``created_at`` are given by the caller's adapters."""
+    execution, no gaps); ``id`` and ``created_at`` are given by the caller's adapters.
+
+    A stored event also carries ``hash`` — the SHA-256 of its canonical envelope, which
+    includes ``prev_hash``, the hash of the execution's previous event — so the log is a
+    chain: changing, removing, inserting or reordering any event breaks it (docs/audit.md).
+    Both are empty on events not (yet) stored."""
 
     id: str
     execution_id: str
     sequence: int
     kind: EventKind
     created_at: datetime
+    prev_hash: str = ""
+    hash: str = ""
 
     @property
     def node_id(self) -> str | None:

@@ -48,7 +48,9 @@ import attrs
 from charter.core.approvals import ApprovalRefused
 from charter.core.budget import BudgetState, Usage
 from charter.core.events import ApprovalDecision, Event, EventKind, JsonValue
+from charter.core.policy import PolicySet
 from charter.core.records import (
+    ChainLink,
     Claim,
     EffectReservation,
     Execution,
@@ -249,6 +251,19 @@ class Store(Protocol):
         self, execution_id: str, *, after: int = 0, limit: int | None = None
     ) -> tuple[Event, ...]:
         """Events with a sequence greater than ``after``, ascending."""
+        ...
+
+    def read_chain(
+        self, execution_id: str, *, after: int = 0, limit: int | None = None
+    ) -> tuple[ChainLink, ...]:
+        """The execution's events after sequence ``after``, as stored (`ChainLink`), in
+        order — what `charter.adapters.chain.ChainVerifier` checks. Unknown execution:
+        `NotFound`."""
+        ...
+
+    def get_policy_set(self, digest: str) -> PolicySet | None:
+        """A policy set this store has held, by its digest: every tenant policy ever put is
+        kept, so a recorded decision can be recomputed with the exact policy it saw."""
         ...
 
     def latest_snapshot(self, execution_id: str) -> Snapshot | None: ...

@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_TENANT",
     "MAX_ID_LENGTH",
     "MAX_PAYLOAD_BYTES",
+    "ChainLink",
     "Claim",
     "EffectAbandoned",
     "EffectAcquired",
@@ -340,3 +341,18 @@ class PendingApprovalRecord:
     context: JsonValue
     sequence: int
     requested_at: datetime
+
+
+@attrs.frozen(kw_only=True)
+class ChainLink:
+    """One stored event exactly as stored, for verifying the chain without decoding it:
+    ``kind_text`` is its canonical JSON, ``created_at`` its UTC text
+    (``YYYY-MM-DDTHH:MM:SS.ffffffZ``)."""
+
+    execution_id: str
+    sequence: int
+    event_id: str
+    created_at: str
+    kind_text: str
+    prev_hash: str
+    hash: str

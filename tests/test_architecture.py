@@ -113,6 +113,7 @@ CORE_API = [
     "AutonomyLimitReached", "BUDGET_KEY", "Block", "BlockedOn", "Branch", "BreakerEvent",
     "BreakerState", "BreakerStatus", "BreakerStep", "BudgetDimension", "BudgetError",
     "BudgetExceeded", "BudgetLimits", "BudgetPhase", "BudgetState", "BudgetTrip", "CallOutcome",
+    "ChainLink",
     "CharterError", "ChildWorkflowCompleted", "ChildWorkflowFailed", "ChildWorkflowStarted",
     "CircuitBreaker", "CircuitBreakerClosed", "CircuitBreakerCounted",
     "CircuitBreakerHalfOpened", "CircuitBreakerOpened", "CircuitBreakerTripped", "Claim",
