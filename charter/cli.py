@@ -9,6 +9,7 @@ Exit codes (docs/cli.md):
 3     ``check``: approval required / a run is waiting for a person
 4     ``check``: blocked / a run failed
 5     a run was cancelled
+6     ``audit verify``: the log was altered; ``audit replay``: a decision diverges
 141   the output's reader went away (``charter events RUN | head``); nothing is reported
 ====  ==========================================================================
 
@@ -30,6 +31,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from charter import audit_cli
 from charter.adapters.codec import dump
 from charter.adapters.files import (
     PolicyFile,
@@ -274,6 +276,8 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument("--node", metavar="ID", default="check", help="node id to report")
     check.add_argument("--json", action="store_true", help="print JSON instead of text")
     check.set_defaults(handler=_check)
+
+    audit_cli.register(commands, db_option=_db_option, open_store=_open)
     return parser
 
 

@@ -29,6 +29,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any, Final
 
 import attrs
@@ -68,7 +69,7 @@ from charter.core.gate import (
     settle_node,
 )
 from charter.core.nodes import NODE_KINDS
-from charter.core.policy import policy_chain
+from charter.core.policy import PolicySet, policy_chain
 from charter.core.ports import (
     Clock,
     CommitRequest,
@@ -102,6 +103,7 @@ __all__ = [
     "Worker",
     "WorkerHooks",
     "drive",
+    "node_gate_request",
     "start_run",
 ]
 
@@ -648,20 +650,17 @@ class Worker:
         ledger = view.budget
         progress = view.progress
         state_digest = content_digest(progress.state)
-        call = {"args": node.kind.get("args"), "state_digest": state_digest}
         gate = gate_node(
-            GateRequest(
-                context=node.context,
+            node_gate_request(
+                execution,
+                workflow,
+                node,
+                tenant.policy,
                 attempt=item.attempt,
-                policies=policy_chain(tenant.policy, workflow.policy, node.policy),
-                combining=workflow.combining,
-                agent=node.agent,
                 budget=ledger,
-                limits=workflow.limits,
                 approval=view.approval(node.node_id),
-                call=call,
+                state_digest=state_digest,
                 now=self.clock.now(),
-                run_started_at=execution.created_at,
                 as_of=progress.last_sequence,
             )
         )
@@ -886,6 +885,40 @@ class Worker:
             return False
         tool = workflow.tools.get(node.context.tool_name or "")
         return not (tool is not None and tool.idempotent)
+
+
+def node_gate_request(
+    execution: Execution,
+    workflow: WorkflowDef,
+    node: NodeDef,
+    tenant_policy: PolicySet | None,
+    *,
+    attempt: int,
+    budget: BudgetState,
+    approval: ApprovalStatus,
+    state_digest: str,
+    now: datetime,
+    as_of: int,
+) -> GateRequest:
+    """The gate request of a node's attempt, from its inputs as read from the log at
+    ``as_of``: what the worker asks the core, and what `charter.audit` rebuilds from the log
+    to recompute a recorded decision (one function, so the two cannot drift apart). The
+    call is the node's arguments with the digest of the run's state (``state_digest``:
+    `content_digest` of the state), so an approval covers exactly the call it saw."""
+    return GateRequest(
+        context=node.context,
+        attempt=attempt,
+        policies=policy_chain(tenant_policy, workflow.policy, node.policy),
+        combining=workflow.combining,
+        agent=node.agent,
+        budget=budget,
+        limits=workflow.limits,
+        approval=approval,
+        call={"args": node.kind.get("args"), "state_digest": state_digest},
+        now=now,
+        run_started_at=execution.created_at,
+        as_of=as_of,
+    )
 
 
 def _failed(node_id: str, attempt: int, error: str) -> NodeFailed:

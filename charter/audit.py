@@ -1,0 +1,812 @@
+"""Audit: prove the log unaltered, recompute its decisions, and ask "what if" (docs/audit.md).
+
+Three questions an auditor asks of a store, each answered from the log alone:
+
+* `verify_log` — *was the log altered?* Every stored event carries the hash of the event
+  before it and its own hash over its canonical envelope (`charter.adapters.chain`). The
+  chains are read a page at a time (`Store.read_chain`) and checked with
+  `ChainVerifier`, so memory does not grow with the log. An `Anchor` exported earlier
+  (`anchor_document`: each run's last sequence and hash) also catches what a chain alone
+  cannot: a truncated tail, or a tail rewritten with fresh hashes.
+* `replay_run` — *is every recorded decision what the policy produces?* Each
+  ``node_gated`` records its inputs' position in the log (``as_of``), its clock and the
+  digests of the policy sets it used; the run's state, approvals and budget are rebuilt by
+  folding the log up to that position, the tenant policy set is fetched by its digest
+  (`Store.get_policy_set`), the workflow and node policies come from the stored
+  definition, and `charter.core.gate_node` is asked again — through the same
+  `charter.worker.node_gate_request` the worker used. Each settlement (``usage_recorded``
+  after a run decision, with any budget trip) is recomputed with `settle_node` likewise.
+  Recomputed events must equal the recorded ones exactly (canonical JSON); every
+  difference is a `Divergence`, and so is a node that completed without a decision to run.
+* `what_if` — *what would a proposed policy have changed?* The same recorded requests,
+  decided again with the tenant (or workflow) policy replaced, compared by outcome.
+
+Nothing here writes to the store.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+
+from charter.adapters.chain import ChainProblem, ChainVerifier, canonical_text
+from charter.adapters.codec import dump
+from charter.core.approvals import ApprovalStatus, NotRequested, approval_step
+from charter.core.budget import BudgetState, Usage, budget_after
+from charter.core.canonical import content_digest
+from charter.core.errors import InvalidInput, NotFound, StoreError
+from charter.core.events import (
+    ApprovalConsumed,
+    ApprovalReceived,
+    AutonomyLimitReached,
+    CircuitBreakerTripped,
+    CostBudgetExceeded,
+    EscalationRequired,
+    Event,
+    EventKind,
+    NodeCompleted,
+    NodeGated,
+    PolicyViolation,
+    TokenBudgetExceeded,
+    ToolApprovalRequired,
+    UsageRecorded,
+    event_type,
+)
+from charter.core.gate import (
+    GateInputError,
+    GateResult,
+    Outcome,
+    SettleRequest,
+    gate_node,
+    settle_node,
+)
+from charter.core.policy import PolicyScope, PolicySet
+from charter.core.ports import Store
+from charter.core.records import Execution
+from charter.core.scheduler import Progress, fold
+from charter.core.workflow import WorkflowDef, WorkflowInvalid, parse_workflow
+from charter.worker import node_gate_request
+
+__all__ = [
+    "ANCHOR_FORMAT",
+    "Anchor",
+    "Change",
+    "Divergence",
+    "ReplayReport",
+    "VerifyReport",
+    "WhatIfReport",
+    "anchor_document",
+    "execution_ids",
+    "read_anchor",
+    "replay_run",
+    "verify_log",
+    "what_if",
+]
+
+#: The ``format`` of an anchor file.
+ANCHOR_FORMAT: Final = "charter-anchor/1"
+#: Events read per page.
+PAGE: Final = 2000
+#: Outcomes as an auditor names them: a decision to run allows the node, a hold waits for a
+#: person, a failure at the gate blocks it (policy, autonomy, circuit breaker or budget).
+OUTCOME_NAMES: Final = {"run": "allow", "hold": "hold", "fail": "block"}
+_NOT_REQUESTED: Final = NotRequested()
+#: Node kinds the scheduler settles itself (they are never gated: a person answers them).
+_UNGATED: Final = frozenset({"human_approval"})
+#: Events only a decision produces: each one in the log must be one a recomputed gate
+#: decision or settlement produces too. (``tool_approval_required`` is not among them: the
+#: scheduler asks for ``human_approval`` nodes' answers with it too; a forged request
+#: grants nothing.)
+GOVERNANCE_KINDS: Final = (
+    PolicyViolation,
+    CircuitBreakerTripped,
+    AutonomyLimitReached,
+    EscalationRequired,
+    TokenBudgetExceeded,
+    CostBudgetExceeded,
+    ApprovalConsumed,
+)
+
+
+def execution_ids(store: Store) -> Iterator[str]:
+    """Every execution of the store, in creation order, a page at a time."""
+    cursor = None
+    while True:
+        page = store.list_executions(cursor=cursor, limit=500)
+        for execution in page.items:
+            yield execution.execution_id
+        cursor = page.next_cursor
+        if cursor is None:
+            return
+
+
+# ── verify and anchor ─────────────────────────────────────────────────────────────────
+
+
+@attrs.frozen
+class Anchor:
+    """A run's chain head at one moment: its last sequence and that event's hash."""
+
+    sequence: int
+    hash: str
+
+
+@attrs.frozen(kw_only=True)
+class VerifyReport:
+    """What `verify_log` checked and found. ``heads`` is each verified run's head (what an
+    anchor of this log would hold)."""
+
+    executions: int
+    events: int
+    problems: tuple[ChainProblem, ...]
+    heads: Mapping[str, Anchor]
+    anchored: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_log(
+    store: Store,
+    *,
+    runs: Iterable[str] | None = None,
+    anchors: Mapping[str, Anchor] | None = None,
+    strict: bool = False,
+    page: int = PAGE,
+) -> VerifyReport:
+    """Check the chain of every run (or of ``runs``), a page at a time; with ``anchors``,
+    also that each anchored event is still there unchanged (a run the anchor names that is
+    gone entirely is a problem too). With ``strict``, each event's kind must also be in
+    canonical JSON form (what Charter writes; a different but equivalent form that hashes
+    right means a writer other than Charter)."""
+    anchors = anchors or {}
+    problems: list[ChainProblem] = []
+    heads: dict[str, Anchor] = {}
+    events = 0
+    wanted = execution_ids(store) if runs is None else iter(runs)
+    seen: set[str] = set()
+    for execution_id in wanted:
+        if execution_id in seen:
+            continue
+        seen.add(execution_id)
+        verifier = ChainVerifier(execution_id, strict=strict)
+        anchor = anchors.get(execution_id)
+        if anchor is not None:
+            verifier.expect(anchor.sequence, anchor.hash)
+        try:
+            _feed_all(store, verifier, page)
+        except NotFound:
+            problems.append(ChainProblem(execution_id, 0, None, "the run does not exist"))
+            continue
+        except (StoreError, InvalidInput, UnicodeError) as error:
+            # Bytes that no longer decode are an alteration too: report where reading stopped.
+            problems.extend(verifier.problems)
+            problems.append(
+                ChainProblem(
+                    execution_id,
+                    verifier.last_sequence + 1,
+                    None,
+                    f"the stored events from here on cannot be read ({error})",
+                )
+            )
+            continue
+        problems.extend(verifier.finish())
+        events += verifier.count
+        heads[execution_id] = Anchor(verifier.last_sequence, verifier.head)
+    for execution_id, anchor in anchors.items():
+        if execution_id not in seen and runs is None:
+            problems.append(
+                ChainProblem(
+                    execution_id,
+                    anchor.sequence,
+                    None,
+                    f"the anchored run is gone (it had {anchor.sequence} events)",
+                )
+            )
+    return VerifyReport(
+        executions=len(heads),
+        events=events,
+        problems=tuple(problems),
+        heads=heads,
+        anchored=sum(1 for execution_id in heads if execution_id in anchors),
+    )
+
+
+def _feed_all(store: Store, verifier: ChainVerifier, page: int) -> None:
+    after = 0
+    while True:
+        try:
+            links = store.read_chain(verifier.execution_id, after=after, limit=page)
+        except (StoreError, InvalidInput, UnicodeError):
+            # Something in this page cannot be read: go one event at a time up to it, so
+            # the error is located at its event (the next read raises again, from there).
+            while links := store.read_chain(verifier.execution_id, after=after, limit=1):
+                verifier.feed(links)
+                after = links[-1].sequence
+            return
+        if not links:
+            return
+        verifier.feed(links)
+        after = links[-1].sequence
+        if len(links) < page:
+            return
+
+
+def anchor_document(report: VerifyReport, *, created_at: datetime) -> dict[str, Any]:
+    """The JSON an anchor file holds: each verified run's last sequence and head hash.
+    Keep it somewhere the store's writers cannot reach (docs/audit.md)."""
+    return {
+        "format": ANCHOR_FORMAT,
+        "created_at": created_at.isoformat(),
+        "runs": {
+            execution_id: {"sequence": head.sequence, "hash": head.hash}
+            for execution_id, head in sorted(report.heads.items())
+        },
+    }
+
+
+def read_anchor(path: str | Path) -> dict[str, Anchor]:
+    """An anchor file's heads; a file that is not one is `InvalidInput` naming the file
+    and the field."""
+    where = str(path)
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as error:
+        raise InvalidInput(where, f"cannot read the anchor file: {error.strerror}") from None
+    except ValueError as error:
+        raise InvalidInput(where, f"not JSON: {error}") from None
+    if not isinstance(data, dict) or data.get("format") != ANCHOR_FORMAT:
+        raise InvalidInput(
+            f"{where}: format", f"expected {ANCHOR_FORMAT!r} (a file from `charter audit anchor`)"
+        )
+    runs = data.get("runs")
+    if not isinstance(runs, dict):
+        raise InvalidInput(f"{where}: runs", "expected an object of run id → {sequence, hash}")
+    anchors = {}
+    for execution_id, head in runs.items():
+        field = f"{where}: runs.{execution_id}"
+        if not isinstance(head, dict):
+            raise InvalidInput(field, "expected an object {sequence, hash}")
+        sequence, hash_ = head.get("sequence"), head.get("hash")
+        if isinstance(sequence, bool) or not isinstance(sequence, int) or sequence < 0:
+            raise InvalidInput(f"{field}.sequence", "expected a non-negative integer")
+        if not isinstance(hash_, str) or len(hash_) != 64:
+            raise InvalidInput(f"{field}.hash", "expected a SHA-256 hex digest (64 characters)")
+        anchors[execution_id] = Anchor(sequence, hash_)
+    return anchors
+
+
+# ── replay ─────────────────────────────────────────────────────────────────────────────
+
+
+@attrs.frozen(kw_only=True)
+class Divergence:
+    """A recorded event that recomputing its decision does not give (or a decision that
+    could not be recomputed): where, and both versions as JSON."""
+
+    execution_id: str
+    sequence: int
+    node_id: str | None
+    problem: str
+    recorded: Any = None
+    recomputed: Any = None
+
+    def __str__(self) -> str:
+        node = f" {self.node_id}" if self.node_id else ""
+        return f"{self.execution_id} #{self.sequence}{node}: {self.problem}"
+
+
+@attrs.frozen(kw_only=True)
+class ReplayReport:
+    """A run's replay: how many decisions were recomputed and where they diverged."""
+
+    execution_id: str
+    events: int
+    gates: int
+    settlements: int
+    divergences: tuple[Divergence, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.divergences
+
+
+@attrs.frozen
+class _Inputs:
+    """What the gate read at one log position: the state's digest, budget and approvals."""
+
+    state_digest: str
+    budget: BudgetState
+    approvals: Mapping[str, ApprovalStatus]
+
+
+@attrs.frozen
+class _Expected:
+    sequence: int
+    kind: EventKind
+    node_id: str
+    what: str
+
+
+@attrs.frozen(kw_only=True)
+class Decision:
+    """One recorded gate decision recomputed (what `what_if` compares)."""
+
+    sequence: int
+    node_id: str
+    attempt: int
+    recorded: NodeGated
+    recomputed: NodeGated | None
+
+
+class _Replayer:
+    """Walks one run's log twice: first for the log positions gates read their inputs at
+    (``as_of``), then folding the log, keeping the inputs seen at those positions until the
+    decisions that need them come by, and checking each recomputed event against the log."""
+
+    def __init__(
+        self,
+        store: Store,
+        execution_id: str,
+        *,
+        override: tuple[PolicyScope, PolicySet] | None = None,
+        page: int = PAGE,
+    ) -> None:
+        self.store = store
+        self.execution_id = execution_id
+        self.override = override
+        self.page = page
+        self.divergences: list[Divergence] = []
+        self.decisions: list[Decision] = []
+        self.gates = 0
+        self.settlements = 0
+        self.events = 0
+        self._policy_sets: dict[str, PolicySet | None] = {}
+        # nodes whose last decision diverged: their follow-on events are not reported again
+        self._noisy: set[str] = set()
+
+    # -- inputs --
+
+    def _execution(self) -> tuple[Execution, WorkflowDef]:
+        execution = self.store.get_execution(self.execution_id)
+        if execution is None:
+            raise NotFound(f"run {self.execution_id!r} does not exist")
+        stored = self.store.get_workflow(
+            execution.workflow_id, execution.workflow_version, execution.tenant_id
+        )
+        if stored is None:
+            raise NotFound(
+                f"run {self.execution_id!r}: its workflow {execution.workflow_id!r} version "
+                f"{execution.workflow_version!r} is not stored"
+            )
+        try:
+            workflow = parse_workflow(stored.ir, f"workflow {execution.workflow_id}")
+        except WorkflowInvalid as error:
+            raise InvalidInput(f"run {self.execution_id}", f"its definition: {error}") from None
+        return execution, workflow
+
+    def _positions(self) -> set[int]:
+        """The ``as_of`` of every recorded gate (read without decoding other events)."""
+        wanted: set[int] = set()
+        after = 0
+        while True:
+            links = self.store.read_chain(self.execution_id, after=after, limit=self.page)
+            for link in links:
+                if '"node_gated"' in link.kind_text:
+                    try:
+                        data = json.loads(link.kind_text)
+                    except ValueError:
+                        continue
+                    as_of = data.get("as_of") if isinstance(data, dict) else None
+                    if isinstance(as_of, int) and data.get("type") == "node_gated":
+                        wanted.add(as_of)
+            if len(links) < self.page:
+                return wanted
+            after = links[-1].sequence
+
+    def _policy_set(self, digest: str) -> PolicySet | None:
+        if digest not in self._policy_sets:
+            self._policy_sets[digest] = self.store.get_policy_set(digest)
+        return self._policy_sets[digest]
+
+    def _tenant_policy(self, event: Event, gated: NodeGated) -> tuple[bool, PolicySet | None]:
+        """The tenant policy set the gate used (by its recorded digest); ``(False, None)``
+        when the store does not hold it (reported)."""
+        if self.override is not None and self.override[0] is PolicyScope.TENANT:
+            return True, self.override[1]
+        layers = gated.policies if isinstance(gated.policies, list) else []
+        for layer in layers:
+            if isinstance(layer, dict) and layer.get("scope") == "tenant":
+                digest = layer.get("digest")
+                found = self._policy_set(digest) if isinstance(digest, str) else None
+                if found is None:
+                    self._diverge(
+                        event,
+                        gated.node_id,
+                        f"cannot recompute: the tenant policy set {digest} is not stored",
+                    )
+                    return False, None
+                return True, found
+        return True, None
+
+    # -- the walk --
+
+    def run(self) -> None:
+        execution, workflow = self._execution()
+        if self.override is not None and self.override[0] is PolicyScope.WORKFLOW:
+            workflow = attrs.evolve(workflow, policy=self.override[1])
+        positions = self._positions()
+        progress: Progress = fold(workflow, ())
+        budget = BudgetState()
+        approvals: dict[str, ApprovalStatus] = {}
+        inputs: dict[int, _Inputs] = {}
+        if 0 in positions:
+            inputs[0] = _Inputs(content_digest(progress.state), budget, {})
+        expected: deque[_Expected] = deque()
+        # (node, attempt) → budget its run decision saw, until its settlement comes by
+        runs: dict[tuple[str, int], BudgetState] = {}
+        last_gate: dict[str, str] = {}
+        unfolded: list[Event] = []
+        after = 0
+        while True:
+            page = self.store.read_events(self.execution_id, after=after, limit=self.page)
+            for event in page:
+                self.events += 1
+                kind = event.kind
+                matched = self._check(event, expected) if expected else False
+                if isinstance(kind, NodeGated):
+                    self._noisy.discard(kind.node_id)
+                    self._gate(event, kind, execution, workflow, inputs, expected, runs)
+                    last_gate[kind.node_id] = kind.outcome
+                elif isinstance(kind, GOVERNANCE_KINDS) and not matched:
+                    self._unexplained(event, kind)
+                elif isinstance(kind, UsageRecorded):
+                    seen = runs.pop((kind.node_id, kind.attempt), None)
+                    if seen is not None:
+                        self._settle(event, kind, workflow, seen, expected)
+                elif isinstance(kind, NodeCompleted):
+                    self._completed(event, kind, workflow, last_gate)
+                unfolded.append(event)
+                budget = budget_after(budget, (event,))
+                if isinstance(kind, ToolApprovalRequired | ApprovalReceived | ApprovalConsumed):
+                    node = kind.node_id
+                    approvals[node] = approval_step(approvals.get(node, _NOT_REQUESTED), event)
+                if event.sequence in positions:
+                    progress = fold(workflow, unfolded, progress)
+                    unfolded.clear()
+                    inputs[event.sequence] = _Inputs(
+                        content_digest(progress.state), budget, dict(approvals)
+                    )
+            if len(page) < self.page:
+                break
+            after = page[-1].sequence
+        for missing in expected:
+            self._missing(missing)
+
+    def _unexplained(self, event: Event, kind: EventKind) -> None:
+        node = getattr(kind, "node_id", None)
+        if self.override is not None or node in self._noisy:
+            return
+        self._diverge(
+            event,
+            node,
+            f"a recorded {event_type(kind)} that no recomputed decision produces",
+            recorded=dump(kind),
+        )
+
+    def _missing(self, missing: _Expected) -> None:
+        self.divergences.append(
+            Divergence(
+                execution_id=self.execution_id,
+                sequence=missing.sequence,
+                node_id=missing.node_id,
+                problem=f"{missing.what}: the recomputed event is missing from the log",
+                recomputed=dump(missing.kind),
+            )
+        )
+
+    def _diverge(self, event: Event, node_id: str | None, problem: str, **versions: Any) -> None:
+        self.divergences.append(
+            Divergence(
+                execution_id=self.execution_id,
+                sequence=event.sequence,
+                node_id=node_id,
+                problem=problem,
+                **versions,
+            )
+        )
+
+    def _check(self, event: Event, expected: deque[_Expected]) -> bool:
+        """Compare ``event`` with the recomputed event expected at its sequence, if any;
+        returns whether one was expected there."""
+        while expected and expected[0].sequence < event.sequence:
+            self._missing(expected.popleft())
+        if not expected or expected[0].sequence != event.sequence:
+            return False
+        want = expected[0]
+        expected.popleft()
+        recorded, recomputed = dump(event.kind), dump(want.kind)
+        if canonical_text(recorded) != canonical_text(recomputed):
+            self._diverge(
+                event,
+                want.node_id,
+                f"{want.what}: the recorded event differs from the recomputed one",
+                recorded=recorded,
+                recomputed=recomputed,
+            )
+            # the rest of this decision's events follow from the differing one: not repeated
+            self._noisy.add(want.node_id)
+            while (
+                expected and expected[0].what == want.what and expected[0].node_id == (want.node_id)
+            ):
+                expected.popleft()
+        return True
+
+    def _expect(
+        self,
+        expected: deque[_Expected],
+        first: int,
+        kinds: Sequence[EventKind],
+        node: str,
+        what: str,
+    ) -> None:
+        expected.extend(
+            _Expected(first + offset, kind, node, what) for offset, kind in enumerate(kinds)
+        )
+
+    def _gate(
+        self,
+        event: Event,
+        gated: NodeGated,
+        execution: Execution,
+        workflow: WorkflowDef,
+        inputs: Mapping[int, _Inputs],
+        expected: deque[_Expected],
+        runs: dict[tuple[str, int], BudgetState],
+    ) -> None:
+        self.gates += 1
+        result = self._recompute(event, gated, execution, workflow, inputs)
+        recomputed = result.events[0] if result is not None else None
+        self.decisions.append(
+            Decision(
+                sequence=event.sequence,
+                node_id=gated.node_id,
+                attempt=gated.attempt,
+                recorded=gated,
+                recomputed=recomputed if isinstance(recomputed, NodeGated) else None,
+            )
+        )
+        if result is None or self.override is not None:
+            return  # what-if compares outcomes only
+        self._expect(expected, event.sequence, result.events, gated.node_id, "gate decision")
+        self._check(event, expected)
+        seen = inputs[gated.as_of] if gated.as_of is not None else None
+        if result.outcome is Outcome.RUN and seen is not None:
+            runs[(gated.node_id, gated.attempt)] = seen.budget
+
+    def _recompute(
+        self,
+        event: Event,
+        gated: NodeGated,
+        execution: Execution,
+        workflow: WorkflowDef,
+        inputs: Mapping[int, _Inputs],
+    ) -> GateResult | None:
+        node = workflow.nodes.get(gated.node_id)
+        if node is None:
+            self._diverge(event, gated.node_id, "a decision for a node not in the definition")
+            return None
+        as_of, decided_at = gated.as_of, gated.decided_at
+        seen = inputs.get(as_of) if as_of is not None and as_of < event.sequence else None
+        if seen is None or as_of is None or decided_at is None:
+            self._diverge(
+                event,
+                gated.node_id,
+                "cannot recompute: the decision does not say when (decided_at) or from which "
+                "earlier log position (as_of) it read its inputs",
+            )
+            return None
+        found, tenant_policy = self._tenant_policy(event, gated)
+        if not found:
+            return None
+        try:
+            return gate_node(
+                node_gate_request(
+                    execution,
+                    workflow,
+                    node,
+                    tenant_policy,
+                    attempt=gated.attempt,
+                    budget=seen.budget,
+                    approval=seen.approvals.get(gated.node_id, _NOT_REQUESTED),
+                    state_digest=seen.state_digest,
+                    now=decided_at,
+                    as_of=as_of,
+                )
+            )
+        except (GateInputError, InvalidInput) as error:
+            self._diverge(event, gated.node_id, f"cannot recompute: {error}")
+            return None
+
+    def _settle(
+        self,
+        event: Event,
+        recorded: UsageRecorded,
+        workflow: WorkflowDef,
+        budget: BudgetState,
+        expected: deque[_Expected],
+    ) -> None:
+        if self.override is not None:
+            return
+        self.settlements += 1
+        try:
+            settlement = settle_node(
+                SettleRequest(
+                    node_id=recorded.node_id,
+                    attempt=recorded.attempt,
+                    budget=budget,
+                    limits=workflow.limits,
+                    usage=Usage(
+                        input_tokens=recorded.input_tokens,
+                        output_tokens=recorded.output_tokens,
+                        cost_usd=recorded.cost_usd,
+                        tool_calls=recorded.tool_calls,
+                        iterations=recorded.iterations,
+                    ),
+                    succeeded=recorded.succeeded,
+                )
+            )
+        except (GateInputError, InvalidInput) as error:
+            self._diverge(event, recorded.node_id, f"cannot recompute the settlement: {error}")
+            return
+        self._expect(expected, event.sequence, settlement.events, recorded.node_id, "settlement")
+        self._check(event, expected)
+
+    def _completed(
+        self,
+        event: Event,
+        completed: NodeCompleted,
+        workflow: WorkflowDef,
+        last_gate: Mapping[str, str],
+    ) -> None:
+        if self.override is not None:
+            return
+        node = workflow.nodes.get(completed.node_id)
+        if node is None or node.tag in _UNGATED:
+            return
+        if last_gate.get(completed.node_id) != "run":
+            self._diverge(
+                event,
+                completed.node_id,
+                "the node completed without a recorded decision to run it",
+            )
+
+
+def replay_run(store: Store, execution_id: str, *, page: int = PAGE) -> ReplayReport:
+    """Recompute every decision of a run from its log and report each divergence.
+    An unknown run is `NotFound`; an unreadable definition is `InvalidInput`."""
+    replayer = _Replayer(store, execution_id, page=page)
+    replayer.run()
+    return ReplayReport(
+        execution_id=execution_id,
+        events=replayer.events,
+        gates=replayer.gates,
+        settlements=replayer.settlements,
+        divergences=tuple(replayer.divergences),
+    )
+
+
+# ── what-if ────────────────────────────────────────────────────────────────────────────
+
+
+@attrs.frozen(kw_only=True)
+class Change:
+    """A recorded decision that the proposed policy would have decided otherwise."""
+
+    execution_id: str
+    sequence: int
+    node_id: str
+    attempt: int
+    before: str  # allow | hold | block
+    after: str
+    before_reason: str | None
+    after_reason: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run": self.execution_id,
+            "sequence": self.sequence,
+            "node": self.node_id,
+            "attempt": self.attempt,
+            "before": self.before,
+            "after": self.after,
+            "before_reason": self.before_reason,
+            "after_reason": self.after_reason,
+        }
+
+
+@attrs.frozen(kw_only=True)
+class WhatIfReport:
+    """Decisions replayed under a proposed policy: how many, which would change, and any
+    that could not be recomputed."""
+
+    runs: int
+    decisions: int
+    changes: tuple[Change, ...]
+    unreplayable: tuple[Divergence, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "runs": self.runs,
+            "decisions": self.decisions,
+            "changes": [change.to_json() for change in self.changes],
+            "unreplayable": [
+                {
+                    "run": d.execution_id,
+                    "sequence": d.sequence,
+                    "node": d.node_id,
+                    "problem": d.problem,
+                }
+                for d in self.unreplayable
+            ],
+        }
+
+
+def what_if(
+    store: Store,
+    runs: Iterable[str],
+    proposed: PolicySet,
+    *,
+    scope: PolicyScope = PolicyScope.TENANT,
+    page: int = PAGE,
+) -> WhatIfReport:
+    """Decide every recorded gate request of ``runs`` again with the ``scope`` policy set
+    (tenant or workflow) replaced by ``proposed``, everything else as recorded, and list
+    the decisions whose outcome would change. Each request is decided on its own recorded
+    inputs: what would have happened after a changed decision is not simulated."""
+    if scope not in (PolicyScope.TENANT, PolicyScope.WORKFLOW):
+        raise InvalidInput("scope", "expected tenant or workflow")
+    changes: list[Change] = []
+    unreplayable: list[Divergence] = []
+    decisions = 0
+    count = 0
+    for execution_id in runs:
+        count += 1
+        replayer = _Replayer(store, execution_id, override=(scope, proposed), page=page)
+        try:
+            replayer.run()
+        except (NotFound, InvalidInput, StoreError) as error:
+            unreplayable.append(
+                Divergence(execution_id=execution_id, sequence=0, node_id=None, problem=str(error))
+            )
+            continue
+        unreplayable.extend(replayer.divergences)
+        for decision in replayer.decisions:
+            if decision.recomputed is None:
+                continue
+            decisions += 1
+            before = OUTCOME_NAMES.get(decision.recorded.outcome, decision.recorded.outcome)
+            after = OUTCOME_NAMES.get(decision.recomputed.outcome, decision.recomputed.outcome)
+            if before != after:
+                changes.append(
+                    Change(
+                        execution_id=execution_id,
+                        sequence=decision.sequence,
+                        node_id=decision.node_id,
+                        attempt=decision.attempt,
+                        before=before,
+                        after=after,
+                        before_reason=decision.recorded.reason,
+                        after_reason=decision.recomputed.reason,
+                    )
+                )
+    return WhatIfReport(
+        runs=count, decisions=decisions, changes=tuple(changes), unreplayable=tuple(unreplayable)
+    )
