@@ -75,6 +75,8 @@ from charter.worker import node_gate_request
 
 __all__ = [
     "ANCHOR_FORMAT",
+    "GOVERNANCE_KINDS",
+    "OUTCOME_NAMES",
     "Anchor",
     "Change",
     "Divergence",
@@ -336,7 +338,7 @@ class _Expected:
 
 
 @attrs.frozen(kw_only=True)
-class Decision:
+class _Decision:
     """One recorded gate decision recomputed (what `what_if` compares)."""
 
     sequence: int
@@ -364,7 +366,7 @@ class _Replayer:
         self.override = override
         self.page = page
         self.divergences: list[Divergence] = []
-        self.decisions: list[Decision] = []
+        self.decisions: list[_Decision] = []
         self.gates = 0
         self.settlements = 0
         self.events = 0
@@ -575,7 +577,7 @@ class _Replayer:
         result = self._recompute(event, gated, execution, workflow, inputs)
         recomputed = result.events[0] if result is not None else None
         self.decisions.append(
-            Decision(
+            _Decision(
                 sequence=event.sequence,
                 node_id=gated.node_id,
                 attempt=gated.attempt,

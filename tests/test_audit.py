@@ -561,3 +561,48 @@ def test_cli_audit_bad_input_is_one_line_and_exit_2(
 
 def _events(store: Store, run: str) -> Sequence[Event]:
     return store.read_events(run)
+
+
+# ── migration of a log stored before the chain ─────────────────────────────────────────
+
+
+def _downgrade_to_v1(tamper: Tamper) -> None:
+    """Turn a store back into what schema version 1 held: no chain columns, no kept policy
+    sets, kinds in a non-canonical JSON form."""
+    for run, sequence, text in tamper.sql("SELECT execution_id, sequence, kind_json FROM events"):
+        loose = json.dumps(json.loads(text), indent=1, sort_keys=False)
+        tamper.set_kind(run, sequence, loose)
+    tamper.sql("ALTER TABLE events DROP COLUMN prev_hash")
+    tamper.sql("ALTER TABLE events DROP COLUMN hash")
+    tamper.sql("DROP TABLE policy_sets")
+    if tamper.kind == "sqlite":
+        tamper.sql("PRAGMA user_version = 1")
+    else:
+        tamper.sql("ALTER TABLE executions DROP COLUMN head_hash")
+        tamper.sql("UPDATE charter_store SET version = 1")
+
+
+def test_a_version_1_log_is_chained_by_the_migration(audited: Tamper, tmp_path: Path) -> None:
+    before = {run: audited.store.read_events(run) for run in RUNS}
+    audited.store.close()
+    _downgrade_to_v1(audited)
+    if audited.kind == "sqlite":
+        assert isinstance(audited.store, SqliteStore)
+        reopened: Store = SqliteStore(audited.store.path)
+    else:
+        from charter.adapters.postgres import PostgresStore
+
+        reopened = PostgresStore(audited.url, schema=audited.schema)
+    try:
+        report = verify_log(reopened, strict=True)
+        assert report.ok, report.problems
+        assert report.events == sum(len(events) for events in before.values())
+        for run, events in before.items():
+            assert reopened.read_events(run) == events  # the same events, the same chain
+            assert replay_run(reopened, run).ok
+        # appending continues the migrated chain
+        reopened.append_events("refund", [before["refund"][-1].kind])
+        assert verify_log(reopened, runs=["refund"]).ok
+    finally:
+        reopened.close()
+        audited.store = reopened
