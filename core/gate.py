@@ -61,7 +61,7 @@ from charter.core.budget import (
     check_before,
 )
 from charter.core.canonical import canonical_json, content_digest
-from charter.core.errors import InvalidInput, describe
+from charter.core.errors import InvalidInput, child, describe
 from charter.core.events import (
     ApprovalConsumed,
     AutonomyLimitReached,
@@ -178,7 +178,9 @@ class GateRequest:
         try:
             canonical_json(self.call)
         except InvalidInput as error:
-            raise GateInputError(f"call{error.where.removeprefix('$')}", error.problem) from None
+            where = error.where
+            path = f"call{where}" if where.startswith("[") else child("call", where)
+            raise GateInputError(path, error.problem) from None
 
     @property
     def node_id(self) -> str:
@@ -466,7 +468,12 @@ def gate_node(request: GateRequest) -> GateResult:
                         escalation_target=autonomy.escalation_target.as_str(),
                     ),
                 )
-                reason = f"circuit breaker tripped: {errors} consecutive errors >= {threshold}"
+                reason = (
+                    f"circuit breaker tripped: {errors} consecutive errors >= {threshold}"
+                    if errors >= threshold
+                    else f"circuit breaker tripped: the budget records it as tripped "
+                    f"({errors} consecutive errors, threshold {threshold})"
+                )
                 return decided.fail(reason, "circuit breaker tripped", events)
             case EscalateLimit(limit_type=limit_type, limit_value=limit, actual_value=actual):
                 events = (

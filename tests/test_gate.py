@@ -401,8 +401,18 @@ def test_settle_cost_check_is_strict(spent: float, usage: float, tripped: bool) 
         ({"policies": [PolicySet()]}, r"policies\[0\]: expected PolicyLayer, got PolicySet"),
         ({"budget": {"total_input_tokens": 1}}, "budget: expected BudgetState, got dict"),
         ({"approval": "approved"}, "approval: expected an approval status, got str"),
+        ({"call": {"a": float("nan")}}, "^call.a: expected a finite number"),
+        ({"call": [1, {"b": float("inf")}]}, r"^call\[1\].b: expected a finite number"),
     ],
-    ids=["naive-clock", "negative-attempt", "unscoped-set", "dict-budget", "string-approval"],
+    ids=[
+        "naive-clock",
+        "negative-attempt",
+        "unscoped-set",
+        "dict-budget",
+        "string-approval",
+        "nan-in-call",
+        "inf-deep-in-call",
+    ],
 )
 def test_misbuilt_gate_requests_are_refused_before_any_decision(
     changes: dict[str, Any], message: str
