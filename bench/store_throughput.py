@@ -229,7 +229,8 @@ class StoreTrial:
 
 
 #: (b)'s schema: the work-item columns the two transactions touch, the index that finds
-#: the next pending item, and an events table exactly like the store's.
+#: the next pending item, and an events table like the store's minus its chain columns
+#: (prev_hash, hash): the loop neither hashes nor links events, part of what the ratio prices.
 BASELINE_SCHEMA: Final = """
 CREATE TABLE work_items (
     id               INTEGER PRIMARY KEY,
