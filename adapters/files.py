@@ -21,6 +21,7 @@ from charter.core.workflow import WorkflowDef, WorkflowInvalid, parse_workflow
 __all__ = [
     "PolicyFile",
     "load_policy_file",
+    "load_policy_layer",
     "load_workflow_file",
     "parse_policy_document",
     "read_document",
@@ -154,6 +155,18 @@ def load_policy_file(path: str | Path, scope: PolicyScope = PolicyScope.WORKFLOW
         return parse_policy_document(data, where="", scope=scope)
     except InvalidInput as error:
         raise error.within(f"{path}:") from None
+
+
+def load_policy_layer(path: str | Path, scope: PolicyScope) -> PolicySet:
+    """The ``scope`` layer of a policy file: a bare set (taken at ``scope``), or the layer of
+    that name in a layered file; a file without one is `InvalidInput` naming it."""
+    policy = load_policy_file(path, scope)
+    layers = [layer for layer in policy.layers if layer.scope is scope]
+    if len(layers) != 1:
+        raise InvalidInput(
+            str(path), f"expected one {scope.value} layer (a bare set or '{scope.value}:')"
+        )
+    return layers[0].policy
 
 
 def load_workflow_file(path: str | Path) -> tuple[WorkflowDef, dict[str, Any]]:

@@ -81,6 +81,7 @@ the check alone, without a profiler, over the log's first 100,000 events.
 
 from __future__ import annotations
 
+import abc
 import argparse
 import cProfile
 import gc
@@ -532,18 +533,18 @@ def _open_ro(log: Path) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{log}?mode=ro", uri=True)
 
 
-class Pass:
-    """A path prepared on a log: ``run`` is the timed pass."""
+class Pass(abc.ABC):
+    """A path prepared on a log: ``run`` is the timed pass (each path defines it)."""
 
     def __init__(self, log: Path, page: int) -> None:
         self.log = log
         self.page = page
 
-    def run(self) -> Outcome:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def run(self) -> Outcome: ...
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None:  # nothing to release unless a path holds something
+        return
 
 
 class VerifyPass(Pass):

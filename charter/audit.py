@@ -70,8 +70,8 @@ from charter.core.policy import PolicyScope, PolicySet
 from charter.core.ports import Store
 from charter.core.records import Execution
 from charter.core.scheduler import Progress, fold
-from charter.core.workflow import WorkflowDef, WorkflowInvalid, parse_workflow
-from charter.worker import node_gate_request
+from charter.core.workflow import WorkflowDef, WorkflowInvalid
+from charter.worker import Definitions, node_gate_request
 
 __all__ = [
     "ANCHOR_FORMAT",
@@ -304,6 +304,16 @@ class Divergence:
         node = f" {self.node_id}" if self.node_id else ""
         return f"{self.execution_id} #{self.sequence}{node}: {self.problem}"
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run": self.execution_id,
+            "sequence": self.sequence,
+            "node": self.node_id,
+            "problem": self.problem,
+            "recorded": self.recorded,
+            "recomputed": self.recomputed,
+        }
+
 
 @attrs.frozen(kw_only=True)
 class ReplayReport:
@@ -380,19 +390,10 @@ class _Replayer:
         execution = self.store.get_execution(self.execution_id)
         if execution is None:
             raise NotFound(f"run {self.execution_id!r} does not exist")
-        stored = self.store.get_workflow(
-            execution.workflow_id, execution.workflow_version, execution.tenant_id
-        )
-        if stored is None:
-            raise NotFound(
-                f"run {self.execution_id!r}: its workflow {execution.workflow_id!r} version "
-                f"{execution.workflow_version!r} is not stored"
-            )
         try:
-            workflow = parse_workflow(stored.ir, f"workflow {execution.workflow_id}")
+            return execution, Definitions(self.store).for_execution(execution)
         except WorkflowInvalid as error:
             raise InvalidInput(f"run {self.execution_id}", f"its definition: {error}") from None
-        return execution, workflow
 
     def _positions(self) -> set[int]:
         """The ``as_of`` of every recorded gate (read without decoding other events)."""
@@ -749,15 +750,7 @@ class WhatIfReport:
             "runs": self.runs,
             "decisions": self.decisions,
             "changes": [change.to_json() for change in self.changes],
-            "unreplayable": [
-                {
-                    "run": d.execution_id,
-                    "sequence": d.sequence,
-                    "node": d.node_id,
-                    "problem": d.problem,
-                }
-                for d in self.unreplayable
-            ],
+            "unreplayable": [divergence.to_json() for divergence in self.unreplayable],
         }
 
 

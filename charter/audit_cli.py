@@ -16,10 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from charter.adapters.files import load_policy_file
+from charter.adapters.files import load_policy_layer
 from charter.audit import (
     Change,
-    Divergence,
     anchor_document,
     execution_ids,
     read_anchor,
@@ -28,7 +27,7 @@ from charter.audit import (
     what_if,
 )
 from charter.core.errors import InvalidInput
-from charter.core.policy import PolicyScope, PolicySet
+from charter.core.policy import PolicyScope
 from charter.core.ports import Store
 
 __all__ = ["EXIT_DIVERGED", "register"]
@@ -204,17 +203,6 @@ def _anchor(args: argparse.Namespace, open_store: Opener) -> int:
     return _OK
 
 
-def _divergence_json(divergence: Divergence) -> dict[str, Any]:
-    return {
-        "run": divergence.execution_id,
-        "sequence": divergence.sequence,
-        "node": divergence.node_id,
-        "problem": divergence.problem,
-        "recorded": divergence.recorded,
-        "recomputed": divergence.recomputed,
-    }
-
-
 def _replay(args: argparse.Namespace, open_store: Opener) -> int:
     store = open_store(args, must_exist=True)
     try:
@@ -230,7 +218,7 @@ def _replay(args: argparse.Namespace, open_store: Opener) -> int:
                 "events": r.events,
                 "decisions": r.gates,
                 "settlements": r.settlements,
-                "divergences": [_divergence_json(d) for d in r.divergences],
+                "divergences": [d.to_json() for d in r.divergences],
             }
             for r in reports
         ]
@@ -254,19 +242,9 @@ def _compact(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
 
-def _proposed(path: str, scope: PolicyScope) -> PolicySet:
-    policy = load_policy_file(path, scope)
-    layers = [layer for layer in policy.layers if layer.scope is scope]
-    if len(layers) != 1:
-        raise InvalidInput(
-            path, f"expected one {scope.value} layer (a bare set or '{scope.value}:')"
-        )
-    return layers[0].policy
-
-
 def _what_if(args: argparse.Namespace, open_store: Opener) -> int:
     scope = PolicyScope(args.scope)
-    proposed = _proposed(args.policy, scope)
+    proposed = load_policy_layer(args.policy, scope)
     store = open_store(args, must_exist=True)
     try:
         report = what_if(store, _runs(args, store), proposed, scope=scope)

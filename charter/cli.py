@@ -36,6 +36,7 @@ from charter.adapters.codec import dump
 from charter.adapters.files import (
     PolicyFile,
     load_policy_file,
+    load_policy_layer,
     load_workflow_file,
     read_document,
 )
@@ -481,16 +482,13 @@ def _ensure_tenant(store: _Store, tenant_id: str, policy_path: str | None, named
                 f"{tenant_id} --policy FILE`, or pass --tenant-policy FILE",
             )
         return
-    policy = load_policy_file(policy_path, PolicyScope.TENANT)
-    layers = [layer for layer in policy.layers if layer.scope is PolicyScope.TENANT]
-    if len(layers) != 1:
-        raise InvalidInput(policy_path, "expected one tenant layer (a bare set or 'tenant:')")
+    tenant_policy = load_policy_layer(policy_path, PolicyScope.TENANT)
     now = store.clock.now()
     store.put_tenant(
         Tenant(
             tenant_id=tenant_id,
             name=existing.name if existing else tenant_id,
-            policy=layers[0].policy,
+            policy=tenant_policy,
             created_at=existing.created_at if existing else now,
             updated_at=now,
         )
@@ -656,13 +654,7 @@ def _tenant(args: argparse.Namespace) -> int:
         now = store.clock.now()
         policy = existing.policy if existing else None
         if args.policy is not None:
-            parsed = load_policy_file(args.policy, PolicyScope.TENANT)
-            layers = [layer for layer in parsed.layers if layer.scope is PolicyScope.TENANT]
-            if len(layers) != 1:
-                raise InvalidInput(
-                    args.policy, "expected one tenant layer (a bare set or 'tenant:')"
-                )
-            policy = layers[0].policy
+            policy = load_policy_layer(args.policy, PolicyScope.TENANT)
         store.put_tenant(
             Tenant(
                 tenant_id=args.tenant_id,
