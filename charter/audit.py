@@ -459,7 +459,22 @@ class _Replayer:
         unfolded: list[Event] = []
         after = 0
         while True:
-            page = self.store.read_events(self.execution_id, after=after, limit=self.page)
+            try:
+                page = self.store.read_events(self.execution_id, after=after, limit=self.page)
+            except NotFound:
+                raise
+            except (StoreError, InvalidInput) as error:
+                # A stored event that no longer decodes: nothing after it can be recomputed.
+                unreadable = self._first_unreadable(after)
+                self.divergences.append(
+                    Divergence(
+                        execution_id=self.execution_id,
+                        sequence=unreadable,
+                        node_id=None,
+                        problem=f"cannot recompute: the log cannot be read from here on ({error})",
+                    )
+                )
+                return
             for event in page:
                 self.events += 1
                 kind = event.kind
@@ -492,6 +507,17 @@ class _Replayer:
             after = page[-1].sequence
         for missing in expected:
             self._missing(missing)
+
+    def _first_unreadable(self, after: int) -> int:
+        """The sequence of the first event after ``after`` that does not decode."""
+        while True:
+            try:
+                page = self.store.read_events(self.execution_id, after=after, limit=1)
+            except (StoreError, InvalidInput):
+                return after + 1
+            if not page:
+                return after + 1
+            after = page[-1].sequence
 
     def _unexplained(self, event: Event, kind: EventKind) -> None:
         node = getattr(kind, "node_id", None)

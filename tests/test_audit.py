@@ -369,6 +369,15 @@ def test_any_single_byte_change_to_a_stored_event_is_detected(
     assert verify_log(tamper.store, runs=[run], anchors=anchors).ok
 
 
+def test_replay_reports_an_event_that_no_longer_decodes_where_it_is(audited: Tamper) -> None:
+    audited.set_kind("refund", 12, '{"type": "node_completed"')
+    report = replay_run(audited.store, "refund")
+    assert [(d.sequence, d.problem.split(":")[0]) for d in report.divergences] == [
+        (12, "cannot recompute")
+    ]
+    assert located(audited.store) == [("refund", 12)]
+
+
 # ── what-if ────────────────────────────────────────────────────────────────────────────
 
 
