@@ -44,6 +44,7 @@ from charter.core.errors import (
     InvalidInput,
     NotFound,
     StoreError,
+    StoreUnavailable,
 )
 from charter.core.events import (
     AgentToolProgress,
@@ -564,7 +565,24 @@ class Worker:
     def _commit(self, claim: Claim, request: CommitRequest) -> None:
         if self.hooks.before_commit is not None:
             self.hooks.before_commit(claim)
-        written = self.store.commit(self._with_follow_up(claim, request))
+        # The attempt's outcome is known: a store that is briefly unreachable must not turn
+        # it into a failure that runs the node again. The commit is retried with backoff
+        # for up to half a lease; it is fenced, so a retry of a commit that did land (its
+        # acknowledgement was lost) is refused with FenceLost and writes nothing twice.
+        delay = 0.05
+        deadline = time.monotonic() + self.lease_secs / 2
+        while True:
+            try:
+                written = self.store.commit(self._with_follow_up(claim, request))
+                break
+            except StoreUnavailable as error:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning(
+                    "%s: commit of %s: %s; retrying", self.worker_id, claim.item.item_id, error
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
         self._absorbed = self.scheduler.absorb(claim.item.execution_id, written)
 
     def _with_follow_up(self, claim: Claim, request: CommitRequest) -> CommitRequest:

@@ -18,6 +18,7 @@ from charter.adapters.clock import ManualClock
 from charter.adapters.memory import MemoryStore
 from charter.adapters.sqlite import SqliteStore
 from charter.core.approvals import ApprovalRefused
+from charter.core.errors import StoreUnavailable
 from charter.core.events import (
     AgentToolProgress,
     ApprovalDecision,
@@ -27,7 +28,7 @@ from charter.core.events import (
     NodeSkipped,
     WorkflowCompleted,
 )
-from charter.core.ports import NodeCall, NodeResult, ReclaimResult, Store
+from charter.core.ports import CommitRequest, NodeCall, NodeResult, ReclaimResult, Store
 from charter.core.records import Claim
 from charter.core.workflow import parse_workflow
 from charter.executors import ExecutorRegistry, default_registry
@@ -61,6 +62,39 @@ def _completed(events: tuple[Event, ...]) -> list[str]:
 
 def _failures(events: tuple[Event, ...]) -> list[NodeFailed]:
     return [e.kind for e in events if isinstance(e.kind, NodeFailed)]
+
+
+class _Flaky(MemoryStore):
+    """A store whose first commits fail as an unreachable database does."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def commit(self, request: CommitRequest) -> tuple[Event, ...]:
+        if self.failures:
+            self.failures -= 1
+            raise StoreUnavailable("the database is briefly unreachable")
+        return super().commit(request)
+
+
+def test_a_commit_that_fails_transiently_is_retried_without_running_the_node_again() -> None:
+    store = _Flaky(failures=2)
+    calls: list[str] = []
+
+    def count(call: NodeCall) -> NodeResult:
+        calls.append(call.node_id)
+        return NodeResult(output=None)
+
+    registry = default_registry()
+    registry.register_tool("work.*", count)
+    workflow = _workflow({"a": _tool("work.a")}, [], tools={"work.a": {"idempotent": True}})
+    run = start_run(store, workflow, execution_id="r").execution_id
+    outcome = drive(Worker(store, executors=registry, lease_secs=5.0), run, sleep=_no_sleep)
+    assert outcome.status == "completed"
+    assert calls == ["a"]
+    assert store.failures == 0
+    assert _failures(store.read_events(run)) == []
 
 
 # ── approvals and the tick ─────────────────────────────────────────────────────────────
