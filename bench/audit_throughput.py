@@ -110,7 +110,7 @@ from bench.e2e_throughput import workflow_document
 from bench.store_throughput import BenchmarkError, _machine
 from charter.adapters.chain import GENESIS, ChainVerifier, envelope_text, event_hash
 from charter.adapters.sqlite import SqliteStore
-from charter.audit import PAGE, execution_ids, replay_run, verify_log
+from charter.audit.replay import PAGE, execution_ids, replay_run, verify_log
 from charter.core.policy import PolicySet
 from charter.core.records import ChainLink, Tenant
 from charter.core.workflow import WorkflowDef, parse_workflow

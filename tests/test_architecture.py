@@ -14,7 +14,7 @@ import charter.core
 import charter.testing.strategies
 
 ROOT = Path(__file__).resolve().parent.parent
-CORE = ROOT / "core"
+CORE = ROOT / "charter" / "core"
 
 #: What core modules may import: the standard library's pure parts, attrs, and the core.
 ALLOWED_IMPORTS = {

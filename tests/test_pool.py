@@ -41,7 +41,7 @@ from charter.pool import (
     WorkerSuccess,
     check_request,
 )
-from charter.pool_executor import (
+from charter.pool.executor import (
     PoolExecutor,
     PoolThread,
     decode_envelope,

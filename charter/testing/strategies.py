@@ -58,7 +58,7 @@ from charter.core.policy import (
     PolicyScope,
     PolicySet,
 )
-from charter.pool_protocol import (
+from charter.pool.protocol import (
     LlmOperation,
     ToolOperation,
     WorkerErrorCode,

@@ -40,7 +40,7 @@ from charter.core.breaker import (
     CircuitBreaker,
     Permit,
 )
-from charter.pool_protocol import (
+from charter.pool.protocol import (
     WorkerErrorCode,
     WorkerProtocolError,
     WorkerRequest,

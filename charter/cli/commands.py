@@ -31,7 +31,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from charter import audit_cli
 from charter.adapters.codec import dump
 from charter.adapters.files import (
     PolicyFile,
@@ -41,6 +40,8 @@ from charter.adapters.files import (
     read_document,
 )
 from charter.adapters.sqlite import SqliteStore
+from charter.audit import cli as audit_cli
+from charter.cli.render import approval_lines, event_line, run_lines
 from charter.core.approvals import ANY_HUMAN, ApprovalRefused
 from charter.core.errors import CharterError, Conflict, InvalidInput, NotFound, describe
 from charter.core.events import (
@@ -64,7 +65,6 @@ from charter.core.policy import (
 from charter.core.records import Execution, Tenant
 from charter.core.runs import run_record, run_steps
 from charter.executors import ExecutorRegistry, default_registry, load_plugin
-from charter.render import approval_lines, event_line, run_lines
 from charter.worker import ALL_QUEUES, RunOutcome, Worker, drive, start_run
 
 if TYPE_CHECKING:  # the Postgres store is optional: imported by `_open` when asked for

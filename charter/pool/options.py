@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Final
 import attrs
 
 from charter.core.errors import CharterError, InvalidInput, describe
-from charter.pool_protocol import (
+from charter.pool.protocol import (
     LlmOperation,
     ToolOperation,
     WorkerErrorCode,
