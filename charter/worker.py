@@ -29,12 +29,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
 from typing import Any, Final
 
 import attrs
 
 from charter.core.approvals import ApprovalStatus, NotRequested, approval_step
+from charter.core.attempt import node_gate_request
 from charter.core.budget import BudgetState, Usage, budget_after
 from charter.core.canonical import content_digest
 from charter.core.errors import (
@@ -61,7 +61,6 @@ from charter.core.events import (
     WorkflowStarted,
 )
 from charter.core.gate import (
-    GateRequest,
     GateResult,
     Outcome,
     SettlementOutcome,
@@ -70,7 +69,6 @@ from charter.core.gate import (
     settle_node,
 )
 from charter.core.nodes import NODE_KINDS
-from charter.core.policy import PolicySet, policy_chain
 from charter.core.ports import (
     Clock,
     CommitRequest,
@@ -104,7 +102,6 @@ __all__ = [
     "Worker",
     "WorkerHooks",
     "drive",
-    "node_gate_request",
     "start_run",
 ]
 
@@ -903,40 +900,6 @@ class Worker:
             return False
         tool = workflow.tools.get(node.context.tool_name or "")
         return not (tool is not None and tool.idempotent)
-
-
-def node_gate_request(
-    execution: Execution,
-    workflow: WorkflowDef,
-    node: NodeDef,
-    tenant_policy: PolicySet | None,
-    *,
-    attempt: int,
-    budget: BudgetState,
-    approval: ApprovalStatus,
-    state_digest: str,
-    now: datetime,
-    as_of: int,
-) -> GateRequest:
-    """The gate request of a node's attempt, from its inputs as read from the log at
-    ``as_of``: what the worker asks the core, and what `charter.audit` rebuilds from the log
-    to recompute a recorded decision (one function, so the two cannot drift apart). The
-    call is the node's arguments with the digest of the run's state (``state_digest``:
-    `content_digest` of the state), so an approval covers exactly the call it saw."""
-    return GateRequest(
-        context=node.context,
-        attempt=attempt,
-        policies=policy_chain(tenant_policy, workflow.policy, node.policy),
-        combining=workflow.combining,
-        agent=node.agent,
-        budget=budget,
-        limits=workflow.limits,
-        approval=approval,
-        call={"args": node.kind.get("args"), "state_digest": state_digest},
-        now=now,
-        run_started_at=execution.created_at,
-        as_of=as_of,
-    )
 
 
 def _failed(node_id: str, attempt: int, error: str) -> NodeFailed:

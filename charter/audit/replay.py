@@ -14,7 +14,7 @@ Three questions an auditor asks of a store, each answered from the log alone:
   folding the log up to that position, the tenant policy set is fetched by its digest
   (`Store.get_policy_set`), the workflow and node policies come from the stored
   definition, and `charter.core.gate_node` is asked again — through the same
-  `charter.worker.node_gate_request` the worker used. Each settlement (``usage_recorded``
+  `charter.core.attempt.node_gate_request` the worker used. Each settlement (``usage_recorded``
   after a run decision, with any budget trip) is recomputed with `settle_node` likewise.
   Recomputed events must equal the recorded ones exactly (canonical JSON); every
   difference is a `Divergence`, and so is a node that completed without a decision to run.
@@ -38,6 +38,7 @@ import attrs
 from charter.adapters.chain import ChainProblem, ChainVerifier, canonical_text
 from charter.adapters.codec import dump
 from charter.core.approvals import ApprovalStatus, NotRequested, approval_step
+from charter.core.attempt import node_gate_request
 from charter.core.budget import BudgetState, Usage, budget_after
 from charter.core.canonical import content_digest
 from charter.core.errors import InvalidInput, NotFound, StoreError
@@ -71,7 +72,7 @@ from charter.core.ports import Store
 from charter.core.records import Execution
 from charter.core.scheduler import Progress, fold
 from charter.core.workflow import WorkflowDef, WorkflowInvalid
-from charter.worker import Definitions, node_gate_request
+from charter.worker import Definitions
 
 __all__ = [
     "ANCHOR_FORMAT",
