@@ -22,12 +22,15 @@ from charter.core.materialize import (
 from charter.testing.strategies import event_kinds, json_values
 
 
-@given(event_kinds(), st.sampled_from(ExecutionStatus))
+@given(
+    event_kinds().filter(lambda kind: not isinstance(kind, STATUS_KINDS)),
+    st.sampled_from(ExecutionStatus),
+)
 def test_only_status_kinds_change_a_status(kind: EventKind, status: ExecutionStatus) -> None:
     # Stores skip the status fold for appends without a status kind: that is only sound if
-    # every other kind leaves every status alone.
-    if not isinstance(kind, STATUS_KINDS):
-        assert status_after(status, kind) is status
+    # every other kind leaves every status alone. (Status kinds are filtered out of the
+    # draw, so every example checks something.)
+    assert status_after(status, kind) is status
 
 
 @given(event_kinds(), st.sampled_from([s for s in ExecutionStatus if s.terminal]))
