@@ -1,6 +1,7 @@
 """The store adapters under contract, and how to build a fresh one for a test.
 
-`tests/test_store_contract.py` runs every contract test once per kind in `STORE_KINDS`.
+The contract suite, the package `tests/contract/` (one module per topic; its `conftest`
+holds the ``store`` fixture), runs every contract test once per kind in `STORE_KINDS`.
 To put another adapter under contract, write a factory below that builds an empty store on
 the given clock, and add it to `_FACTORIES` — nothing else changes.
 

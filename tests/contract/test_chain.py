@@ -2,7 +2,15 @@
 assigns each event its ``prev_hash`` and ``hash`` in the transaction that numbers it, hands
 the log out as stored (`Store.read_chain`), and keeps every tenant policy set by digest.
 
-Runs once per store kind, like `tests/test_store_contract.py` (whose fixtures it uses)."""
+In the order a reader should learn them:
+
+1. Every event links to the one before (the first to `GENESIS`) and its hash covers its
+   stored form; `read_events` carries the same hashes; each execution has its own chain.
+2. `read_chain` pages with ``after`` and ``limit``; an unknown execution is `NotFound`;
+   ``created_at`` is UTC text with microseconds.
+3. Concurrent appends keep one unbroken chain.
+4. Policy sets are kept by digest even after the tenant's policy changes.
+"""
 
 from __future__ import annotations
 
@@ -19,18 +27,7 @@ from charter.core.events import ToolCalled
 from charter.core.policy import PolicySet
 from charter.core.ports import Store
 from charter.core.records import ChainLink
-from tests.test_store_contract import (  # fixtures are found by name in this module
-    EXEC,
-    claim,
-    clock,
-    commit,
-    completed,
-    start,
-    store,
-    tenant,
-)
-
-__all__ = ["clock", "store"]  # re-exported fixtures (pytest finds them by name)
+from tests.contract.helpers import EXEC, claim, commit, completed, start, tenant
 
 
 def chain(store: Store, execution_id: str = EXEC) -> tuple[ChainLink, ...]:
