@@ -1,5 +1,6 @@
 """The conformance corpus (docs/conformance/): fresh, recomputable from its JSON alone, and
-checked by a check that can fail."""
+checked by a check that can fail; its case files (charter/testing/conformance_cases/) read
+strictly."""
 
 from __future__ import annotations
 
@@ -9,29 +10,37 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import given
 
-from charter.adapters.codec import parse_json
+from charter.adapters.codec import dump, parse_json
+from charter.core.approvals import ApprovalStatus, NotRequested, approval_step
+from charter.core.budget import BudgetState, budget_after
 from charter.core.canonical import canonical_json
+from charter.core.events import (
+    ApprovalConsumed,
+    ApprovalReceived,
+    Event,
+    NodeGated,
+    ToolApprovalRequired,
+)
 from charter.core.gate import GateRequest, gate_node
 from charter.testing import conformance
 from charter.testing.conformance import (
+    CASES_DIR,
     CORPUS_FILES,
+    INPUTS,
     ConformanceError,
     check_corpus,
     corpus_text,
-    decode_events,
-    decode_gate_request,
-    decode_settle_request,
-    encode_event,
-    encode_gate_request,
-    encode_gate_result,
-    encode_settle_request,
+    decode_input,
+    encode_input,
     read_corpus_file,
     run_case,
 )
@@ -113,15 +122,8 @@ def test_case_recomputes_from_its_json(kind: str, case: Mapping[str, Any]) -> No
 def test_case_input_reencodes_to_itself(kind: str, case: Mapping[str, Any]) -> None:
     # The JSON shapes are exact: decoding then encoding gives back the same data, so nothing
     # in a case is ignored by the decoder.
-    if kind == "gate":
-        again: Any = encode_gate_request(decode_gate_request(case["request"]))
-        assert canonical_json(again) == canonical_json(case["request"])
-    elif kind == "settle":
-        again = encode_settle_request(decode_settle_request(case["request"]))
-        assert canonical_json(again) == canonical_json(case["request"])
-    else:
-        again = [encode_event(event) for event in decode_events(case["events"])]
-        assert canonical_json(again) == canonical_json(case["events"])
+    again = encode_input(kind, decode_input(kind, case))
+    assert canonical_json(again) == canonical_json({key: case[key] for key in INPUTS[kind]})
 
 
 def test_cases_cover_every_outcome() -> None:
@@ -260,12 +262,12 @@ def test_an_integral_float_is_the_same_number(tmp_path: Path) -> None:
             lambda case: case["request"]["policies"].append(
                 {"scope": "node", "policy": {"blocked_tools": "shell.*"}}
             ),
-            "request.policies[",
+            "request.policies.policy.blocked_tools: expected an array",
         ),
         (
             "gate.json",
             lambda case: case["request"].update(colour="blue"),
-            "request.colour: unknown key",
+            "request: extra fields found (colour)",
         ),
         (
             "gate.json",
@@ -275,7 +277,7 @@ def test_an_integral_float_is_the_same_number(tmp_path: Path) -> None:
         (
             "settle.json",
             lambda case: case["request"]["usage"].update(cost_usd=-1),
-            "request.usage",
+            "request.usage: cost_usd: expected a finite non-negative number",
         ),
         (
             "log.json",
@@ -366,9 +368,167 @@ def test_cli_write_and_help(tmp_path: Path) -> None:
 
 @given(gate_requests())
 def test_gate_request_json_round_trip(request: GateRequest) -> None:
-    text = json.dumps(encode_gate_request(request), ensure_ascii=False, allow_nan=False)
-    decoded = decode_gate_request(parse_json(text))
+    text = json.dumps(encode_input("gate", request), ensure_ascii=False, allow_nan=False)
+    decoded = decode_input("gate", parse_json(text))
     assert decoded == request
-    assert canonical_json(encode_gate_result(gate_node(decoded))) == canonical_json(
-        encode_gate_result(gate_node(request))
-    )
+    assert canonical_json(dump(gate_node(decoded))) == canonical_json(dump(gate_node(request)))
+
+
+# ── (f) the case files: data, read strictly ──
+
+
+def _copy_cases(tmp_path: Path) -> Path:
+    target = tmp_path / "cases"
+    shutil.copytree(CASES_DIR, target)
+    return target
+
+
+def _edit_cases(folder: Path, kind: str, change: Callable[[list[dict[str, Any]]], None]) -> str:
+    """Apply ``change`` to a copied case file; returns the name of its second case."""
+    path = folder / f"{kind}.yaml"
+    cases = yaml.safe_load(path.read_text(encoding="utf-8"))
+    change(cases)
+    path.write_text(yaml.safe_dump(cases, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return str(cases[1]["name"])
+
+
+def test_case_files_build_the_corpus_case_for_case() -> None:
+    for kind, name in CORPUS_FILES.items():
+        built = [case["name"] for case in conformance.build_cases(kind)]
+        assert built == [case["name"] for case in read_corpus_file(CORPUS / name, kind)]
+
+
+@pytest.mark.parametrize(
+    ("kind", "change", "message"),
+    [
+        (
+            "gate",
+            lambda case: case["request"].update(now="2025-03-01T12:00:00"),
+            "request.now: timestamp needs a timezone offset",
+        ),
+        (
+            "gate",
+            lambda case: case["request"]["budget"].update(total_input_tokens=-3),
+            "request.budget.total_input_tokens: expected a non-negative integer",
+        ),
+        (
+            "gate",
+            lambda case: case.update(expected={"outcome": "run"}),
+            "expected: unknown key (expected one of: name, description, request)",
+        ),
+        ("gate", lambda case: case.pop("request"), "request: required field missing"),
+        (
+            "settle",
+            lambda case: case["request"]["budget"].pop("total_cost_usd"),
+            "request.budget.total_cost_usd: missing budget field",
+        ),
+        (
+            "settle",
+            lambda case: case.update(description="two\nlines"),
+            "description: expected a one-line string",
+        ),
+        (
+            "log",
+            lambda case: case["events"][2].update(sequence=9),
+            "events[2].sequence: expected 3 (no gaps), got 9",
+        ),
+        (
+            "log",
+            lambda case: case["events"][3]["kind"].update(type="node_teleported"),
+            "events[3].kind: type: unknown type 'node_teleported'",
+        ),
+    ],
+    ids=[
+        "naive-now",
+        "budget",
+        "expected-given",
+        "no-request",
+        "settle-budget",
+        "two-lines",
+        "sequence",
+        "event-type",
+    ],
+)
+def test_a_malformed_case_file_names_the_file_and_the_case(
+    tmp_path: Path, kind: str, change: Callable[[dict[str, Any]], None], message: str
+) -> None:
+    folder = _copy_cases(tmp_path)
+    if kind == "gate":  # the second gate case has a budget only once it is given one
+        _edit_cases(folder, kind, lambda cases: cases[1]["request"].update(budget=_EMPTY_BUDGET))
+    victim = _edit_cases(folder, kind, lambda cases: change(cases[1]))
+    with pytest.raises(ConformanceError) as raised:
+        conformance.corpus(folder)
+    assert str(raised.value).startswith(f"{kind}.yaml: case {victim!r}: {message}")
+
+
+_EMPTY_BUDGET = BudgetState().to_dict()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("- name: a\n  description: [x\n", "gate.yaml: invalid YAML: "),
+        ("- name: a\n  description: x\n  name: b\n", "gate.yaml: invalid YAML: duplicate key"),
+        ("- {name: a, yes: 1}\n", "gate.yaml: invalid YAML: key True is not a string"),
+        ("cases: []\n", "gate.yaml: cases: expected an array"),
+        ("- description: x\n", "gate.yaml: cases[0]: expected a case with a name"),
+        (
+            "- {name: a, description: x, request: {}}\n- {name: a}\n",
+            "gate.yaml: cases[1].name: duplicate case name 'a'",
+        ),
+    ],
+    ids=["syntax", "duplicate-key", "bool-key", "not-a-list", "no-name", "duplicate-name"],
+)
+def test_a_broken_case_file_names_the_file(tmp_path: Path, text: str, message: str) -> None:
+    folder = _copy_cases(tmp_path)
+    (folder / "gate.yaml").write_text(text, encoding="utf-8")
+    with pytest.raises(ConformanceError) as raised:
+        conformance.corpus(folder)
+    assert str(raised.value).startswith(message)
+
+
+def test_a_missing_case_file_names_the_file(tmp_path: Path) -> None:
+    folder = _copy_cases(tmp_path)
+    (folder / "log.yaml").unlink()
+    with pytest.raises(ConformanceError, match=r"^log\.yaml: cannot read"):
+        conformance.corpus(folder)
+
+
+def test_cli_write_refuses_a_malformed_case_file(tmp_path: Path) -> None:
+    folder = _copy_cases(tmp_path)
+    victim = _edit_cases(folder, "settle", lambda cases: cases[1]["request"].update(attempt="x"))
+    out = tmp_path / "out"
+    done = _cli("--write", str(out), "--cases", str(folder))
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"error: settle.yaml: case {victim!r}: request.attempt:")
+    assert not out.exists()  # nothing written when a case is bad
+
+
+# ── (g) the logs still read as the core wrote them ──
+
+
+def _approval_tags(log: Sequence[Event]) -> dict[str, str]:
+    statuses: dict[str, ApprovalStatus] = {}
+    for event in log:
+        if isinstance(event.kind, ToolApprovalRequired | ApprovalReceived | ApprovalConsumed):
+            node = event.kind.node_id
+            statuses[node] = approval_step(statuses.get(node, NotRequested()), event)
+    return {node: dump(status)["type"] for node, status in statuses.items()}
+
+
+@pytest.mark.parametrize("case", conformance.build_cases("log"), ids=lambda case: str(case["name"]))
+def test_log_case_reads_as_written_by_the_core(case: dict[str, Any]) -> None:
+    # The logs were written by the core, as the worker writes them (each node_gated records
+    # the budget, approval status and log position it was decided from); now that they are
+    # data, an edit that breaks that reading fails here.
+    _, log = decode_input("log", case)
+    started = log[0].created_at
+    for index, event in enumerate(log):
+        assert event.id == f"{event.execution_id}-{event.sequence:03d}"
+        assert event.created_at == started + timedelta(seconds=index)
+        if isinstance(event.kind, NodeGated):
+            assert event.kind.as_of == index
+            assert event.kind.decided_at == event.created_at
+            assert event.kind.budget == budget_after(BudgetState(), log[:index]).to_dict()
+            tags = _approval_tags(log[:index])
+            assert event.kind.approval == tags.get(event.kind.node_id, "not_requested")
