@@ -346,10 +346,8 @@ def build_cases(kind: str, directory: str | Path = CASES_DIR) -> list[JsonObject
             inputs, expected = encode_input(kind, value), _expected(kind, value)
         except InvalidInput as error:
             raise ConformanceError(f"{path.name}: case {case['name']!r}", str(error)) from None
-        built.append(
-            {"name": case["name"], "description": case["description"], **inputs}
-            | {"expected": expected}
-        )
+        built.append({"name": case["name"], "description": case["description"], **inputs})
+        built[-1]["expected"] = expected
     return built
 
 
