@@ -65,7 +65,7 @@ from charter.core.policy import (
 from charter.core.records import Execution, Tenant
 from charter.core.runs import run_record, run_steps
 from charter.executors import ExecutorRegistry, default_registry, load_plugin
-from charter.worker import ALL_QUEUES, RunOutcome, Worker, drive, start_run
+from charter.worker import ALL_QUEUES, RunOutcome, Scheduler, Worker, drive, start_run
 
 if TYPE_CHECKING:  # the Postgres store is optional: imported by `_open` when asked for
     from typing import TypeAlias
@@ -518,7 +518,7 @@ def _run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"run {run_id}: {workflow.workflow_id} v{workflow.version} ({_shown(args.db)})")
         printer = _printer(args.quiet, len(workflow.nodes))
-        worker = Worker(store, executors=registry, on_events=printer)
+        worker = Worker(store, executors=registry, scheduler=Scheduler(store, on_events=printer))
         return _report(store, drive(worker, run_id), args.db)
     finally:
         store.close()

@@ -82,7 +82,16 @@ from charter.core.materialize import merge_patch
 from charter.core.records import NewWorkItem
 from charter.core.workflow import NodeDef, WorkflowDef
 
-__all__ = ["NodeProgress", "NodeState", "Plan", "Progress", "fold", "fold_event", "plan"]
+__all__ = [
+    "NodeProgress",
+    "NodeState",
+    "Plan",
+    "Progress",
+    "fold",
+    "fold_event",
+    "fold_kinds",
+    "plan",
+]
 
 SKIPPED_REASON: Final = "branch not taken"
 
@@ -271,8 +280,39 @@ def fold(
 ) -> Progress:
     """The progress of an execution of ``workflow`` after ``events`` (in sequence order),
     starting from ``progress`` (default: nothing happened yet). ``progress`` is not changed."""
+    work = _thaw(workflow, progress if progress is not None else _initial(workflow))
+    for event in events:
+        _apply(workflow, work, event.sequence, event.kind, event.created_at)
+    return work.freeze()
+
+
+def fold_kinds(
+    workflow: WorkflowDef,
+    kinds: Iterable[EventKind],
+    progress: Progress | None = None,
+    *,
+    at: datetime,
+    first_sequence: int | None = None,
+) -> Progress:
+    """The progress after event kinds not written yet (say, a commit about to be made), as
+    `fold` would give it once they are: the kinds take the consecutive sequences from
+    ``first_sequence`` (default: right after ``progress``) and are taken as recorded at
+    ``at``. No event envelope is made."""
     base = progress if progress is not None else _initial(workflow)
-    work = _Work(
+    work = _thaw(workflow, base)
+    sequence = base.last_sequence + 1 if first_sequence is None else first_sequence
+    for offset, kind in enumerate(kinds):
+        _apply(workflow, work, sequence + offset, kind, at)
+    return work.freeze()
+
+
+def fold_event(workflow: WorkflowDef, progress: Progress, event: Event) -> Progress:
+    """``progress`` after one more event."""
+    return fold(workflow, (event,), progress)
+
+
+def _thaw(workflow: WorkflowDef, base: Progress) -> _Work:
+    return _Work(
         workflow=workflow,
         nodes=dict(base.nodes),
         state=base.state,
@@ -288,19 +328,12 @@ def fold(
         failed=set(base.failed),
         finished_count=base.finished_count,
     )
-    for event in events:
-        _apply(workflow, work, event)
-    return work.freeze()
 
 
-def fold_event(workflow: WorkflowDef, progress: Progress, event: Event) -> Progress:
-    """``progress`` after one more event."""
-    return fold(workflow, (event,), progress)
-
-
-def _apply(workflow: WorkflowDef, work: _Work, event: Event) -> None:
-    work.last_sequence = event.sequence
-    kind = event.kind
+def _apply(
+    workflow: WorkflowDef, work: _Work, sequence: int, kind: EventKind, at: datetime
+) -> None:
+    work.last_sequence = sequence
     match kind:
         case WorkflowStarted(initial_input=initial):
             work.started, work.inputs = True, initial
@@ -330,7 +363,7 @@ def _apply(workflow: WorkflowDef, work: _Work, event: Event) -> None:
         case NodeCancelled(node_id=node):
             work.set(node, state=NodeState.CANCELLED)
         case ToolApprovalRequired(node_id=node):
-            work.set(node, state=NodeState.HELD, held_since=event.created_at, answer=None)
+            work.set(node, state=NodeState.HELD, held_since=at, answer=None)
         case ApprovalReceived(node_id=node):
             entry = work.nodes.get(node)
             if entry is None or entry.state is not NodeState.HELD:

@@ -1,0 +1,131 @@
+"""Writing the end of an attempt: one fenced commit (with the scheduler's next step folded
+in), or the failure of the attempt.
+
+Both return whether the events written followed on from what the scheduler knew
+(`Scheduler.absorb`): then its view is complete and the next plan needs no read.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import attrs
+
+from charter.core.attempt import with_failure_usage
+from charter.core.budget import Usage
+from charter.core.errors import FenceLost, NotFound, StoreError, StoreUnavailable
+from charter.core.events import EventKind
+from charter.core.ports import Clock, CommitRequest, Store
+from charter.core.records import Claim, WorkItemStatus
+from charter.worker.scheduling import RunView, Scheduler
+
+__all__ = ["Writer", "commit_request", "with_follow_up"]
+
+log = logging.getLogger("charter.worker")
+
+
+def commit_request(
+    claim: Claim,
+    outcome: WorkItemStatus,
+    events: Sequence[EventKind],
+    *,
+    usage: Usage | None = None,
+    succeeded: bool | None = None,
+) -> CommitRequest:
+    """The commit that ends ``claim``'s attempt with ``outcome`` and ``events``."""
+    return CommitRequest(
+        item_id=claim.item.item_id,
+        fence=claim.fence,
+        outcome=outcome,
+        events=tuple(events),
+        usage=usage,
+        succeeded=succeeded,
+    )
+
+
+def with_follow_up(
+    claim: Claim, request: CommitRequest, view: RunView | None, clock: Clock
+) -> CommitRequest:
+    """The commit, with the scheduler's next step planned from the view the attempt was
+    decided on plus the commit's own events: written in the same transaction if the log
+    has not moved meanwhile (one write per node instead of two), left out otherwise."""
+    if view is None or view.execution.execution_id != claim.item.execution_id:
+        return request
+    follow_up = view.follow_up(request.events, now=clock.now())
+    if follow_up.empty:
+        return request
+    return attrs.evolve(
+        request,
+        then_events=follow_up.events,
+        then_items=follow_up.items,
+        then_if_last_sequence=view.progress.last_sequence,
+    )
+
+
+class Writer:
+    """Writes the ends of one worker's attempts to ``store``, handing what it wrote to
+    ``scheduler`` (`Scheduler.absorb`); ``worker_id`` names the worker in the log."""
+
+    def __init__(
+        self, store: Store, scheduler: Scheduler, worker_id: str, *, patience_secs: float
+    ) -> None:
+        self.store = store
+        self.scheduler = scheduler
+        self.clock = store.clock
+        self.worker_id = worker_id
+        self.patience_secs = patience_secs
+
+    def commit(self, claim: Claim, request: CommitRequest, view: RunView | None) -> bool:
+        """Commit ``request`` (with its follow-up, planned from ``view``). The attempt's
+        outcome is known: a store that is briefly unreachable must not turn it into a
+        failure that runs the node again, so the commit is retried with backoff for up to
+        ``patience_secs``; it is fenced, so a retry of a commit that did land (its
+        acknowledgement was lost) is refused with `FenceLost` and writes nothing twice."""
+        delay = 0.05
+        deadline = time.monotonic() + self.patience_secs
+        while True:
+            try:
+                written = self.store.commit(with_follow_up(claim, request, view, self.clock))
+                break
+            except StoreUnavailable as error:
+                if time.monotonic() + delay > deadline:
+                    raise
+                item_id = claim.item.item_id
+                log.warning("%s: commit of %s: %s; retrying", self.worker_id, item_id, error)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        return self.scheduler.absorb(claim.item.execution_id, written)
+
+    def fail(
+        self,
+        claim: Claim,
+        error: str,
+        *,
+        retryable: bool,
+        events: Sequence[EventKind] = (),
+        usage: Usage | None = None,
+        delay_ms: int | None = None,
+    ) -> bool:
+        """Fail the attempt (the store retries or dead-letters it), with its usage recorded
+        as an error (`with_failure_usage`). A lost claim, or a store that cannot be
+        reached, writes nothing: the lease will expire and the item be reclaimed."""
+        item = claim.item
+        events = with_failure_usage(events, node_id=item.node_id, attempt=item.attempt, usage=usage)
+        try:
+            written = self.store.fail(
+                item.item_id,
+                claim.fence,
+                error=error,
+                retryable=retryable,
+                events=events,
+                usage=usage,
+                delay_ms=delay_ms,
+            )
+        except (FenceLost, NotFound):
+            return False
+        except StoreError as failure:
+            log.warning("could not record the failure of %s: %s", item.item_id, failure)
+            return False
+        return self.scheduler.absorb(item.execution_id, written)

@@ -1,0 +1,232 @@
+"""Run-state tracking: each execution's log folded incrementally, and its next plans appended.
+
+`Scheduler` keeps, per execution, its definition and the fold of its log
+(`charter.core.scheduler.fold`), the approval status of each node and the budget ledger; it
+reads only the events it has not seen (catch-up), takes events a caller wrote itself without
+reading them back (`Scheduler.absorb`), and appends the next `plan` with compare-and-append,
+so several processes may schedule the same execution without ever dispatching a node twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Final
+
+import attrs
+
+from charter.core.approvals import ApprovalStatus, NotRequested, approval_step
+from charter.core.budget import BudgetState, budget_after
+from charter.core.errors import Conflict, InvalidInput, NotFound, StoreError
+from charter.core.events import (
+    ApprovalConsumed,
+    ApprovalReceived,
+    Event,
+    EventKind,
+    ToolApprovalRequired,
+)
+from charter.core.ports import Clock, Store
+from charter.core.records import Execution, ExecutionStatus
+from charter.core.scheduler import Plan, Progress, fold, fold_kinds, plan
+from charter.core.workflow import WorkflowDef
+from charter.worker.definitions import Definitions
+
+__all__ = ["RunView", "Scheduler"]
+
+log = logging.getLogger("charter.worker")
+
+_NOT_REQUESTED: Final = NotRequested()
+
+
+@attrs.define
+class _Tracked:
+    execution: Execution  # as first read: only its identity and creation are used
+    workflow: WorkflowDef
+    progress: Progress
+    approvals: dict[str, ApprovalStatus]
+    budget: BudgetState = attrs.Factory(BudgetState)
+
+
+@attrs.frozen(kw_only=True)
+class RunView:
+    """An execution as a scheduler knows it: its record (as first read: identity, tenant,
+    creation), definition, progress, each node's approval status and its budget ledger
+    (`charter.core.budget.budget_after` of the log), all as of ``progress.last_sequence``."""
+
+    execution: Execution
+    workflow: WorkflowDef
+    progress: Progress
+    approvals: Mapping[str, ApprovalStatus]
+    budget: BudgetState = attrs.Factory(BudgetState)
+
+    def approval(self, node_id: str) -> ApprovalStatus:
+        return self.approvals.get(node_id, _NOT_REQUESTED)
+
+    def follow_up(self, kinds: Sequence[EventKind], *, now: datetime) -> Plan:
+        """What the scheduler would plan once ``kinds`` follow this view in the log (written
+        at ``now``): a commit's next step, planned before the commit is made."""
+        after = fold_kinds(self.workflow, kinds, self.progress, at=now)
+        return plan(self.workflow, after, now=now, execution_id=self.execution.execution_id)
+
+
+class Scheduler:
+    """Folds executions incrementally and appends their next plans (see the module doc).
+
+    Each execution's definition and fold are kept between calls; the log is read only for
+    events the scheduler has not seen. Events a caller wrote itself (a commit) are handed
+    over with `absorb` and need not be read back. ``on_events`` is called with every event
+    of a log exactly once, in order, as the scheduler learns of it."""
+
+    def __init__(
+        self,
+        store: Store,
+        definitions: Definitions | None = None,
+        *,
+        clock: Clock | None = None,
+        on_events: Callable[[Sequence[Event]], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.definitions = definitions or Definitions(store)
+        self.clock = clock or store.clock
+        self.on_events = on_events
+        self._tracked: dict[str, _Tracked] = {}
+        self._lock = threading.RLock()
+        self._last_tick = float("-inf")
+
+    def progress(self, execution_id: str) -> Progress:
+        """The execution's progress, caught up with its log."""
+        return self._catch_up(execution_id).progress
+
+    def approval(self, execution_id: str, node_id: str) -> ApprovalStatus:
+        """The node's approval status, caught up with the log."""
+        return self._catch_up(execution_id).approvals.get(node_id, _NOT_REQUESTED)
+
+    def view(self, execution_id: str) -> RunView:
+        """Everything the scheduler knows of the execution, caught up with its log (one
+        read of the new events)."""
+        with self._lock:
+            tracked = self._catch_up(execution_id)
+            return RunView(
+                execution=tracked.execution,
+                workflow=tracked.workflow,
+                progress=tracked.progress,
+                approvals=dict(tracked.approvals),
+                budget=tracked.budget,
+            )
+
+    def absorb(self, execution_id: str, events: Sequence[Event]) -> bool:
+        """Fold in events the caller appended itself, if they follow on from what the
+        scheduler knows; returns whether they did (then its view is complete up to them)."""
+        with self._lock:
+            tracked = self._tracked.get(execution_id)
+            if (
+                tracked is None
+                or not events
+                or events[0].sequence != tracked.progress.last_sequence + 1
+            ):
+                return False
+            self._absorb(tracked, events)
+            return True
+
+    def _track(self, execution_id: str) -> _Tracked:
+        tracked = self._tracked.get(execution_id)
+        if tracked is None:
+            execution = self._execution(execution_id)
+            workflow = self.definitions.for_execution(execution)
+            tracked = _Tracked(execution, workflow, fold(workflow, ()), {})
+            self._tracked[execution_id] = tracked
+        return tracked
+
+    def _catch_up(self, execution_id: str) -> _Tracked:
+        with self._lock:
+            tracked = self._track(execution_id)
+            new = self.store.read_events(execution_id, after=tracked.progress.last_sequence)
+            if new:
+                self._absorb(tracked, new)
+            return tracked
+
+    def _absorb(self, tracked: _Tracked, events: Sequence[Event]) -> None:
+        """Fold new events in; every event of a log passes here exactly once, in order, so
+        this is also where they are reported (``on_events``)."""
+        tracked.progress = fold(tracked.workflow, events, tracked.progress)
+        tracked.budget = budget_after(tracked.budget, events)
+        for event in events:
+            if isinstance(event.kind, ToolApprovalRequired | ApprovalReceived | ApprovalConsumed):
+                node = event.kind.node_id
+                current = tracked.approvals.get(node, _NOT_REQUESTED)
+                tracked.approvals[node] = approval_step(current, event)
+        if self.on_events is not None:
+            self.on_events(events)
+
+    def _execution(self, execution_id: str) -> Execution:
+        execution = self.store.get_execution(execution_id)
+        if execution is None:
+            raise NotFound(f"execution {execution_id!r} does not exist")
+        return execution
+
+    def tick(self, *, min_interval_secs: float = 0.0) -> int:
+        """Advance every running execution once: what a long-running worker does
+        periodically, so that work not triggered by a claimed item still happens — an
+        approval answered from elsewhere (``charter approve --no-continue``, an API) is
+        dispatched, a ``human_approval`` node's timeout fires, a run whose last item was
+        dead-lettered is finished. Returns how many events were appended. With
+        ``min_interval_secs``, a call within that long of the previous one does nothing (so
+        threads sharing a scheduler can all call it)."""
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last_tick < min_interval_secs:
+                return 0
+            self._last_tick = now
+        appended = 0
+        for status in (ExecutionStatus.RUNNING, ExecutionStatus.PAUSED):
+            cursor = None
+            while True:
+                page = self.store.list_executions(status=status, cursor=cursor, limit=500)
+                for execution in page.items:
+                    try:
+                        appended += len(self.advance(execution.execution_id))
+                    except (StoreError, InvalidInput) as error:
+                        log.warning("tick: %s: %s", execution.execution_id, error)
+                cursor = page.next_cursor
+                if cursor is None:
+                    break
+        return appended
+
+    def advance(self, execution_id: str, *, read: bool = True) -> tuple[Event, ...]:
+        """Append the execution's next plans until there is nothing more to do now.
+
+        With ``read=False`` the plan starts from what the scheduler already knows: right
+        when its view is complete (the caller's own commit was just absorbed), and safe
+        anyway — every append is conditional on the log not having moved
+        (compare-and-append), and on a conflict the new events are read and the plan made
+        again."""
+        appended: list[Event] = []
+        with self._lock:
+            tracked = self._catch_up(execution_id) if read else self._track(execution_id)
+        for _ in range(1000):  # each round makes progress; a bound guards against surprises
+            with self._lock:
+                next_plan = plan(
+                    tracked.workflow,
+                    tracked.progress,
+                    now=self.clock.now(),
+                    execution_id=execution_id,
+                )
+                if next_plan.empty:
+                    break
+                try:
+                    events = self.store.append_events(
+                        execution_id,
+                        next_plan.events,
+                        items=next_plan.items,
+                        expected_last_sequence=tracked.progress.last_sequence,
+                    )
+                except Conflict:
+                    # Someone else moved the log: fold their events and plan again.
+                    tracked = self._catch_up(execution_id)
+                    continue
+                self._absorb(tracked, events)
+            appended.extend(events)
+        return tuple(appended)

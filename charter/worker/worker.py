@@ -1,0 +1,295 @@
+"""The worker: claim → gate → execute → commit, one fenced write per attempt.
+
+What to write is decided by the core (`gate_node`, `settle_node`, `plan` and the events of
+`charter.core.attempt`); a `Worker` gathers the inputs, runs the executor and writes. It fails
+closed: anything that goes wrong before the node's outcome is committed (a store error, an
+unreadable definition, an executor that raises) fails the attempt, retryable when trying
+again may help, never the run. The side effect of a tool not declared ``idempotent`` is
+reserved before it fires and its result recorded as soon as it is known: a later attempt
+replays it instead of firing again, and one whose predecessor died mid-call fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Final
+
+import attrs
+
+from charter.core.attempt import (
+    effect_key,
+    executed_attempt,
+    failed_attempt,
+    finished_run_event,
+    is_effectful,
+    node_gate_request,
+    result_to_json,
+    terminal_failure,
+)
+from charter.core.canonical import content_digest
+from charter.core.errors import ExecutorFailed, FenceLost, InvalidInput, StoreError
+from charter.core.events import EventKind, JsonValue
+from charter.core.gate import Outcome, gate_node
+from charter.core.nodes import NODE_KINDS
+from charter.core.ports import Clock, CommitRequest, EffectResult, Store
+from charter.core.records import Claim, WorkItemStatus
+from charter.core.workflow import NodeDef, WorkflowInvalid
+from charter.executors import ExecutorRegistry, default_registry
+from charter.worker.commits import Writer, commit_request
+from charter.worker.execution import Refused, executor_for, node_call, outcome_of, reserve
+from charter.worker.heartbeats import Heartbeats
+from charter.worker.scheduling import RunView, Scheduler
+
+__all__ = ["ALL_QUEUES", "Worker", "WorkerHooks"]
+
+log = logging.getLogger("charter.worker")
+
+#: Every queue a node kind can be dispatched to.
+ALL_QUEUES: Final = tuple(sorted({info.queue_type for info in NODE_KINDS.values()}))
+
+
+@attrs.frozen(kw_only=True)
+class WorkerHooks:
+    """Seams for tests and embedders: called with the claim at the named moments."""
+
+    before_execute: Callable[[Claim], None] | None = None
+    before_commit: Callable[[Claim], None] | None = None
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+
+
+class Worker:
+    """Processes claimed work items (see the module doc). `charter.bootstrap.build_worker`
+    is the way to make one: it wires the scheduler and the executors. (Left out here, they
+    default to a scheduler of the worker's own and `default_registry`.)"""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        executors: ExecutorRegistry | None = None,
+        scheduler: Scheduler | None = None,
+        worker_id: str | None = None,
+        queues: Sequence[str] = ALL_QUEUES,
+        lease_secs: float = 30.0,
+        effect_ttl_secs: float = 300.0,
+        snapshot_every: int = 256,
+        hooks: WorkerHooks | None = None,
+    ) -> None:
+        if snapshot_every < 1:
+            raise InvalidInput("snapshot_every", f"expected at least 1, got {snapshot_every}")
+        self.store = store
+        self.executors = executors if executors is not None else default_registry()
+        self.scheduler = scheduler if scheduler is not None else Scheduler(store)
+        self.worker_id = worker_id or _default_worker_id()
+        self.queues = tuple(queues)
+        self.lease_secs = lease_secs
+        self.effect_ttl_secs = effect_ttl_secs
+        self.snapshot_every = snapshot_every
+        self.hooks = hooks or WorkerHooks()
+        self._heartbeats = Heartbeats(store, lease_secs)
+        self._writer = Writer(store, self.scheduler, self.worker_id, patience_secs=lease_secs / 2)
+        self._absorbed = False  # whether the item in hand's own write was folded in
+        self._view: RunView | None = None  # the view the item in hand is decided on
+
+    def close(self) -> None:
+        """Stop the heartbeat thread (claims still in flight are no longer renewed)."""
+        self._heartbeats.close()
+
+    @property
+    def clock(self) -> Clock:
+        return self.store.clock
+
+    # ── the loop ──
+
+    def step(self, execution_id: str | None = None) -> bool:
+        """Claim and process one item (of ``execution_id`` only, if given); False when none
+        is available."""
+        claim = self.store.claim(
+            self.worker_id, self.queues, lease_secs=self.lease_secs, execution_id=execution_id
+        )
+        if claim is None:
+            return False
+        self.process(claim)
+        return True
+
+    def run(self, stop: threading.Event, *, idle_secs: float = 0.2, tick_secs: float = 1.0) -> None:
+        """Work until ``stop`` is set: reclaim expired leases, advance every running
+        execution (`Scheduler.tick`, at most every ``tick_secs``), claim, process. Finishes
+        the item in hand before returning (graceful shutdown)."""
+        last_reclaim = float("-inf")
+        while not stop.is_set():
+            now = time.monotonic()
+            try:
+                if now - last_reclaim >= self.lease_secs / 3:
+                    self.reclaim()
+                    last_reclaim = now
+                self.scheduler.tick(min_interval_secs=tick_secs)
+            except StoreError as error:
+                log.warning("worker %s: store unavailable: %s", self.worker_id, error)
+            try:
+                worked = self.step()
+            except StoreError as error:
+                log.warning("worker %s: store unavailable: %s", self.worker_id, error)
+                worked = False
+            if not worked:
+                stop.wait(idle_secs)
+
+    def reclaim(self) -> None:
+        """Fail the attempts of dead workers (expired leases) and schedule what follows."""
+        result = self.store.reclaim_expired()
+        for item in (*result.retried, *result.dead_lettered):
+            self._advance(item.execution_id)
+
+    # ── one item ──
+
+    def process(self, claim: Claim) -> None:
+        """Decide, execute and commit one claimed item; never raises for a node's failure."""
+        item = claim.item
+        self._absorbed = False
+        self._view = None
+        try:
+            self._process(claim)
+        except FenceLost:
+            log.info("%s: lost the claim of %s; abandoning it", self.worker_id, item.item_id)
+        except Exception as error:
+            log.exception("%s: error processing %s", self.worker_id, item.item_id)
+            why = f"worker error: {type(error).__name__}: {error}"
+            self._absorbed = self._writer.fail(claim, why, retryable=True)
+        # When this item's own write followed on from what the scheduler knew, its view is
+        # complete and planning needs no read (compare-and-append guards it regardless).
+        self._advance(item.execution_id, read=not self._absorbed)
+
+    def _advance(self, execution_id: str, *, read: bool = True) -> None:
+        try:
+            self.scheduler.advance(execution_id, read=read)
+        except (StoreError, InvalidInput) as error:
+            log.warning("scheduling %s failed (will be retried): %s", execution_id, error)
+
+    def _process(self, claim: Claim) -> None:
+        item = claim.item
+        execution = self.store.get_execution(item.execution_id)
+        if execution is None:
+            return self._refuse(claim, "execution missing")
+        if execution.status.terminal:
+            outcome = finished_run_event(execution.status, item.node_id, item.attempt)
+            return self._settle(claim, outcome)
+        try:
+            view = self._view = self.scheduler.view(execution.execution_id)
+        except WorkflowInvalid as error:
+            return self._refuse(claim, f"invalid definition: {error}")
+        node = view.workflow.nodes.get(item.node_id)
+        if node is None:
+            return self._refuse(claim, "node not in the definition")
+        tenant = self.store.get_tenant(execution.tenant_id)
+        if tenant is None:
+            why = f"tenant {execution.tenant_id!r} is unknown: refusing to run without its policy"
+            return self._refuse(claim, why)
+        # The budget is the fold of the same log the rest was read from (`as_of`), which
+        # is what the store's ledger holds at that point: a replay can recompute it.
+        digest = content_digest(view.progress.state)
+        gate = gate_node(
+            node_gate_request(
+                execution,
+                view.workflow,
+                node,
+                tenant.policy,
+                attempt=item.attempt,
+                budget=view.budget,
+                approval=view.approval(node.node_id),
+                state_digest=digest,
+                now=self.clock.now(),
+                as_of=view.progress.last_sequence,
+            )
+        )
+        match gate.outcome:
+            case Outcome.FAIL:
+                self._settle(claim, *gate.events)
+            case Outcome.HOLD:
+                self._commit(claim, commit_request(claim, WorkItemStatus.HELD, gate.events))
+            case Outcome.RUN:
+                self._run(claim, view, node, gate.events, digest)
+        return None
+
+    def _run(
+        self, claim: Claim, view: RunView, node: NodeDef, gated: Sequence[EventKind], digest: str
+    ) -> None:
+        item, workflow = claim.item, view.workflow
+        executor = executor_for(self.executors, workflow, node)
+        if executor is None:
+            what = f"{node.tag} node {node.node_id!r} ({node.context.tool_name or node.tag})"
+            return self._refuse(claim, f"no executor for {what}", *gated)
+        key = effect_key(item.item_id, node.kind.get("args"), digest)
+        effectful = is_effectful(workflow, node)
+        ttl = self.effect_ttl_secs
+        replayed = reserve(self.store, claim, key, ttl_secs=ttl) if effectful else None
+        if isinstance(replayed, Refused):
+            if replayed.retryable:
+                self._absorbed = self._writer.fail(
+                    claim, replayed.reason, retryable=True, events=gated
+                )
+                return None
+            return self._refuse(claim, replayed.reason, *gated)
+        chunks: list[JsonValue] = []
+        call = node_call(view, node, attempt=item.attempt, idempotency_key=key, emit=chunks.append)
+        if self.hooks.before_execute is not None:
+            self.hooks.before_execute(claim)
+        started = time.monotonic()
+        beat = self._heartbeats.start(claim)
+        result = replayed if replayed is not None else outcome_of(executor, call, node.timeout_secs)
+        if isinstance(result, ExecutorFailed):
+            self._heartbeats.stop(beat)
+            failed = failed_attempt(workflow, node, item, gate_events=gated, budget=view.budget)
+            error, retryable = str(result), result.retryable
+            self._absorbed = self._writer.fail(
+                claim, error, retryable=retryable, events=failed.events, delay_ms=failed.delay_ms
+            )
+            return None
+        if effectful and replayed is None:
+            recorded = result_to_json(result)
+            self.store.record_effect(key, item_id=item.item_id, fence=claim.fence, result=recorded)
+        self._heartbeats.stop(beat)
+        end = executed_attempt(
+            workflow,
+            node,
+            item.attempt,
+            result,
+            gate_events=gated,
+            chunks=chunks,
+            budget=view.budget,
+            duration_ms=int((time.monotonic() - started) * 1000),
+            idempotency_key=key if effectful else None,
+        )
+        outcome = WorkItemStatus.COMPLETED if end.completed else WorkItemStatus.FAILED
+        request = commit_request(claim, outcome, end.events, usage=result.usage, succeeded=True)
+        if end.completed:
+            # A snapshot folds the log into the materialized state; the scheduler does not
+            # need one (it folds the log itself), so one is written every `snapshot_every`
+            # events of the run rather than at every commit, whose cost would grow with it.
+            before, every = view.progress.last_sequence, self.snapshot_every
+            snapshot = (before + len(end.events)) // every > before // every
+            effect = EffectResult(key=key, result=result_to_json(result)) if effectful else None
+            request = attrs.evolve(request, write_snapshot=snapshot, effect=effect)
+        return self._commit(claim, request)
+
+    # ── writing the outcome (`charter.worker.commits`) ──
+
+    def _settle(self, claim: Claim, *events: EventKind) -> None:
+        """End the attempt as a terminal failure with ``events``."""
+        self._commit(claim, commit_request(claim, WorkItemStatus.FAILED, events))
+
+    def _refuse(self, claim: Claim, why: str, *events: EventKind) -> None:
+        """End the attempt with ``events`` and a terminal failure of its node for ``why``."""
+        self._settle(claim, *events, terminal_failure(claim.item.node_id, claim.item.attempt, why))
+
+    def _commit(self, claim: Claim, request: CommitRequest) -> None:
+        if self.hooks.before_commit is not None:
+            self.hooks.before_commit(claim)
+        self._absorbed = self._writer.commit(claim, request, self._view)
