@@ -33,6 +33,7 @@ ALLOWED_IMPORTS = {
     "re",
     "reprlib",
     "unicodedata",
+    "types",
     "typing",
 }
 

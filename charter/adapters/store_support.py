@@ -7,6 +7,7 @@ the memory, SQLite and Postgres stores call the same functions.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -21,7 +22,15 @@ from charter.core.approvals import (
     approval_step,
 )
 from charter.core.budget import BudgetState, Usage
-from charter.core.errors import Conflict, FenceLost, InvalidInput, LimitExceeded, NotFound
+from charter.core.commit import CommitSpec, Head
+from charter.core.errors import (
+    Conflict,
+    FenceLost,
+    InvalidInput,
+    LimitExceeded,
+    NotFound,
+    UnknownTenant,
+)
 from charter.core.events import (
     ApprovalConsumed,
     ApprovalReceived,
@@ -40,6 +49,7 @@ from charter.core.records import (
     EffectHeld,
     EffectRecorded,
     EffectReservation,
+    Execution,
     NewWorkItem,
     Tenant,
     WorkflowDefinition,
@@ -112,6 +122,60 @@ def check_new_item(item: NewWorkItem) -> str:
     if item.available_at is not None:
         check_moment(item.available_at, "available_at")
     return encode_json(item.payload, "payload")
+
+
+def check_new_item_payload(payload: JsonValue) -> str:
+    """An item's payload as JSON text (checked with the item before the transaction)."""
+    return encode_json(payload, "payload")
+
+
+def check_execution(execution: Execution) -> None:
+    """A new execution's identifiers and initial input."""
+    check_identifier(execution.execution_id, "execution_id")
+    check_identifier(execution.tenant_id, "tenant_id")
+    check_identifier(execution.workflow_id, "workflow_id")
+    check_identifier(execution.workflow_version, "workflow_version")
+    encode_json(execution.initial_input, "initial_input")
+
+
+def unknown_tenant(tenant_id: str) -> UnknownTenant:
+    return UnknownTenant("tenant_id", f"unknown tenant {tenant_id!r}")
+
+
+def existing(head: Head | None, execution_id: str) -> Head:
+    """The head of an execution that must exist (a work item's)."""
+    if head is None:
+        raise NotFound(f"execution {execution_id!r} does not exist")
+    return head
+
+
+def plain_json(value: JsonValue) -> JsonValue:
+    """``value`` as it reads back from JSON text (tuples become lists)."""
+    return json.loads(json.dumps(value))
+
+
+def commit_spec(request: CommitRequest) -> CommitSpec:
+    """A commit request, checked (its events, follow-up and effect encodable, its ids
+    well-formed) before any transaction opens, as the planner's `CommitSpec`."""
+    if request.effect is not None:
+        check_identifier(request.effect.key, "effect.key")
+        encode_json(request.effect.result, "effect.result")
+    encode_events(request.events)
+    check_follow_up(request)
+    return CommitSpec(
+        item_id=request.item_id,
+        fence=request.fence,
+        outcome=request.outcome,
+        events=tuple(request.events),
+        usage=request.usage,
+        succeeded=request.succeeded,
+        write_snapshot=request.write_snapshot,
+        effect_key=request.effect.key if request.effect is not None else None,
+        effect_result=request.effect.result if request.effect is not None else None,
+        then_events=tuple(request.then_events),
+        then_items=tuple(request.then_items),
+        then_if_last_sequence=request.then_if_last_sequence,
+    )
 
 
 def check_moment(value: object, field: str) -> datetime:

@@ -26,6 +26,7 @@ from charter.core.events import (
     ApprovalDecision,
     ApprovalReceived,
     Event,
+    EventKind,
     JsonValue,
     ToolApprovalRequired,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "NotRequested",
     "Pending",
     "Rejected",
+    "approval_after",
     "approval_step",
     "approver_allows",
     "decide_approval",
@@ -153,7 +155,12 @@ def _binds(request: ApprovalRequest, digest: str | None) -> bool:
 
 def approval_step(status: ApprovalStatus, event: Event) -> ApprovalStatus:
     """The approval status of a node after one more event about it (the fold's step)."""
-    kind = event.kind
+    return approval_after(status, event.kind, event.sequence)
+
+
+def approval_after(status: ApprovalStatus, kind: EventKind, sequence: int) -> ApprovalStatus:
+    """`approval_step` for an event kind that is (or will be) stored at ``sequence``: what
+    a store's commit planner projects before the event has an envelope."""
     if isinstance(kind, ToolApprovalRequired):
         return Pending(
             ApprovalRequest(
@@ -163,7 +170,7 @@ def approval_step(status: ApprovalStatus, event: Event) -> ApprovalStatus:
                 context=kind.context,
                 request_digest=kind.request_digest,
                 attempt=kind.attempt,
-                sequence=event.sequence,
+                sequence=sequence,
             )
         )
     if isinstance(kind, ApprovalReceived):
@@ -176,7 +183,7 @@ def approval_step(status: ApprovalStatus, event: Event) -> ApprovalStatus:
             return status
         if kind.decision is ApprovalDecision.APPROVED:
             return Approved(
-                request=request, user_id=kind.user_id, comment=kind.comment, sequence=event.sequence
+                request=request, user_id=kind.user_id, comment=kind.comment, sequence=sequence
             )
         # Only the other enum member is left; anything else (a string smuggled into a
         # hand-built event) must not count as either answer.
@@ -184,14 +191,14 @@ def approval_step(status: ApprovalStatus, event: Event) -> ApprovalStatus:
         if decision is not ApprovalDecision.REJECTED:
             return status
         return Rejected(
-            request=request, user_id=kind.user_id, comment=kind.comment, sequence=event.sequence
+            request=request, user_id=kind.user_id, comment=kind.comment, sequence=sequence
         )
     if (
         isinstance(kind, ApprovalConsumed)
         and isinstance(status, Approved)
         and kind.request_digest == status.request.request_digest
     ):
-        return Consumed(request=status.request, user_id=status.user_id, sequence=event.sequence)
+        return Consumed(request=status.request, user_id=status.user_id, sequence=sequence)
     return status
 
 

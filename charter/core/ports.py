@@ -1,7 +1,7 @@
 """Ports: what the core needs from the world, as Protocols (no I/O here).
 
 `Store` is the one storage port. Every adapter (in-memory reference, SQLite, Postgres)
-implements all of it and passes the same contract suite (``tests/test_store_contract.py``).
+implements all of it and passes the same contract suite (``tests/contract/``).
 Its guarantees:
 
 * **Threads.** One store object may be shared by threads; calls are serialised or
@@ -147,8 +147,9 @@ class CommitRequest:
     person) or ``failed``. ``events`` are appended in order. ``usage`` and ``succeeded`` change
     the execution's budget ledger (``succeeded`` True resets the consecutive-error count, False
     extends it, None leaves it). ``write_snapshot`` folds the new events into the latest
-    snapshot and stores the result at the last new sequence. ``effect`` records a tool side
-    effect's result.
+    snapshot and stores the result at the last new sequence (``None``, the default: when
+    the commit's events cross a multiple of `charter.core.commit.SNAPSHOT_EVERY`).
+    ``effect`` records a tool side effect's result.
 
     ``then_events`` and ``then_items`` are what the caller plans to append and enqueue next
     (the scheduler's next step), written in the same transaction after ``events`` — but only
@@ -164,7 +165,7 @@ class CommitRequest:
     events: tuple[EventKind, ...] = ()
     usage: Usage | None = None
     succeeded: bool | None = None
-    write_snapshot: bool = False
+    write_snapshot: bool | None = None
     effect: EffectResult | None = None
     then_events: tuple[EventKind, ...] = ()
     then_items: tuple[NewWorkItem, ...] = ()

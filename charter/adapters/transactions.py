@@ -1,0 +1,583 @@
+"""The one write path every store shares: read → plan (`charter.core.commit`) → write.
+
+`PlannedStore` implements every writing method of the `Store` port once. Each method checks
+its input (`charter.adapters.store_support`), opens one transaction of the concrete store,
+reads what the core's planner asks for through the store's `Tx`, hands it to the planner
+and writes the plan's writes back through the same `Tx`. The concrete stores (memory,
+SQLite, Postgres) supply only `Tx` — one small method per read or write, each a lookup or a
+statement — and their read-only queries.
+
+**The lock order** (the one place it is written down; docs/store.md repeats it): within a
+transaction, rows are read — and, where the database locks rows, locked — in this order:
+
+1. work items (the claimed item; the expired items of a reclaim, in lease order);
+2. executions, by id in ascending order (`Tx.head` locks the row and reads the latest
+   sequence and hash);
+3. the execution's ledger (read only under its execution's lock);
+4. approval records, effect rows, then any other work items (follow-ups, by id).
+
+Writes come after every read. Two transactions therefore never wait for each other in a
+cycle, and every total read under a lock may be written back whole.
+
+**Events.** The planner numbers appended events; here each gets a random id, the
+transaction's time and its link in the hash chain (`charter.adapters.chain`), continuing
+from the execution's head as read.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
+
+from charter.adapters import store_support as checks
+from charter.adapters.chain import GENESIS, link_hashes
+from charter.core import commit as planner
+from charter.core.approvals import ApprovalRefused
+from charter.core.budget import BudgetState, Usage
+from charter.core.commit import (
+    AppendEvents,
+    ApprovalRow,
+    CommitReads,
+    EffectRow,
+    Head,
+    InsertExecution,
+    InsertItem,
+    Plan,
+    PutApproval,
+    PutEffect,
+    PutLedger,
+    ReleaseEffects,
+    SetStatus,
+    UpdateItem,
+    WriteSnapshot,
+)
+from charter.core.events import ApprovalDecision, Event, EventKind, JsonValue
+from charter.core.materialize import Materialized, apply_events
+from charter.core.ports import Clock, CommitRequest, ReclaimResult
+from charter.core.records import (
+    Claim,
+    EffectReservation,
+    Execution,
+    NewWorkItem,
+    Snapshot,
+    Tenant,
+    WorkflowDefinition,
+    WorkItem,
+    check_identifier,
+    encode_json,
+)
+
+__all__ = ["PlannedStore", "Tx", "new_event_id"]
+
+T = TypeVar("T")
+
+
+class Tx(Protocol):
+    """One open write transaction of a concrete store: the reads a planner needs (each
+    locking what it reads, where the store locks rows) and the writes of a `Plan`."""
+
+    @property
+    def now(self) -> datetime:
+        """The transaction's time (the store's clock, read once)."""
+        ...
+
+    # ── reads ──
+    def tenant_exists(self, tenant_id: str) -> bool: ...
+    def workflow(
+        self, tenant_id: str, workflow_id: str, version: str
+    ) -> WorkflowDefinition | None: ...
+    def item(self, item_id: str) -> WorkItem | None: ...
+    def items(self, item_ids: Sequence[str]) -> dict[str, WorkItem]: ...
+    def next_claimable(self, queues: Sequence[str], execution_id: str | None) -> WorkItem | None:
+        """The oldest pending item of ``queues`` available at `now` (of ``execution_id``
+        only, if given), locked; by availability, then enqueue order."""
+        ...
+
+    def expired(self, limit: int) -> list[WorkItem]:
+        """Up to ``limit`` claimed items whose lease ended before `now`, locked, in order
+        of lease end then enqueue order (items another transaction holds are passed over)."""
+        ...
+
+    def head(self, execution_id: str) -> Head | None:
+        """The execution's `Head` (locking its row), or ``None`` if it does not exist."""
+        ...
+
+    def event_time(self, execution_id: str) -> datetime:
+        """The time stamped on events appended to the execution in this transaction."""
+        ...
+
+    def ledger(self, execution_id: str) -> BudgetState: ...
+    def approval(self, execution_id: str, node_id: str) -> ApprovalRow | None: ...
+    def effect(self, key: str) -> EffectRow | None: ...
+    def snapshot_base(self, execution_id: str) -> tuple[Snapshot | None, JsonValue]:
+        """The execution's latest snapshot, and its initial input (a first snapshot folds
+        from it)."""
+        ...
+
+    def events_after(self, execution_id: str, after: int) -> tuple[list[Event], int]:
+        """The events after sequence ``after`` that change a snapshot (others may be left
+        out) and the execution's latest sequence."""
+        ...
+
+    # ── writes ──
+    def put_tenant(self, tenant: Tenant, keep_policy: bool) -> None:
+        """Create or replace the tenant; with ``keep_policy``, also keep its policy set by
+        digest (if not kept already)."""
+        ...
+
+    def insert_workflow(self, definition: WorkflowDefinition, ir_json: str) -> None: ...
+    def insert_execution(self, execution: Execution, initial_input_json: str) -> None:
+        """The execution's row and its empty ledger."""
+        ...
+
+    def insert_item(self, item: WorkItem, payload_json: str) -> None: ...
+    def update_item(self, write: UpdateItem) -> None:
+        """Replace the item's row, only if it is still in the expected status and fence
+        (the planner read it so under lock: a miss is a bug, raise `AssertionError`)."""
+        ...
+
+    def insert_events(self, head: Head, events: Sequence[Event], kind_texts: Sequence[str]) -> None:
+        """Store the events (numbered after ``head.last_sequence``, chained) with their
+        canonical kind texts."""
+        ...
+
+    def set_status(self, write: SetStatus) -> None: ...
+    def put_approval(self, write: PutApproval) -> None: ...
+    def put_ledger(self, write: PutLedger) -> None: ...
+    def put_effect(self, row: EffectRow, result_json: str | None) -> None: ...
+    def release_effects(self, write: ReleaseEffects) -> None: ...
+    def put_snapshot(self, snapshot: Snapshot) -> None: ...
+
+
+def new_event_id() -> str:
+    """A random 128-bit event id in hex (as unique as a UUID4, cheaper to make)."""
+    return os.urandom(16).hex()
+
+
+class PlannedStore:
+    """The writing half of the `Store` port, implemented once over a concrete store's `Tx`
+    (see the module doc). A subclass provides `_transact` and the read-only queries."""
+
+    clock: Clock
+    _new_id: Callable[[], str]
+
+    def _transact(self, work: Callable[[Tx], T]) -> T:
+        """Run ``work`` in one write transaction: all its writes or none."""
+        raise NotImplementedError  # pragma: no cover - every store overrides it
+
+    # ── applying a plan ──
+
+    def _apply(self, tx: Tx, plan: Plan, heads: Mapping[str, Head]) -> tuple[Event, ...]:
+        """Write ``plan`` (``heads``: the heads read, where each execution's chain goes on);
+        returns the appended events."""
+        appended: list[Event] = []
+        chain = dict(heads)
+        for write in plan.writes:
+            match write:
+                case AppendEvents():
+                    appended += self._append(tx, write, chain)
+                case UpdateItem():
+                    tx.update_item(write)
+                case InsertItem():
+                    tx.insert_item(write.item, checks.check_new_item_payload(write.item.payload))
+                case SetStatus():
+                    tx.set_status(write)
+                case PutApproval():
+                    tx.put_approval(write)
+                case PutLedger():
+                    tx.put_ledger(write)
+                case PutEffect():
+                    row = write.row
+                    text = encode_json(row.result, "effect.result") if row.recorded else None
+                    tx.put_effect(row, text)
+                case ReleaseEffects():
+                    tx.release_effects(write)
+                case WriteSnapshot():
+                    self._snapshot(tx, write.execution_id)
+                case InsertExecution():
+                    execution = write.execution
+                    tx.insert_execution(
+                        execution, encode_json(execution.initial_input, "initial_input")
+                    )
+                    chain[execution.execution_id] = Head(
+                        execution_id=execution.execution_id,
+                        tenant_id=execution.tenant_id,
+                        status=execution.status,
+                        last_sequence=0,
+                    )
+        return tuple(appended)
+
+    def _append(self, tx: Tx, write: AppendEvents, chain: dict[str, Head]) -> list[Event]:
+        head = chain[write.execution_id]
+        if write.first_sequence != head.last_sequence + 1:
+            raise AssertionError(
+                f"planned sequence {write.first_sequence} does not follow {head.last_sequence}"
+            )
+        texts = checks.encode_events(write.kinds)
+        moment = tx.event_time(write.execution_id)
+        stamp = checks.utc_text(moment)
+        ids = [self._new_id() for _ in texts]
+        links = link_hashes(
+            execution_id=write.execution_id,
+            first_sequence=write.first_sequence,
+            prev_hash=head.head_hash if head.last_sequence and head.head_hash else GENESIS,
+            created_at=stamp,
+            event_ids=ids,
+            kind_texts=texts,
+        )
+        events = [
+            Event(
+                id=event_id,
+                execution_id=write.execution_id,
+                sequence=sequence,
+                kind=kind,
+                created_at=moment,
+                prev_hash=prev,
+                hash=this,
+            )
+            for sequence, (event_id, kind, (prev, this)) in enumerate(
+                zip(ids, write.kinds, links, strict=True), start=write.first_sequence
+            )
+        ]
+        tx.insert_events(head, events, texts)
+        chain[write.execution_id] = Head(
+            execution_id=head.execution_id,
+            tenant_id=head.tenant_id,
+            status=head.status,
+            last_sequence=write.last_sequence,
+            head_hash=events[-1].hash,
+        )
+        return events
+
+    @staticmethod
+    def _snapshot(tx: Tx, execution_id: str) -> None:
+        previous, initial = tx.snapshot_base(execution_id)
+        if previous is None:
+            current = Materialized(state=initial if isinstance(initial, dict) else {})
+        else:
+            current = Materialized.from_json(previous.state, previous.at_sequence)
+        events, last = tx.events_after(execution_id, current.last_sequence)
+        current = apply_events(current, events, last_sequence=last)
+        tx.put_snapshot(
+            Snapshot(
+                execution_id=execution_id,
+                at_sequence=current.last_sequence,
+                state=checks.plain_json(current.to_json()),
+                created_at=tx.now,
+            )
+        )
+
+    @staticmethod
+    def _approvals(tx: Tx, execution_id: str, kinds: Sequence[EventKind]) -> dict[str, Any]:
+        return {
+            node_id: tx.approval(execution_id, node_id)
+            for node_id in sorted(planner.approval_nodes(kinds))
+        }
+
+    # ── tenants and definitions ──
+
+    def put_tenant(self, tenant: Tenant) -> None:
+        checks.check_tenant(tenant)
+        self._transact(lambda tx: tx.put_tenant(tenant, tenant.policy is not None))
+
+    def put_workflow(self, definition: WorkflowDefinition) -> None:
+        ir_json = checks.check_workflow(definition)
+
+        def work(tx: Tx) -> None:
+            if not tx.tenant_exists(definition.tenant_id):
+                raise checks.unknown_tenant(definition.tenant_id)
+            existing = tx.workflow(definition.tenant_id, definition.workflow_id, definition.version)
+            if planner.plan_put_workflow(existing, definition):
+                tx.insert_workflow(definition, ir_json)
+
+        self._transact(work)
+
+    # ── executions and events ──
+
+    def create_execution(
+        self,
+        execution: Execution,
+        events: Sequence[EventKind] = (),
+        items: Sequence[NewWorkItem] = (),
+    ) -> tuple[Event, ...]:
+        checks.check_execution(execution)
+        checks.encode_events(events)
+        for item in items:
+            checks.check_new_item(item)
+
+        def work(tx: Tx) -> tuple[Event, ...]:
+            plan = planner.plan_create_execution(
+                execution,
+                events,
+                items,
+                tenant_known=tx.tenant_exists(execution.tenant_id),
+                exists=tx.head(execution.execution_id) is not None,
+                existing_items=tx.items([item.item_id for item in items]),
+                now=tx.now,
+            )
+            return self._apply(tx, plan, {})
+
+        return self._transact(work)
+
+    def append_events(
+        self,
+        execution_id: str,
+        events: Sequence[EventKind],
+        *,
+        items: Sequence[NewWorkItem] = (),
+        expected_last_sequence: int | None = None,
+    ) -> tuple[Event, ...]:
+        checks.encode_events(events)
+        for item in items:
+            checks.check_new_item(item)
+
+        def work(tx: Tx) -> tuple[Event, ...]:
+            head = tx.head(execution_id)
+            plan = planner.plan_append(
+                execution_id,
+                head,
+                events,
+                items,
+                approvals=self._approvals(tx, execution_id, events) if head else {},
+                existing_items=tx.items([item.item_id for item in items]),
+                expected_last_sequence=expected_last_sequence,
+                now=tx.now,
+            )
+            return self._apply(tx, plan, {execution_id: head} if head else {})
+
+        return self._transact(work)
+
+    # ── the work queue ──
+
+    def enqueue(self, items: Sequence[NewWorkItem]) -> tuple[WorkItem, ...]:
+        for item in items:
+            checks.check_new_item(item)
+
+        def work(tx: Tx) -> tuple[WorkItem, ...]:
+            tenants = {}
+            for execution_id in sorted({item.execution_id for item in items}):
+                head = tx.head(execution_id)
+                if head is not None:
+                    tenants[execution_id] = head.tenant_id
+            existing = tx.items([item.item_id for item in items])
+            plan = planner.plan_enqueue(items, tenants=tenants, existing_items=existing, now=tx.now)
+            self._apply(tx, plan, {})
+            inserted = {w.item.item_id: w.item for w in plan.writes if isinstance(w, InsertItem)}
+            return tuple(inserted.get(item.item_id) or existing[item.item_id] for item in items)
+
+        return self._transact(work)
+
+    def claim(
+        self,
+        worker_id: str,
+        queues: Sequence[str],
+        *,
+        lease_secs: float,
+        execution_id: str | None = None,
+    ) -> Claim | None:
+        checks.check_claim_args(worker_id, queues, lease_secs, execution_id)
+        if not queues:
+            return None
+
+        def work(tx: Tx) -> Claim | None:
+            item = tx.next_claimable(tuple(dict.fromkeys(queues)), execution_id)
+            if item is None:
+                return None
+            head = checks.existing(tx.head(item.execution_id), item.execution_id)
+            plan, claimed = planner.plan_claim(
+                item, head, worker_id=worker_id, lease_secs=lease_secs, now=tx.now
+            )
+            self._apply(tx, plan, {head.execution_id: head})
+            assert claimed.lease_expires_at is not None
+            return Claim(
+                item=claimed, fence=claimed.fence, lease_expires_at=claimed.lease_expires_at
+            )
+
+        return self._transact(work)
+
+    def heartbeat(self, item_id: str, fence: int, *, lease_secs: float) -> datetime:
+        checks.check_seconds(lease_secs, "lease_secs")
+
+        def work(tx: Tx) -> datetime:
+            plan, expires = planner.plan_heartbeat(
+                tx.item(item_id), item_id, fence, lease_secs=lease_secs, now=tx.now
+            )
+            self._apply(tx, plan, {})
+            return expires
+
+        return self._transact(work)
+
+    def commit(self, request: CommitRequest) -> tuple[Event, ...]:
+        spec = checks.commit_spec(request)
+
+        def work(tx: Tx) -> tuple[Event, ...]:
+            item = tx.item(spec.item_id)
+            if item is None or item.fence != spec.fence:  # refused before any other read
+                planner.plan_commit(spec, CommitReads(item=item), now=tx.now)
+            assert item is not None
+            head = tx.head(item.execution_id)
+            wants_ledger, nodes, wants_effect, item_ids = planner.commit_reads_needed(spec)
+            reads = CommitReads(
+                item=item,
+                head=head,
+                ledger=tx.ledger(item.execution_id) if wants_ledger and head else None,
+                approvals={n: tx.approval(item.execution_id, n) for n in sorted(nodes)},
+                effect=tx.effect(spec.effect_key) if wants_effect and spec.effect_key else None,
+                existing_items=tx.items(item_ids) if item_ids else {},
+            )
+            plan = planner.plan_commit(spec, reads, now=tx.now)
+            return self._apply(tx, plan, {head.execution_id: head} if head else {})
+
+        return self._transact(work)
+
+    def park(
+        self, item_id: str, fence: int, *, retry_after: datetime, count_attempt: bool = True
+    ) -> tuple[Event, ...]:
+        checks.check_moment(retry_after, "retry_after")
+
+        def work(tx: Tx) -> tuple[Event, ...]:
+            item = tx.item(item_id)
+            head = tx.head(item.execution_id) if item is not None else None
+            plan = planner.plan_park_item(
+                item,
+                item_id,
+                fence,
+                head,
+                retry_after=retry_after,
+                count_attempt=count_attempt,
+                now=tx.now,
+            )
+            return self._apply(tx, plan, {head.execution_id: head} if head else {})
+
+        return self._transact(work)
+
+    def fail(
+        self,
+        item_id: str,
+        fence: int,
+        *,
+        error: str,
+        retryable: bool = True,
+        delay_ms: int | None = None,
+        usage: Usage | None = None,
+        events: Sequence[EventKind] = (),
+    ) -> tuple[Event, ...]:
+        checks.check_failure(error, delay_ms)
+        checks.encode_events(events)
+
+        def work(tx: Tx) -> tuple[Event, ...]:
+            item = tx.item(item_id)
+            head = None
+            if item is not None and item.fence == fence:
+                head = tx.head(item.execution_id)
+            ledger = tx.ledger(head.execution_id) if head is not None else None
+            plan = planner.plan_fail(
+                item,
+                item_id,
+                fence,
+                head,
+                ledger,
+                error=error,
+                retryable=retryable,
+                delay_ms=delay_ms,
+                usage=usage,
+                events=events,
+                approvals=self._approvals(tx, head.execution_id, events) if head else {},
+                now=tx.now,
+            )
+            return self._apply(tx, plan, {head.execution_id: head} if head else {})
+
+        return self._transact(work)
+
+    def reclaim_expired(self, *, limit: int = 100) -> ReclaimResult:
+        checks.check_limit(limit)
+
+        def work(tx: Tx) -> ReclaimResult:
+            expired = tx.expired(limit)
+            if not expired:
+                return ReclaimResult()
+            heads = {
+                execution_id: checks.existing(tx.head(execution_id), execution_id)
+                for execution_id in sorted({item.execution_id for item in expired})
+            }
+            plan, retried, dead = planner.plan_reclaim(expired, heads, now=tx.now)
+            self._apply(tx, plan, heads)
+            return ReclaimResult(retried=tuple(retried), dead_lettered=tuple(dead))
+
+        return self._transact(work)
+
+    # ── approvals ──
+
+    def decide_approval(
+        self,
+        execution_id: str,
+        node_id: str,
+        *,
+        user_id: str,
+        decision: ApprovalDecision,
+        comment: str | None = None,
+        state_patch: JsonValue = None,
+    ) -> Event | ApprovalRefused:
+        check_identifier(user_id, "user_id")
+        encode_json(state_patch, "state_patch")
+
+        def work(tx: Tx) -> Event | ApprovalRefused:
+            head = tx.head(execution_id)
+            row = tx.approval(execution_id, node_id) if head is not None else None
+            plan = planner.plan_decision(
+                execution_id,
+                head,
+                row,
+                node_id=node_id,
+                user_id=user_id,
+                decision=decision,
+                comment=comment,
+                state_patch=state_patch,
+                now=tx.now,
+            )
+            if isinstance(plan, ApprovalRefused):
+                return plan
+            assert head is not None
+            (event,) = self._apply(tx, plan, {execution_id: head})
+            return event
+
+        return self._transact(work)
+
+    # ── tool effects ──
+
+    def reserve_effect(
+        self, key: str, *, item_id: str, fence: int, ttl_secs: float
+    ) -> EffectReservation:
+        check_identifier(key, "key")
+        checks.check_seconds(ttl_secs, "ttl_secs")
+
+        def work(tx: Tx) -> EffectReservation:
+            item = tx.item(item_id)
+            existing = tx.effect(key) if item is not None else None
+            holder = None
+            if existing is not None and not existing.recorded and existing.item_id != item_id:
+                holder = tx.item(existing.item_id)
+            plan, outcome = planner.plan_reserve_effect(
+                key, item, item_id, fence, existing, holder, ttl_secs=ttl_secs, now=tx.now
+            )
+            self._apply(tx, plan, {})
+            return outcome
+
+        return self._transact(work)
+
+    def record_effect(self, key: str, *, item_id: str, fence: int, result: JsonValue) -> bool:
+        check_identifier(key, "key")
+        encode_json(result, "result")
+
+        def work(tx: Tx) -> bool:
+            item = tx.item(item_id)
+            existing = tx.effect(key) if item is not None else None
+            plan, recorded = planner.plan_record_effect(
+                key, item, item_id, fence, existing, result=result
+            )
+            self._apply(tx, plan, {})
+            return recorded
+
+        return self._transact(work)
