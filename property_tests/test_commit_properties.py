@@ -1,0 +1,216 @@
+"""Properties of the one commit path: the lifecycle table and the commit planner.
+
+These are the properties that would catch a wrong design rather than a wrong line: a plan
+that writes for a stale claim, a settled item that comes back to life, an append that leaves
+a gap or skips a projection, a ledger charged by anything but the planner's arithmetic, a
+follow-up written onto a log that moved.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import attrs
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from charter.core.budget import BudgetState, Usage
+from charter.core.commit import (
+    AppendEvents,
+    CommitReads,
+    CommitSpec,
+    Head,
+    PutLedger,
+    SetStatus,
+    UpdateItem,
+    WriteSnapshot,
+    apply_ledger,
+    plan_commit,
+)
+from charter.core.errors import FenceLost, InvalidInput
+from charter.core.events import EventKind, NodeCompleted, WorkflowCompleted
+from charter.core.lifecycle import TRANSITIONS, ItemAction, apply_action, transition
+from charter.core.records import ExecutionStatus, NewWorkItem, WorkItem, WorkItemStatus
+from charter.testing.strategies import budget_states, usages
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+_NON_APPROVAL_KINDS = (NodeCompleted, WorkflowCompleted)
+
+
+def _item(status: WorkItemStatus, fence: int) -> WorkItem:
+    return WorkItem(
+        item_id="i",
+        tenant_id="t",
+        execution_id="e",
+        node_id="n",
+        queue="general",
+        payload=None,
+        attempt=0,
+        max_attempts=3,
+        backoff_base_ms=10,
+        status=status,
+        available_at=NOW,
+        created_at=NOW,
+        worker_id="w" if status is WorkItemStatus.CLAIMED else None,
+        lease_expires_at=NOW + timedelta(seconds=30) if status is WorkItemStatus.CLAIMED else None,
+        fence=fence,
+    )
+
+
+statuses = st.sampled_from(WorkItemStatus)
+actions = st.sampled_from(ItemAction)
+
+
+@given(statuses, actions)
+def test_the_table_is_the_only_way_a_status_changes(
+    status: WorkItemStatus, action: ItemAction
+) -> None:
+    allowed = TRANSITIONS[status]
+    if action in allowed:
+        assert transition(status, action) is allowed[action]
+    else:
+        with pytest.raises(InvalidInput):
+            transition(status, action)
+
+
+@given(st.lists(actions, max_size=12), st.integers(0, 5))
+def test_fences_only_grow_and_a_settled_item_never_comes_back(
+    sequence: list[ItemAction], start_fence: int
+) -> None:
+    item = _item(WorkItemStatus.PENDING, start_fence)
+    for action in sequence:
+        before = item
+        try:
+            item = apply_action(
+                item,
+                action,
+                fence=item.fence if action is not ItemAction.CLAIM else None,
+                worker_id="w",
+                lease_expires_at=NOW + timedelta(seconds=5),
+            )
+        except (InvalidInput, FenceLost):
+            continue
+        assert item.fence >= before.fence
+        assert not before.status.terminal, "a terminal item moved"
+        assert item.status is TRANSITIONS[before.status][action]
+        if action is ItemAction.CLAIM:
+            assert item.fence == before.fence + 1
+
+
+def _kinds() -> st.SearchStrategy[tuple[EventKind, ...]]:
+    completed = st.builds(
+        NodeCompleted,
+        node_id=st.sampled_from(["n", "m"]),
+        output=st.none(),
+        duration_ms=st.just(1),
+        state_patch=st.just({}),
+    )
+    finished = st.builds(WorkflowCompleted, final_state=st.just({}))
+    completed = completed | finished
+    return st.lists(completed, max_size=4).map(tuple)
+
+
+@st.composite
+def commits(draw: st.DrawFn) -> tuple[CommitSpec, CommitReads]:
+    fence = draw(st.integers(1, 4))
+    stale = draw(st.booleans())
+    status = WorkItemStatus.CLAIMED if not stale else draw(statuses)
+    item = _item(status, fence if not stale else draw(st.integers(0, 5)))
+    last = draw(st.integers(0, 600))
+    head = Head(
+        execution_id="e",
+        tenant_id="t",
+        status=draw(st.sampled_from(ExecutionStatus)),
+        last_sequence=last,
+        head_hash="a" * 64 if last else None,
+    )
+    usage = draw(st.none() | usages())
+    succeeded = draw(st.none() | st.booleans())
+    then_events = draw(_kinds())
+    then_items = tuple(
+        NewWorkItem(item_id=f"next-{k}", execution_id="e", node_id="m", queue="general")
+        for k in range(draw(st.integers(0, 2)))
+    )
+    follows = bool(then_events or then_items)
+    spec = CommitSpec(
+        item_id="i",
+        fence=fence,
+        outcome=draw(st.sampled_from(list(WorkItemStatus)[2:5])),
+        events=draw(_kinds()),
+        usage=usage,
+        succeeded=succeeded,
+        write_snapshot=draw(st.none() | st.booleans()),
+        then_events=then_events,
+        then_items=then_items,
+        then_if_last_sequence=draw(st.sampled_from([last, last - 1])) if follows else None,
+    )
+    reads = CommitReads(
+        item=item,
+        head=head,
+        ledger=draw(budget_states()) if usage is not None or succeeded is not None else None,
+    )
+    return spec, reads
+
+
+@given(commits())
+def test_a_commit_plan_is_all_or_nothing_and_keeps_every_rule(
+    drawn: tuple[CommitSpec, CommitReads],
+) -> None:
+    spec, reads = drawn
+    assert reads.item is not None
+    assert reads.head is not None
+    current = reads.item.status is WorkItemStatus.CLAIMED and reads.item.fence == spec.fence
+    try:
+        plan = plan_commit(spec, reads, now=NOW)
+    except FenceLost:
+        assert not current  # refused exactly when the claim is not current
+        return
+    except InvalidInput:
+        return  # a total out of bounds: refused before anything is written
+    assert current
+    writes = plan.writes
+    # The claim is settled first, guarded by what was read.
+    first = writes[0]
+    assert isinstance(first, UpdateItem)
+    assert (first.expect_status, first.expect_fence) == (WorkItemStatus.CLAIMED, spec.fence)
+    assert first.item.status is spec.outcome
+    assert first.item.worker_id is None
+    # Appends continue the log without a gap, the commit's events before the follow-up.
+    appends = [w for w in writes if isinstance(w, AppendEvents)]
+    expected_next = reads.head.last_sequence + 1
+    for append in appends:
+        assert append.first_sequence == expected_next
+        expected_next = append.last_sequence + 1
+    follow_up = spec.then_if_last_sequence == reads.head.last_sequence
+    appended = tuple(k for a in appends for k in a.kinds)
+    assert appended == spec.events + (spec.then_events if follow_up else ())
+    # The ledger is charged by the planner's arithmetic, exactly when there is something
+    # to charge.
+    ledgers = [w for w in writes if isinstance(w, PutLedger)]
+    if spec.usage is None and spec.succeeded is None:
+        assert ledgers == []
+    else:
+        assert reads.ledger is not None
+        assert [w.state for w in ledgers] == [
+            apply_ledger(reads.ledger, spec.usage, spec.succeeded)
+        ]
+    # A snapshot when asked, or at the cadence's boundary when not said.
+    snapshots = [w for w in writes if isinstance(w, WriteSnapshot)]
+    assert len(snapshots) <= 1
+    if spec.write_snapshot is not None:
+        assert bool(snapshots) is spec.write_snapshot
+    # A status changes only through a status kind.
+    for write in writes:
+        if isinstance(write, SetStatus):
+            assert any(isinstance(k, WorkflowCompleted) for k in appended)
+
+
+def test_ledger_rule_is_the_budget_arithmetic() -> None:
+    state = BudgetState(consecutive_error_count=2)
+    usage = Usage(input_tokens=5, cost_usd=0.25)
+    assert apply_ledger(state, usage, True) == attrs.evolve(
+        state.apply(usage), consecutive_error_count=0
+    )
+    assert apply_ledger(state, None, False).consecutive_error_count == 3
+    assert apply_ledger(state, None, None) == state
