@@ -107,8 +107,8 @@ def _kinds() -> st.SearchStrategy[tuple[EventKind, ...]]:
         state_patch=st.just({}),
     )
     finished = st.builds(WorkflowCompleted, final_state=st.just({}))
-    completed = completed | finished
-    return st.lists(completed, max_size=4).map(tuple)
+    either: st.SearchStrategy[EventKind] = st.one_of(completed, finished)
+    return st.lists(either, max_size=4).map(tuple)
 
 
 @st.composite

@@ -28,11 +28,11 @@ from charter.core import (
     PolicyScope,
     PolicySet,
     ToolApprovalRequired,
-    approver_allows,
     gate_node,
     node_approval_status,
     pending_approvals,
 )
+from charter.core.approvals import approver_allows
 from charter.testing.strategies import gate_requests
 
 NOW = datetime(2026, 11, 21, tzinfo=UTC)

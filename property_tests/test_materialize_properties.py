@@ -9,15 +9,17 @@ import attrs
 from hypothesis import given
 from hypothesis import strategies as st
 
-from charter.core import STATUS_KINDS, EventKind, ExecutionStatus, status_after
+from charter.core import EventKind, ExecutionStatus
 from charter.core.events import Event, type_tag
 from charter.core.materialize import (
     MATERIALIZED_KINDS,
     MATERIALIZED_TYPES,
+    STATUS_KINDS,
     Materialized,
     apply_event,
     apply_events,
     materialize,
+    status_after,
 )
 from charter.testing.strategies import event_kinds, json_values
 

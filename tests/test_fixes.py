@@ -29,8 +29,8 @@ from charter.core import (
     RequireToolApproval,
     UnknownNodeKind,
     constraints_from_dict,
-    queue_type_for,
 )
+from charter.core.nodes import queue_type_for
 
 # ── fix 1: every acting node kind has a policy name ──
 

@@ -37,13 +37,13 @@ from charter.core import (
     PolicyLayer,
     PolicySet,
     UnknownNodeKind,
-    approver_allows,
     canonical_json,
     decide_approval,
     gate_node,
     glob_match,
     policy_chain,
 )
+from charter.core.approvals import approver_allows
 
 NOW = datetime(2026, 11, 21, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parent.parent
