@@ -1,6 +1,6 @@
 """Approval state, derived by folding the event log (the only source of truth).
 
-Upstream (reference §3.1) folds per node id: a request opens ``Pending``, the first decision
+Upstream (docs/semantics.md §5) folds per node id: a request opens ``Pending``, the first decision
 after it wins, and an approval then covers every later run of the node until a new request.
 Charter keeps the fold and binds each approval to one exact request (ARCHITECTURE fix 7):
 

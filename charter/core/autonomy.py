@@ -1,6 +1,6 @@
 """Agent autonomy: levels, constraints, the enforcer and its decisions.
 
-`AutonomyEnforcer.check` keeps upstream's order and comparisons (reference §4.4):
+`AutonomyEnforcer.check` keeps upstream's order and comparisons (docs/semantics.md §3):
 
 1. circuit breaker, at every level: ``consecutive_errors >= circuit_breaker_threshold`` trips;
 2. by level: ``guided`` needs approval for any named tool; ``bounded_autonomous`` escalates on

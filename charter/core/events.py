@@ -1,7 +1,8 @@
 """Events: the `Event` envelope and every event kind, as frozen attrs classes.
 
-Kinds and field names are upstream's (``seeds/004``), so the JSON form (``"type":
-"<snake_case>"`` plus the fields; optional fields omitted when ``None``) stays compatible.
+Kinds and field names are upstream's (JamJet's event log; docs/semantics.md §7), so the
+JSON form (``"type": "<snake_case>"`` plus the fields; optional fields omitted when
+``None``) stays compatible.
 Charter adds a few fields and kinds its fixes need; each is optional or new, so an upstream
 reader of a kind it knows is unaffected:
 

@@ -1,6 +1,6 @@
 """Glob matching with upstream JamJet's semantics, in time linear in the value.
 
-Semantics (reference §2.3): ``*`` matches any run of characters, dots and slashes included;
+Semantics (docs/semantics.md §1): ``*`` matches any run of characters, dots and slashes included;
 ``?`` matches exactly one character; every other character, ``[``, ``]`` and ``\\`` included,
 is literal. Matching is case-sensitive and anchored at both ends. Characters are Unicode code
 points.

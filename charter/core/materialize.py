@@ -1,4 +1,4 @@
-"""Materialized execution state: a fold over the event log (reference §6.4).
+"""Materialized execution state: a fold over the event log (docs/semantics.md §9).
 
 `materialize(initial_input, events)` gives an execution's status, its workflow state,
 each completed node's output and the nodes in flight. Stores fold the events they append

@@ -1,7 +1,7 @@
 """Node kinds: their tags, the queue each is dispatched to, and the name policy matches.
 
 Upstream derives the policy-relevant names by reflection over the serialized node kind and
-misses several acting kinds (reference §1.4): ``mcp_tool`` reads a key that does not exist,
+misses several acting kinds (docs/semantics.md §2.4): ``mcp_tool`` reads a key that does not exist,
 and ``python_fn``, ``java_fn``, ``finalizer``, ``agent_tool`` and ``coordinator`` have no name
 at all, so tool rules silently never apply to them. Here the mapping is an explicit table and
 every kind that acts on the world has a policy name (ARCHITECTURE fix 1):
@@ -67,7 +67,7 @@ def _kinds(*rows: tuple[str, str, bool]) -> Mapping[str, NodeKindInfo]:
     return {tag: NodeKindInfo(tag, queue, acting) for tag, queue, acting in rows}
 
 
-#: Every node kind tag upstream's IR defines, with its queue (reference §1.4).
+#: Every node kind tag upstream's IR defines, with its queue (docs/semantics.md §2.4).
 NODE_KINDS: Final[Mapping[str, NodeKindInfo]] = _kinds(
     ("model", "model", True),
     ("tool", "tool", True),

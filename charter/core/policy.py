@@ -1,9 +1,9 @@
 """Layered tool and model policy: `PolicySet`, `EvaluationContext`, `PolicyEvaluator`.
 
-Default combining (upstream, reference §2.4): layers are visited most specific first (node,
-workflow, tenant); the first layer with a non-Allow outcome decides. Within a layer a model
-node is checked against the layer's allowlist (a match allows decisively, a miss blocks), and
-a named node is checked against ``blocked_tools`` before ``require_approval_for``.
+Default combining (upstream's; docs/semantics.md §2.2): layers are visited most specific
+first (node, workflow, tenant); the first layer with a non-Allow outcome decides. Within a
+layer a model node is checked against the layer's allowlist (a match allows decisively, a
+miss blocks), and a named node is checked against ``blocked_tools`` before ``require_approval_for``.
 
 ``deny-overrides`` combining is offered too: a Block at any layer wins over everything, model
 allowlists intersect (the model must pass every non-empty allowlist), and otherwise the most

@@ -139,7 +139,7 @@ def plan_park(item: WorkItem, *, retry_after: datetime, count_attempt: bool) -> 
 
     A counted park obeys ``max_attempts`` like a failure does: when no attempt is left the
     item is dead-lettered with ``node_failed{retryable: false, error: "exhausted N attempts:
-    parked until …"}`` (upstream's rate-limit park makes the same check, ref §7.2). An
+    parked until …"}`` (upstream's rate-limit park makes the same check, docs/store.md). An
     uncounted park never uses up an attempt."""
     moment = retry_after.astimezone(UTC)
     attempt = item.attempt + 1 if count_attempt else item.attempt

@@ -81,7 +81,7 @@ class RetryPolicy:
     max_backoff_ms: int = 60_000
 
 
-#: Upstream's named policies (reference §8.1), always available.
+#: Upstream's named policies (docs/workflows.md), always available.
 DEFAULT_RETRY_POLICIES: Final[Mapping[str, RetryPolicy]] = {
     "no_retry": RetryPolicy(max_attempts=1),
     "llm_default": RetryPolicy(max_attempts=3),
