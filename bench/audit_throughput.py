@@ -111,11 +111,12 @@ from bench.store_throughput import BenchmarkError, _machine
 from charter.adapters.chain import GENESIS, ChainVerifier, envelope_text, event_hash
 from charter.adapters.sqlite import SqliteStore
 from charter.audit.replay import PAGE, execution_ids, replay_run, verify_log
+from charter.bootstrap import build_worker
 from charter.core.policy import PolicySet
 from charter.core.records import ChainLink, Tenant
 from charter.core.workflow import WorkflowDef, parse_workflow
 from charter.executors import default_registry
-from charter.worker import Worker, drive, start_run
+from charter.worker import drive, start_run
 
 __all__ = ["main", "run"]
 
@@ -372,7 +373,7 @@ class Builder:
         started = time.perf_counter()
         run_id = f"run-{index:05d}"
         start_run(store, self.workflow, execution_id=run_id, tenant_id=TENANT)
-        worker = Worker(store, executors=default_registry(), worker_id=WORKER)
+        worker = build_worker(store, executors=default_registry(), worker_id=WORKER)
         outcome = drive(worker, run_id)
         if outcome.status != "completed":
             raise BenchmarkError(f"build: run {run_id} ended {outcome}")

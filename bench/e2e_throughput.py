@@ -102,11 +102,12 @@ from bench.store_throughput import (
     _utc_text,
 )
 from charter.adapters.sqlite import SqliteStore
+from charter.bootstrap import build_worker
 from charter.core.events import NodeCompleted, WorkflowCompleted, WorkflowStarted
 from charter.core.records import Execution, ExecutionStatus, Tenant, WorkflowDefinition
 from charter.core.workflow import parse_workflow
 from charter.executors import default_registry
-from charter.worker import RunOutcome, Worker, drive
+from charter.worker import RunOutcome, drive
 
 __all__ = ["main", "run", "workflow_document"]
 
@@ -227,7 +228,7 @@ class CharterTrial:
                 )
             ],
         )
-        worker = Worker(store, executors=default_registry(), worker_id=WORKER)
+        worker = build_worker(store, executors=default_registry(), worker_id=WORKER)
         self.outcome = drive(worker, RUN_ID)
         return self.nodes if self.outcome.status == "completed" else 0
 
@@ -909,13 +910,13 @@ def report_json(report: Report) -> dict[str, Any]:
 # ── profile ────────────────────────────────────────────────────────────────────────────
 
 #: Layers of the profile, by source file: ``charter/adapters`` is the store, ``charter/core``
-#: the core, ``charter/worker.py`` and ``charter/executors.py`` the shell. (``charter/core``
+#: the core, ``charter/worker/`` and ``charter/executors.py`` the shell. (``charter/core``
 #: and ``charter/adapters`` are links to the top-level ``core/`` and ``adapters/``.)
 _CHARTER: Final = Path(charter.__file__).parent
 _LAYER_DIRECTORIES: Final = {
     "store": {str(_CHARTER / "adapters"), str((_CHARTER / "adapters").resolve())},
     "core": {str(_CHARTER / "core"), str((_CHARTER / "core").resolve())},
-    "shell": {str(_CHARTER)},
+    "shell": {str(_CHARTER), str(_CHARTER / "worker")},
 }
 
 FunctionKey = tuple[str, int, str]

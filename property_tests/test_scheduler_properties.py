@@ -46,7 +46,7 @@ from charter.core.events import (
 from charter.core.queue import backoff_delay_ms, plan_failure
 from charter.core.records import Execution, NewWorkItem, WorkItem, WorkItemStatus
 from charter.core.runs import RunStatus, StepStatus, run_record, run_steps
-from charter.core.scheduler import NodeState, Plan, Progress, fold, plan
+from charter.core.scheduler import NodeState, Plan, Progress, fold, fold_kinds, plan
 from charter.core.workflow import EdgeDef, WorkflowDef, parse_workflow
 from charter.testing.strategies import workflow_documents
 
@@ -505,6 +505,28 @@ def test_fold_is_incremental_and_leaves_its_input_alone(
     assert fold(sim.workflow, sim.events[split:], first) == fold(sim.workflow, sim.events)
     assert first == before
     assert fold(sim.workflow, sim.events) == sim.progress
+
+
+@given(workflow_specs(), st.data())
+def test_folding_kinds_is_folding_their_events(spec: dict[str, Any], data: st.DataObject) -> None:
+    # What the worker plans a commit's follow-up from: kinds about to be written, folded
+    # without envelopes, must give what the log gives once they are written. Events written
+    # at one time are folded in one batch, the others one by one at their own sequence.
+    sim = _run(spec, data)
+    progress = fold(sim.workflow, ())
+    index = 0
+    while index < len(sim.events):
+        at = sim.events[index].created_at
+        batch = []
+        while index < len(sim.events) and sim.events[index].created_at == at:
+            batch.append(sim.events[index])
+            index += 1
+        kinds = [event.kind for event in batch]
+        progress = fold_kinds(
+            sim.workflow, kinds, progress, at=at, first_sequence=batch[0].sequence
+        )
+        assert progress == fold(sim.workflow, sim.events[:index])
+    assert progress == sim.progress
 
 
 @given(workflow_specs(), st.data())

@@ -33,7 +33,16 @@ from charter.core.events import (
 )
 from charter.core.queue import backoff_delay_ms
 from charter.core.records import NewWorkItem
-from charter.core.scheduler import NodeProgress, NodeState, Plan, Progress, fold, fold_event, plan
+from charter.core.scheduler import (
+    NodeProgress,
+    NodeState,
+    Plan,
+    Progress,
+    fold,
+    fold_event,
+    fold_kinds,
+    plan,
+)
 from charter.core.workflow import WorkflowDef, parse_workflow
 
 EXEC: Final = "run-1"
@@ -870,6 +879,33 @@ def test_fold_event_folds_one_event() -> None:
     log.advance()
     start = fold(CHAIN, log.events[:1])
     assert fold_event(CHAIN, start, log.events[1]) == fold(CHAIN, log.events)
+
+
+def test_fold_kinds_folds_kinds_not_written_yet_as_fold_would_once_they_are() -> None:
+    log = Log(CHAIN)
+    log.advance()
+    before = log.progress
+    later = T0 + timedelta(minutes=5)
+    kinds: list[EventKind] = [
+        NodeStarted(node_id="a", worker_id="w1", attempt=0),
+        ToolApprovalRequired(node_id="a", tool_name="t.do", approver="human", context={}),
+    ]
+    after = fold_kinds(CHAIN, kinds, before, at=later)
+    log.at(later).add(*kinds)
+    assert after == log.progress
+    assert after.last_sequence == before.last_sequence + 2
+    assert after.node("a").held_since == later
+    assert before == fold(CHAIN, log.events[:2]), "the progress it starts from is not changed"
+
+
+def test_fold_kinds_numbers_from_first_sequence_and_from_nothing_without_progress() -> None:
+    kinds: list[EventKind] = [
+        WorkflowStarted(workflow_id="wf", workflow_version="1", initial_input={"q": 1})
+    ]
+    started = fold_kinds(CHAIN, kinds, at=T0)
+    assert started == fold(CHAIN, Log(CHAIN, initial={"q": 1}).events)
+    assert fold_kinds(CHAIN, kinds, at=T0, first_sequence=7).last_sequence == 7
+    assert fold_kinds(CHAIN, (), started, at=T0) == started
 
 
 def test_fold_records_attempts_outputs_and_errors() -> None:

@@ -1,9 +1,10 @@
 """``charter audit``: verify, anchor, replay and what-if (docs/audit.md, docs/cli.md).
 
-Registered by `charter.cli` (which passes its ``--db`` option and store opener in, so this
-module does not import the CLI back). Exit codes: 0 the log holds / no divergence (for
-``what-if``: the report was made, whatever it found); 2 bad input; 6 the log was altered
-(``verify``) or a recorded decision is not what the policy gives (``replay``).
+Registered by `charter.cli` (which passes its ``--db`` option in, so this module does not
+import the CLI back); the store is opened by the composition root (`charter.bootstrap`).
+Exit codes: 0 the log holds / no divergence (for ``what-if``: the report was made, whatever
+it found); 2 bad input; 6 the log was altered (``verify``) or a recorded decision is not
+what the policy gives (``replay``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from charter.audit import (
     verify_log,
     what_if,
 )
-from charter.core.errors import InvalidInput
+from charter.bootstrap import open_store
+from charter.core.errors import InvalidInput, NotFound
 from charter.core.policy import PolicyScope
 from charter.core.ports import Store
 
@@ -36,15 +38,8 @@ __all__ = ["EXIT_DIVERGED", "register"]
 EXIT_DIVERGED: Final = 6
 _OK: Final = 0
 
-Opener = Callable[..., Any]
 
-
-def register(
-    commands: Any,
-    *,
-    db_option: Callable[[argparse.ArgumentParser], None],
-    open_store: Opener,
-) -> None:
+def register(commands: Any, *, db_option: Callable[[argparse.ArgumentParser], None]) -> None:
     """Add ``audit`` and its subcommands to the CLI's subparsers."""
     audit = commands.add_parser(
         "audit",
@@ -75,7 +70,7 @@ def register(
         "--strict", action="store_true", help="also require each event in canonical JSON form"
     )
     verify.add_argument("--json", action="store_true", help="print JSON instead of text")
-    verify.set_defaults(handler=lambda args: _verify(args, open_store))
+    verify.set_defaults(handler=_verify)
 
     anchor = sub.add_parser(
         "anchor",
@@ -89,7 +84,7 @@ def register(
     )
     db_option(anchor)
     anchor.add_argument("--output", "-o", metavar="FILE", help="write here (default: stdout)")
-    anchor.set_defaults(handler=lambda args: _anchor(args, open_store))
+    anchor.set_defaults(handler=_anchor)
 
     replay = sub.add_parser(
         "replay",
@@ -105,7 +100,7 @@ def register(
     replay.add_argument("--all", action="store_true", help="every run in the database")
     db_option(replay)
     replay.add_argument("--json", action="store_true", help="print JSON instead of text")
-    replay.set_defaults(handler=lambda args: _replay(args, open_store))
+    replay.set_defaults(handler=_replay)
 
     whatif = sub.add_parser(
         "what-if",
@@ -129,7 +124,17 @@ def register(
     )
     db_option(whatif)
     whatif.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    whatif.set_defaults(handler=lambda args: _what_if(args, open_store))
+    whatif.set_defaults(handler=_what_if)
+
+
+def _open(args: argparse.Namespace) -> Store:
+    """The store ``--db`` names, which must exist: auditing never creates one."""
+    try:
+        return open_store(args.db, must_exist=True)
+    except NotFound as missing:
+        raise InvalidInput(
+            "--db", f"{missing} (run a workflow first, or pass another --db)"
+        ) from None
 
 
 def _runs(args: argparse.Namespace, store: Store) -> list[str]:
@@ -142,9 +147,9 @@ def _runs(args: argparse.Namespace, store: Store) -> list[str]:
     return [args.run_id]
 
 
-def _verify(args: argparse.Namespace, open_store: Opener) -> int:
+def _verify(args: argparse.Namespace) -> int:
     anchors = read_anchor(args.anchor) if args.anchor else None
-    store = open_store(args, must_exist=True)
+    store = _open(args)
     try:
         report = verify_log(store, runs=args.run, anchors=anchors, strict=args.strict)
     finally:
@@ -180,8 +185,8 @@ def _verify(args: argparse.Namespace, open_store: Opener) -> int:
     return _OK if report.ok else EXIT_DIVERGED
 
 
-def _anchor(args: argparse.Namespace, open_store: Opener) -> int:
-    store = open_store(args, must_exist=True)
+def _anchor(args: argparse.Namespace) -> int:
+    store = _open(args)
     try:
         report = verify_log(store)
     finally:
@@ -203,8 +208,8 @@ def _anchor(args: argparse.Namespace, open_store: Opener) -> int:
     return _OK
 
 
-def _replay(args: argparse.Namespace, open_store: Opener) -> int:
-    store = open_store(args, must_exist=True)
+def _replay(args: argparse.Namespace) -> int:
+    store = _open(args)
     try:
         reports = [replay_run(store, run) for run in _runs(args, store)]
     finally:
@@ -242,10 +247,10 @@ def _compact(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
 
-def _what_if(args: argparse.Namespace, open_store: Opener) -> int:
+def _what_if(args: argparse.Namespace) -> int:
     scope = PolicyScope(args.scope)
     proposed = load_policy_layer(args.policy, scope)
-    store = open_store(args, must_exist=True)
+    store = _open(args)
     try:
         report = what_if(store, _runs(args, store), proposed, scope=scope)
     finally:

@@ -1,0 +1,131 @@
+"""``charter check`` and ``charter validate``: a policy file's decision for a tool or a model,
+and a workflow file's problems."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from charter.adapters.codec import dump
+from charter.adapters.files import PolicyFile, load_policy_file, load_workflow_file
+from charter.cli.common import EXIT_APPROVAL, EXIT_BLOCKED, EXIT_OK
+from charter.core.errors import CharterError
+from charter.core.policy import (
+    Allow,
+    Block,
+    EvaluationContext,
+    PolicyEvaluator,
+    PolicyScope,
+    PolicyVerdict,
+    RequireApproval,
+)
+
+__all__ = ["add_check", "add_validate"]
+
+
+def add_validate(commands: Any) -> None:
+    validate = commands.add_parser(
+        "validate",
+        help="check a workflow file and report every problem",
+        description="Validate FILE; print every problem with its path, or OK.",
+    )
+    validate.add_argument("file", metavar="FILE")
+    validate.set_defaults(handler=_validate)
+
+
+def add_check(commands: Any) -> None:
+    check = commands.add_parser(
+        "check",
+        help="evaluate a policy file for a tool and/or a model",
+        description=(
+            "Evaluate POLICY for a tool call and/or a model call and print the decision, the "
+            "deciding rule and its scope. Exit 0 if allowed, 3 if approval is required, 4 if "
+            "blocked (the most severe when both --tool and --model are given)."
+        ),
+    )
+    check.add_argument("policy", metavar="POLICY", help="policy file (YAML or JSON)")
+    check.add_argument("--tool", metavar="T", help="tool name to check")
+    check.add_argument("--model", metavar="M", help="model reference to check")
+    check.add_argument(
+        "--resolved-model",
+        metavar="R",
+        help="the concrete model M stands for (allowlists then match R, not the alias)",
+    )
+    check.add_argument(
+        "--scope",
+        choices=[scope.value for scope in PolicyScope],
+        default=PolicyScope.WORKFLOW.value,
+        help="scope of a bare (unlayered) policy set (default: workflow)",
+    )
+    check.add_argument("--node", metavar="ID", default="check", help="node id to report")
+    check.add_argument("--json", action="store_true", help="print JSON instead of text")
+    check.set_defaults(handler=_check)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    workflow, _ = load_workflow_file(args.file)
+    print(
+        f"{args.file}: OK — {workflow.workflow_id} v{workflow.version}, "
+        f"{len(workflow.nodes)} nodes, {len(workflow.edges)} edges"
+    )
+    return EXIT_OK
+
+
+def _severity(verdict: PolicyVerdict) -> int:
+    match verdict.decision:
+        case Block():
+            return EXIT_BLOCKED
+        case RequireApproval():
+            return EXIT_APPROVAL
+        case Allow():
+            return EXIT_OK
+
+
+def _verdict_lines(subject: str, verdict: PolicyVerdict) -> list[str]:
+    decision = verdict.decision
+    lines = []
+    match decision:
+        case Allow():
+            lines.append(f"{subject}: ALLOW")
+        case Block(reason=reason):
+            lines.append(f"{subject}: BLOCK")
+            lines.append(f"  reason: {reason}")
+        case RequireApproval(approver=approver):
+            lines.append(f"{subject}: REQUIRE APPROVAL (approver: {approver})")
+    if verdict.rule is not None:
+        scope = verdict.scope.value if verdict.scope is not None else "unknown"
+        pattern = f" '{verdict.pattern}'" if verdict.pattern is not None else ""
+        lines.append(f"  rule:   {verdict.rule.value}{pattern}")
+        lines.append(f"  scope:  {scope}")
+    else:
+        lines.append("  rule:   none matched (default allow)")
+    return lines
+
+
+def _check(args: argparse.Namespace) -> int:
+    if args.tool is None and args.model is None:
+        raise CharterError("check: give --tool T and/or --model M")
+    if args.resolved_model is not None and args.model is None:
+        raise CharterError("check: --resolved-model needs --model")
+    policy: PolicyFile = load_policy_file(args.policy, PolicyScope(args.scope))
+    evaluator = PolicyEvaluator(policy.combining)
+    results: list[tuple[str, EvaluationContext, PolicyVerdict]] = []
+    if args.tool is not None:
+        ctx = EvaluationContext(args.node, "tool", tool_name=args.tool)
+        results.append((f"tool '{args.tool}'", ctx, evaluator.explain(ctx, policy.layers)))
+    if args.model is not None:
+        ctx = EvaluationContext(
+            args.node, "model", model_ref=args.model, resolved_model=args.resolved_model
+        )
+        results.append((f"model '{args.model}'", ctx, evaluator.explain(ctx, policy.layers)))
+    if args.json:
+        payload = {
+            "combining": policy.combining.value,
+            "results": [{"context": dump(ctx), "verdict": dump(v)} for _, ctx, v in results],
+        }
+        print(json.dumps(payload, indent=2, ensure_ascii=False))
+    else:
+        for subject, _, verdict in results:
+            print("\n".join(_verdict_lines(subject, verdict)))
+    return max(_severity(verdict) for _, _, verdict in results)
