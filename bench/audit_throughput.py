@@ -109,13 +109,13 @@ import charter
 from bench.e2e_throughput import workflow_document
 from bench.store_throughput import BenchmarkError, _machine
 from charter.adapters.chain import GENESIS, ChainVerifier, envelope_text, event_hash
+from charter.adapters.executors import default_registry
 from charter.adapters.sqlite import SqliteStore
 from charter.audit.replay import PAGE, execution_ids, replay_run, verify_log
 from charter.bootstrap import build_worker
 from charter.core.policy import PolicySet
 from charter.core.records import ChainLink, Tenant
 from charter.core.workflow import WorkflowDef, parse_workflow
-from charter.executors import default_registry
 from charter.worker import drive, start_run
 
 __all__ = ["main", "run"]

@@ -101,12 +101,12 @@ from bench.store_throughput import (
     _machine,
     _utc_text,
 )
+from charter.adapters.executors import default_registry
 from charter.adapters.sqlite import SqliteStore
 from charter.bootstrap import build_worker
 from charter.core.events import NodeCompleted, WorkflowCompleted, WorkflowStarted
 from charter.core.records import Execution, ExecutionStatus, Tenant, WorkflowDefinition
 from charter.core.workflow import parse_workflow
-from charter.executors import default_registry
 from charter.worker import RunOutcome, drive
 
 __all__ = ["main", "run", "workflow_document"]
@@ -909,9 +909,9 @@ def report_json(report: Report) -> dict[str, Any]:
 
 # ── profile ────────────────────────────────────────────────────────────────────────────
 
-#: Layers of the profile, by source file: ``charter/adapters`` is the store, ``charter/core``
-#: the core, ``charter/worker/`` and ``charter/executors.py`` the shell. (``charter/core``
-#: and ``charter/adapters`` are links to the top-level ``core/`` and ``adapters/``.)
+#: Layers of the profile, by source file: ``charter/adapters`` is the store (with the demo
+#: executors, which cost next to nothing), ``charter/core`` the core, ``charter/worker/`` the
+#: shell.
 _CHARTER: Final = Path(charter.__file__).parent
 _LAYER_DIRECTORIES: Final = {
     "store": {str(_CHARTER / "adapters"), str((_CHARTER / "adapters").resolve())},

@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from charter.pool import (
+from charter.adapters.pool import (
     ToolOperation,
     WorkerHandler,
     WorkerPool,

@@ -19,12 +19,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from charter.adapters.executors import ExecutorRegistry, default_registry, load_plugin
 from charter.adapters.memory import MemoryStore
 from charter.adapters.sqlite import SqliteStore
 from charter.core.errors import InvalidInput, NotFound
 from charter.core.events import Event
 from charter.core.ports import Clock, Store
-from charter.executors import ExecutorRegistry, default_registry, load_plugin
 from charter.worker import ALL_QUEUES, Definitions, Scheduler, Worker, WorkerHooks
 
 if TYPE_CHECKING:  # the Postgres store is optional: imported when a URL asks for it

@@ -28,16 +28,7 @@ from hypothesis.stateful import (
 )
 
 from charter.adapters.codec import dumps, loads
-from charter.core.breaker import (
-    BreakerEvent,
-    BreakerState,
-    BreakerStatus,
-    CallOutcome,
-    CircuitBreaker,
-    Permit,
-)
-from charter.core.events import EventKind, event_type
-from charter.pool import (
+from charter.adapters.pool import (
     BreakerHooks,
     CircuitBreakerHooks,
     ToolOperation,
@@ -52,6 +43,15 @@ from charter.pool import (
     WorkerSuccess,
     request_payload_bytes,
 )
+from charter.core.breaker import (
+    BreakerEvent,
+    BreakerState,
+    BreakerStatus,
+    CallOutcome,
+    CircuitBreaker,
+    Permit,
+)
+from charter.core.events import EventKind, event_type
 from charter.testing.strategies import circuit_breakers, worker_requests, worker_responses
 
 # ── the model: a transition table ──────────────────────────────────────────────────────

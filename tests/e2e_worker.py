@@ -24,10 +24,10 @@ import sys
 import time
 from pathlib import Path
 
+from charter.adapters.executors import ExecutorRegistry, default_registry
 from charter.adapters.sqlite import SqliteStore
 from charter.core.ports import NodeCall, NodeResult
 from charter.core.records import Claim
-from charter.executors import ExecutorRegistry, default_registry
 from charter.worker import Worker, WorkerHooks
 
 LEASE_SECS = 1.0

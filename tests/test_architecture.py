@@ -229,3 +229,40 @@ def test_strategies_public_api_is_pinned() -> None:
 def test_every_exported_name_exists(module: object) -> None:
     missing = [name for name in module.__all__ if not hasattr(module, name)]  # type: ignore[attr-defined]
     assert not missing
+
+
+#: Modules outside `charter.cli` allowed to print, and why.
+PRINTS_ALLOWED = {
+    # A developer's generator with its own `python -m` command line (docs/conformance).
+    "charter/testing/conformance.py",
+}
+
+
+def _package_modules() -> list[Path]:
+    return sorted((ROOT / "charter").rglob("*.py"))
+
+
+def test_only_the_cli_prints() -> None:
+    offenders = []
+    for path in _package_modules():
+        relative = path.relative_to(ROOT).as_posix()
+        if relative.startswith("charter/cli/") or relative in PRINTS_ALLOWED:
+            continue
+        offenders.extend(
+            f"{relative}:{node.lineno}"
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "print"
+        )
+    assert not offenders, "only charter.cli prints:\n" + "\n".join(offenders)
+
+
+def test_code_cites_docs_not_files_outside_the_repository() -> None:
+    # Comments and docstrings point readers at docs/, which ships with the code.
+    outside = ("reference §", "../shared", "seeds/0", "jamjet-semantics.md")
+    offenders = [
+        f"{path.relative_to(ROOT)}: {marker!r}"
+        for path in _package_modules()
+        for marker in outside
+        if marker in path.read_text(encoding="utf-8")
+    ]
+    assert not offenders, "\n".join(offenders)

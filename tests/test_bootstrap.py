@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from charter.adapters.clock import ManualClock
+from charter.adapters.executors import ExecutorRegistry
 from charter.adapters.memory import MemoryStore
 from charter.adapters.sqlite import SqliteStore
 from charter.bootstrap import build_registry, build_worker, open_store, shown
@@ -15,7 +16,6 @@ from charter.core.errors import InvalidInput, NotFound
 from charter.core.events import Event, WorkflowCompleted
 from charter.core.ports import NodeCall, NodeResult
 from charter.core.workflow import WorkflowDef, parse_workflow
-from charter.executors import ExecutorRegistry
 from charter.worker import Scheduler, drive, start_run
 from tests.stores import drop_schema, postgres_url, unique_schema_name
 

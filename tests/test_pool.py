@@ -14,14 +14,9 @@ from typing import Any
 import attrs
 import pytest
 
+from charter.adapters.executors import default_registry
 from charter.adapters.memory import MemoryStore
-from charter.core.breaker import BreakerStatus
-from charter.core.errors import CharterError, ExecutorFailed, InvalidInput
-from charter.core.events import EventKind, NodeCompleted, NodeFailed, UsageRecorded
-from charter.core.ports import NodeCall
-from charter.core.workflow import parse_workflow
-from charter.executors import default_registry
-from charter.pool import (
+from charter.adapters.pool import (
     BreakerHooks,
     CircuitBreakerHooks,
     LlmOperation,
@@ -41,13 +36,18 @@ from charter.pool import (
     WorkerSuccess,
     check_request,
 )
-from charter.pool.executor import (
+from charter.adapters.pool.executor import (
     PoolExecutor,
     PoolThread,
     decode_envelope,
     decode_output,
     request_for_call,
 )
+from charter.core.breaker import BreakerStatus
+from charter.core.errors import CharterError, ExecutorFailed, InvalidInput
+from charter.core.events import EventKind, NodeCompleted, NodeFailed, UsageRecorded
+from charter.core.ports import NodeCall
+from charter.core.workflow import parse_workflow
 from charter.worker import Worker, drive, start_run
 
 #: Guards every async test against a hang; never a timing assertion.

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from charter.adapters.clock import ManualClock
+from charter.adapters.executors import ExecutorRegistry, default_registry
 from charter.adapters.memory import MemoryStore
 from charter.adapters.sqlite import SqliteStore
 from charter.core.approvals import ApprovalRefused
@@ -31,7 +32,6 @@ from charter.core.events import (
 from charter.core.ports import CommitRequest, NodeCall, NodeResult, ReclaimResult, Store
 from charter.core.records import Claim
 from charter.core.workflow import parse_workflow
-from charter.executors import ExecutorRegistry, default_registry
 from charter.worker import Worker, WorkerHooks, drive, start_run
 
 

@@ -1,5 +1,5 @@
 """Audit of the event log (docs/audit.md): chain verification, anchors, replay and what-if;
-`charter audit` lives in `charter.audit.cli`.
+`charter audit` lives in `charter.cli.audit`.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ Bad input is reported as one line on stderr, never a traceback.
 
 The commands live in `charter.cli.runs` (``run``, ``approve``, ``reject``, ``worker``),
 `charter.cli.store` (``status``, ``events``, ``approvals``, ``cancel``, ``tenant``),
-`charter.cli.check` (``check``, ``validate``) and `charter.audit.cli` (``audit``); what they
+`charter.cli.check` (``check``, ``validate``) and `charter.cli.audit` (``audit``); what they
 share in `charter.cli.common`.
 """
 
@@ -29,7 +29,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from charter.audit import cli as audit_cli
+from charter.cli import audit as audit_cli
 from charter.cli import check, runs, store
 from charter.cli.common import (
     EXIT_APPROVAL,

@@ -25,6 +25,17 @@ from typing import Any
 import attrs
 from hypothesis import strategies as st
 
+from charter.adapters.pool.protocol import (
+    LlmOperation,
+    ToolOperation,
+    WorkerErrorCode,
+    WorkerFailure,
+    WorkerOperation,
+    WorkerProtocolError,
+    WorkerRequest,
+    WorkerResponse,
+    WorkerSuccess,
+)
 from charter.core.approvals import (
     ApprovalRequest,
     ApprovalStatus,
@@ -57,17 +68,6 @@ from charter.core.policy import (
     PolicyLayer,
     PolicyScope,
     PolicySet,
-)
-from charter.pool.protocol import (
-    LlmOperation,
-    ToolOperation,
-    WorkerErrorCode,
-    WorkerFailure,
-    WorkerOperation,
-    WorkerProtocolError,
-    WorkerRequest,
-    WorkerResponse,
-    WorkerSuccess,
 )
 
 __all__ = [

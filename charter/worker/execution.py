@@ -13,13 +13,13 @@ from typing import Any, Final
 
 import attrs
 
+from charter.adapters.executors import ExecutorRegistry, condition_executor
 from charter.core.attempt import result_from_json
 from charter.core.errors import ExecutorFailed
 from charter.core.events import JsonValue
 from charter.core.ports import Executor, NodeCall, NodeResult, Store
 from charter.core.records import Claim, EffectAbandoned, EffectHeld, EffectRecorded
 from charter.core.workflow import NodeDef, WorkflowDef
-from charter.executors import ExecutorRegistry, condition_executor
 from charter.worker.scheduling import RunView
 
 __all__ = ["Refused", "execute", "executor_for", "node_call", "outcome_of", "reserve"]

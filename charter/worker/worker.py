@@ -21,6 +21,7 @@ from typing import Final
 
 import attrs
 
+from charter.adapters.executors import ExecutorRegistry, default_registry
 from charter.core.attempt import (
     effect_key,
     executed_attempt,
@@ -39,7 +40,6 @@ from charter.core.nodes import NODE_KINDS
 from charter.core.ports import Clock, CommitRequest, EffectResult, Store
 from charter.core.records import Claim, WorkItemStatus
 from charter.core.workflow import NodeDef, WorkflowInvalid
-from charter.executors import ExecutorRegistry, default_registry
 from charter.worker.commits import Writer, commit_request
 from charter.worker.execution import Refused, executor_for, node_call, outcome_of, reserve
 from charter.worker.heartbeats import Heartbeats

@@ -41,11 +41,7 @@ import threading
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, Final, TypeVar
 
-from charter.core.budget import Usage
-from charter.core.errors import CharterError, ExecutorFailed, InvalidInput
-from charter.core.events import JsonValue
-from charter.core.ports import NodeCall, NodeResult
-from charter.pool import (
+from charter.adapters.pool import (
     CircuitBreakerHooks,
     LlmOperation,
     ToolOperation,
@@ -58,6 +54,10 @@ from charter.pool import (
     WorkerResponse,
     WorkerSuccess,
 )
+from charter.core.budget import Usage
+from charter.core.errors import CharterError, ExecutorFailed, InvalidInput
+from charter.core.events import JsonValue
+from charter.core.ports import NodeCall, NodeResult
 
 __all__ = [
     "PoolExecutor",

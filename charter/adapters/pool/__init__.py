@@ -4,7 +4,7 @@ hooks and the executor that runs workflow nodes on it.
 
 from __future__ import annotations
 
-from charter.pool.pool import (
+from charter.adapters.pool.pool import (
     BreakerHooks,
     CircuitBreakerHooks,
     LlmOperation,

@@ -31,6 +31,12 @@ import time
 from collections.abc import Callable
 from typing import Final, Protocol
 
+from charter.adapters.pool.protocol import (
+    WorkerErrorCode,
+    WorkerProtocolError,
+    WorkerRequest,
+    WorkerResponse,
+)
 from charter.core.breaker import (
     BreakerEvent,
     BreakerState,
@@ -40,16 +46,10 @@ from charter.core.breaker import (
     CircuitBreaker,
     Permit,
 )
-from charter.pool.protocol import (
-    WorkerErrorCode,
-    WorkerProtocolError,
-    WorkerRequest,
-    WorkerResponse,
-)
 
 __all__ = ["NEUTRAL_CODES", "BreakerHooks", "CircuitBreakerHooks"]
 
-log = logging.getLogger("charter.pool")
+log = logging.getLogger("charter.adapters.pool")
 
 _CLOSED: Final = BreakerStatus.CLOSED
 

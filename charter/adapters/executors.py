@@ -8,7 +8,7 @@ An executor is any callable ``(NodeCall) -> NodeResult`` (`charter.core.ports.Ex
 3. one registered for the node's kind (``model``, ``condition``, …).
 
 No match is a terminal failure of the node (upstream silently "succeeded" such nodes with an
-empty stub: reference §7.1). The built-in executors, registered by `default_registry`, let
+empty stub: docs/workflows.md §4). The built-in executors, registered by `default_registry`, let
 every example run offline:
 
 ============  =========================================================================

@@ -36,18 +36,15 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Protocol, cast
 
-from charter.core.breaker import BreakerEvent, BreakerState, BreakerStatus
-from charter.core.errors import CharterError, InvalidInput
-from charter.core.events import JsonValue
-from charter.pool.hooks import NEUTRAL_CODES, BreakerHooks, CircuitBreakerHooks
-from charter.pool.options import (
+from charter.adapters.pool.hooks import NEUTRAL_CODES, BreakerHooks, CircuitBreakerHooks
+from charter.adapters.pool.options import (
     WorkerPoolError,
     WorkerPoolOptions,
     WorkerSecurityPolicy,
     check_request,
     request_payload_bytes,
 )
-from charter.pool.protocol import (
+from charter.adapters.pool.protocol import (
     LlmOperation,
     ToolOperation,
     WorkerErrorCode,
@@ -61,6 +58,9 @@ from charter.pool.protocol import (
     WorkerResult,
     WorkerSuccess,
 )
+from charter.core.breaker import BreakerEvent, BreakerState, BreakerStatus
+from charter.core.errors import CharterError, InvalidInput
+from charter.core.events import JsonValue
 
 __all__ = [
     "BreakerHooks",
@@ -86,7 +86,7 @@ __all__ = [
     "request_payload_bytes",
 ]
 
-log = logging.getLogger("charter.pool")
+log = logging.getLogger("charter.adapters.pool")
 
 _HEALTHY: Final = WorkerHealthStatus.HEALTHY
 _DEGRADED: Final = WorkerHealthStatus.DEGRADED
@@ -245,7 +245,7 @@ def _plain_json(value: object, depth: int = 0) -> bool:
 
 class WorkerPool:
     """The pool (see the module doc). Create it inside a running event loop; use it from
-    that loop only (`charter.pool.executor.PoolThread` serves other threads).
+    that loop only (`charter.adapters.pool.executor.PoolThread` serves other threads).
 
     ``hooks`` are called after the pool's own breakers (`BreakerHooks`, ``self.breakers``);
     ``clock`` gives the breakers' time in seconds (default: the loop's monotonic clock; tests
@@ -268,7 +268,7 @@ class WorkerPool:
         except RuntimeError:
             raise CharterError(
                 "WorkerPool needs a running event loop: create it inside `async` code "
-                "(or use charter.pool.executor.PoolThread from synchronous code)"
+                "(or use charter.adapters.pool.executor.PoolThread from synchronous code)"
             ) from None
         if not handlers:
             raise WorkerPoolError.NoHealthyWorker()

@@ -25,8 +25,7 @@ from typing import Any, ClassVar, Final
 
 import attrs
 
-from charter.core.errors import CharterError, InvalidInput, describe
-from charter.pool.protocol import (
+from charter.adapters.pool.protocol import (
     LlmOperation,
     ToolOperation,
     WorkerErrorCode,
@@ -34,6 +33,7 @@ from charter.pool.protocol import (
     WorkerRequest,
     WorkerResponse,
 )
+from charter.core.errors import CharterError, InvalidInput, describe
 
 __all__ = [
     "WorkerPoolError",
