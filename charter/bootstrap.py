@@ -138,7 +138,6 @@ def build_worker(
     queues: Sequence[str] = ALL_QUEUES,
     lease_secs: float = 30.0,
     effect_ttl_secs: float = 300.0,
-    snapshot_every: int = 256,
     hooks: WorkerHooks | None = None,
 ) -> Worker:
     """A worker on ``store``, wired: ``executors`` (default: `build_registry`) and a
@@ -157,6 +156,5 @@ def build_worker(
         queues=queues,
         lease_secs=lease_secs,
         effect_ttl_secs=effect_ttl_secs,
-        snapshot_every=snapshot_every,
         hooks=hooks,
     )

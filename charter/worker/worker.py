@@ -80,11 +80,8 @@ class Worker:
         queues: Sequence[str] = ALL_QUEUES,
         lease_secs: float = 30.0,
         effect_ttl_secs: float = 300.0,
-        snapshot_every: int = 256,
         hooks: WorkerHooks | None = None,
     ) -> None:
-        if snapshot_every < 1:
-            raise InvalidInput("snapshot_every", f"expected at least 1, got {snapshot_every}")
         self.store = store
         self.executors = executors if executors is not None else default_registry()
         self.scheduler = scheduler if scheduler is not None else Scheduler(store)
@@ -92,7 +89,6 @@ class Worker:
         self.queues = tuple(queues)
         self.lease_secs = lease_secs
         self.effect_ttl_secs = effect_ttl_secs
-        self.snapshot_every = snapshot_every
         self.hooks = hooks or WorkerHooks()
         self._heartbeats = Heartbeats(store, lease_secs)
         self._writer = Writer(store, self.scheduler, self.worker_id, patience_secs=lease_secs / 2)
@@ -270,13 +266,9 @@ class Worker:
         outcome = WorkItemStatus.COMPLETED if end.completed else WorkItemStatus.FAILED
         request = commit_request(claim, outcome, end.events, usage=result.usage, succeeded=True)
         if end.completed:
-            # A snapshot folds the log into the materialized state; the scheduler does not
-            # need one (it folds the log itself), so one is written every `snapshot_every`
-            # events of the run rather than at every commit, whose cost would grow with it.
-            before, every = view.progress.last_sequence, self.snapshot_every
-            snapshot = (before + len(end.events)) // every > before // every
+            # (When to fold a snapshot is the commit planner's rule: charter.core.commit.)
             effect = EffectResult(key=key, result=result_to_json(result)) if effectful else None
-            request = attrs.evolve(request, write_snapshot=snapshot, effect=effect)
+            request = attrs.evolve(request, effect=effect)
         return self._commit(claim, request)
 
     # ── writing the outcome (`charter.worker.commits`) ──
