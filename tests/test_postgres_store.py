@@ -25,7 +25,8 @@ import pytest
 from psycopg import sql
 
 from charter.adapters.clock import ManualClock
-from charter.adapters.postgres import PostgresStore, _InDoubt, _Retry
+from charter.adapters.postgres import PostgresStore
+from charter.adapters.postgres_connection import InDoubt, Retry
 from charter.adapters.postgres_schema import LATEST, MARKER
 from charter.core.errors import (
     IncompatibleStore,
@@ -375,9 +376,9 @@ def test_an_in_doubt_commit_is_resolved_by_the_transactions_status(url: str, sch
         lost = aborted.fetchone()
         assert lost is not None
         admin.execute("ROLLBACK")
-    assert store._resolve(_InDoubt(row[0], "the result", "lost")) == "the result"
-    with pytest.raises(_Retry):
-        store._resolve(_InDoubt(lost[0], "the result", "lost"))
+    assert store._db.resolve(InDoubt(row[0], "the result", "lost")) == "the result"
+    with pytest.raises(Retry):
+        store._db.resolve(InDoubt(lost[0], "the result", "lost"))
     store.close()
 
 

@@ -9,6 +9,7 @@ newer than `LATEST` is refused as written by a newer Charter, and an older one i
 one migration per transaction with the version bump inside it (Postgres DDL is
 transactional, so a crash leaves either the old schema or the new one). Migrations take an
 advisory lock, so processes opening the store at the same moment migrate it once.
+`migrate` runs them.
 
 Column types mirror the SQLite store's, with Postgres's own where they help: times are
 ``timestamptz`` (compared by the database, whose clock judges leases), JSON is kept as the
@@ -18,9 +19,31 @@ would not read back as it was stored), cost is integer nano-dollars, counters ``
 
 from __future__ import annotations
 
-from typing import Final
+import json
+import logging
+from typing import Any, Final
 
-__all__ = ["APPLICATION", "DEFAULT_SCHEMA", "LATEST", "LOCK_CLASS", "MARKER", "MIGRATIONS"]
+import psycopg
+from psycopg import sql
+
+from charter.adapters.chain import GENESIS, canonical_text, event_hash
+from charter.adapters.codec import dumps, loads
+from charter.adapters.store_support import utc_text
+from charter.core.errors import IncompatibleStore, NotFound
+from charter.core.records import Tenant
+
+__all__ = [
+    "APPLICATION",
+    "DEFAULT_SCHEMA",
+    "LATEST",
+    "LOCK_CLASS",
+    "MARKER",
+    "MIGRATIONS",
+    "migrate",
+]
+
+log = logging.getLogger("charter.postgres")
+Connection = psycopg.Connection[tuple[Any, ...]]
 
 #: What the marker row says about whose schema this is.
 APPLICATION: Final = "charter"
@@ -159,8 +182,8 @@ CREATE INDEX effects_by_owner ON effects (item_id, fence) WHERE NOT recorded;
 # Version 2: the event chain (docs/audit.md) and the policy sets decisions name by digest.
 # The execution row keeps the hash of its latest event, beside its latest sequence, so an
 # append links to it under the same row lock. Events stored by version 1 get their
-# canonical text and hashes in the same transaction (`charter.adapters.postgres` runs the
-# Python step after this script).
+# canonical text and hashes in the same transaction (`_chain_existing_events`, run after
+# this script).
 _V2 = """
 ALTER TABLE events ADD COLUMN prev_hash text NOT NULL DEFAULT '';
 ALTER TABLE events ADD COLUMN hash text NOT NULL DEFAULT '';
@@ -177,3 +200,109 @@ CREATE TABLE policy_sets (
 MIGRATIONS: Final[dict[int, str]] = {1: _V1, 2: _V2}
 #: The schema version this code reads and writes.
 LATEST: Final = max(MIGRATIONS)
+
+
+# ── the migration runner ──
+
+
+def migrate(conn: Connection, schema: str, path: str, *, create: bool) -> None:
+    """Bring ``schema`` to `LATEST`, one migration per transaction (``conn`` in autocommit
+    mode; ``path`` names the store in messages). A schema with no store is `NotFound` unless
+    ``create``; one that is not Charter's, or is newer, is `IncompatibleStore`."""
+    version = _version(conn, schema, path)
+    if version == 0 and not create:
+        raise NotFound(f"{path}: no Charter store in schema {schema!r}")
+    for target in sorted(v for v in MIGRATIONS if v > version):
+        with conn.transaction():
+            # One process migrates; others wait here, then find it done.
+            conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_CLASS, schema))
+            if _version(conn, schema, path) >= target:
+                continue
+            exists = conn.execute(
+                "SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)
+            ).fetchone()
+            if exists is None:  # (CREATE needs a privilege an existing schema does not)
+                conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+            conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
+            conn.execute(MIGRATIONS[target])
+            if target == 2:
+                _chain_existing_events(conn)
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {} (application, version) VALUES (%s, %s) "
+                    "ON CONFLICT (singleton) DO UPDATE SET version = excluded.version"
+                ).format(sql.Identifier(MARKER)),
+                (APPLICATION, target),
+            )
+        log.info("%s: migrated to schema version %d", path, target)
+
+
+def _version(conn: Connection, schema: str, path: str) -> int:
+    """The schema's Charter version (0: no store yet); refuses foreign or newer ones."""
+    tables = [
+        row[0]
+        for row in conn.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'v', 'm', 'f')",
+            (schema,),
+        ).fetchall()
+    ]
+    if MARKER not in tables:
+        if tables:
+            raise IncompatibleStore(
+                f"{path}: schema {schema!r} holds tables of another application "
+                f"({', '.join(sorted(tables)[:5])}…), not a Charter store; name another schema"
+            )
+        return 0
+    row = conn.execute(
+        sql.SQL("SELECT application, version FROM {}").format(sql.Identifier(schema, MARKER))
+    ).fetchone()
+    if row is None or row[0] != APPLICATION:
+        raise IncompatibleStore(
+            f"{path}: schema {schema!r} is marked as {row and row[0]!r}, not a Charter store"
+        )
+    version: int = row[1]
+    if version > LATEST:
+        raise IncompatibleStore(
+            f"{path}: written by a newer Charter (schema version {version}; this Charter "
+            f"reads up to {LATEST}); upgrade Charter to open it"
+        )
+    return version
+
+
+def _chain_existing_events(conn: Connection) -> None:
+    """Schema version 2: give every event stored before it its canonical text and its place
+    in the chain, each execution its head hash, and keep every tenant's policy set."""
+    previous: tuple[str, str] | None = None  # (execution, hash of its latest event)
+    rows = conn.execute(
+        "SELECT execution_id, sequence, event_id, kind_json, created_at FROM events "
+        "ORDER BY execution_id, sequence"
+    ).fetchall()
+    for execution_id, sequence, event_id, kind_json, created_at in rows:
+        prev = previous[1] if previous is not None and previous[0] == execution_id else GENESIS
+        text = canonical_text(json.loads(kind_json))
+        this = event_hash(
+            execution_id=execution_id,
+            sequence=sequence,
+            event_id=event_id,
+            created_at=utc_text(created_at),
+            kind_text=text,
+            prev_hash=prev,
+        )
+        conn.execute(
+            "UPDATE events SET kind_json = %s, prev_hash = %s, hash = %s "
+            "WHERE execution_id = %s AND sequence = %s",
+            (text, prev, this, execution_id, sequence),
+        )
+        conn.execute(
+            "UPDATE executions SET head_hash = %s WHERE execution_id = %s", (this, execution_id)
+        )
+        previous = (execution_id, this)
+    for (record,) in conn.execute("SELECT record_json FROM tenants").fetchall():
+        tenant = loads(record, Tenant)
+        if tenant.policy is not None:
+            conn.execute(
+                "INSERT INTO policy_sets (digest, set_json) VALUES (%s, %s) "
+                "ON CONFLICT (digest) DO NOTHING",
+                (tenant.policy.digest, dumps(tenant.policy)),
+            )
