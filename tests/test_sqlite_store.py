@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from charter.adapters import sqlite
 from charter.adapters.clock import ManualClock
 from charter.adapters.sqlite import SqliteStore
 from charter.adapters.sqlite_schema import APPLICATION_ID, LATEST
@@ -237,3 +238,21 @@ def test_a_truncated_database_is_reported_not_crashed_on(tmp_path: Path) -> None
 
     with pytest.raises(IncompatibleStore):
         open_and_read()
+
+
+def test_claims_and_reclaims_probe_the_live_index_instead_of_scanning(tmp_path: Path) -> None:
+    # The store's throughput rests on these plans: a claim is one probe of the live-items
+    # partial index per queue, a reclaim reads live items only, never the whole table.
+    store = _seed(tmp_path / "charter.db", 3)
+    conn = store._conn
+    statements = {
+        "claim, two queues": (sqlite._claim_sql(2, False), ("q", "t", "r", "t")),
+        "claim, one execution": (sqlite._claim_sql(1, True), ("q", "t", "run")),
+        "reclaim": (sqlite._EXPIRED_SELECT, ("t", 10)),
+    }
+    for name, (sql, args) in statements.items():
+        plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", args)]
+        assert any("USING INDEX work_items_live" in step for step in plan), (name, plan)
+        scans = [step for step in plan if step.startswith("SCAN work_items")]
+        assert all("work_items_live" in step for step in scans), (name, plan)
+    store.close()

@@ -13,9 +13,19 @@ JSON as compact text; cost as integer nano-dollars.
 
 from __future__ import annotations
 
+import json
+import sqlite3
+from itertools import groupby
+from operator import itemgetter
+from pathlib import Path
 from typing import Final
 
-__all__ = ["APPLICATION_ID", "LATEST", "MIGRATIONS"]
+from charter.adapters.chain import GENESIS, canonical_text, link_hashes
+from charter.adapters.codec import dumps, loads
+from charter.core.errors import IncompatibleStore
+from charter.core.records import Tenant
+
+__all__ = ["APPLICATION_ID", "LATEST", "MIGRATIONS", "migrate"]
 
 #: "CHRT" in ASCII: marks a SQLite file as a Charter store.
 APPLICATION_ID: Final = 0x43485254
@@ -95,7 +105,7 @@ CREATE TABLE work_items (
     lease_expires_at TEXT,
     fence            INTEGER NOT NULL DEFAULT 0,
     last_error       TEXT,
-    reserved         INTEGER NOT NULL DEFAULT 0  -- 1 while the claim holds effect reservations
+    reserved         INTEGER NOT NULL DEFAULT 0  -- no longer used (effects_by_owner serves)
 );
 -- One index over live items serves claims (per queue, oldest available first) and reclaims
 -- (a scan of live items only). A claim changes neither key column, so it rewrites its entry
@@ -129,7 +139,7 @@ CREATE INDEX effects_by_owner ON effects (item_id, fence) WHERE recorded = 0;
 
 # Version 2: the event chain (docs/audit.md) and the policy sets decisions name by digest.
 # Events stored by version 1 get their canonical text and their hashes in the same
-# transaction (`charter.adapters.sqlite` runs the Python step after these statements).
+# transaction (`migrate` runs the Python step, `_chain_existing_events`, after these statements).
 _V2 = """
 ALTER TABLE events ADD COLUMN prev_hash TEXT NOT NULL DEFAULT '';
 ALTER TABLE events ADD COLUMN hash TEXT NOT NULL DEFAULT '';
@@ -144,3 +154,92 @@ CREATE TABLE policy_sets (
 MIGRATIONS: Final[dict[int, str]] = {1: _V1, 2: _V2}
 #: The schema version this code reads and writes.
 LATEST: Final = max(MIGRATIONS)
+
+
+def migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Check that ``conn`` is a Charter store this code can read (or an empty file) and bring
+    its schema up to `LATEST`, one ``BEGIN IMMEDIATE`` transaction per migration."""
+    try:
+        application_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    except sqlite3.DatabaseError as error:
+        raise IncompatibleStore(
+            f"{path}: not a SQLite database, or a corrupt one ({error})"
+        ) from None
+    if application_id != APPLICATION_ID and (tables or version):
+        raise IncompatibleStore(
+            f"{path}: a SQLite database of another application "
+            f"(application_id {application_id:#x}), not a Charter store"
+        )
+    if version > LATEST:
+        raise IncompatibleStore(
+            f"{path}: written by a newer Charter (schema version {version}; this "
+            f"Charter reads up to {LATEST}); upgrade Charter to open it"
+        )
+    for target in sorted(v for v in MIGRATIONS if v > version):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            _migrate_to(conn, target)
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+
+def _migrate_to(conn: sqlite3.Connection, target: int) -> None:
+    # Re-read inside the lock: another process may have migrated meanwhile.
+    if conn.execute("PRAGMA user_version").fetchone()[0] >= target:
+        return
+    for statement in _statements(MIGRATIONS[target]):
+        conn.execute(statement)
+    if target == 2:
+        _chain_existing_events(conn)
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute(f"PRAGMA user_version = {target}")
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of a migration script (``--`` comments removed first, so a comment
+    may say anything)."""
+    code = "\n".join(line.split("--", 1)[0] for line in script.splitlines())
+    return [part.strip() for part in code.split(";") if part.strip()]
+
+
+def _chain_existing_events(conn: sqlite3.Connection) -> None:
+    """Schema version 2: give every event stored before it its canonical text and its place
+    in the chain, and keep every tenant's policy set by digest."""
+    rows = conn.execute(
+        "SELECT execution_id, created_at, sequence, event_id, kind_json FROM events "
+        "ORDER BY execution_id, sequence"
+    ).fetchall()
+    heads: dict[str, str] = {}  # each execution's latest hash so far
+    # Consecutive events of one execution with one timestamp are chained as one batch.
+    for (execution_id, created_at), batch in groupby(rows, key=itemgetter(0, 1)):
+        events = list(batch)
+        texts = [canonical_text(json.loads(row[4])) for row in events]
+        links = link_hashes(
+            execution_id=execution_id,
+            first_sequence=events[0][2],
+            prev_hash=heads.get(execution_id, GENESIS),
+            created_at=created_at,
+            event_ids=[row[3] for row in events],
+            kind_texts=texts,
+        )
+        conn.executemany(
+            "UPDATE events SET kind_json = ?, prev_hash = ?, hash = ? "
+            "WHERE execution_id = ? AND sequence = ?",
+            [
+                (text, prev, this, execution_id, row[2])
+                for row, text, (prev, this) in zip(events, texts, links, strict=True)
+            ],
+        )
+        heads[execution_id] = links[-1][1]
+    for (record,) in conn.execute("SELECT record_json FROM tenants").fetchall():
+        tenant = loads(record, Tenant)
+        if tenant.policy is not None:
+            conn.execute(
+                "INSERT OR IGNORE INTO policy_sets (digest, set_json) VALUES (?, ?)",
+                (tenant.policy.digest, dumps(tenant.policy)),
+            )
