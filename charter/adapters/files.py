@@ -19,6 +19,8 @@ from charter.core.policy import CombiningMode, PolicyLayer, PolicyScope, PolicyS
 from charter.core.workflow import WorkflowDef, WorkflowInvalid, parse_workflow
 
 __all__ = [
+    "TENANT_FINAL",
+    "TENANT_MOST_SPECIFIC",
     "PolicyFile",
     "load_policy_file",
     "load_policy_layer",
@@ -93,13 +95,71 @@ def read_document(path: str | Path) -> Any:
 
 @attrs.frozen
 class PolicyFile:
-    """A policy file: its layers (least specific first) and how they combine."""
+    """A policy file: its layers (least specific first) and how they combine.
+
+    ``combining`` is the chain's mode (how the layers combine, as a workflow's
+    ``combining:``); a tenant layer's finality is carried by its set (`PolicySet.final`).
+    """
 
     layers: tuple[PolicyLayer, ...]
     combining: CombiningMode = CombiningMode.MOST_SPECIFIC
 
+    @property
+    def tenant_combining(self) -> str | None:
+        """``"final"`` or ``"most-specific"`` for the file's tenant layer (how the tenant's
+        rules combine with more specific ones), ``None`` when it has no tenant layer."""
+        for layer in self.layers:
+            if layer.scope is PolicyScope.TENANT:
+                return TENANT_FINAL if layer.policy.final else TENANT_MOST_SPECIFIC
+        return None
+
 
 _SCOPES = tuple(scope.value for scope in PolicyScope)
+
+#: A tenant's ``combining:``: its rules are final (the default) or upstream's most-specific.
+TENANT_FINAL = "final"
+TENANT_MOST_SPECIFIC = CombiningMode.MOST_SPECIFIC.value
+_TENANT_MODES = (TENANT_FINAL, TENANT_MOST_SPECIFIC)
+
+
+def _tenant_set(data: object, where: str) -> PolicySet:
+    """A tenant layer: a policy set plus an optional ``combining: final | most-specific``
+    (default ``final``: more specific layers may add restrictions, never remove one)."""
+    if not isinstance(data, Mapping) or "combining" not in data:
+        return attrs.evolve(PolicySet.from_dict(data, where), final=True)
+    raw = data["combining"]
+    at = child(where, "combining")
+    if raw == CombiningMode.DENY_OVERRIDES.value:
+        raise PolicyError(
+            at,
+            "a tenant's rules are final by default, which keeps every tenant block and "
+            "allowlist as deny-overrides would and also keeps the tenant's approver; how a "
+            "workflow's own layers combine is the workflow's `combining:`. Expected "
+            f"{' or '.join(_TENANT_MODES)}, got 'deny-overrides'",
+        )
+    if raw not in _TENANT_MODES:
+        raise PolicyError(
+            at,
+            f"expected {' or '.join(_TENANT_MODES)} (how the tenant's rules combine with "
+            f"workflow and node rules), got {describe(raw)}",
+        )
+    rules = {key: value for key, value in data.items() if key != "combining"}
+    return attrs.evolve(PolicySet.from_dict(rules, where), final=raw == TENANT_FINAL)
+
+
+def _layer(scope: PolicyScope, data: object, where: str) -> PolicyLayer:
+    if scope is PolicyScope.TENANT:
+        return PolicyLayer(scope, _tenant_set(data, where))
+    return PolicyLayer(scope, PolicySet.from_dict(data, where))
+
+
+def _is_bare(keys: set[object], scope: PolicyScope) -> bool:
+    rules = set(PolicySet.KEYS)
+    if scope is PolicyScope.TENANT:
+        # A bare tenant set may say how it combines; it must still hold a rule list, so
+        # that a layered file's top-level `combining:` alone is not taken for one.
+        return bool(keys & rules) and keys <= rules | {"combining"}
+    return keys <= rules
 
 
 def parse_policy_document(
@@ -107,9 +167,14 @@ def parse_policy_document(
 ) -> PolicyFile:
     """A policy file from parsed data. Two shapes are accepted:
 
-    * layered: ``{tenant: SET, workflow: SET, node: SET, combining: MODE}`` (each optional);
+    * layered: ``{tenant: SET, workflow: SET, node: SET, combining: MODE}`` (each optional),
+      where ``combining`` (``most-specific`` | ``deny-overrides``) is the chain's mode;
     * a bare set: ``{blocked_tools: […], require_approval_for: […], model_allowlist: […]}``,
       taken as one layer at ``scope``.
+
+    A tenant layer (``tenant:``, or a bare set at tenant scope) is final unless it says
+    ``combining: most-specific`` (docs/semantics.md §2.4); ``deny-overrides`` there is refused
+    with the reason. Every other key is refused, naming it.
     """
     if not isinstance(data, Mapping):
         raise PolicyError(where or "policy", f"expected a mapping, got {describe(data)}")
@@ -119,15 +184,19 @@ def parse_policy_document(
             "the policy is empty (expected tenant, workflow or node layers, or a bare set)",
         )
     keys = set(data)
-    if keys <= set(PolicySet.KEYS):
-        return PolicyFile((PolicyLayer(scope, PolicySet.from_dict(data, where)),))
-    for key in keys:
-        if key not in (*_SCOPES, "combining"):
-            raise PolicyError(
-                child(where, str(key)),
-                "unknown key (expected tenant, workflow, node and combining, "
-                f"or a bare set with {', '.join(PolicySet.KEYS)})",
-            )
+    if _is_bare(keys, scope):
+        return PolicyFile((_layer(scope, data, where),))
+    unknown = sorted(str(key) for key in keys if key not in (*_SCOPES, "combining"))
+    if unknown:
+        # Name a key that is unknown in either shape first (a misspelt `combinig:` next to
+        # `blocked_tools:`), rather than a rule list that is only out of place.
+        strange = [key for key in unknown if key not in PolicySet.KEYS] or unknown
+        raise PolicyError(
+            child(where, strange[0]),
+            "unknown key (expected tenant, workflow, node and combining, "
+            f"or a bare set with {', '.join(PolicySet.KEYS)}"
+            f"{' and combining' if scope is PolicyScope.TENANT else ''})",
+        )
     combining = CombiningMode.MOST_SPECIFIC
     if "combining" in data:
         raw = data["combining"]
@@ -139,7 +208,7 @@ def parse_policy_document(
             )
         combining = CombiningMode(raw)
     layers = tuple(
-        PolicyLayer(PolicyScope(name), PolicySet.from_dict(data[name], child(where, name)))
+        _layer(PolicyScope(name), data[name], child(where, name))
         for name in _SCOPES
         if name in data  # an empty layer (`workflow:` with nothing) is refused, not skipped
     )
@@ -158,9 +227,34 @@ def load_policy_file(path: str | Path, scope: PolicyScope = PolicyScope.WORKFLOW
 
 
 def load_policy_layer(path: str | Path, scope: PolicyScope) -> PolicySet:
-    """The ``scope`` layer of a policy file: a bare set (taken at ``scope``), or the layer of
-    that name in a layered file; a file without one is `InvalidInput` naming it."""
-    policy = load_policy_file(path, scope)
+    """The ``scope`` layer of a policy file: a bare set (taken at ``scope``), or the only
+    layer of a layered file, named ``scope``. Nothing in the file may go unused: a layered
+    file with other layers, or with a top-level ``combining`` (the chain's mode, which one
+    layer does not carry), is `InvalidInput` naming the file and the key. A tenant layer
+    says how it combines inside itself (``combining: final | most-specific``)."""
+    data = read_document(path)
+    try:
+        policy = parse_policy_document(data, where="", scope=scope)
+    except InvalidInput as error:
+        raise error.within(f"{path}:") from None
+    keys = set(data) if isinstance(data, Mapping) else set()
+    if not _is_bare(keys, scope):
+        for key in sorted(str(key) for key in keys):
+            if key == scope.value:
+                continue
+            if key == "combining":
+                hint = (
+                    "put it inside the tenant layer (`tenant: {combining: most-specific, …}`)"
+                    if scope is PolicyScope.TENANT
+                    else f"the {scope.value} layer alone does not carry the chain's mode"
+                )
+                problem = f"would be ignored: a {scope.value} policy is one layer; {hint}"
+            else:
+                problem = (
+                    f"would be ignored: a {scope.value} policy is one layer, "
+                    f"expected only '{scope.value}:' (or a bare set)"
+                )
+            raise InvalidInput(key, problem).within(f"{path}:")
     layers = [layer for layer in policy.layers if layer.scope is scope]
     if len(layers) != 1:
         raise InvalidInput(

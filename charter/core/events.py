@@ -417,7 +417,11 @@ class NodeGated:
 
     ``outcome`` is ``run`` | ``hold`` | ``fail``. The policy part names the deciding
     decision, scope, rule and pattern, and ``policies`` lists each layer consulted in chain
-    order as ``{scope, digest}``; ``combining`` is the mode. When an agent card applied:
+    order as ``{scope, digest}`` (plus ``final: true`` for a final layer); ``combining`` is
+    the mode. ``overruled`` (omitted when none) is the more specific rule a final layer's rule
+    decided against: ``{scope, rule, pattern, decision}`` (and ``approver`` when that rule
+    asked for approval) — what the chain would have decided had no layer been final
+    (docs/semantics.md §2.4). When an agent card applied:
     ``autonomy`` (the decision's tag), ``agent`` (``{uri, autonomy, constraints_digest}``),
     ``circuit_breaker_threshold``, ``elapsed_secs`` and ``delegation_target``. Always:
     ``budget`` (the counters seen), ``limits``, ``approval`` (the node's approval status
@@ -435,6 +439,7 @@ class NodeGated:
     policy_scope: str | None = None
     policy_rule: str | None = None
     policy_pattern: str | None = None
+    overruled: JsonValue = None
     policies: JsonValue = None
     combining: str = "most-specific"
     autonomy: str | None = None

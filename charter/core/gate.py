@@ -82,6 +82,7 @@ from charter.core.policy import (
     Block,
     CombiningMode,
     EvaluationContext,
+    Overruled,
     PolicyEvaluator,
     PolicyLayer,
     PolicyVerdict,
@@ -316,6 +317,46 @@ def _decision_tag(decision: object) -> str:
     raise TypeError(f"not a decision: {decision!r}")  # pragma: no cover - closed unions
 
 
+def _layer_record(layer: PolicyLayer) -> dict[str, JsonValue]:
+    record: dict[str, JsonValue] = {"scope": layer.scope.value, "digest": layer.policy.digest}
+    if layer.policy.final:
+        record["final"] = True
+    return record
+
+
+def _overruled_record(overruled: Overruled | None) -> JsonValue:
+    """``{scope, rule, pattern, decision[, approver]}`` of the rule a final layer overruled."""
+    if overruled is None:
+        return None
+    record: dict[str, JsonValue] = {
+        "scope": overruled.scope.value if overruled.scope is not None else None,
+        "rule": overruled.rule.value if overruled.rule is not None else None,
+        "pattern": overruled.pattern,
+        "decision": _decision_tag(overruled.decision),
+    }
+    if isinstance(overruled.decision, RequireApproval):
+        record["approver"] = overruled.decision.approver
+    return record
+
+
+def _overruled_note(verdict: PolicyVerdict) -> str:
+    """`` (final tenant rule: …)`` naming the more specific rule a final rule overruled;
+    empty when none was."""
+    overruled = verdict.overruled
+    if overruled is None:
+        return ""
+    final = f"final {verdict.scope.value} rule" if verdict.scope is not None else "final rule"
+    where = overruled.scope.value if overruled.scope is not None else "more specific"
+    rule = overruled.rule.value if overruled.rule is not None else "rule"
+    pattern = f" '{overruled.pattern}'" if overruled.pattern is not None else ""
+    decision, now = overruled.decision, verdict.decision
+    if isinstance(decision, RequireApproval) and isinstance(now, RequireApproval):
+        what = f"may not replace its approver '{now.approver}' with '{decision.approver}'"
+    else:
+        what = "may not relax it"
+    return f" ({final}: the {where} rule {rule}{pattern} {what})"
+
+
 def _status_note(status: ApprovalStatus) -> str:
     names = {
         NotRequested: "not_requested",
@@ -378,10 +419,8 @@ class _Decided:
             policy_scope=verdict.scope.value if verdict.scope is not None else None,
             policy_rule=verdict.rule.value if verdict.rule is not None else None,
             policy_pattern=verdict.pattern,
-            policies=[
-                {"scope": layer.scope.value, "digest": layer.policy.digest}
-                for layer in request.policies
-            ],
+            overruled=_overruled_record(verdict.overruled),
+            policies=[_layer_record(layer) for layer in request.policies],
             combining=request.combining.value,
             autonomy=_decision_tag(self.autonomy) if self.autonomy is not None else None,
             agent=_card_record(card) if card is not None else None,
@@ -435,11 +474,14 @@ def gate_node(request: GateRequest) -> GateResult:
         violation = PolicyViolation(
             node_id=node_id, rule=decision.reason, decision="blocked", policy_scope=scope
         )
-        return decided.fail(decision.reason, f"policy blocked: {decision.reason}", (violation,))
+        reason = decision.reason + _overruled_note(verdict)
+        return decided.fail(reason, f"policy blocked: {reason}", (violation,))
     if isinstance(decision, RequireApproval):
         decided = attrs.evolve(decided, approver=decision.approver)
         where = f"{verdict.scope.value} policy" if verdict.scope is not None else "policy"
-        approval_reasons.append(f"{where} requires approval for '{verdict.pattern}'")
+        approval_reasons.append(
+            f"{where} requires approval for '{verdict.pattern}'{_overruled_note(verdict)}"
+        )
 
     # 2. autonomy
     card = request.agent

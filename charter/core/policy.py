@@ -9,6 +9,13 @@ miss blocks), and a named node is checked against ``blocked_tools`` before ``req
 allowlists intersect (the model must pass every non-empty allowlist), and otherwise the most
 specific approval requirement applies. Adding a layer can then only make a decision stricter.
 
+A set may be **final** (``PolicySet(final=True)``; tenant policy files are final unless they
+say ``combining: most-specific``): more specific layers may add restrictions to its rules but
+never remove one. Its block stays a block, its approval requirement stays one with its
+approver, and its allowlist can only be narrowed. The chain is evaluated by the mode as usual,
+then bounded by every final layer; a more specific rule that the bound overruled is reported
+(`PolicyVerdict.overruled`). docs/semantics.md §2.4 has the exact rules.
+
 Every `PolicySet` is compiled into an index when it is built: literal patterns go into a hash
 map, ``prefix*`` patterns into a map keyed by prefix (probed once per distinct prefix length),
 and only patterns with inner wildcards are matched one by one. A decision therefore costs the
@@ -35,6 +42,7 @@ __all__ = [
     "Block",
     "CombiningMode",
     "EvaluationContext",
+    "Overruled",
     "PolicyDecision",
     "PolicyEvaluator",
     "PolicyLayer",
@@ -250,6 +258,16 @@ def _model_allowlist(value: Iterable[str]) -> tuple[str, ...]:
     return _check.patterns(value, "model_allowlist", PolicyError)
 
 
+def _final(value: bool | None) -> bool | None:
+    # ``False`` is stored as ``None`` so a set that is not final equals, digests and encodes
+    # exactly like one built before the field existed.
+    if value is None or value is False:
+        return None
+    if value is True:
+        return True
+    raise PolicyError("final", f"expected true or false, got {describe(value)}")
+
+
 def _approver(value: str | None) -> str | None:
     if value is None:
         return None
@@ -268,6 +286,10 @@ class PolicySet:
       ``approver`` when set (a user id, comma-separated user-id globs, or ``"human"`` for
       any identified person; the default), an extension of upstream's shape.
     * ``model_allowlist``: when non-empty, a model node whose model matches none is blocked.
+    * ``final`` (Charter's): when true, more specific layers may add restrictions to this
+      set's rules but never remove one (docs/semantics.md §2.4). Tenant policy files are
+      final by default; in code the default is upstream's (not final). ``False`` is kept as
+      ``None``, so a set that is not final equals, digests and encodes as before the field.
 
     Lists are kept as given (order matters only for which pattern a reason names: the first
     matching one in list order, as upstream). The set is compiled into an index on creation.
@@ -279,6 +301,7 @@ class PolicySet:
     require_approval_for: tuple[str, ...] = attrs.field(default=(), converter=_require_approval_for)
     model_allowlist: tuple[str, ...] = attrs.field(default=(), converter=_model_allowlist)
     approver: str | None = attrs.field(default=None, kw_only=True, converter=_approver)
+    final: bool | None = attrs.field(default=None, kw_only=True, converter=_final)
     _blocked: _RuleIndex = attrs.field(init=False, eq=False, repr=False, hash=False)
     _approval: _RuleIndex = attrs.field(init=False, eq=False, repr=False, hash=False)
     _allow: _RuleIndex = attrs.field(init=False, eq=False, repr=False, hash=False)
@@ -298,6 +321,8 @@ class PolicySet:
         }
         if self.approver is not None:
             shape["approver"] = self.approver
+        if self.final:
+            shape["final"] = True
         setter(self, "_digest", content_digest(shape))
 
     @property
@@ -310,7 +335,8 @@ class PolicySet:
     def from_dict(cls, data: object, where: str = "policy") -> PolicySet:
         """A policy set from its JSON shape (upstream ``PolicySetIr`` plus the optional
         ``approver``); a missing list is empty; an unknown key, a non-list or a non-string
-        pattern is an error naming it."""
+        pattern is an error naming it. Finality is not part of this shape: a tenant policy
+        file says it with ``combining:`` (`charter.adapters.files`), code with ``final=``."""
         if not isinstance(data, Mapping):
             raise PolicyError(where, f"expected a mapping of pattern lists, got {describe(data)}")
         for key in data:
@@ -319,12 +345,12 @@ class PolicySet:
                     child(where, str(key)),
                     f"unknown policy key (expected one of: {', '.join(cls.KEYS)})",
                 )
-        lists = {
-            key: _check.patterns(data.get(key, ()), child(where, key), PolicyError)
+        blocked, approval, allow = (
+            _check.patterns(data.get(key, ()), child(where, key), PolicyError)
             for key in cls.KEYS[:3]
-        }
+        )
         try:
-            return cls(**lists, approver=data.get("approver"))
+            return cls(blocked, approval, allow, approver=data.get("approver"))
         except PolicyError as error:
             raise error.within(where) from None
 
@@ -370,11 +396,12 @@ def policy_chain(
 
 
 @attrs.frozen(kw_only=True)
-class PolicyVerdict:
-    """A decision with its explanation: the deciding layer, rule and pattern.
+class Overruled:
+    """A more specific rule that would have relaxed a final layer's rule, and did not.
 
-    ``scope`` is ``None`` when the decision is Allow or the deciding set had no scope;
-    ``pattern`` is ``None`` for Allow and for a model that no allowlist pattern matched.
+    It is what the chain would have decided had no layer been final: ``decision`` (weaker
+    than the verdict's, or an approval by another approver), from ``rule`` / ``pattern`` of
+    the layer at index ``layer`` (``scope`` as in `PolicyVerdict`).
     """
 
     decision: PolicyDecision
@@ -382,6 +409,24 @@ class PolicyVerdict:
     rule: PolicyRule | None = None
     pattern: str | None = None
     layer: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class PolicyVerdict:
+    """A decision with its explanation: the deciding layer, rule and pattern.
+
+    ``scope`` is ``None`` when the decision is Allow or the deciding set had no scope;
+    ``pattern`` is ``None`` for Allow and for a model that no allowlist pattern matched.
+    ``overruled`` is set when a final layer's rule decided against a more specific rule that
+    would have relaxed it (docs/semantics.md §2.4), and says what that rule would have done.
+    """
+
+    decision: PolicyDecision
+    scope: PolicyScope | None = None
+    rule: PolicyRule | None = None
+    pattern: str | None = None
+    layer: int | None = None
+    overruled: Overruled | None = None
 
 
 _ALLOW_VERDICT = PolicyVerdict(decision=ALLOW)
@@ -441,35 +486,52 @@ class PolicyEvaluator:
         self, ctx: EvaluationContext, sets: Sequence[PolicySet | PolicyLayer]
     ) -> PolicyDecision:
         """The decision for ``ctx`` under ``sets`` (ordered least → most specific)."""
-        hit = self._decide(ctx, sets)
+        hit, _ = self._decide(ctx, sets)
         return ALLOW if hit is None else hit[0]
 
     def explain(
         self, ctx: EvaluationContext, sets: Sequence[PolicySet | PolicyLayer]
     ) -> PolicyVerdict:
-        """The decision for ``ctx`` with the layer, rule and pattern that produced it."""
-        hit = self._decide(ctx, sets)
+        """The decision for ``ctx`` with the layer, rule and pattern that produced it, and
+        the more specific rule a final layer overruled, if any."""
+        hit, relaxed = self._decide(ctx, sets)
         if hit is None:
             return _ALLOW_VERDICT
         decision, scope, rule, pattern, layer = hit
+        overruled = None
+        if relaxed is not None:
+            was, was_scope, was_rule, was_pattern, was_layer = relaxed
+            overruled = Overruled(
+                decision=was, scope=was_scope, rule=was_rule, pattern=was_pattern, layer=was_layer
+            )
         return PolicyVerdict(
-            decision=decision, scope=scope, rule=rule, pattern=pattern, layer=layer
+            decision=decision,
+            scope=scope,
+            rule=rule,
+            pattern=pattern,
+            layer=layer,
+            overruled=overruled,
         )
 
     def _decide(
         self, ctx: EvaluationContext, sets: Sequence[PolicySet | PolicyLayer]
-    ) -> _Hit | None:
+    ) -> tuple[_Hit | None, _Hit | None]:
+        """The deciding hit, and the hit a final layer overruled (``None`` when none was)."""
         if not isinstance(ctx, EvaluationContext):
             raise PolicyError("ctx", f"expected an EvaluationContext, got {describe(ctx)}")
         if not isinstance(sets, list | tuple):
             raise PolicyError("sets", f"expected a list of policy sets, got {describe(sets)}")
         match self.mode:
             case CombiningMode.DENY_OVERRIDES:
-                return _deny_overrides(ctx, sets)
+                hit = _deny_overrides(ctx, sets)
             case CombiningMode.MOST_SPECIFIC:
-                return _most_specific(ctx, sets)
+                hit = _most_specific(ctx, sets)
             case _:  # pragma: no cover - the converter admits only the two modes
                 assert_never(self.mode)
+        bounded = _bound_by_final_layers(ctx, sets, hit)
+        if bounded is hit:
+            return hit, None
+        return bounded, hit
 
 
 def _most_specific(ctx: EvaluationContext, sets: Sequence[PolicySet | PolicyLayer]) -> _Hit | None:
@@ -528,3 +590,59 @@ def _deny_overrides(ctx: EvaluationContext, sets: Sequence[PolicySet | PolicyLay
         if approval is None:
             approval = found
     return approval
+
+
+# ── final layers ───────────────────────────────────────────────────────────────────────
+
+
+def _layer_alone(
+    ctx: EvaluationContext, scope: PolicyScope | None, policy: PolicySet, position: int
+) -> _Hit | None:
+    """What one set decides on its own (``None``: it has no opinion on ``ctx``)."""
+    if ctx.node_kind_tag == "model":
+        if not policy.model_allowlist:
+            return None
+        hit = policy._allow.any_match(ctx.model_candidates())
+        if hit is not None:
+            return (ALLOW, scope, PolicyRule.MODEL_ALLOWLIST, policy.model_allowlist[hit], position)
+        return (_model_block(ctx, policy), scope, PolicyRule.MODEL_ALLOWLIST, None, position)
+    if ctx.tool_name is None:
+        return None
+    return _tool_rules(ctx.tool_name, scope, policy, position)
+
+
+def _bound(current: _Hit | None, floor: _Hit) -> _Hit | None:
+    """``current`` unless it is weaker than what a final layer decided alone (``floor``).
+
+    A final Allow (its allowlist admits the model) bounds nothing: a more specific layer may
+    still refuse. A final Block wins over anything but another Block. A final approval wins
+    over Allow, and over an approval by another approver (the final layer's approver stays).
+    """
+    decision = floor[0]
+    if isinstance(decision, Allow):
+        return current
+    if current is None:
+        return floor
+    now = current[0]
+    if isinstance(now, Block):
+        return current
+    if isinstance(decision, Block):
+        return floor
+    if isinstance(now, RequireApproval) and now.approver == decision.approver:
+        return current
+    return floor
+
+
+def _bound_by_final_layers(
+    ctx: EvaluationContext, sets: Sequence[PolicySet | PolicyLayer], hit: _Hit | None
+) -> _Hit | None:
+    """``hit`` bounded by every final layer, most specific first, so that the least specific
+    final layer (the tenant) has the last word. Returns ``hit`` itself when nothing changed."""
+    for position in range(len(sets) - 1, -1, -1):
+        scope, policy = _as_layer(sets[position])
+        if not policy.final:
+            continue
+        floor = _layer_alone(ctx, scope, policy, position)
+        if floor is not None:
+            hit = _bound(hit, floor)
+    return hit
