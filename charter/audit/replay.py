@@ -18,6 +18,9 @@ Three questions an auditor asks of a store, each answered from the log alone:
   after a run decision, with any budget trip) is recomputed with `settle_node` likewise.
   Recomputed events must equal the recorded ones exactly (canonical JSON); every
   difference is a `Divergence`, and so is a node that completed without a decision to run.
+  A decision whose ``as_of`` event is an ``agent_tool_invoked`` of its node (a call
+  governed by `charter.integrations.govern`) was asked about that invocation: its call
+  also names the invocation's ``input_hash`` (`invocation_request`), as it was when made.
 * `what_if` — *what would a proposed policy have changed?* The same recorded requests,
   decided again with the tenant (or workflow) policy replaced, compared by outcome.
 
@@ -43,6 +46,7 @@ from charter.core.budget import BudgetState, Usage, budget_after
 from charter.core.canonical import content_digest
 from charter.core.errors import InvalidInput, NotFound, StoreError
 from charter.core.events import (
+    AgentToolInvoked,
     ApprovalConsumed,
     ApprovalReceived,
     AutonomyLimitReached,
@@ -52,6 +56,7 @@ from charter.core.events import (
     Event,
     EventKind,
     NodeCompleted,
+    NodeFailed,
     NodeGated,
     PolicyViolation,
     TokenBudgetExceeded,
@@ -61,6 +66,7 @@ from charter.core.events import (
 )
 from charter.core.gate import (
     GateInputError,
+    GateRequest,
     GateResult,
     Outcome,
     SettleRequest,
@@ -86,6 +92,7 @@ __all__ = [
     "WhatIfReport",
     "anchor_document",
     "execution_ids",
+    "invocation_request",
     "read_anchor",
     "replay_run",
     "verify_log",
@@ -115,6 +122,16 @@ GOVERNANCE_KINDS: Final = (
     CostBudgetExceeded,
     ApprovalConsumed,
 )
+
+
+def invocation_request(request: GateRequest, invoked: AgentToolInvoked) -> GateRequest:
+    """``request`` (a node's, from `node_gate_request`) bound to one invocation of the
+    node: its call also names the invocation's ``input_hash``, so the call digest, and the
+    request digest an approval binds to, differ for every different input. What a governed
+    call (`charter.integrations.govern`) is decided on, and what replay rebuilds for a
+    decision whose ``as_of`` event is that ``agent_tool_invoked``."""
+    call = request.call if isinstance(request.call, dict) else {"call": request.call}
+    return attrs.evolve(request, call={**call, "input": invoked.input_hash})
 
 
 def execution_ids(store: Store) -> Iterator[str]:
@@ -333,11 +350,13 @@ class ReplayReport:
 
 @attrs.frozen
 class _Inputs:
-    """What the gate read at one log position: the state's digest, budget and approvals."""
+    """What the gate read at one log position: the state's digest, budget and approvals,
+    and the invocation recorded there (if the event at that position is one)."""
 
     state_digest: str
     budget: BudgetState
     approvals: Mapping[str, ApprovalStatus]
+    invoked: AgentToolInvoked | None = None
 
 
 @attrs.frozen
@@ -456,7 +475,10 @@ class _Replayer:
         expected: deque[_Expected] = deque()
         # (node, attempt) → budget its run decision saw, until its settlement comes by
         runs: dict[tuple[str, int], BudgetState] = {}
-        last_gate: dict[str, str] = {}
+        # node → attempts a recorded decision let run that have not ended yet (several when
+        # governed calls of one node run at once), and the attempt each node last settled
+        running: dict[str, list[int]] = {}
+        settled: dict[str, int] = {}
         unfolded: list[Event] = []
         after = 0
         while True:
@@ -483,15 +505,26 @@ class _Replayer:
                 if isinstance(kind, NodeGated):
                     self._noisy.discard(kind.node_id)
                     self._gate(event, kind, execution, workflow, inputs, expected, runs)
-                    last_gate[kind.node_id] = kind.outcome
+                    if kind.outcome == "run":
+                        running.setdefault(kind.node_id, []).append(kind.attempt)
                 elif isinstance(kind, GOVERNANCE_KINDS) and not matched:
                     self._unexplained(event, kind)
                 elif isinstance(kind, UsageRecorded):
+                    settled[kind.node_id] = kind.attempt
                     seen = runs.pop((kind.node_id, kind.attempt), None)
                     if seen is not None:
                         self._settle(event, kind, workflow, seen, expected)
                 elif isinstance(kind, NodeCompleted):
-                    self._completed(event, kind, workflow, last_gate)
+                    attempts = running.get(kind.node_id, [])
+                    ended = settled.get(kind.node_id)
+                    if ended in attempts:
+                        attempts.remove(ended)
+                    elif attempts:
+                        attempts.pop()
+                    else:
+                        self._completed(event, kind, workflow)
+                if isinstance(kind, NodeFailed) and kind.attempt in running.get(kind.node_id, ()):
+                    running[kind.node_id].remove(kind.attempt)  # that attempt ended
                 unfolded.append(event)
                 budget = budget_after(budget, (event,))
                 if isinstance(kind, ToolApprovalRequired | ApprovalReceived | ApprovalConsumed):
@@ -501,7 +534,10 @@ class _Replayer:
                     progress = fold(workflow, unfolded, progress)
                     unfolded.clear()
                     inputs[event.sequence] = _Inputs(
-                        content_digest(progress.state), budget, dict(approvals)
+                        content_digest(progress.state),
+                        budget,
+                        dict(approvals),
+                        kind if isinstance(kind, AgentToolInvoked) else None,
                     )
             if len(page) < self.page:
                 break
@@ -647,20 +683,21 @@ class _Replayer:
         if not found:
             return None
         try:
-            return gate_node(
-                node_gate_request(
-                    execution,
-                    workflow,
-                    node,
-                    tenant_policy,
-                    attempt=gated.attempt,
-                    budget=seen.budget,
-                    approval=seen.approvals.get(gated.node_id, _NOT_REQUESTED),
-                    state_digest=seen.state_digest,
-                    now=decided_at,
-                    as_of=as_of,
-                )
+            request = node_gate_request(
+                execution,
+                workflow,
+                node,
+                tenant_policy,
+                attempt=gated.attempt,
+                budget=seen.budget,
+                approval=seen.approvals.get(gated.node_id, _NOT_REQUESTED),
+                state_digest=seen.state_digest,
+                now=decided_at,
+                as_of=as_of,
             )
+            if seen.invoked is not None and seen.invoked.node_id == gated.node_id:
+                request = invocation_request(request, seen.invoked)
+            return gate_node(request)
         except (GateInputError, InvalidInput) as error:
             self._diverge(event, gated.node_id, f"cannot recompute: {error}")
             return None
@@ -704,19 +741,19 @@ class _Replayer:
         event: Event,
         completed: NodeCompleted,
         workflow: WorkflowDef,
-        last_gate: Mapping[str, str],
     ) -> None:
+        """A node completed without a recorded decision to run it (unless a person answers
+        it): a divergence."""
         if self.override is not None:
             return
         node = workflow.nodes.get(completed.node_id)
         if node is None or node.tag in _UNGATED:
             return
-        if last_gate.get(completed.node_id) != "run":
-            self._diverge(
-                event,
-                completed.node_id,
-                "the node completed without a recorded decision to run it",
-            )
+        self._diverge(
+            event,
+            completed.node_id,
+            "the node completed without a recorded decision to run it",
+        )
 
 
 def replay_run(store: Store, execution_id: str, *, page: int = PAGE) -> ReplayReport:
