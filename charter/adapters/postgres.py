@@ -22,6 +22,9 @@ executions by id → ledger → approvals, effects, other items):
 * **Inserts of a key no row holds yet** (a workflow version, an effect) cannot be locked
   before they exist: if a concurrent transaction inserts the same key first, the insert
   writes nothing and the whole transaction is tried again (`Retry`), reading that row.
+* **Round trips.** Writes are pipelined (psycopg's pipeline mode): only reads and the
+  ``COMMIT`` wait for the server, so a claim or a commit costs as many round trips as the
+  rows it reads, plus its ``BEGIN`` and ``COMMIT``.
 * **Time.** With an injected clock (tests, simulations) every time comes from it. Without
   one, the database's clock is the only clock: each call reads ``clock_timestamp()`` when its
   transaction begins, events are stamped when their execution's row lock is taken, and
@@ -75,8 +78,10 @@ T = TypeVar("T")
 
 class _PgTx:
     """`Tx` on an open Postgres transaction (see `charter.adapters.transactions.Tx`): each
-    method one statement. New work items are sent as one statement per run of inserts
-    (a fan-out of a thousand nodes is one round trip), before the next statement."""
+    method one statement. The transaction runs in pipeline mode, so a write is sent without
+    waiting for its answer: a guarded item update's row count is checked by `verify` when
+    every answer is in. New work items are sent as one statement per run of inserts (a
+    fan-out of a thousand nodes is one statement), before the next statement."""
 
     def __init__(self, cursor: Cursor, now: datetime, stamp: datetime | None) -> None:
         self._cursor = cursor
@@ -85,11 +90,14 @@ class _PgTx:
         self._locked: dict[str, datetime] = {}  # execution → when its row lock was taken
         self._effects: dict[str, bool] = {}  # effect key → whether a row was there
         self._new_items: list[tuple[WorkItem, str]] = []
+        self._guards: list[tuple[str, Cursor]] = []  # guarded item updates sent
 
-    def _execute(self, query: str, params: Sequence[Any] | dict[str, Any] = ()) -> Cursor:
+    def _execute(
+        self, query: str, params: Sequence[Any] | dict[str, Any] = (), cursor: Cursor | None = None
+    ) -> Cursor:
         if self._new_items:
             self.flush()
-        return self._cursor.execute(query, params)
+        return (cursor or self._cursor).execute(query, params)
 
     def _one(self, query: str, params: Sequence[Any] | dict[str, Any] = ()) -> Row | None:
         return self._execute(query, params).fetchone()
@@ -102,6 +110,13 @@ class _PgTx:
             self._cursor.execute(
                 q.INSERT_ITEMS, [list(column) for column in zip(*rows, strict=True)]
             )
+
+    def verify(self) -> None:
+        """Check, once every statement's result is in, that each guarded item update
+        changed its row (the planner read it under lock: a miss is a bug)."""
+        for item_id, guard in self._guards:
+            if guard.rowcount != 1:
+                raise AssertionError(f"work item {item_id!r} changed under its lock")
 
     # ── reads ──
 
@@ -226,17 +241,10 @@ class _PgTx:
 
     def update_item(self, write: plan.UpdateItem) -> None:
         item = write.item
-        changed = self._execute(
-            q.UPDATE_ITEM,
-            (
-                *q.item_state(item),
-                item.item_id,
-                write.expect_status.value,
-                write.expect_fence,
-            ),
-        ).rowcount
-        if changed != 1:
-            raise AssertionError(f"work item {item.item_id!r} changed under its lock")
+        guard = self._cursor.connection.cursor()  # its row count is checked by `verify`
+        params = (*q.item_state(item), item.item_id, write.expect_status.value, write.expect_fence)
+        self._execute(q.UPDATE_ITEM, params, guard)
+        self._guards.append((item.item_id, guard))
 
     def insert_events(
         self, head: plan.Head, events: Sequence[Event], kind_texts: Sequence[str]
@@ -387,8 +395,12 @@ class PostgresStore(PlannedStore):
             else:
                 now = self._clock.now()
                 tx = _PgTx(cursor, now, now)
-            result = work(tx)
-            tx.flush()
+            # Pipelined: a write is sent without waiting for its answer, which comes with
+            # the next read's (or the end of the pipeline's), so writes cost no round trips.
+            with cursor.connection.pipeline():
+                result = work(tx)
+                tx.flush()
+            tx.verify()
             return result
 
         return self._db.write(run)
