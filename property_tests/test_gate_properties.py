@@ -27,6 +27,7 @@ from charter.core import (
     PolicyLayer,
     PolicyScope,
     PolicySet,
+    RequireApproval,
     ToolApprovalRequired,
     gate_node,
     node_approval_status,
@@ -76,6 +77,22 @@ def _oracle(request: GateRequest) -> tuple[bool, bool]:
             needs_approval = True
             if request.combining is CombiningMode.MOST_SPECIFIC:
                 break
+    # a final layer's own rules hold whatever the more specific layers said
+    for layer in request.policies:
+        policy = layer.policy
+        if not policy.final:
+            continue
+        if ctx.node_kind_tag == "model":
+            names = ctx.model_candidates()
+            if policy.model_allowlist and not any(
+                _glob(p, n) for p in policy.model_allowlist for n in names
+            ):
+                refused = True
+        elif ctx.tool_name is not None:
+            if any(_glob(p, ctx.tool_name) for p in policy.blocked_tools):
+                refused = True
+            elif any(_glob(p, ctx.tool_name) for p in policy.require_approval_for):
+                needs_approval = True
     # autonomy
     card = request.agent
     if card is not None and not refused:
@@ -255,3 +272,46 @@ def test_pending_approvals_agrees_with_the_per_node_fold(script: list[str]) -> N
     pending = {request.node_id for request in pending_approvals(log)}
     for node in ("a", "b"):
         assert (node in pending) == isinstance(node_approval_status(log, node), Pending)
+
+
+@given(gate_requests(), st.sampled_from(["human", "*", "alice"]), st.sampled_from(["*", "bob"]))
+def test_a_final_tenant_approval_is_asked_of_the_tenant_approver(
+    request: GateRequest, tenant_approver: str, lower_approver: str
+) -> None:
+    """Whatever a workflow or node rule says about a tool the final tenant requires approval
+    for, the node is blocked or needs the tenant's approver, and the recorded decision names
+    the workflow or node rule it overruled."""
+    tool = request.context.tool_name
+    if tool is None or request.context.node_kind_tag == "model":
+        return
+    tenant = PolicySet(require_approval_for=[tool], approver=tenant_approver, final=True)
+    relax = PolicySet(require_approval_for=[tool], approver=lower_approver)
+    nodes = tuple(layer for layer in request.policies if layer.scope is PolicyScope.NODE)
+    layers = (PolicyLayer(PolicyScope.TENANT, tenant), PolicyLayer(PolicyScope.WORKFLOW, relax))
+    result = gate_node(attrs.evolve(request, policies=(*layers, *nodes)))
+    gated = result.events[0]
+    assert isinstance(gated, NodeGated)
+    decision = result.policy.decision
+    assert gated.policy_decision in ("block", "require_approval")
+    if gated.policy_decision == "require_approval":
+        assert decision == RequireApproval(tenant_approver)
+        if gated.policy_scope != "tenant":  # a lower rule asking the same approver decides
+            assert gated.overruled is None
+        for ask in (e for e in result.events if isinstance(e, ToolApprovalRequired)):
+            assert ask.approver == tenant_approver
+        if result.outcome is Outcome.RUN:
+            assert isinstance(request.approval, Approved)
+            assert request.approval.request.approver == tenant_approver
+        if tenant_approver != lower_approver and not nodes:
+            assert gated.overruled == {
+                "scope": "workflow",
+                "rule": "require_approval_for",
+                "pattern": tool,
+                "decision": "require_approval",
+                "approver": lower_approver,
+            }
+    if gated.overruled is None:
+        assert result.policy.overruled is None
+    else:
+        assert isinstance(gated.overruled, dict)
+        assert gated.overruled["scope"] in ("workflow", "node")

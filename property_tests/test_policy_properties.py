@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import attrs
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
@@ -260,3 +261,105 @@ def test_unscoped_sets_evaluate_like_scoped_layers(
     plain = MOST_SPECIFIC.explain(ctx, [policy])
     assert scoped.decision == plain.decision
     assert plain.scope is None
+
+
+# ── final tenant rules (docs/semantics.md §2.4) ──────────────────────────────────────────
+
+APPROVERS = st.sampled_from(("human", "*", "alice", "finance-*"))
+EVALUATORS = (MOST_SPECIFIC, DENY_OVERRIDES)
+
+
+def _final_tenant_and_below(
+    tenant: PolicySet, lower: tuple[PolicyLayer, ...]
+) -> tuple[PolicyLayer, ...]:
+    """A final tenant layer, then the workflow and node layers of ``lower``."""
+    below = tuple(layer for layer in lower if layer.scope is not PolicyScope.TENANT)
+    return (PolicyLayer(PolicyScope.TENANT, tenant), *below)
+
+
+@given(
+    evaluation_contexts(),
+    policy_sets(final=True, approvers=APPROVERS),
+    policy_chains(approvers=APPROVERS),
+)
+def test_a_final_tenant_rule_is_never_weakened_by_lower_scopes(
+    ctx: EvaluationContext, tenant: PolicySet, lower: tuple[PolicyLayer, ...]
+) -> None:
+    chain = _final_tenant_and_below(tenant, lower)
+    alone = MOST_SPECIFIC.evaluate(ctx, [tenant])
+    for evaluator in EVALUATORS:
+        decision = evaluator.evaluate(ctx, chain)
+        if isinstance(alone, Block):
+            # a tool the tenant blocks (or a model its allowlist refuses) stays blocked
+            assert isinstance(decision, Block)
+        elif isinstance(alone, RequireApproval):
+            # the tenant's approval stays required, by the approver the tenant named
+            assert isinstance(decision, Block) or decision == alone
+
+
+@given(
+    evaluation_contexts(),
+    policy_sets(final=True, approvers=APPROVERS),
+    policy_chains(approvers=APPROVERS),
+)
+def test_a_final_tenant_is_at_least_as_strict_as_each_part_and_as_upstream(
+    ctx: EvaluationContext, tenant: PolicySet, lower: tuple[PolicyLayer, ...]
+) -> None:
+    chain = _final_tenant_and_below(tenant, lower)
+    upstream = (PolicyLayer(PolicyScope.TENANT, attrs.evolve(tenant, final=False)), *chain[1:])
+    for evaluator in EVALUATORS:
+        decision = evaluator.evaluate(ctx, chain)
+        assert _severity(decision) >= _severity(evaluator.evaluate(ctx, chain[1:]))
+        assert _severity(decision) >= _severity(evaluator.evaluate(ctx, chain[:1]))
+        assert _severity(decision) >= _severity(evaluator.evaluate(ctx, upstream))
+
+
+@given(
+    evaluation_contexts(),
+    policy_sets(final=True, approvers=APPROVERS),
+    policy_chains(approvers=APPROVERS),
+)
+def test_overruled_is_what_the_chain_decides_without_finality(
+    ctx: EvaluationContext, tenant: PolicySet, lower: tuple[PolicyLayer, ...]
+) -> None:
+    chain = _final_tenant_and_below(tenant, lower)
+    upstream = (PolicyLayer(PolicyScope.TENANT, attrs.evolve(tenant, final=False)), *chain[1:])
+    for evaluator in EVALUATORS:
+        verdict = evaluator.explain(ctx, chain)
+        before = evaluator.explain(ctx, upstream)
+        if verdict.overruled is None:
+            # nothing overruled: finality changed nothing
+            assert verdict == before
+            continue
+        overruled = verdict.overruled
+        assert verdict.decision != before.decision
+        assert verdict.scope is PolicyScope.TENANT
+        assert (overruled.decision, overruled.scope, overruled.rule, overruled.pattern) == (
+            before.decision,
+            before.scope,
+            before.rule,
+            before.pattern,
+        )
+        assert overruled.scope in (PolicyScope.WORKFLOW, PolicyScope.NODE)
+
+
+@given(evaluation_contexts(), policy_sets(final=True, approvers=APPROVERS), policy_chains())
+def test_a_final_tenant_without_objection_changes_nothing(
+    ctx: EvaluationContext, tenant: PolicySet, lower: tuple[PolicyLayer, ...]
+) -> None:
+    chain = _final_tenant_and_below(tenant, lower)
+    upstream = (PolicyLayer(PolicyScope.TENANT, attrs.evolve(tenant, final=False)), *chain[1:])
+    if isinstance(MOST_SPECIFIC.evaluate(ctx, [tenant]), Allow):
+        for evaluator in EVALUATORS:
+            assert evaluator.explain(ctx, chain) == evaluator.explain(ctx, upstream)
+
+
+@given(evaluation_contexts(), policy_chains(tenant_final=False))
+def test_sets_that_are_not_final_evaluate_as_upstream(
+    ctx: EvaluationContext, chain: tuple[PolicyLayer, ...]
+) -> None:
+    for layer in chain:
+        assert layer.policy.final is None
+    assert MOST_SPECIFIC.explain(ctx, chain).overruled is None
+    got = MOST_SPECIFIC.evaluate(ctx, chain)
+    assert _kind(got) == _kind(reference_evaluate(ctx, _sets(chain)))

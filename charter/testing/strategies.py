@@ -111,17 +111,33 @@ def glob_patterns(*, alphabet: str = DEFAULT_ALPHABET, max_size: int = 8) -> st.
     return st.text(alphabet=alphabet + "*?", max_size=max_size)
 
 
+def _flag(value: bool | None) -> st.SearchStrategy[bool]:
+    return st.booleans() if value is None else st.just(value)
+
+
 def policy_sets(
     *,
     alphabet: str = DEFAULT_ALPHABET,
     max_patterns: int = 4,
     patterns: st.SearchStrategy[str] | None = None,
+    final: bool | None = False,
+    approvers: st.SearchStrategy[str] | None = None,
 ) -> st.SearchStrategy[PolicySet]:
-    """Policy sets whose three lists hold up to ``max_patterns`` patterns each."""
+    """Policy sets whose three lists hold up to ``max_patterns`` patterns each.
+
+    ``final`` fixes `PolicySet.final` (``None``: either). With ``approvers``, a set names an
+    approver drawn from it, or none (then approval is by ``"human"``).
+    """
     pats = patterns if patterns is not None else glob_patterns(alphabet=alphabet)
     lists = st.lists(pats, max_size=max_patterns)
+    named = st.none() if approvers is None else st.none() | approvers
     return st.builds(
-        PolicySet, blocked_tools=lists, require_approval_for=lists, model_allowlist=lists
+        PolicySet,
+        blocked_tools=lists,
+        require_approval_for=lists,
+        model_allowlist=lists,
+        approver=named,
+        final=_flag(final),
     )
 
 
@@ -130,11 +146,18 @@ def policy_chains(
     alphabet: str = DEFAULT_ALPHABET,
     max_patterns: int = 4,
     scoped: bool = True,
+    tenant_final: bool | None = False,
+    approvers: st.SearchStrategy[str] | None = None,
 ) -> st.SearchStrategy[tuple[PolicyLayer, ...]]:
     """Chains of 0–3 layers, least specific first, each at its own scope (tenant, workflow,
-    node), any of them possibly absent."""
-    sets = policy_sets(alphabet=alphabet, max_patterns=max_patterns)
-    return st.tuples(st.none() | sets, st.none() | sets, st.none() | sets).map(
+    node), any of them possibly absent. ``tenant_final`` fixes whether the tenant layer is
+    final (``None``: either; workflow and node layers never are); ``approvers`` as in
+    `policy_sets`."""
+    tenant = policy_sets(
+        alphabet=alphabet, max_patterns=max_patterns, final=tenant_final, approvers=approvers
+    )
+    sets = policy_sets(alphabet=alphabet, max_patterns=max_patterns, approvers=approvers)
+    return st.tuples(st.none() | tenant, st.none() | sets, st.none() | sets).map(
         lambda layers: tuple(
             PolicyLayer(scope, policy)
             for scope, policy in zip(PolicyScope, layers, strict=True)
@@ -392,7 +415,7 @@ def _gate_requests(draw: st.DrawFn, alphabet: str) -> GateRequest:
     request = GateRequest(
         context=draw(evaluation_contexts(alphabet=alphabet)),
         attempt=draw(st.integers(min_value=0, max_value=3)),
-        policies=draw(policy_chains(alphabet=alphabet)),
+        policies=draw(policy_chains(alphabet=alphabet, tenant_final=None)),
         combining=draw(st.sampled_from(CombiningMode)),
         agent=draw(st.none() | agent_cards(alphabet=alphabet)),
         circuit_breaker_threshold=draw(st.integers(min_value=0, max_value=5)),
