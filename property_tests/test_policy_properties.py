@@ -263,7 +263,7 @@ def test_unscoped_sets_evaluate_like_scoped_layers(
     assert plain.scope is None
 
 
-# ── final tenant rules (docs/semantics.md §2.4) ──────────────────────────────────────────
+# ── final tenant rules (docs/semantics.md §2.5) ──────────────────────────────────────────
 
 APPROVERS = st.sampled_from(("human", "*", "alice", "finance-*"))
 EVALUATORS = (MOST_SPECIFIC, DENY_OVERRIDES)

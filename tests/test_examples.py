@@ -230,6 +230,12 @@ def test_cleanup_is_refused_by_the_tenant_block(tmp_path: Path) -> None:
         "tenant",
         "db.drop_*",
     )
+    # tenant-acme.yaml is a tenant file, so its rules are final (docs/semantics.md §2.5);
+    # the workflow relaxes nothing here, so nothing is overruled.
+    assert isinstance(gated.policies, list)
+    assert gated.policies[0] == {"scope": "tenant", "digest": gated.policies[0]["digest"],
+                                 "final": True}  # fmt: skip
+    assert gated.overruled is None
     assert isinstance(failed, NodeFailed)
     assert not failed.retryable
     assert "db.drop_*" in failed.error

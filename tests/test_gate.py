@@ -8,6 +8,7 @@ from typing import Any
 import attrs
 import pytest
 
+from charter.adapters.codec import dump
 from charter.core import (
     AgentCard,
     ApprovalConsumed,
@@ -316,6 +317,79 @@ def test_deny_overrides_keeps_a_tenant_block_that_a_node_approval_would_weaken()
     assert gate_node(_request(policies=chain)).outcome is Outcome.HOLD
     strict = gate_node(_request(policies=chain, combining=CombiningMode.DENY_OVERRIDES))
     assert strict.outcome is Outcome.FAIL
+
+
+def test_a_final_tenant_block_fails_whatever_the_node_says_and_records_the_overruled_rule() -> None:
+    chain = policy_chain(
+        tenant=PolicySet(blocked_tools=["payments.*"], final=True),
+        node=PolicySet(require_approval_for=["payments.refund"], approver="*"),
+    )
+    result = gate_node(_request(policies=chain))
+    assert result.outcome is Outcome.FAIL
+    assert _types(result.events) == ["NodeGated", "PolicyViolation", "NodeFailed"]
+    gated, violation, failed = result.events
+    assert isinstance(gated, NodeGated)
+    assert (gated.policy_scope, gated.policy_rule, gated.policy_pattern) == (
+        "tenant",
+        "blocked_tools",
+        "payments.*",
+    )
+    assert gated.overruled == {
+        "scope": "node",
+        "rule": "require_approval_for",
+        "pattern": "payments.refund",
+        "decision": "require_approval",
+        "approver": "*",
+    }
+    assert gated.policies == [
+        {"scope": "tenant", "digest": chain[0].policy.digest, "final": True},
+        {"scope": "node", "digest": chain[1].policy.digest},
+    ]
+    assert violation == PolicyViolation(
+        node_id="refund",
+        rule="tool 'payments.refund' matches blocked pattern 'payments.*'",
+        decision="blocked",
+        policy_scope="tenant",
+    )
+    assert isinstance(failed, NodeFailed)
+    assert failed.error == (
+        "policy blocked: tool 'payments.refund' matches blocked pattern 'payments.*' "
+        "(final tenant rule: the node rule require_approval_for 'payments.refund' may not "
+        "relax it)"
+    )
+    # deny-overrides keeps the tenant block by itself: nothing to overrule
+    strict = gate_node(_request(policies=chain, combining=CombiningMode.DENY_OVERRIDES))
+    assert strict.outcome is Outcome.FAIL
+    assert isinstance(strict.events[0], NodeGated)
+    assert strict.events[0].overruled is None
+
+
+def test_a_final_tenant_approval_is_asked_of_the_tenant_approver() -> None:
+    chain = policy_chain(
+        tenant=PolicySet(require_approval_for=["payments.*"], approver="finance-lead", final=True),
+        workflow=PolicySet(require_approval_for=["payments.*"], approver="*"),
+    )
+    result = gate_node(_request(policies=chain))
+    assert result.outcome is Outcome.HOLD
+    gated, ask = result.events
+    assert isinstance(ask, ToolApprovalRequired)
+    assert ask.approver == "finance-lead"
+    assert isinstance(gated, NodeGated)
+    assert gated.policy_scope == "tenant"
+    assert isinstance(gated.overruled, dict)
+    assert gated.overruled["approver"] == "*"
+    assert result.reason == (
+        "tenant policy requires approval for 'payments.*' (final tenant rule: the workflow rule "
+        "require_approval_for 'payments.*' may not replace its approver 'finance-lead' with '*')"
+    )
+
+
+def test_no_overruled_field_is_recorded_when_nothing_was_overruled() -> None:
+    chain = policy_chain(tenant=PolicySet(blocked_tools=["payments.*"], final=True))
+    gated = gate_node(_request(policies=chain)).events[0]
+    assert isinstance(gated, NodeGated)
+    assert gated.overruled is None
+    assert "overruled" not in dump(gated)
 
 
 # ── settle ─────────────────────────────────────────────────────────────────────────────

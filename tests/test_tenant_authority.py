@@ -1,4 +1,4 @@
-"""The tenant is the authority (docs/semantics.md §2.4): a tenant policy file's rules are
+"""The tenant is the authority (docs/semantics.md §2.5): a tenant policy file's rules are
 final unless the file opts into upstream's most-specific combining, and every key of a tenant
 file takes effect or is refused.
 
@@ -17,6 +17,7 @@ import pytest
 from charter.adapters.codec import dumps, loads
 from charter.adapters.files import load_policy_file, load_policy_layer, load_workflow_file
 from charter.adapters.sqlite import SqliteStore
+from charter.cli import main
 from charter.core.errors import InvalidInput
 from charter.core.events import NodeGated, ToolApprovalRequired
 from charter.core.gate import GateRequest, GateResult, Outcome, gate_node
@@ -334,3 +335,13 @@ def test_a_stored_tenant_policy_reaches_the_gate_with_its_combining(
         assert (record.policy_decision, record.policy_scope) == ("require_approval", "workflow")
         assert record.overruled is None
     store.close()
+
+
+def test_the_cli_refuses_a_tenant_file_key_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tenant_file(tmp_path, "blocked_tools: [a]\ncombining: deny-overrides\n")
+    code = main(["tenant", "acme", "--policy", str(path), "--db", str(tmp_path / "c.db")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{path}: combining:" in err

@@ -149,6 +149,18 @@ def test_workflow_overrides_tenant_block_with_approval() -> None:
     assert EVALUATOR.evaluate(_tool("deploy_staging"), [tenant, workflow]) == HUMAN
 
 
+def test_charter_final_tenant_keeps_its_block_and_approver() -> None:
+    # Divergence (docs/semantics.md §2.5): the two upstream tests above, with the tenant
+    # final as tenant policy files are by default. The block stays a block; an approval
+    # keeps the tenant's approver; in-code sets (final unset) keep upstream's answers above.
+    tenant = PolicySet(blocked_tools=["deploy_*"], final=True)
+    workflow = PolicySet(require_approval_for=["deploy_*"])
+    assert isinstance(EVALUATOR.evaluate(_tool("deploy_staging"), [tenant, workflow]), Block)
+    node = PolicySet(require_approval_for=["tool_a"], approver="*")
+    approving = PolicySet(require_approval_for=["tool_a"], approver="ops", final=True)
+    assert EVALUATOR.evaluate(_tool("tool_a"), [approving, node]) == RequireApproval("ops")
+
+
 def test_tenant_model_allowlist_blocks_unallowed_model() -> None:
     tenant = PolicySet(model_allowlist=["claude-*"])
     workflow = PolicySet()

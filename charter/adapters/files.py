@@ -173,7 +173,7 @@ def parse_policy_document(
       taken as one layer at ``scope``.
 
     A tenant layer (``tenant:``, or a bare set at tenant scope) is final unless it says
-    ``combining: most-specific`` (docs/semantics.md §2.4); ``deny-overrides`` there is refused
+    ``combining: most-specific`` (docs/semantics.md §2.5); ``deny-overrides`` there is refused
     with the reason. Every other key is refused, naming it.
     """
     if not isinstance(data, Mapping):

@@ -421,7 +421,7 @@ class NodeGated:
     the mode. ``overruled`` (omitted when none) is the more specific rule a final layer's rule
     decided against: ``{scope, rule, pattern, decision}`` (and ``approver`` when that rule
     asked for approval) — what the chain would have decided had no layer been final
-    (docs/semantics.md §2.4). When an agent card applied:
+    (docs/semantics.md §2.5). When an agent card applied:
     ``autonomy`` (the decision's tag), ``agent`` (``{uri, autonomy, constraints_digest}``),
     ``circuit_breaker_threshold``, ``elapsed_secs`` and ``delegation_target``. Always:
     ``budget`` (the counters seen), ``limits``, ``approval`` (the node's approval status

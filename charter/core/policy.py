@@ -14,7 +14,7 @@ say ``combining: most-specific``): more specific layers may add restrictions to 
 never remove one. Its block stays a block, its approval requirement stays one with its
 approver, and its allowlist can only be narrowed. The chain is evaluated by the mode as usual,
 then bounded by every final layer; a more specific rule that the bound overruled is reported
-(`PolicyVerdict.overruled`). docs/semantics.md §2.4 has the exact rules.
+(`PolicyVerdict.overruled`). docs/semantics.md §2.5 has the exact rules.
 
 Every `PolicySet` is compiled into an index when it is built: literal patterns go into a hash
 map, ``prefix*`` patterns into a map keyed by prefix (probed once per distinct prefix length),
@@ -287,7 +287,7 @@ class PolicySet:
       any identified person; the default), an extension of upstream's shape.
     * ``model_allowlist``: when non-empty, a model node whose model matches none is blocked.
     * ``final`` (Charter's): when true, more specific layers may add restrictions to this
-      set's rules but never remove one (docs/semantics.md §2.4). Tenant policy files are
+      set's rules but never remove one (docs/semantics.md §2.5). Tenant policy files are
       final by default; in code the default is upstream's (not final). ``False`` is kept as
       ``None``, so a set that is not final equals, digests and encodes as before the field.
 
@@ -418,7 +418,7 @@ class PolicyVerdict:
     ``scope`` is ``None`` when the decision is Allow or the deciding set had no scope;
     ``pattern`` is ``None`` for Allow and for a model that no allowlist pattern matched.
     ``overruled`` is set when a final layer's rule decided against a more specific rule that
-    would have relaxed it (docs/semantics.md §2.4), and says what that rule would have done.
+    would have relaxed it (docs/semantics.md §2.5), and says what that rule would have done.
     """
 
     decision: PolicyDecision
