@@ -335,13 +335,13 @@ def test_a_human_approval_node_with_an_approver_and_a_timeout() -> None:
     assert d.nodes["b"].context.tool_name is None  # it acts on nothing
 
 
-def test_upstream_keys_charter_ignores_are_accepted() -> None:
+def test_upstream_keys_that_configure_nothing_are_accepted() -> None:
     d = parse_workflow(
         workflow(
             labels={"x": "y"},
             state_schema={"type": "object"},
-            timeouts={},
-            mcp_servers={},
+            timeouts={"node_timeout": None},
+            mcp_servers={"db": {"transport": "stdio", "args": []}},
             remote_agents={},
             data_policy={},
             continue_as_new=False,
@@ -349,19 +349,152 @@ def test_upstream_keys_charter_ignores_are_accepted() -> None:
         )
     )
     assert d.workflow_id == "w"
+    assert d.labels == {"x": "y"}
+    assert d.state_schema == {"type": "object"}
+
+
+def test_labels_are_strings() -> None:
+    assert problem_at(workflow(labels={"x": 1}), "labels.x") == "expected a string label, got int 1"
+    node = dict(TOOL, labels={"team": ["ops"]})
+    problem = problem_at(with_node("b", node), "nodes.b.labels.team")
+    assert problem == "expected a string label, got list ['ops']"
+    assert problem_at(with_node("b", dict(TOOL, labels=[])), "nodes.b.labels").startswith(
+        "expected a mapping"
+    )
+
+
+@pytest.mark.parametrize("key", ["mcp_servers", "remote_agents"])
+def test_connection_tables_are_mappings_of_mappings(key: str) -> None:
+    assert problem_at(workflow(**{key: {"x": "url"}}), f"{key}.x").startswith("expected a mapping")
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        ("node_timeout", "set node_timeout_secs per node"),
+        ("workflow_timeout", "workflow-level timeouts are not supported"),
+        ("heartbeat_interval", "lease renewal is a worker setting"),
+        ("approval_timeout", "set timeout_secs on each human_approval node"),
+    ],
+)
+def test_each_upstream_timeout_is_refused_when_set(key: str, message: str) -> None:
+    assert message in problem_at(workflow(timeouts={key: 30}), f"timeouts.{key}")
+
+
+def test_strategy_metadata_is_refused_with_its_reason() -> None:
+    data = workflow(strategy_metadata={"limits": {"max_cost_usd": 0.5}})
+    assert "would not enforce its limits" in problem_at(data, "strategy_metadata")
 
 
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("data_policy", {"pii": "redact"}, "data policies are not enforced by Charter"),
-        ("timeouts", {"workflow_secs": 60}, "set node_timeout_secs per node"),
+        ("kind", "python", "upstream's executor bindings are not supported"),
+        ("reference", "m:f", "upstream's executor bindings are not supported"),
+        ("input_schema", "S", "tool schemas are not enforced"),
+        ("output_schema", "S", "tool schemas are not enforced"),
+        ("permissions", ["net"], "tool permissions are not enforced"),
+    ],
+)
+def test_upstream_tool_keys_are_refused_when_set(key: str, value: object, message: str) -> None:
+    data = workflow(tools={"t.do": {key: value}})
+    assert message in problem_at(data, f"tools.t.do.{key}")
+    assert parse_workflow(workflow(tools={"t.do": {key: None}})).tools["t.do"].name == "t.do"
+
+
+@pytest.mark.parametrize("key", ["temperature", "max_tokens", "timeout_secs", "retry_policy"])
+def test_upstream_model_settings_are_refused_when_set(key: str) -> None:
+    data = workflow(models={"m": {"provider": "p", "model": "x", key: 1}})
+    assert problem_at(data, f"models.m.{key}")
+    unset = workflow(models={"m": {"provider": "p", "model": "x", key: None}})
+    assert parse_workflow(unset).models["m"]["model"] == "x"
+    odd = workflow(models={"m": {"provider": "p", "model": "x", "colour": "red"}})
+    assert problem_at(odd, "models.m.colour") == "unknown model key (expected provider, model)"
+
+
+# versions
+
+
+@pytest.mark.parametrize(
+    "version", ["0.1.0", "1.2.3", "10.20.30", "1.0.0-rc.1", "1.0.0-0.3.7", "0.1.0+abc123", "1", "3"]
+)
+def test_a_version_is_semantic_or_a_whole_number(version: str) -> None:
+    assert parse_workflow(workflow(version=version)).version == version
+
+
+@pytest.mark.parametrize(
+    "version",
+    ["not-semver", "1.0", "1.0.0.0", "01.0.0", "1.0.0-", "1.0.0+", "v1.0.0", "1.0.0-01", " 1.0.0"],
+)
+def test_any_other_version_is_refused_naming_the_form(version: str) -> None:
+    problem = problem_at(workflow(version=version), "version")
+    assert problem == (
+        'expected a semantic version MAJOR.MINOR.PATCH such as "1.0.0" (optionally with '
+        f'-pre-release and +build suffixes) or a whole number such as "1", got {version!r}'
+    )
+
+
+# the terminal sentinel `end`
+
+
+def test_an_edge_to_end_is_a_terminal_edge() -> None:
+    data = workflow(edges=[{"from": "a", "to": "b"}, {"from": "b", "to": "end"}])
+    d = parse_workflow(data)
+    assert [(e.source, e.target) for e in d.edges] == [("a", "b")]
+    assert [(e.source, e.target) for e in d.terminal_edges] == [("b", "end")]
+    assert d.outgoing("b") == ()
+
+
+def test_end_is_only_a_target() -> None:
+    data = workflow(edges=[{"from": "a", "to": "b"}, {"from": "end", "to": "b"}])
+    problem = problem_at(data, "edges[1].from")
+    assert problem == "no node named 'end' ('end' is only a target)"
+
+
+def test_a_second_edge_to_end_is_refused() -> None:
+    data = workflow(edges=[{"from": "a", "to": "b"}, {"from": "b", "to": "end"}])
+    data["edges"].append({"from": "b", "to": "end"})
+    assert problem_at(data, "edges[2]") == "a second edge from 'b' to 'end'"
+
+
+def test_a_node_named_end_is_that_node() -> None:
+    data = workflow(nodes={"a": TOOL, "end": TOOL}, edges=[{"from": "a", "to": "end"}])
+    d = parse_workflow(data)
+    assert [(e.source, e.target) for e in d.edges] == [("a", "end")]
+    assert d.terminal_edges == ()
+
+
+def test_a_branch_may_end_the_path() -> None:
+    data = route([{"condition": "state.go == true", "target": "b"}, {"target": "end"}])
+    data["edges"] = [{"from": "a", "to": "b"}, {"from": "a", "to": "end"}]
+    data["nodes"].pop("c")
+    d = parse_workflow(data)
+    assert [b.target for b in d.nodes["a"].branches] == ["b", "end"]
+
+
+def test_a_branch_to_end_needs_an_edge_to_end() -> None:
+    data = route([{"target": "b"}, {"target": "end"}], targets=("b", "c"))
+    problem = problem_at(data, "nodes.a.kind.branches[1].target")
+    assert problem.startswith("no edge from 'a' to 'end'")
+
+
+def test_nodes_reached_only_through_end_are_unreachable() -> None:
+    data = workflow(edges=[{"from": "a", "to": "end"}])
+    assert problem_at(data, "nodes.b") == "unreachable from the start node 'a'"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "where", "message"),
+    [
+        ("data_policy", {"pii": "redact"}, "data_policy", "data policies are not enforced"),
+        ("timeouts", {"workflow_timeout": 60}, "timeouts.workflow_timeout", "node_timeout_secs"),
+        ("timeouts", {"workflow_secs": 60}, "timeouts.workflow_secs", "unknown timeouts key"),
     ],
 )
 def test_upstream_keys_that_would_do_nothing_are_refused_when_set(
-    key: str, value: object, message: str
+    key: str, value: object, where: str, message: str
 ) -> None:
-    assert message in problem_at(workflow(**{key: value}), key)
+    assert message in problem_at(workflow(**{key: value}), where)
     node = dict(TOOL, data_policy={"pii": "redact"})
     assert "not enforced" in problem_at(with_node("b", node), "nodes.b.data_policy")
 
@@ -761,10 +894,32 @@ def test_condition_branches_are_parsed_in_order() -> None:
     assert branches[1].condition is None
 
 
-@pytest.mark.parametrize("branches", [None, [], "b", {"target": "b"}])
+@pytest.mark.parametrize("branches", [None, "b", {"target": "b"}])
 def test_a_condition_node_needs_a_list_of_branches(branches: object) -> None:
     problem = problem_at(route(branches), "nodes.a.kind.branches")
-    assert problem.startswith("expected a non-empty list of branches")
+    assert problem.startswith("expected a list of branches")
+
+
+def test_a_condition_node_without_branches_is_a_pass_through() -> None:
+    # Upstream's validator accepts `branches: []`; its scheduler routes nothing then.
+    d = parse_workflow(route([]))
+    assert d.nodes["a"].branches == ()
+
+
+def test_a_branch_key_that_is_not_upstreams_is_refused() -> None:
+    problem = problem_at(
+        route([{"target": "b", "weight": 2}, {"target": "c"}]), "nodes.a.kind.branches[0].weight"
+    )
+    assert problem == "unknown branch key (expected condition, target)"
+
+
+def test_a_condition_nodes_expression_must_parse() -> None:
+    data = route([{"target": "b"}])
+    data["nodes"]["a"]["kind"]["expression"] = "state.x == true"
+    assert parse_workflow(data).nodes["a"].branches[0].target == "b"
+    data["nodes"]["a"]["kind"]["expression"] = "len(state)"
+    problem = problem_at(data, "nodes.a.kind.expression")
+    assert problem.startswith("call is not allowed in a condition")
 
 
 def test_a_branch_condition_must_parse() -> None:

@@ -30,7 +30,10 @@ Rules of `plan`, in order:
    request itself (``node_scheduled`` + ``tool_approval_required``); an approval completes the
    node (``node_completed{output: {approved: true, by, comment}}``, its ``state_patch`` merged),
    a rejection fails it, and a timeout fails it — or, with a ``fallback_node``, completes it
-   routed to that node only.
+   routed to that node only. A ``condition`` node without ``branches`` (a pass-through, as
+   upstream) never reaches a worker either: when runnable it is completed at once
+   (``node_scheduled`` + ``node_completed{output: {}}``) and routes nothing, so each of its
+   edges is live as its own condition says.
 3. An answered node (approved or rejected) is dispatched again; the worker's gate runs it
    (consuming the approval) or fails it (the rejection).
 4. While no node has failed terminally, every runnable node is dispatched
@@ -40,7 +43,10 @@ Rules of `plan`, in order:
    skipped (``node_skipped{reason: "branch not taken"}``), which may cascade.
 5. An edge is live when its source completed, its condition (evaluated when the source
    completed, on the source's output and the state then) held, and, for a routing source
-   (condition node, approval with a fallback), the source chose it.
+   (condition node with branches, approval with a fallback), the source chose it. Edges to
+   the terminal sentinel ``end`` are not in the graph the scheduler walks
+   (`WorkflowDef.terminal_edges`): reaching ``end`` ends that path and runs nothing; the run
+   ends by rule 6, when every node is finished.
 6. Nothing running, scheduled, held or answered: ``workflow_failed{error: "node(s) failed
    terminally: …"}`` if a node failed, else ``workflow_completed{final_state}`` once every node
    is finished. (A run that still has pending nodes it can never reach fails too: that cannot
@@ -387,7 +393,7 @@ def _completed(workflow: WorkflowDef, work: _Work, node_id: str, output: Any, pa
     if tag == "human_approval" and isinstance(output, Mapping) and "chosen_targets" in output:
         chosen = output["chosen_targets"]
         routes = frozenset(str(t) for t in chosen) if isinstance(chosen, list) else frozenset()
-    elif tag == "condition":
+    elif tag == "condition" and definition is not None and definition.branches:
         chosen_target = output.get("chosen_target") if isinstance(output, Mapping) else None
         routes = frozenset({chosen_target}) if isinstance(chosen_target, str) else frozenset()
     for edge in workflow.outgoing(node_id):
@@ -545,6 +551,13 @@ def plan(workflow: WorkflowDef, progress: Progress, *, now: datetime, execution_
                 events.append(NodeScheduled(node_id=node_id, queue_type=node.queue))
                 events.append(_approval_request(node, progress))
                 changed[node_id] = NodeState.HELD
+            elif node.tag == "condition" and not node.branches:
+                # A pass-through (rule 2): nothing to run, nothing for a gate to decide.
+                events.append(NodeScheduled(node_id=node_id, queue_type=node.queue))
+                events.append(
+                    NodeCompleted(node_id=node_id, output={}, state_patch={}, duration_ms=0)
+                )
+                changed[node_id] = NodeState.COMPLETED
             else:
                 entry = progress.node(node_id)
                 events.append(NodeScheduled(node_id=node_id, queue_type=node.queue))

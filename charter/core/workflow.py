@@ -12,12 +12,18 @@ problem with its path (``nodes.refund.kind.tool_ref: expected a string``): unkno
 kinds, node ids that are not strings, bad patterns, budgets and model aliases, edges to
 unknown nodes, unreachable nodes, cycles, bad conditions. A definition that parses is one the
 scheduler can run.
+
+Upstream's compiled IR loads as upstream's validator accepts it (docs/workflows.md §1.3):
+``end`` is the terminal sentinel (an edge or branch target that runs nothing: reaching it
+ends that path), a condition node may have no ``branches`` (a pass-through), and ``version``
+is a semantic version (or, Charter's older form, a whole number).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, TypeVar
 
@@ -33,6 +39,7 @@ from charter.core.queue import MAX_ATTEMPTS, MAX_BACKOFF_MS
 
 __all__ = [
     "DEFAULT_RETRY_POLICIES",
+    "END",
     "Branch",
     "EdgeDef",
     "NodeDef",
@@ -90,6 +97,10 @@ DEFAULT_RETRY_POLICIES: Final[Mapping[str, RetryPolicy]] = {
 }
 
 
+#: The terminal sentinel: an edge or branch target that is not a node (unless the workflow
+#: defines a node of that name). Reaching it ends that path; it runs nothing.
+END: Final = "end"
+
 _DEFAULT_RETRY: Final = DEFAULT_RETRY_POLICIES["default"]
 _NO_LIMITS: Final = BudgetLimits()
 
@@ -128,6 +139,7 @@ class NodeDef:
     agent: AgentCard | None = None
     branches: tuple[Branch, ...] = ()
     description: str = ""
+    labels: Mapping[str, str] = attrs.field(factory=dict)
 
 
 @attrs.frozen(kw_only=True)
@@ -152,12 +164,16 @@ class WorkflowDef:
     start_node: str
     nodes: Mapping[str, NodeDef]
     edges: tuple[EdgeDef, ...] = ()
+    #: Edges into the terminal sentinel ``end``: checked, never followed (nothing runs there).
+    terminal_edges: tuple[EdgeDef, ...] = ()
     policy: PolicySet | None = None
     combining: CombiningMode = CombiningMode.MOST_SPECIFIC
     limits: BudgetLimits = _NO_LIMITS
     models: Mapping[str, Any] = attrs.field(factory=dict)
     tools: Mapping[str, ToolDef] = attrs.field(factory=dict)
     agents: Mapping[str, AgentCard] = attrs.field(factory=dict)
+    labels: Mapping[str, str] = attrs.field(factory=dict)
+    state_schema: Any = None
     raw: Mapping[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
     _incoming: Mapping[str, tuple[EdgeDef, ...]] = attrs.field(init=False, eq=False, repr=False)
     _outgoing: Mapping[str, tuple[EdgeDef, ...]] = attrs.field(init=False, eq=False, repr=False)
@@ -197,13 +213,62 @@ _TOP_KEYS: Final = {
 }  # fmt: skip
 #: Upstream keys Charter does not implement: refused when set, so nothing looks configured
 #: and silently does nothing (a data policy or a timeout that is not enforced is worse than
-#: an error).
+#: an error). ``timeouts`` is checked key by key (`_TIMEOUTS`).
 _UNSUPPORTED: Final = {
     "continue_as_new": "continue-as-new segments are not supported",
     "on_budget_exceeded": "routing on a budget trip is not supported (a trip fails the node)",
     "data_policy": "data policies are not enforced by Charter; remove the key",
-    "timeouts": "workflow-level timeouts are not supported; set node_timeout_secs per node",
+    "strategy_metadata": (
+        "strategy compiler metadata is not part of upstream's IR, and Charter would not "
+        "enforce its limits; bound the run with token_budget and cost_budget_usd instead"
+    ),
 }
+#: Upstream's ``timeouts`` keys, each refused when set: upstream's runtime reads none of them
+#: and Charter enforces none of them at the workflow level.
+_TIMEOUTS: Final = {
+    "node_timeout": "a workflow-wide node timeout is not supported; set node_timeout_secs per node",
+    "workflow_timeout": (
+        "workflow-level timeouts are not supported; set node_timeout_secs per node"
+    ),
+    "heartbeat_interval": (
+        "lease renewal is a worker setting (a third of its lease period), not a workflow's"
+    ),
+    "approval_timeout": "set timeout_secs on each human_approval node instead",
+}
+#: Keys of upstream's tool configurations, refused when set: Charter binds executors by name
+#: (``executor``) and does not enforce schemas or permissions.
+_TOOL_UNSUPPORTED: Final = {
+    "kind": "upstream's executor bindings are not supported; name an executor with 'executor'",
+    "reference": (
+        "upstream's executor bindings are not supported; name an executor with 'executor'"
+    ),
+    "input_schema": "tool schemas are not enforced by Charter; remove the key",
+    "output_schema": "tool schemas are not enforced by Charter; remove the key",
+    "permissions": (
+        "tool permissions are not enforced by Charter; express them as policy "
+        "(blocked_tools, require_approval_for)"
+    ),
+}
+#: Keys of upstream's model configurations beyond provider and model, refused when set:
+#: Charter passes executors the resolved model name only.
+_MODEL_UNSUPPORTED: Final = {
+    "temperature": "model parameters are not passed to executors; put them in the executor",
+    "max_tokens": "model parameters are not passed to executors; bound tokens with token_budget",
+    "timeout_secs": "set node_timeout_secs on the model's nodes instead",
+    "retry_policy": "set retry_policy on the model's nodes instead",
+}
+#: A version: semantic versioning's MAJOR.MINOR.PATCH with optional pre-release and build
+#: suffixes, or a whole number (Charter's form before versions were checked).
+_NUMBER: Final = r"(?:0|[1-9][0-9]*)"
+_PRE_RELEASE: Final = r"(?:0|[1-9][0-9]*|[0-9]*[A-Za-z-][0-9A-Za-z-]*)"
+_BUILD: Final = r"[0-9A-Za-z-]+"
+_VERSION: Final = re.compile(
+    rf"{_NUMBER}\.{_NUMBER}\.{_NUMBER}"
+    rf"(?:-{_PRE_RELEASE}(?:\.{_PRE_RELEASE})*)?"
+    rf"(?:\+{_BUILD}(?:\.{_BUILD})*)?"
+    rf"|{_NUMBER}",
+    re.ASCII,
+)
 _NODE_KEYS: Final = {
     "id", "kind", "policy", "retry_policy", "node_timeout_secs", "description", "labels",
     "agent",
@@ -308,6 +373,36 @@ def _timeout(value: object, where: str, out: _Collector) -> float | None:
     return float(value)
 
 
+def _labels(value: object, where: str, out: _Collector) -> dict[str, str]:
+    """Observability labels: a mapping of strings to strings (upstream's type)."""
+    labels: dict[str, str] = {}
+    for key, text in _mapping(value, where, out).items():
+        if not isinstance(text, str):
+            out.add(child(where, str(key)), f"expected a string label, got {describe(text)}")
+        else:
+            labels[str(key)] = text
+    return labels
+
+
+def _check_timeouts(value: object, out: _Collector) -> None:
+    if not _is_set(value):
+        return
+    for key, setting in _mapping(value, "timeouts", out).items():
+        where = child("timeouts", str(key))
+        if key not in _TIMEOUTS:
+            out.add(where, f"unknown timeouts key (upstream's: {', '.join(_TIMEOUTS)})")
+        elif _is_set(setting):
+            out.add(where, _TIMEOUTS[key])
+
+
+def _check_connections(top: Mapping[str, Any], out: _Collector) -> None:
+    """``mcp_servers`` and ``remote_agents``: tables of named connection settings, kept in
+    the definition (`WorkflowDef.raw`) for executors that connect."""
+    for key in ("mcp_servers", "remote_agents"):
+        for name, entry in _mapping(top.get(key), key, out).items():
+            _mapping(entry, f"{key}.{name}", out)
+
+
 def parse_workflow(data: object, source: str = "") -> WorkflowDef:
     """The validated definition, or `WorkflowInvalid` listing every problem."""
     out = _Collector()
@@ -318,10 +413,21 @@ def parse_workflow(data: object, source: str = "") -> WorkflowDef:
         if key in _UNSUPPORTED:
             if _is_set(top[key]):
                 out.add(str(key), _UNSUPPORTED[key])
+        elif key == "timeouts":
+            _check_timeouts(top[key], out)
         elif key not in _TOP_KEYS:
             out.add(str(key), "unknown workflow key")
     workflow_id = _text(top.get("workflow_id"), "workflow_id", out)
     version = _text(top.get("version"), "version", out)
+    if version and not _VERSION.fullmatch(version):
+        out.add(
+            "version",
+            'expected a semantic version MAJOR.MINOR.PATCH such as "1.0.0" (optionally with '
+            f'-pre-release and +build suffixes) or a whole number such as "1", got {version!r}',
+        )
+        version = ""
+    labels = _labels(top.get("labels"), "labels", out)
+    _check_connections(top, out)
     start = _text(top.get("start_node"), "start_node", out)
     tenant = _text(top.get("tenant_id", "default"), "tenant_id", out)
 
@@ -350,13 +456,25 @@ def parse_workflow(data: object, source: str = "") -> WorkflowDef:
         for alias, entry in models.items()
         if out.attempt("", functools.partial(resolve_model, alias, models)) is not None
     }
+    for alias, entry in models.items():
+        if isinstance(entry, Mapping):
+            for key in entry:
+                where = f"models.{alias}.{key}"
+                if key in _MODEL_UNSUPPORTED:
+                    if _is_set(entry[key]):
+                        out.add(where, _MODEL_UNSUPPORTED[key])
+                elif key not in ("provider", "model"):
+                    out.add(where, "unknown model key (expected provider, model)")
 
     tools: dict[str, ToolDef] = {}
     for name, spec in _mapping(top.get("tools"), "tools", out).items():
         where = f"tools.{name}"
         fields = _mapping(spec, where, out)
         for key in fields:
-            if key not in ("idempotent", "executor", "config", "description", "parameters"):
+            if key in _TOOL_UNSUPPORTED:
+                if _is_set(fields[key]):
+                    out.add(child(where, str(key)), _TOOL_UNSUPPORTED[key])
+            elif key not in ("idempotent", "executor", "config", "description", "parameters"):
                 out.add(child(where, str(key)), "unknown tool key")
         idempotent = fields.get("idempotent", False)
         if not isinstance(idempotent, bool):
@@ -403,8 +521,12 @@ def parse_workflow(data: object, source: str = "") -> WorkflowDef:
         if node is not None:
             nodes[node.node_id] = node
 
-    edges = _parse_edges(top.get("edges"), out)
-    _check_graph(start, nodes, raw_nodes, edges, out)
+    parsed_edges = _parse_edges(top.get("edges"), out)
+    # `end` is the terminal sentinel unless a node has that name (then it is that node).
+    sentinel = END not in raw_nodes
+    edges = tuple(e for e in parsed_edges if not (sentinel and e.target == END))
+    terminal = tuple(e for e in parsed_edges if sentinel and e.target == END)
+    _check_graph(start, nodes, raw_nodes, parsed_edges, out)
 
     if out.problems:
         raise WorkflowInvalid(tuple(out.problems), source)
@@ -417,12 +539,15 @@ def parse_workflow(data: object, source: str = "") -> WorkflowDef:
         start_node=start,
         nodes=nodes,
         edges=edges,
+        terminal_edges=terminal,
         policy=policy,
         combining=combining,
         limits=limits or BudgetLimits(),
         models=models,
         tools=tools,
         agents=agents,
+        labels=labels,
+        state_schema=top.get("state_schema"),
         raw=top,
     )
 
@@ -483,6 +608,12 @@ def _parse_node(
     branches: tuple[Branch, ...] = ()
     if tag == "condition":
         branches = _parse_branches(kind.get("branches"), f"{where}.kind.branches", out)
+        if kind.get("expression") is not None:
+            # What upstream's strategy compilers write to describe the guard; routing is by
+            # `branches` (upstream's Condition kind has no such field). Its syntax is checked.
+            at = f"{where}.kind.expression"
+            out.attempt(at, functools.partial(parse_condition, kind["expression"], at))
+    labels = _labels(fields.get("labels"), f"{where}.labels", out)
     if tag == "human_approval":
         approver = kind.get("approver", "human")
         if not isinstance(approver, str) or not approver.strip():
@@ -507,6 +638,7 @@ def _parse_node(
         agent=agent,
         branches=branches,
         description=str(fields.get("description") or ""),
+        labels=labels,
     )
 
 
@@ -519,13 +651,16 @@ def _timeout_or_raise(value: object) -> float | None:
 
 
 def _parse_branches(value: object, where: str, out: _Collector) -> tuple[Branch, ...]:
-    if not isinstance(value, list) or not value:
-        out.add(where, f"expected a non-empty list of branches, got {describe(value)}")
+    if not isinstance(value, list):
+        out.add(where, f"expected a list of branches, got {describe(value)}")
         return ()
-    branches = []
+    branches = []  # none: a pass-through, as upstream (docs/workflows.md §1.3)
     for index, spec in enumerate(value):
         at = f"{where}[{index}]"
         fields = _mapping(spec, at, out)
+        for key in fields:
+            if key not in ("condition", "target"):
+                out.add(child(at, str(key)), "unknown branch key (expected condition, target)")
         target = _text(fields.get("target"), f"{at}.target", out)
         condition = None
         if fields.get("condition") is not None:
@@ -573,28 +708,39 @@ def _check_graph(
     edges: tuple[EdgeDef, ...],
     out: _Collector,
 ) -> None:
+    """Check the graph; ``edges`` are all of them, in the file's order (``end`` included)."""
     known = set(raw_nodes)
     if start and start not in known:
         out.add("start_node", f"no node named {start!r}")
     successors: dict[str, list[str]] = {name: [] for name in known}
+    ends: set[str] = set()  # nodes with an edge to the terminal sentinel
     for index, edge in enumerate(edges):
-        for end, name in (("from", edge.source), ("to", edge.target)):
-            if name and name not in known:
-                out.add(f"edges[{index}].{end}", f"no node named {name!r}")
-        if edge.source in successors and edge.target in known:
+        terminal = edge.target == END and END not in known
+        for side, name in (("from", edge.source), ("to", edge.target)):
+            if name and name not in known and not (terminal and side == "to"):
+                sentinel = f" ({END!r} is only a target)" if name == END else ""
+                out.add(f"edges[{index}].{side}", f"no node named {name!r}{sentinel}")
+        if terminal:
+            ends.add(edge.source)
+        elif edge.source in successors and edge.target in known:
             successors[edge.source].append(edge.target)
     for node in nodes.values():
         for index, branch in enumerate(node.branches):
+            at = f"nodes.{node.node_id}.kind.branches[{index}].target"
             if not branch.target:
                 continue  # reported where it was parsed
-            if branch.target not in known:
-                out.add(
-                    f"nodes.{node.node_id}.kind.branches[{index}].target",
-                    f"no node named {branch.target!r}",
-                )
+            if branch.target == END and END not in known:
+                if node.node_id not in ends:
+                    out.add(
+                        at,
+                        f"no edge from {node.node_id!r} to {END!r} (a branch chooses among the "
+                        "condition node's edges; 'end' ends the path)",
+                    )
+            elif branch.target not in known:
+                out.add(at, f"no node named {branch.target!r}")
             elif branch.target not in successors[node.node_id]:
                 out.add(
-                    f"nodes.{node.node_id}.kind.branches[{index}].target",
+                    at,
                     f"no edge from {node.node_id!r} to {branch.target!r} (a branch chooses among "
                     "the condition node's edges)",
                 )
