@@ -60,7 +60,7 @@ import uuid
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Final, Generic, ParamSpec, TypeVar, cast
+from typing import Any, Final, Generic, ParamSpec, TypeVar, cast, overload
 
 import attrs
 
@@ -577,6 +577,28 @@ class Governor:
                 )
             self._tools[name] = tool
         return GovernedFunction(self, fn, tool, call_key=call_key, usage=usage)
+
+    @overload
+    def tool(
+        self,
+        fn: Callable[P, R],
+        *,
+        tool_name: str | None = None,
+        model: str | None = None,
+        call_key: Callable[..., Any] | None = None,
+        usage: UsageExtractor | None = None,
+    ) -> GovernedFunction[P, R]: ...
+
+    @overload
+    def tool(
+        self,
+        fn: None = None,
+        *,
+        tool_name: str | None = None,
+        model: str | None = None,
+        call_key: Callable[..., Any] | None = None,
+        usage: UsageExtractor | None = None,
+    ) -> Callable[[Callable[P, R]], GovernedFunction[P, R]]: ...
 
     def tool(
         self,
