@@ -1,0 +1,199 @@
+"""OpenTelemetry spans and the decision counter, through the real SDK: an in-memory span
+exporter and an in-memory metric reader (no mocks)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
+
+from charter.adapters.memory import MemoryStore
+from charter.core.budget import Usage
+from charter.core.events import NodeGated
+from charter.integrations.govern import Governor, Held, Refused, report_usage
+from charter.integrations.otel import DECISIONS_METRIC, Telemetry
+
+
+class Recorded:
+    def __init__(self) -> None:
+        self.exporter = InMemorySpanExporter()
+        tracer_provider = TracerProvider()
+        tracer_provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+        self.reader = InMemoryMetricReader()
+        self.telemetry = Telemetry(
+            tracer_provider=tracer_provider,
+            meter_provider=MeterProvider(metric_readers=[self.reader]),
+        )
+
+    def spans(self) -> list[ReadableSpan]:
+        return list(self.exporter.get_finished_spans())
+
+    def decisions(self) -> dict[tuple[str, str | None], int]:
+        counts: dict[tuple[str, str | None], int] = {}
+        data = self.reader.get_metrics_data()
+        assert data is not None
+        for resource in data.resource_metrics:
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    if metric.name != DECISIONS_METRIC:
+                        continue
+                    for point in metric.data.data_points:
+                        attributes = dict(point.attributes or {})
+                        rule = attributes.get("charter.policy.rule")
+                        key = (
+                            str(attributes["charter.outcome"]),
+                            None if rule is None else str(rule),
+                        )
+                        counts[key] = int(getattr(point, "value", 0))
+        return counts
+
+
+@pytest.fixture
+def recorded() -> Recorded:
+    return Recorded()
+
+
+def _attributes(span: ReadableSpan) -> dict[str, Any]:
+    return dict(span.attributes or {})
+
+
+def test_a_governed_call_has_a_decision_span_and_an_execute_tool_span(
+    recorded: Recorded,
+) -> None:
+    store = MemoryStore()
+    governor = Governor(store=store, run_id="o1", telemetry=recorded.telemetry)
+
+    @governor.tool(tool_name="search.web", model="gpt-4o")
+    def search(query: str) -> str:
+        report_usage(input_tokens=12, output_tokens=3, cost_usd=0.002)
+        return query
+
+    assert search("x") == "x"
+    gate, tool = recorded.spans()
+    assert gate.name == "charter.gate search.web"
+    decision = _attributes(gate)
+    gated = next(e for e in store.read_events("o1") if isinstance(e.kind, NodeGated))
+    assert decision["charter.outcome"] == "run"
+    assert decision["charter.run_id"] == "o1"
+    assert decision["charter.node_id"] == "search.web"
+    assert decision["charter.event.sequence"] == gated.sequence
+    assert decision["charter.attempt"] == 0
+    assert decision["gen_ai.request.model"] == "gpt-4o"
+
+    assert tool.name == "execute_tool search.web"
+    execution = _attributes(tool)
+    assert execution["gen_ai.operation.name"] == "execute_tool"
+    assert execution["gen_ai.tool.name"] == "search.web"
+    assert execution["gen_ai.request.model"] == "gpt-4o"
+    assert execution["gen_ai.usage.input_tokens"] == 12
+    assert execution["gen_ai.usage.output_tokens"] == 3
+    assert execution["charter.usage.cost_usd"] == 0.002
+    assert execution["charter.settlement"] == "completed"
+    assert execution["charter.event.sequence"] == gated.sequence + 1  # its usage_recorded
+    assert recorded.decisions() == {("run", None): 1}
+
+
+def test_refusals_and_holds_are_decision_spans_without_execution(recorded: Recorded) -> None:
+    governor = Governor(
+        store=MemoryStore(),
+        run_id="o2",
+        policy={"blocked_tools": ["db.*"], "require_approval_for": ["pay"]},
+        telemetry=recorded.telemetry,
+    )
+    drop = governor.govern(lambda: None, tool_name="db.drop")
+    pay = governor.govern(lambda: None, tool_name="pay")
+    with pytest.raises(Refused):
+        drop()
+    with pytest.raises(Held):
+        pay()
+    spans = recorded.spans()
+    assert [span.name for span in spans] == ["charter.gate db.drop", "charter.gate pay"]
+    refused, held = (_attributes(span) for span in spans)
+    assert refused["charter.outcome"] == "fail"
+    assert refused["charter.policy.rule"] == "blocked_tools"
+    assert refused["charter.policy.scope"] == "workflow"
+    assert refused["charter.policy.pattern"] == "db.*"
+    assert held["charter.outcome"] == "hold"
+    assert held["charter.policy.rule"] == "require_approval_for"
+    assert recorded.decisions() == {
+        ("fail", "blocked_tools"): 1,
+        ("hold", "require_approval_for"): 1,
+    }
+
+
+def test_an_exception_marks_the_execute_tool_span(recorded: Recorded) -> None:
+    governor = Governor(store=MemoryStore(), run_id="o3", telemetry=recorded.telemetry)
+
+    async def broken() -> None:
+        raise RuntimeError("down")
+
+    call = governor.govern(broken)
+    with pytest.raises(RuntimeError, match="down"):
+        asyncio.run(call())
+    _, tool = recorded.spans()
+    assert tool.status.status_code is StatusCode.ERROR
+    assert _attributes(tool)["error.type"] == "RuntimeError"
+    assert _attributes(tool)["charter.settlement"] == "errored"
+
+
+def test_the_worker_helper_records_a_committed_decision(recorded: Recorded) -> None:
+    gated = NodeGated(
+        node_id="issue_refund",
+        attempt=1,
+        outcome="hold",
+        reason="approval needed",
+        policy_decision="require_approval",
+        policy_scope="tenant",
+        policy_rule="require_approval_for",
+        policy_pattern="payments.*",
+    )
+    recorded.telemetry.record_decision(
+        gated, run_id="refund-1", sequence=9, tool_name="payments.refund"
+    )
+    with recorded.telemetry.tool_span("payments.refund", run_id="refund-1", node_id="n") as span:
+        span.settled(Usage(input_tokens=5, output_tokens=1), sequence=12, outcome="completed")
+    decision, tool = recorded.spans()
+    assert _attributes(decision) == {
+        "charter.node_id": "issue_refund",
+        "charter.outcome": "hold",
+        "charter.reason": "approval needed",
+        "charter.policy.decision": "require_approval",
+        "charter.policy.rule": "require_approval_for",
+        "charter.policy.scope": "tenant",
+        "charter.policy.pattern": "payments.*",
+        "charter.run_id": "refund-1",
+        "charter.attempt": 1,
+        "charter.event.sequence": 9,
+        "gen_ai.tool.name": "payments.refund",
+    }
+    assert _attributes(tool)["gen_ai.usage.input_tokens"] == 5
+    assert recorded.decisions() == {("hold", "require_approval_for"): 1}
+
+
+def test_without_the_api_everything_is_a_no_op() -> None:
+    """A process where ``opentelemetry`` cannot be imported still governs calls."""
+    script = """
+import sys
+sys.modules["opentelemetry"] = None  # as if not installed
+from charter.adapters.memory import MemoryStore
+from charter.integrations import otel
+from charter.integrations.govern import govern
+assert not otel.AVAILABLE
+double = govern(lambda x: 2 * x, store=MemoryStore(), tool_name="double")
+assert double(21) == 42
+print("ok")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
