@@ -88,6 +88,7 @@ class _PgTx:
         self.now = now
         self._stamp = stamp  # None: the database's clock when an execution's lock is taken
         self._locked: dict[str, datetime] = {}  # execution → when its row lock was taken
+        self._heads: dict[str, Row] = {}  # heads locked and read with a claimable item
         self._effects: dict[str, bool] = {}  # effect key → whether a row was there
         self._new_items: list[tuple[WorkItem, str]] = []
         self._guards: list[tuple[str, Cursor]] = []  # guarded item updates sent
@@ -141,14 +142,22 @@ class _PgTx:
 
     def next_claimable(self, queues: Sequence[str], execution_id: str | None) -> WorkItem | None:
         query = q.CLAIMABLE if execution_id is None else q.CLAIMABLE_OF_EXECUTION
-        row = self._one(query, {"queues": list(queues), "now": self.now, "run": execution_id})
-        return None if row is None else q.item(row)
+        params = {"queues": list(queues), "now": self.now, "run": execution_id}
+        row = self._one(query, {**params, "stamp": self._stamp})
+        if row is None:
+            return None
+        item = q.item(row[: len(q.ITEM_COLUMNS)])
+        # Its execution's row was locked by the same statement: `head` answers from it.
+        self._heads[item.execution_id] = row[len(q.ITEM_COLUMNS) :]
+        return item
 
     def expired(self, limit: int) -> list[WorkItem]:
         return [q.item(row) for row in self._execute(q.EXPIRED, (self.now, limit)).fetchall()]
 
     def head(self, execution_id: str) -> plan.Head | None:
-        row = self._one(q.LOCK_HEAD, {"id": execution_id, "stamp": self._stamp})
+        row = self._heads.pop(execution_id, None)  # read with a claimed item: still locked
+        if row is None:
+            row = self._one(q.LOCK_HEAD, {"id": execution_id, "stamp": self._stamp})
         if row is None:
             return None
         last, head_hash, status, tenant_id, locked_at = row

@@ -188,24 +188,29 @@ def _excluded(columns: Sequence[str]) -> str:
 
 ITEM: Final = f"SELECT {ITEMS} FROM work_items WHERE item_id = %s"
 ITEMS_BY_ID: Final = f"SELECT {ITEMS} FROM work_items WHERE item_id = ANY(%s::text[])"
-# The oldest available pending item of the queues, passing over rows other claims hold.
+# An execution's head, locked: its latest sequence and hash, status, tenant and the time
+# the lock was taken (events appended under it are stamped so, hence in commit order).
+_HEAD: Final = (
+    "x.last_sequence, x.head_hash, x.status, x.tenant_id, "
+    "coalesce(%(stamp)s::timestamptz, clock_timestamp())"
+)
+LOCK_HEAD: Final = f"SELECT {_HEAD} FROM executions x WHERE x.execution_id = %(id)s FOR UPDATE"
+# The oldest available pending item of the queues, passing over rows other claims hold, with
+# its execution's head, locked after it (the lock order): a claim's two reads in one.
 CLAIMABLE: Final = (
-    f"SELECT {ITEMS} FROM work_items WHERE status = {_PENDING} "
-    "AND queue = ANY(%(queues)s::text[]) AND available_at <= %(now)s "
-    "ORDER BY available_at, ordinal LIMIT 1 FOR UPDATE SKIP LOCKED"
+    f"SELECT {', '.join(f'w.{column}' for column in ITEM_COLUMNS)}, {_HEAD} "
+    "FROM work_items w JOIN executions x ON x.execution_id = w.execution_id "
+    f"WHERE w.status = {_PENDING} AND w.queue = ANY(%(queues)s::text[]) "
+    "AND w.available_at <= %(now)s ORDER BY w.available_at, w.ordinal LIMIT 1 "
+    "FOR UPDATE OF w SKIP LOCKED FOR UPDATE OF x"
 )
 CLAIMABLE_OF_EXECUTION: Final = CLAIMABLE.replace(
-    "AND queue", "AND execution_id = %(run)s AND queue"
+    "AND w.queue", "AND w.execution_id = %(run)s AND w.queue"
 )
 # Items a live transaction holds (being committed right now) are passed over.
 EXPIRED: Final = (
     f"SELECT {ITEMS} FROM work_items WHERE status = {_CLAIMED} AND lease_expires_at < %s "
     "ORDER BY lease_expires_at, ordinal LIMIT %s FOR UPDATE SKIP LOCKED"
-)
-LOCK_HEAD: Final = (
-    "SELECT last_sequence, head_hash, status, tenant_id, "
-    "coalesce(%(stamp)s::timestamptz, clock_timestamp()) FROM executions "
-    "WHERE execution_id = %(id)s FOR UPDATE"
 )
 LEDGER: Final = f"SELECT {', '.join(LEDGER_COLUMNS)} FROM ledger WHERE execution_id = %s"
 EFFECT: Final = f"SELECT {', '.join(EFFECT_COLUMNS)} FROM effects WHERE key = %s FOR UPDATE"
