@@ -21,6 +21,8 @@ ALLOWED_IMPORTS = {
     "__future__",
     "ast",
     "attrs",
+    "base64",
+    "binascii",
     "collections",
     "collections.abc",
     "datetime",
