@@ -260,6 +260,9 @@ def test_the_examples_tenant_file_is_final() -> None:
     acme = load_policy_layer(examples / "tenant-acme.yaml", PolicyScope.TENANT)
     assert acme.final is True
     assert load_policy_file(examples / "policy.yaml").tenant_combining == "most-specific"
+    # Picking a workflow or node layer out of a layered file is still allowed (what-if).
+    picked = load_policy_layer(examples / "policy.yaml", PolicyScope.WORKFLOW)
+    assert picked.require_approval_for == ("payments.*",)
 
 
 # ── finality is part of the set: digest, equality, the store ───────────────────────────

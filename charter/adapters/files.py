@@ -227,40 +227,50 @@ def load_policy_file(path: str | Path, scope: PolicyScope = PolicyScope.WORKFLOW
 
 
 def load_policy_layer(path: str | Path, scope: PolicyScope) -> PolicySet:
-    """The ``scope`` layer of a policy file: a bare set (taken at ``scope``), or the only
-    layer of a layered file, named ``scope``. Nothing in the file may go unused: a layered
-    file with other layers, or with a top-level ``combining`` (the chain's mode, which one
-    layer does not carry), is `InvalidInput` naming the file and the key. A tenant layer
-    says how it combines inside itself (``combining: final | most-specific``)."""
+    """The ``scope`` layer of a policy file: a bare set (taken at ``scope``), or the layer of
+    that name in a layered file; a file without one is `InvalidInput` naming it.
+
+    A tenant policy file must use everything it says (docs/semantics.md §2.5): at tenant
+    scope a layered file may hold only ``tenant:`` (which says how it combines inside
+    itself, ``combining: final | most-specific``); another layer or a top-level
+    ``combining`` would be ignored and is refused, naming the file and the key. At workflow
+    or node scope the named layer is picked out of a layered file (``charter audit what-if
+    --scope workflow --policy examples/policy.yaml``).
+    """
     data = read_document(path)
     try:
         policy = parse_policy_document(data, where="", scope=scope)
     except InvalidInput as error:
         raise error.within(f"{path}:") from None
-    keys = set(data) if isinstance(data, Mapping) else set()
-    if not _is_bare(keys, scope):
-        for key in sorted(str(key) for key in keys):
-            if key == scope.value:
-                continue
-            if key == "combining":
-                hint = (
-                    "put it inside the tenant layer (`tenant: {combining: most-specific, …}`)"
-                    if scope is PolicyScope.TENANT
-                    else f"the {scope.value} layer alone does not carry the chain's mode"
-                )
-                problem = f"would be ignored: a {scope.value} policy is one layer; {hint}"
-            else:
-                problem = (
-                    f"would be ignored: a {scope.value} policy is one layer, "
-                    f"expected only '{scope.value}:' (or a bare set)"
-                )
-            raise InvalidInput(key, problem).within(f"{path}:")
+    if scope is PolicyScope.TENANT:
+        _refuse_unused_tenant_keys(path, data)
     layers = [layer for layer in policy.layers if layer.scope is scope]
     if len(layers) != 1:
         raise InvalidInput(
             str(path), f"expected one {scope.value} layer (a bare set or '{scope.value}:')"
         )
     return layers[0].policy
+
+
+def _refuse_unused_tenant_keys(path: str | Path, data: object) -> None:
+    keys = set(data) if isinstance(data, Mapping) else set()
+    if _is_bare(keys, PolicyScope.TENANT):
+        return
+    for key in sorted(str(key) for key in keys):
+        if key == PolicyScope.TENANT.value:
+            continue
+        if key == "combining":
+            problem = (
+                "would be ignored: a tenant policy is one layer, and this is the chain's "
+                "mode; say how the tenant's rules combine inside the tenant layer "
+                "(`tenant: {combining: most-specific, …}`)"
+            )
+        else:
+            problem = (
+                "would be ignored: a tenant policy is one layer, "
+                "expected only 'tenant:' (or a bare set)"
+            )
+        raise InvalidInput(key, problem).within(f"{path}:")
 
 
 def load_workflow_file(path: str | Path) -> tuple[WorkflowDef, dict[str, Any]]:

@@ -2,7 +2,9 @@
 
 `gate_node` composes, in this order (docs/semantics.md, "The gate"):
 
-1. **policy** — Block fails the node; RequireApproval marks it as needing approval;
+1. **policy** — Block fails the node; RequireApproval marks it as needing approval (final
+   layers, a tenant's by default, are never relaxed by more specific ones, and the rule they
+   overruled is recorded: docs/semantics.md §2.5);
 2. **autonomy** (when an agent card applies) — a circuit-breaker trip or an escalated limit
    fails the node; RequireToolApproval marks it as needing approval;
 3. **budget, before** (``>=``) — a spent budget fails the node;
