@@ -231,7 +231,7 @@ def test_layered_files_report_the_tenant_combining(tmp_path: Path) -> None:
          "expected final or most-specific"),
         ("tenant: {blocked_tools: [a], combining: deny-overrides}\n", "tenant.combining",
          "a tenant's rules are final by default"),
-        ("tenant: {blocked_tools: [a], approvers: [x]}\n", "tenant.approvers",
+        ("tenant: {blocked_tools: [a], approverz: [x]}\n", "tenant.approverz",
          "unknown policy key"),
         ("tenant: {blocked_tools: [a]}\ncombining: deny-overrides\n", "combining",
          "would be ignored"),

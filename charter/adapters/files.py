@@ -126,7 +126,7 @@ def _tenant_set(data: object, where: str) -> PolicySet:
     """A tenant layer: a policy set plus an optional ``combining: final | most-specific``
     (default ``final``: more specific layers may add restrictions, never remove one)."""
     if not isinstance(data, Mapping) or "combining" not in data:
-        return attrs.evolve(PolicySet.from_dict(data, where), final=True)
+        return attrs.evolve(PolicySet.from_dict(data, where, tenant=True), final=True)
     raw = data["combining"]
     at = child(where, "combining")
     if raw == CombiningMode.DENY_OVERRIDES.value:
@@ -144,7 +144,7 @@ def _tenant_set(data: object, where: str) -> PolicySet:
             f"workflow and node rules), got {describe(raw)}",
         )
     rules = {key: value for key, value in data.items() if key != "combining"}
-    return attrs.evolve(PolicySet.from_dict(rules, where), final=raw == TENANT_FINAL)
+    return attrs.evolve(PolicySet.from_dict(rules, where, tenant=True), final=raw == TENANT_FINAL)
 
 
 def _layer(scope: PolicyScope, data: object, where: str) -> PolicyLayer:

@@ -32,9 +32,10 @@ import attrs
 
 from charter.core import _check
 from charter.core.canonical import content_digest
-from charter.core.errors import PolicyError, child, describe
+from charter.core.errors import InvalidInput, PolicyError, child, describe
 from charter.core.glob import GlobPattern
 from charter.core.nodes import NODE_KINDS, node_kind_info, policy_names, resolve_model
+from charter.core.signing import decode_key
 
 __all__ = [
     "ALLOW",
@@ -268,6 +269,40 @@ def _final(value: bool | None) -> bool | None:
     raise PolicyError("final", f"expected true or false, got {describe(value)}")
 
 
+def _approver_keys(value: object) -> tuple[tuple[str, tuple[str, ...]], ...] | None:
+    """``{approver: [key, …]}`` (or its pairs) as sorted pairs, each key checked; none is
+    kept as ``None`` (so a set without keys encodes and digests as before the field)."""
+    if value is None or value == () or value == {} or value == []:
+        return None
+    shape = f"expected a mapping of approver names to lists of keys, got {describe(value)}"
+    if isinstance(value, Mapping):
+        items: list[object] = list(value.items())
+    elif isinstance(value, tuple | list):
+        items = list(value)
+    else:
+        raise PolicyError("approvers", shape)
+    out: dict[str, tuple[str, ...]] = {}
+    for item in items:
+        if not (isinstance(item, tuple | list) and len(item) == 2):
+            raise PolicyError("approvers", shape)
+        name, keys = item
+        where = child("approvers", str(name))
+        text = _check.text(name, "approvers", PolicyError)
+        if isinstance(keys, str) or not isinstance(keys, Iterable):
+            raise PolicyError(where, f"expected a list of public keys, got {describe(keys)}")
+        checked = []
+        for index, key in enumerate(keys):
+            try:
+                decode_key(key, f"{where}[{index}]")
+            except InvalidInput as error:
+                raise PolicyError(error.where, error.problem) from None
+            checked.append(key)
+        if not checked:
+            raise PolicyError(where, "expected at least one public key (or leave the name out)")
+        out[text] = tuple(checked)
+    return tuple(sorted(out.items()))
+
+
 def _approver(value: str | None) -> str | None:
     if value is None:
         return None
@@ -286,6 +321,10 @@ class PolicySet:
       ``approver`` when set (a user id, comma-separated user-id globs, or ``"human"`` for
       any identified person; the default), an extension of upstream's shape.
     * ``model_allowlist``: when non-empty, a model node whose model matches none is blocked.
+    * ``approver_keys`` (Charter's, tenant files' ``approvers: {name: [ed25519:…]}``): the
+      public keys whose signature an answer by that approver must carry (a list, for
+      rotation; docs/semantics.md §5); ``resolver``: who may resolve a lost outcome (same
+      form as ``approver``; default any identified person).
     * ``final`` (Charter's): when true, more specific layers may add restrictions to this
       set's rules but never remove one (docs/semantics.md §2.5). Tenant policy files are
       final by default; in code the default is upstream's (not final). ``False`` is kept as
@@ -302,6 +341,10 @@ class PolicySet:
     model_allowlist: tuple[str, ...] = attrs.field(default=(), converter=_model_allowlist)
     approver: str | None = attrs.field(default=None, kw_only=True, converter=_approver)
     final: bool | None = attrs.field(default=None, kw_only=True, converter=_final)
+    approver_keys: tuple[tuple[str, tuple[str, ...]], ...] | None = attrs.field(
+        default=None, kw_only=True, converter=_approver_keys
+    )
+    resolver: str | None = attrs.field(default=None, kw_only=True, converter=_approver)
     _blocked: _RuleIndex = attrs.field(init=False, eq=False, repr=False, hash=False)
     _approval: _RuleIndex = attrs.field(init=False, eq=False, repr=False, hash=False)
     _allow: _RuleIndex = attrs.field(init=False, eq=False, repr=False, hash=False)
@@ -323,7 +366,16 @@ class PolicySet:
             shape["approver"] = self.approver
         if self.final:
             shape["final"] = True
+        if self.approver_keys:
+            shape["approvers"] = {name: list(keys) for name, keys in self.approver_keys}
+        if self.resolver is not None:
+            shape["resolver"] = self.resolver
         setter(self, "_digest", content_digest(shape))
+
+    @property
+    def keys_by_approver(self) -> dict[str, tuple[str, ...]]:
+        """The public keys the set names for each approver (signed answers; empty: none)."""
+        return dict(self.approver_keys or ())
 
     @property
     def digest(self) -> str:
@@ -331,26 +383,38 @@ class PolicySet:
         policy decided."""
         return self._digest
 
+    #: Keys only a tenant's set may have (who may answer, and with which keys).
+    TENANT_KEYS = ("approvers", "resolver")
+
     @classmethod
-    def from_dict(cls, data: object, where: str = "policy") -> PolicySet:
+    def from_dict(cls, data: object, where: str = "policy", *, tenant: bool = False) -> PolicySet:
         """A policy set from its JSON shape (upstream ``PolicySetIr`` plus the optional
         ``approver``); a missing list is empty; an unknown key, a non-list or a non-string
         pattern is an error naming it. Finality is not part of this shape: a tenant policy
         file says it with ``combining:`` (`charter.adapters.files`), code with ``final=``."""
         if not isinstance(data, Mapping):
             raise PolicyError(where, f"expected a mapping of pattern lists, got {describe(data)}")
+        allowed = (*cls.KEYS, *cls.TENANT_KEYS) if tenant else cls.KEYS
         for key in data:
-            if key not in cls.KEYS:
+            if key not in allowed:
+                extra = "; approvers and resolver belong to a tenant" if not tenant else ""
                 raise PolicyError(
                     child(where, str(key)),
-                    f"unknown policy key (expected one of: {', '.join(cls.KEYS)})",
+                    f"unknown policy key (expected one of: {', '.join(allowed)}){extra}",
                 )
         blocked, approval, allow = (
             _check.patterns(data.get(key, ()), child(where, key), PolicyError)
             for key in cls.KEYS[:3]
         )
         try:
-            return cls(blocked, approval, allow, approver=data.get("approver"))
+            return cls(
+                blocked,
+                approval,
+                allow,
+                approver=data.get("approver"),
+                approver_keys=data.get("approvers"),
+                resolver=data.get("resolver"),
+            )
         except PolicyError as error:
             raise error.within(where) from None
 
