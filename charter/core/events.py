@@ -74,6 +74,8 @@ __all__ = [
     "NodeScheduled",
     "NodeSkipped",
     "NodeStarted",
+    "OutcomeResolved",
+    "OutcomeUnknown",
     "PlanGenerated",
     "PolicyViolation",
     "ProvenanceMetadata",
@@ -235,6 +237,50 @@ class ApprovalReceived:
     state_patch: JsonValue = None
     #: Charter: the digest of the request this decision answers (binds it to that request).
     request_digest: str | None = None
+    #: Charter, signed answers (docs/semantics.md §5): the attempt answered, when the answer
+    #: was given (the statement's time), the digest of the tenant policy in force, the
+    #: signer's public key and the signature over the canonical statement.
+    attempt: int | None = None
+    decided_at: str | None = None
+    policy_digest: str | None = None
+    key: str | None = None
+    signature: str | None = None
+    #: Charter: the operating-system account that recorded the answer (``{user, uid,
+    #: host}``): evidence of who typed it, not proof of who approved.
+    recorded_by: JsonValue = None
+
+
+@attrs.frozen(kw_only=True)
+class OutcomeUnknown:
+    """Charter: a non-idempotent node's earlier attempt may or may not have happened (its
+    worker stopped mid-call and no result was recorded), so it is not fired again: the node
+    waits for a person to say what happened (`OutcomeResolved`)."""
+
+    node_id: str
+    attempt: int
+    idempotency_key: str
+    reason: str
+
+
+@attrs.frozen(kw_only=True)
+class OutcomeResolved:
+    """Charter: a person's answer about an unknown outcome: ``resolution`` is ``succeeded``
+    (the node completes with ``output``), ``failed`` (it fails with ``reason``) or
+    ``retry`` (it runs once more). Authorised and signed like an approval (the statement's
+    ``decision`` is the resolution)."""
+
+    node_id: str
+    attempt: int
+    resolution: str
+    user_id: str
+    output: JsonValue = None
+    reason: str | None = None
+    comment: str | None = None
+    decided_at: str | None = None
+    policy_digest: str | None = None
+    key: str | None = None
+    signature: str | None = None
+    recorded_by: JsonValue = None
 
 
 @attrs.frozen(kw_only=True)
@@ -630,6 +676,8 @@ EventKind = (
     | ApprovalReceived
     | ToolApprovalRequired
     | ApprovalConsumed
+    | OutcomeUnknown
+    | OutcomeResolved
     | TimerCreated
     | TimerFired
     | ExternalEventReceived
