@@ -245,7 +245,7 @@ def _package_modules() -> list[Path]:
 
 
 def test_only_the_cli_prints() -> None:
-    offenders = []
+    offenders: list[str] = []
     for path in _package_modules():
         relative = path.relative_to(ROOT).as_posix()
         if relative.startswith("charter/cli/") or relative in PRINTS_ALLOWED:

@@ -36,7 +36,7 @@ from charter.core.commit import (
     UpdateItem,
 )
 from charter.core.errors import NotFound
-from charter.core.events import Event, JsonValue
+from charter.core.events import Event, JsonValue, event_type
 from charter.core.policy import PolicySet
 from charter.core.ports import Clock
 from charter.core.records import (
@@ -171,6 +171,16 @@ class _MemoryTx:
 
     def effect(self, key: str) -> EffectRow | None:
         return self.t.effects.get(key)
+
+    def tenant(self, tenant_id: str) -> Tenant | None:
+        return self.t.tenants.get(tenant_id)
+
+    def node_events(self, execution_id: str, node_id: str, types: Sequence[str]) -> list[Event]:
+        return [
+            event
+            for event in self.t.events[execution_id]
+            if event_type(event.kind) in types and event.node_id == node_id
+        ]
 
     def snapshot_base(self, execution_id: str) -> tuple[Snapshot | None, JsonValue]:
         return self.t.snapshots.get(execution_id), self.t.executions[execution_id].initial_input

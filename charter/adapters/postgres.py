@@ -55,7 +55,7 @@ from charter.core import commit as plan
 from charter.core.approvals import ApprovalStatus, Pending
 from charter.core.budget import BudgetState
 from charter.core.errors import NotFound
-from charter.core.events import Event, JsonValue
+from charter.core.events import Event, JsonValue, event_type
 from charter.core.policy import PolicySet
 from charter.core.ports import Clock
 from charter.core.records import (
@@ -189,6 +189,17 @@ class _PgTx:
         if row is None:
             return None
         return plan.ApprovalRow(status=loads(row[0], ApprovalStatus), requested_at=row[1])
+
+    def tenant(self, tenant_id: str) -> Tenant | None:
+        row = self._one("SELECT record_json FROM tenants WHERE tenant_id = %s", (tenant_id,))
+        return None if row is None else loads(row[0], Tenant)
+
+    def node_events(self, execution_id: str, node_id: str, types: Sequence[str]) -> list[Event]:
+        if self._new_items:
+            self.flush()
+        rows, _ = q.log(self._cursor, execution_id, 0, None)
+        events = (q.event(execution_id, row) for row in rows)
+        return [e for e in events if event_type(e.kind) in types and e.node_id == node_id]
 
     def effect(self, key: str) -> plan.EffectRow | None:
         row = self._one(q.EFFECT, (key,))

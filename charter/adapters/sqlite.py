@@ -250,6 +250,18 @@ class _SqliteTx(_Rows):
         row = self.one(stored.EFFECT_SELECT, (key,))
         return None if row is None else stored.effect(key, row)
 
+    def tenant(self, tenant_id: str) -> Tenant | None:
+        row = self.one("SELECT record_json FROM tenants WHERE tenant_id = ?", (tenant_id,))
+        return None if row is None else loads(row[0], Tenant)
+
+    def node_events(self, execution_id: str, node_id: str, types: Sequence[str]) -> list[Event]:
+        found = []
+        for row in self.all(stored.LOG_SELECT, (execution_id, 0, -1)):
+            data = json.loads(row[2])
+            if data.get("type") in types and data.get("node_id") == node_id:
+                found.append(stored.event(execution_id, row, load(data, EventKind)))
+        return found
+
     def snapshot_base(self, execution_id: str) -> tuple[Snapshot | None, JsonValue]:
         initial, at_sequence, state, created_at = self.one(_SNAPSHOT_BASE, (execution_id,))
         if at_sequence is None:

@@ -58,6 +58,7 @@ from charter.core.records import (
     check_identifier,
     encode_json,
 )
+from charter.core.signing import Signature
 
 __all__ = [
     "COMMIT_OUTCOMES",
@@ -176,6 +177,16 @@ def commit_spec(request: CommitRequest) -> CommitSpec:
         then_items=tuple(request.then_items),
         then_if_last_sequence=request.then_if_last_sequence,
     )
+
+
+def check_signature(signature: object, decided_at: object) -> None:
+    """A signed answer's signature and the time its statement names (both or neither)."""
+    if signature is None:
+        return
+    if not isinstance(signature, Signature):
+        raise InvalidInput("signature", f"expected a Signature, got {signature!r}")
+    if not isinstance(decided_at, str):
+        raise InvalidInput("decided_at", "a signed answer needs the time its statement names")
 
 
 def check_moment(value: object, field: str) -> datetime:

@@ -29,10 +29,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 from charter.adapters import store_support as checks
 from charter.adapters.chain import GENESIS, link_hashes
+from charter.adapters.keys import verify
+from charter.core import answers
 from charter.core import commit as planner
 from charter.core.approvals import ApprovalRefused
 from charter.core.budget import BudgetState, Usage
@@ -55,6 +57,7 @@ from charter.core.commit import (
 )
 from charter.core.events import ApprovalDecision, Event, EventKind, JsonValue
 from charter.core.materialize import Materialized, apply_events
+from charter.core.policy import PolicySet
 from charter.core.ports import Clock, CommitRequest, ReclaimResult
 from charter.core.records import (
     Claim,
@@ -68,6 +71,7 @@ from charter.core.records import (
     check_identifier,
     encode_json,
 )
+from charter.core.signing import Signature
 
 __all__ = ["PlannedStore", "Tx", "new_event_id"]
 
@@ -111,6 +115,12 @@ class Tx(Protocol):
     def ledger(self, execution_id: str) -> BudgetState: ...
     def approval(self, execution_id: str, node_id: str) -> ApprovalRow | None: ...
     def effect(self, key: str) -> EffectRow | None: ...
+    def tenant(self, tenant_id: str) -> Tenant | None: ...
+    def node_events(self, execution_id: str, node_id: str, types: Sequence[str]) -> list[Event]:
+        """The execution's events about ``node_id`` whose ``type`` is one of ``types``, in
+        log order."""
+        ...
+
     def snapshot_base(self, execution_id: str) -> tuple[Snapshot | None, JsonValue]:
         """The execution's latest snapshot, and its initial input (a first snapshot folds
         from it)."""
@@ -149,6 +159,18 @@ class Tx(Protocol):
     def put_effect(self, row: EffectRow, result_json: str | None) -> None: ...
     def release_effects(self, write: ReleaseEffects) -> None: ...
     def put_snapshot(self, snapshot: Snapshot) -> None: ...
+
+
+#: The event types a resolution reads (`Tx.node_events`).
+_OUTCOME_TYPES: Final = ("outcome_unknown", "outcome_resolved")
+
+
+def _policy(tx: Tx, head: Head | None) -> PolicySet | None:
+    """The tenant's policy in force (who may answer, with which keys)."""
+    if head is None:
+        return None
+    tenant = tx.tenant(head.tenant_id)
+    return tenant.policy if tenant is not None else None
 
 
 def new_event_id() -> str:
@@ -519,23 +541,83 @@ class PlannedStore:
         decision: ApprovalDecision,
         comment: str | None = None,
         state_patch: JsonValue = None,
+        signature: Signature | None = None,
+        decided_at: str | None = None,
+        recorded_by: JsonValue = None,
     ) -> Event | ApprovalRefused:
         check_identifier(user_id, "user_id")
         encode_json(state_patch, "state_patch")
+        encode_json(recorded_by, "recorded_by")
+        checks.check_signature(signature, decided_at)
 
         def work(tx: Tx) -> Event | ApprovalRefused:
             head = tx.head(execution_id)
             row = tx.approval(execution_id, node_id) if head is not None else None
-            plan = planner.plan_decision(
+            plan = answers.plan_decision(
                 execution_id,
                 head,
                 row,
+                _policy(tx, head),
                 node_id=node_id,
                 user_id=user_id,
                 decision=decision,
                 comment=comment,
                 state_patch=state_patch,
                 now=tx.now,
+                verify=verify,
+                signature=signature,
+                decided_at=decided_at,
+                recorded_by=recorded_by,
+            )
+            if isinstance(plan, ApprovalRefused):
+                return plan
+            assert head is not None
+            (event,) = self._apply(tx, plan, {execution_id: head})
+            return event
+
+        return self._transact(work)
+
+    def resolve_outcome(
+        self,
+        execution_id: str,
+        node_id: str,
+        *,
+        user_id: str,
+        resolution: str,
+        output: JsonValue = None,
+        reason: str | None = None,
+        comment: str | None = None,
+        signature: Signature | None = None,
+        decided_at: str | None = None,
+        recorded_by: JsonValue = None,
+    ) -> Event | ApprovalRefused:
+        """Record a person's answer about a node's lost outcome (`charter.core.answers.
+        plan_resolution`): ``succeeded`` (with ``output``), ``failed`` (with ``reason``) or
+        ``retry``; refused (`ApprovalRefused`) when nothing waits or the user may not."""
+        check_identifier(user_id, "user_id")
+        encode_json(output, "output")
+        encode_json(recorded_by, "recorded_by")
+        checks.check_signature(signature, decided_at)
+
+        def work(tx: Tx) -> Event | ApprovalRefused:
+            head = tx.head(execution_id)
+            events = tx.node_events(execution_id, node_id, _OUTCOME_TYPES) if head else []
+            plan = answers.plan_resolution(
+                execution_id,
+                head,
+                events,
+                _policy(tx, head),
+                node_id=node_id,
+                user_id=user_id,
+                resolution=resolution,
+                output=output,
+                reason=reason,
+                comment=comment,
+                now=tx.now,
+                verify=verify,
+                signature=signature,
+                decided_at=decided_at,
+                recorded_by=recorded_by,
             )
             if isinstance(plan, ApprovalRefused):
                 return plan

@@ -30,18 +30,15 @@ from typing import Final, TypeAlias
 import attrs
 
 from charter.core.approvals import (
-    ApprovalRefused,
     ApprovalStatus,
     Approved,
     NotRequested,
     approval_after,
-    decide_approval,
 )
 from charter.core.budget import BudgetState, Usage
 from charter.core.errors import Conflict, InvalidInput, NotFound, UnknownTenant
 from charter.core.events import (
     ApprovalConsumed,
-    ApprovalDecision,
     ApprovalReceived,
     EventKind,
     JsonValue,
@@ -75,6 +72,7 @@ __all__ = [
     "Head",
     "InsertExecution",
     "InsertItem",
+    "LogDraft",
     "Plan",
     "PutApproval",
     "PutEffect",
@@ -91,7 +89,6 @@ __all__ = [
     "plan_claim",
     "plan_commit",
     "plan_create_execution",
-    "plan_decision",
     "plan_enqueue",
     "plan_fail",
     "plan_heartbeat",
@@ -296,7 +293,7 @@ def same_item_content(existing: WorkItem, new: NewWorkItem) -> bool:
     )
 
 
-class _Log:
+class LogDraft:
     """The appends of one plan to one execution, with the projections they imply."""
 
     def __init__(self, head: Head, approvals: Mapping[str, ApprovalRow | None]) -> None:
@@ -453,7 +450,7 @@ def plan_create_execution(
         last_sequence=0,
     )
     writes: list[Write] = [InsertExecution(execution=row)]
-    writes += _Log(head, dict.fromkeys(approval_nodes(kinds))).append(kinds, now)
+    writes += LogDraft(head, dict.fromkeys(approval_nodes(kinds))).append(kinds, now)
     writes += _new_items(items, {row.execution_id: row.tenant_id}, existing_items, now)
     return Plan(tuple(writes))
 
@@ -479,7 +476,7 @@ def plan_append(
             f"execution {execution_id!r} moved on: its latest event is "
             f"{head.last_sequence}, not {expected_last_sequence}"
         )
-    writes = _Log(head, approvals).append(kinds, now)
+    writes = LogDraft(head, approvals).append(kinds, now)
     writes += _new_items(items, {execution_id: head.tenant_id}, existing_items, now)
     return Plan(tuple(writes))
 
@@ -514,7 +511,7 @@ def plan_claim(
     writes: list[Write] = [
         UpdateItem(item=claimed, expect_status=item.status, expect_fence=item.fence)
     ]
-    writes += _Log(head, {}).append((started,), now)
+    writes += LogDraft(head, {}).append((started,), now)
     return Plan(tuple(writes)), claimed
 
 
@@ -597,7 +594,7 @@ def plan_commit(spec: CommitSpec, reads: CommitReads, *, now: datetime) -> Plan:
     writes: list[Write] = [
         UpdateItem(item=settled, expect_status=item.status, expect_fence=spec.fence)
     ]
-    log = _Log(head, reads.approvals)
+    log = LogDraft(head, reads.approvals)
     writes += log.append(spec.events, now)
     if spec.usage is not None or spec.succeeded is not None:
         if reads.ledger is None:
@@ -683,7 +680,7 @@ def plan_park_item(
         writes = _failure_writes(
             current, fence, park.status, park.attempt, None, park.last_error or ""
         )
-    writes += _Log(head, {}).append(park.events, now)
+    writes += LogDraft(head, {}).append(park.events, now)
     return Plan(tuple(writes))
 
 
@@ -712,7 +709,7 @@ def plan_fail(
     writes = _failure_writes(
         current, fence, failure.status, failure.attempt, failure.available_at, failure.last_error
     )
-    writes += _Log(head, approvals).append((*events, *failure.events), now)
+    writes += LogDraft(head, approvals).append((*events, *failure.events), now)
     writes.append(
         PutLedger(execution_id=current.execution_id, state=apply_ledger(ledger, usage, False))
     )
@@ -724,7 +721,7 @@ def plan_reclaim(
 ) -> tuple[Plan, list[WorkItem], list[WorkItem]]:
     """Fail every claimed item whose lease has expired (its worker is presumed dead): the
     items put back for retry and those dead-lettered."""
-    logs = {execution_id: _Log(head, {}) for execution_id, head in heads.items()}
+    logs = {execution_id: LogDraft(head, {}) for execution_id, head in heads.items()}
     writes: list[Write] = []
     retried: list[WorkItem] = []
     dead: list[WorkItem] = []
@@ -743,35 +740,6 @@ def plan_reclaim(
         assert isinstance(updated, UpdateItem)
         (retried if failure.status is WorkItemStatus.PENDING else dead).append(updated.item)
     return Plan(tuple(writes)), retried, dead
-
-
-# ── approvals ──────────────────────────────────────────────────────────────────────────
-
-
-def plan_decision(
-    execution_id: str,
-    head: Head | None,
-    row: ApprovalRow | None,
-    *,
-    node_id: str,
-    user_id: str,
-    decision: ApprovalDecision,
-    comment: str | None,
-    state_patch: JsonValue,
-    now: datetime,
-) -> Plan | ApprovalRefused:
-    """Record a person's decision on the node's open request, or say why it cannot be."""
-    if head is None:
-        raise NotFound(f"execution {execution_id!r} does not exist")
-    if head.status.terminal:
-        return ApprovalRefused(f"execution {execution_id!r} is {head.status.value}")
-    status = row.status if row is not None else NotRequested()
-    answer = decide_approval(
-        status, user_id=user_id, decision=decision, comment=comment, state_patch=state_patch
-    )
-    if isinstance(answer, ApprovalRefused):
-        return answer
-    return Plan(tuple(_Log(head, {node_id: row}).append((answer,), now)))
 
 
 # ── tool effects ───────────────────────────────────────────────────────────────────────

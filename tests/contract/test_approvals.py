@@ -100,6 +100,8 @@ def test_permitted_approver_decision_is_recorded_bound_to_the_request(
         comment="ok",
         state_patch={"approved": True},
         request_digest=DIGEST,
+        attempt=0,  # the attempt of the request it answers
+        decided_at=clock.now().isoformat(timespec="microseconds").replace("+00:00", "Z"),
     )
     assert (decided.sequence, decided.created_at) == (requested.sequence + 1, clock.now())
     assert store.read_events(EXEC)[-1] == decided
