@@ -43,6 +43,7 @@ from charter.core.ports import Store
 
 if TYPE_CHECKING:  # imported on first use: `import charter.core` stays free of adapters
     from charter.bootstrap import build_worker, open_store
+    from charter.integrations.govern import Governor, Held, Refused, govern, governed
 
 __version__ = "0.1.0"
 
@@ -63,11 +64,14 @@ __all__ = [
     "EventKind",
     "GateRequest",
     "GateResult",
+    "Governor",
+    "Held",
     "InvalidInput",
     "Outcome",
     "PolicyDecision",
     "PolicyEvaluator",
     "PolicySet",
+    "Refused",
     "RequireApproval",
     "SettleRequest",
     "Settlement",
@@ -77,18 +81,29 @@ __all__ = [
     "__version__",
     "build_worker",
     "gate_node",
+    "govern",
+    "governed",
     "node_approval_status",
     "open_store",
     "policy_chain",
     "settle_node",
 ]
 
-_LAZY = ("build_worker", "open_store")
+_LAZY = {
+    "build_worker": "charter.bootstrap",
+    "open_store": "charter.bootstrap",
+    "Governor": "charter.integrations.govern",
+    "Held": "charter.integrations.govern",
+    "Refused": "charter.integrations.govern",
+    "govern": "charter.integrations.govern",
+    "governed": "charter.integrations.govern",
+}
 
 
 def __getattr__(name: str) -> object:
-    if name in _LAZY:
-        from charter import bootstrap
+    home = _LAZY.get(name)
+    if home is None:
+        raise AttributeError(f"module 'charter' has no attribute {name!r}")
+    import importlib
 
-        return getattr(bootstrap, name)
-    raise AttributeError(f"module 'charter' has no attribute {name!r}")
+    return getattr(importlib.import_module(home), name)

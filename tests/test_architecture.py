@@ -188,7 +188,8 @@ def test_core_public_api_is_pinned() -> None:
 FACADE_API = [
     "AgentCard", "Allow", "ApprovalDecision", "ApprovalStatus", "AutonomyConstraints",
     "AutonomyLevel", "Block", "BudgetLimits", "BudgetState", "CharterError", "CombiningMode",
-    "EvaluationContext", "Event", "EventKind", "GateRequest", "GateResult", "InvalidInput",
+    "EvaluationContext", "Event", "EventKind", "GateRequest", "GateResult", "Governor", "Held",
+    "InvalidInput", "Refused", "govern", "governed",
     "Outcome", "PolicyDecision", "PolicyEvaluator", "PolicySet", "RequireApproval",
     "SettleRequest", "Settlement", "SettlementOutcome", "Store", "Usage", "__version__",
     "build_worker", "gate_node", "node_approval_status", "open_store", "policy_chain",
@@ -200,13 +201,16 @@ def test_facade_exports_what_an_embedder_needs() -> None:
     # The facade is a short list chosen for embedders, not the whole core: each name is the
     # core's own object (or the composition root's).
     import charter.bootstrap
+    import charter.integrations.govern
 
     assert sorted(charter.__all__) == sorted(FACADE_API)
+    lazy = {"open_store": charter.bootstrap, "build_worker": charter.bootstrap}
+    lazy.update(dict.fromkeys(("Governor", "Held", "Refused", "govern", "governed"),
+                              charter.integrations.govern))  # fmt: skip
     for name in FACADE_API:
         if name == "__version__":
             continue
-        home = charter.bootstrap if name in ("open_store", "build_worker") else charter.core
-        assert getattr(charter, name) is getattr(home, name)
+        assert getattr(charter, name) is getattr(lazy.get(name, charter.core), name)
 
 
 def test_importing_the_core_loads_no_adapter(tmp_path: Path) -> None:

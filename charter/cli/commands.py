@@ -29,8 +29,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from charter.cli import answers, check, runs, store
 from charter.cli import audit as audit_cli
-from charter.cli import check, runs, store
 from charter.cli.common import (
     EXIT_APPROVAL,
     EXIT_BLOCKED,
@@ -72,11 +72,12 @@ def _build_parser() -> argparse.ArgumentParser:
     store.add_status(commands)
     store.add_events(commands)
     store.add_approvals(commands)
-    runs.add_answer(commands)
+    answers.add_answer(commands)
     store.add_cancel(commands)
     runs.add_worker(commands)
     store.add_tenant(commands)
     check.add_check(commands)
+    answers.add_keys(commands)
     audit_cli.register(commands, db_option=db_option)
     return parser
 

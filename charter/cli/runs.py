@@ -1,7 +1,7 @@
-"""The commands that run work: ``run`` (start a run and drive it here), ``approve`` /
-``reject`` (answer a request, then continue the run) and ``worker`` (process every run's
-work until stopped). Stores and workers come from the composition root
-(`charter.bootstrap`)."""
+"""The commands that run work: ``run`` (start a run and drive it here) and ``worker``
+(process every run's work until stopped); `charter.cli.answers` answers requests and
+continues runs with `_report` and `_printer` from here. Stores and workers come from the
+composition root (`charter.bootstrap`)."""
 
 from __future__ import annotations
 
@@ -25,14 +25,12 @@ from charter.cli.common import (
     db_option,
     executors_option,
     open_db,
-    require_run,
     where,
 )
 from charter.cli.render import event_line
-from charter.core.approvals import ANY_HUMAN, ApprovalRefused
+from charter.core.approvals import ANY_HUMAN
 from charter.core.errors import Conflict, InvalidInput
 from charter.core.events import (
-    ApprovalDecision,
     Event,
     NodeCancelled,
     NodeCompleted,
@@ -46,7 +44,7 @@ from charter.worker import ALL_QUEUES, RunOutcome, drive, start_run
 if TYPE_CHECKING:
     from charter.cli.common import CliStore
 
-__all__ = ["add_answer", "add_run", "add_worker"]
+__all__ = ["add_run", "add_worker"]
 
 
 def add_run(commands: Any) -> None:
@@ -71,27 +69,6 @@ def add_run(commands: Any) -> None:
     run.add_argument("--quiet", action="store_true", help="print only the outcome")
     executors_option(run)
     run.set_defaults(handler=_run)
-
-
-def add_answer(commands: Any) -> None:
-    for name, decision in (("approve", "approved"), ("reject", "rejected")):
-        answer = commands.add_parser(
-            name,
-            help=f"{name} a node's open request, then continue the run",
-            description=(
-                f"Record that USER {decision} NODE's open request in RUN (only the request's "
-                "approver may), then continue the run here unless --no-continue."
-            ),
-        )
-        answer.add_argument("run_id", metavar="RUN")
-        answer.add_argument("node_id", metavar="NODE")
-        answer.add_argument("--user", required=True, metavar="USER", help="who decides")
-        answer.add_argument("--comment", metavar="TEXT")
-        answer.add_argument("--no-continue", action="store_true", help="only record it")
-        answer.add_argument("--quiet", action="store_true")
-        db_option(answer)
-        executors_option(answer)
-        answer.set_defaults(handler=_answer, decision=ApprovalDecision(decision))
 
 
 def add_worker(commands: Any) -> None:
@@ -239,34 +216,6 @@ def _run(args: argparse.Namespace) -> int:
         printer = _printer(args.quiet, len(workflow.nodes))
         worker = build_worker(store, executors=registry, on_events=printer)
         return _report(store, drive(worker, run_id), args.db)
-    finally:
-        store.close()
-
-
-def _answer(args: argparse.Namespace) -> int:
-    registry = build_registry(args.executors)
-    store = open_db(args, must_exist=True)
-    try:
-        execution = require_run(store, args.run_id)
-        answer = store.decide_approval(
-            execution.execution_id,
-            args.node_id,
-            user_id=args.user,
-            decision=args.decision,
-            comment=args.comment,
-        )
-        if isinstance(answer, ApprovalRefused):
-            raise InvalidInput(f"{args.run_id} {args.node_id}", f"refused: {answer.reason}")
-        if not args.quiet:
-            print(event_line(answer))
-        if args.no_continue:
-            return EXIT_OK
-        worker = build_worker(store, executors=registry)
-        worker.scheduler.progress(execution.execution_id)  # the events so far: not reprinted
-        total = len(worker.scheduler.definitions.for_execution(execution).nodes)
-        done = store.read_events(execution.execution_id)
-        worker.scheduler.on_events = _printer(args.quiet, total, done)
-        return _report(store, drive(worker, execution.execution_id), args.db)
     finally:
         store.close()
 
