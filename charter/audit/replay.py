@@ -40,7 +40,8 @@ import attrs
 
 from charter.adapters.chain import ChainProblem, ChainVerifier, canonical_text
 from charter.adapters.codec import dump
-from charter.core.approvals import ApprovalStatus, NotRequested, approval_step
+from charter.adapters.keys import verify
+from charter.core.approvals import ApprovalStatus, NotRequested, Pending, approval_step
 from charter.core.attempt import node_gate_request
 from charter.core.budget import BudgetState, Usage, budget_after
 from charter.core.canonical import content_digest
@@ -58,6 +59,8 @@ from charter.core.events import (
     NodeCompleted,
     NodeFailed,
     NodeGated,
+    OutcomeResolved,
+    OutcomeUnknown,
     PolicyViolation,
     TokenBudgetExceeded,
     ToolApprovalRequired,
@@ -77,6 +80,7 @@ from charter.core.policy import PolicyScope, PolicySet
 from charter.core.ports import Store
 from charter.core.records import Execution
 from charter.core.scheduler import Progress, fold
+from charter.core.signing import Signature, Statement, check_signed_answer
 from charter.core.workflow import WorkflowDef, WorkflowInvalid
 from charter.worker import Definitions
 
@@ -403,6 +407,10 @@ class _Replayer:
         self._policy_sets: dict[str, PolicySet | None] = {}
         # nodes whose last decision diverged: their follow-on events are not reported again
         self._noisy: set[str] = set()
+        # node → the tenant policy digest its latest hold was decided under (the keys an
+        # answer to it must be signed with); node → its lost outcome waiting for an answer
+        self._held_under: dict[str, str | None] = {}
+        self._lost: dict[str, OutcomeUnknown] = {}
 
     # -- inputs --
 
@@ -527,6 +535,14 @@ class _Replayer:
                     running[kind.node_id].remove(kind.attempt)  # that attempt ended
                 unfolded.append(event)
                 budget = budget_after(budget, (event,))
+                if isinstance(kind, NodeGated) and kind.outcome == "hold":
+                    self._held_under[kind.node_id] = _tenant_digest(kind)
+                if isinstance(kind, ApprovalReceived):
+                    self._answered(event, kind, approvals.get(kind.node_id), execution)
+                if isinstance(kind, OutcomeUnknown):
+                    self._lost[kind.node_id] = kind
+                elif isinstance(kind, OutcomeResolved):
+                    self._resolved(event, kind, execution)
                 if isinstance(kind, ToolApprovalRequired | ApprovalReceived | ApprovalConsumed):
                     node = kind.node_id
                     approvals[node] = approval_step(approvals.get(node, _NOT_REQUESTED), event)
@@ -544,6 +560,81 @@ class _Replayer:
             after = page[-1].sequence
         for missing in expected:
             self._missing(missing)
+
+    # -- answers: who answered is proven by the keys the tenant named --
+
+    def _keys(self, *digests: str | None) -> dict[str, tuple[str, ...]]:
+        """The approvers' keys of the tenant policy sets named (the one a hold was decided
+        under and the one an answer says was in force): a key named by either counts, and
+        an approver named by either must sign."""
+        keys: dict[str, tuple[str, ...]] = {}
+        for digest in dict.fromkeys(d for d in digests if d):
+            found = self._policy_set(digest)
+            for name, named in (found.keys_by_approver if found is not None else {}).items():
+                keys[name] = (*keys.get(name, ()), *named)
+        return keys
+
+    def _answered(
+        self,
+        event: Event,
+        kind: ApprovalReceived,
+        status: ApprovalStatus | None,
+        execution: Execution,
+    ) -> None:
+        if not isinstance(status, Pending):
+            return  # an answer to nothing open changes nothing (the fold ignores it)
+        statement = Statement(
+            purpose="approval",
+            tenant_id=execution.tenant_id,
+            execution_id=execution.execution_id,
+            node_id=kind.node_id,
+            attempt=kind.attempt,
+            request_digest=kind.request_digest,
+            decision=kind.decision.value,
+            user_id=kind.user_id,
+            comment=kind.comment,
+            decided_at=kind.decided_at or "",
+            policy_digest=kind.policy_digest,
+        )
+        keys = self._keys(self._held_under.get(kind.node_id), kind.policy_digest)
+        self._check_signed(event, kind.node_id, statement, kind.key, kind.signature, keys)
+
+    def _resolved(self, event: Event, kind: OutcomeResolved, execution: Execution) -> None:
+        waiting = self._lost.pop(kind.node_id, None)
+        if waiting is None:
+            self._diverge(event, kind.node_id, "a resolution of an outcome nobody lost")
+            return
+        statement = Statement(
+            purpose="resolution",
+            tenant_id=execution.tenant_id,
+            execution_id=execution.execution_id,
+            node_id=kind.node_id,
+            attempt=waiting.attempt,
+            request_digest=waiting.idempotency_key,
+            decision=kind.resolution,
+            user_id=kind.user_id,
+            comment=kind.comment,
+            decided_at=kind.decided_at or "",
+            policy_digest=kind.policy_digest,
+        )
+        keys = self._keys(kind.policy_digest)
+        self._check_signed(event, kind.node_id, statement, kind.key, kind.signature, keys)
+
+    def _check_signed(
+        self,
+        event: Event,
+        node_id: str,
+        statement: Statement,
+        key: str | None,
+        value: str | None,
+        keys: dict[str, tuple[str, ...]],
+    ) -> None:
+        signature = Signature(key=key, value=value) if key and value else None
+        refused = check_signed_answer(statement, signature, keys, verify=verify)
+        if refused is not None:
+            self._diverge(
+                event, node_id, f"the {statement.purpose} by {statement.user_id!r}: {refused}"
+            )
 
     def _first_unreadable(self, after: int) -> int:
         """The sequence of the first event after ``after`` that does not decode."""
@@ -754,6 +845,15 @@ class _Replayer:
             completed.node_id,
             "the node completed without a recorded decision to run it",
         )
+
+
+def _tenant_digest(gated: NodeGated) -> str | None:
+    layers = gated.policies if isinstance(gated.policies, list) else []
+    for layer in layers:
+        if isinstance(layer, dict) and layer.get("scope") == "tenant":
+            digest = layer.get("digest")
+            return digest if isinstance(digest, str) else None
+    return None
 
 
 def replay_run(store: Store, execution_id: str, *, page: int = PAGE) -> ReplayReport:
