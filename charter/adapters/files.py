@@ -158,7 +158,7 @@ def _is_bare(keys: set[object], scope: PolicyScope) -> bool:
     if scope is PolicyScope.TENANT:
         # A bare tenant set may say how it combines; it must still hold a rule list, so
         # that a layered file's top-level `combining:` alone is not taken for one.
-        return bool(keys & rules) and keys <= rules | {"combining"}
+        return bool(keys & rules) and keys <= rules | {"combining", *PolicySet.TENANT_KEYS}
     return keys <= rules
 
 
@@ -190,12 +190,14 @@ def parse_policy_document(
     if unknown:
         # Name a key that is unknown in either shape first (a misspelt `combinig:` next to
         # `blocked_tools:`), rather than a rule list that is only out of place.
-        strange = [key for key in unknown if key not in PolicySet.KEYS] or unknown
+        tenant = scope is PolicyScope.TENANT
+        allowed = (*PolicySet.KEYS, *PolicySet.TENANT_KEYS) if tenant else PolicySet.KEYS
+        strange = [key for key in unknown if key not in allowed] or unknown
         raise PolicyError(
             child(where, strange[0]),
             "unknown key (expected tenant, workflow, node and combining, "
-            f"or a bare set with {', '.join(PolicySet.KEYS)}"
-            f"{' and combining' if scope is PolicyScope.TENANT else ''})",
+            f"or a bare set with {', '.join(allowed)}"
+            f"{' and combining' if tenant else ''})",
         )
     combining = CombiningMode.MOST_SPECIFIC
     if "combining" in data:
