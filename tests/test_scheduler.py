@@ -24,6 +24,8 @@ from charter.core.events import (
     NodeScheduled,
     NodeSkipped,
     NodeStarted,
+    OutcomeResolved,
+    OutcomeUnknown,
     RetryScheduled,
     ToolApprovalRequired,
     WorkflowCancelled,
@@ -942,3 +944,178 @@ def test_plan_depends_only_on_the_progress_and_the_time() -> None:
         TIMED, progress, now=later, execution_id=EXEC
     )
     assert progress == log.progress, "plan changes nothing it is given"
+
+
+# ── 3. lost outcomes: a person says what happened ──────────────────────────────────────
+
+KEY: Final = "k" * 64
+
+
+def _lose(log: Log, node_id: str, attempt: int = 1) -> Log:
+    """What the worker writes when an earlier attempt's side effect was abandoned."""
+    return log.add(
+        NodeStarted(node_id=node_id, worker_id="w2", attempt=attempt),
+        OutcomeUnknown(node_id=node_id, attempt=attempt, idempotency_key=KEY, reason="lost"),
+    )
+
+
+def _resolve(log: Log, node_id: str, resolution: str, **fields: Any) -> Log:
+    return log.add(
+        OutcomeResolved(node_id=node_id, attempt=1, resolution=resolution, user_id="ops", **fields)
+    )
+
+
+def test_a_lost_outcome_holds_the_node_for_a_person_and_the_run_waits() -> None:
+    log = Log(CHAIN)
+    log.advance()
+    _lose(log, "a")
+    entry = log.progress.node("a")
+    assert (entry.state, entry.held_since, entry.lost) == (NodeState.HELD, T0, True)
+    assert entry.unknown is not None
+    assert entry.unknown.idempotency_key == KEY
+    assert log.progress.people == {"a"}
+    assert log.plan().empty  # nothing to run, and the run is not over
+    assert log.plan(now=T0 + timedelta(days=365)).empty  # no deadline: it waits
+
+
+def test_resolved_as_succeeded_completes_the_node_with_the_output_and_routes_on() -> None:
+    workflow = _workflow(
+        {"a": _tool(), "yes": _tool(), "no": _tool()},
+        [("a", "yes", "output.posted == true"), ("a", "no", "output.posted == false")],
+    )
+    log = Log(workflow)
+    log.advance()
+    _lose(log, "a")
+    _resolve(log, "a", "succeeded", output={"posted": True})
+    assert log.state("a") is NodeState.ANSWERED
+    settle = log.advance()
+    assert settle == Plan(
+        events=(
+            NodeCompleted(
+                node_id="a",
+                output={"posted": True},
+                state_patch={},
+                duration_ms=0,
+                idempotency_key=KEY,
+            ),
+        )
+    )
+    assert log.state("a") is NodeState.COMPLETED
+    following = log.advance()
+    assert _scheduled(following) == ["yes"]
+    assert _skipped(following) == ["no"]
+
+
+def test_resolved_as_failed_fails_the_node_terminally_with_the_reason() -> None:
+    log = Log(CHAIN)
+    log.advance()
+    _lose(log, "a")
+    _resolve(log, "a", "failed", reason="the bank has no such transfer")
+    settle = log.advance()
+    error = "outcome unknown; resolved as failed by ops: the bank has no such transfer"
+    assert settle.events == (NodeFailed(node_id="a", error=error, attempt=1, retryable=False),)
+    final = log.advance()
+    assert final.events == (WorkflowFailed(error=f"node(s) failed terminally: a (a: {error})"),)
+    assert log.state("b") is NodeState.PENDING
+
+
+def test_resolved_as_retry_dispatches_a_new_work_item() -> None:
+    log = Log(CHAIN)
+    log.advance()
+    _lose(log, "a")
+    _resolve(log, "a", "retry", comment="the bank says nothing arrived")
+    again = log.advance()
+    assert again.events == (NodeScheduled(node_id="a", queue_type="tool"),)
+    (item,) = again.items
+    # A new item (dispatch 2): its id, and so the effect's idempotency key, are new.
+    assert item.item_id == f"{EXEC}/a/2"
+    entry = log.progress.node("a")
+    assert (entry.state, entry.dispatches, entry.unknown, entry.resolution) == (
+        NodeState.SCHEDULED,
+        2,
+        None,
+        None,
+    )
+    log.run("a")
+    assert _scheduled(log.advance()) == ["b"]
+
+
+def test_a_lost_outcome_unresolved_past_the_deadline_fails_the_node() -> None:
+    log = Log(CHAIN)
+    log.advance()
+    _lose(log, "a")
+    progress = log.progress
+    early = plan(
+        CHAIN,
+        progress,
+        now=T0 + timedelta(seconds=599),
+        execution_id=EXEC,
+        resolution_deadline_secs=600,
+    )
+    assert early.empty
+    due = plan(
+        CHAIN, progress, now=T0 + timedelta(seconds=600), execution_id=EXEC,
+        resolution_deadline_secs=600,
+    )  # fmt: skip
+    error = f"outcome unknown: resolution timed out after 600 s (attempt 1, idempotency key {KEY})"
+    assert due.events == (NodeFailed(node_id="a", error=error, attempt=1, retryable=False),)
+
+
+def test_an_answered_lost_outcome_is_not_failed_by_the_deadline() -> None:
+    log = Log(CHAIN)
+    log.advance()
+    _lose(log, "a")
+    _resolve(log, "a", "succeeded", output={"ok": True})
+    late = plan(
+        CHAIN, log.progress, now=T0 + timedelta(days=1), execution_id=EXEC,
+        resolution_deadline_secs=1,
+    )  # fmt: skip
+    assert [type(kind) for kind in late.events] == [NodeCompleted]
+
+
+def test_an_approval_or_a_stray_resolution_does_not_answer_what_it_is_not_for() -> None:
+    log = Log(CHAIN)
+    log.advance()
+    _resolve(log, "a", "succeeded")  # nothing lost yet: ignored
+    assert log.state("a") is NodeState.SCHEDULED
+    _lose(log, "a")
+    log.answer("a")  # an approval does not resolve a lost outcome
+    assert log.state("a") is NodeState.HELD
+    _resolve(log, "a", "maybe")  # not an answer the scheduler knows
+    assert log.state("a") is NodeState.HELD
+    assert log.plan().empty
+
+
+def test_a_terminal_failure_cancels_an_unresolved_lost_outcome_but_keeps_an_answer() -> None:
+    workflow = _workflow(
+        {"a": _tool(), "x": _tool(), "y": _tool(), "boom": _tool()},
+        [("a", "x"), ("a", "y"), ("a", "boom")],
+    )
+    log = Log(workflow)
+    log.advance()
+    log.run("a")
+    log.advance()
+    _lose(log, "x")
+    _lose(log, "y")
+    _resolve(log, "y", "succeeded", output={"ok": True})
+    log.fail("boom")
+    settle = log.advance()
+    assert settle.events == (
+        NodeCancelled(node_id="x"),
+        NodeCompleted(
+            node_id="y", output={"ok": True}, state_patch={}, duration_ms=0, idempotency_key=KEY
+        ),
+    )
+    assert [type(kind) for kind in log.advance().events] == [WorkflowFailed]
+
+
+def test_the_follow_up_of_a_commit_that_loses_an_outcome_dispatches_nothing_for_it() -> None:
+    log = Log(FORK)
+    log.advance()
+    log.run("a")
+    log.advance()
+    lost = OutcomeUnknown(node_id="b", attempt=0, idempotency_key=KEY, reason="lost")
+    after = fold_kinds(FORK, [NodeStarted(node_id="b", worker_id="w", attempt=0), lost],
+                       log.progress, at=T0)  # fmt: skip
+    assert after.node("b").state is NodeState.HELD
+    assert plan(FORK, after, now=T0, execution_id=EXEC).empty

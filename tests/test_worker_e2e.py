@@ -4,7 +4,7 @@
   made): after the lease expires the node runs again, replays the recorded result instead of
   firing a second time, and the run ends with exactly one ``node_completed`` for it.
 * A worker SIGKILLed *during* the call (outcome unknown): the next attempt does not fire
-  again; it fails the node, saying why.
+  again; the node waits for a person (``outcome_unknown``), whose answer completes it.
 * Two worker processes drain a 200-node workflow: every node runs exactly once.
 """
 
@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from charter.adapters.sqlite import SqliteStore
+from charter.core.approvals import ApprovalRefused
 from charter.core.events import (
     Event,
     NodeCompleted,
     NodeFailed,
     NodeStarted,
+    OutcomeUnknown,
     WorkflowCompleted,
 )
 from charter.core.policy import PolicySet
@@ -124,15 +126,32 @@ def test_sigkill_after_the_effect_replays_it_instead_of_firing_again(tmp_path: P
 
 def test_sigkill_mid_call_does_not_fire_the_effect_again(tmp_path: Path) -> None:
     store, lines, status = _crash_then_recover(tmp_path, "mid-call")
-    assert status == "failed"
-    assert len([line for line in lines if line.startswith("pay ")]) == 1
+    assert status == "waiting"  # for a person: the payment may or may not have happened
+    paid = [line for line in lines if line.startswith("pay ")]
+    assert len(paid) == 1
     events = store.read_events("pay-1")
     assert _completed(events, "pay") == []
-    failures = [e.kind for e in events if isinstance(e.kind, NodeFailed)]
-    assert failures[-1].node_id == "pay"
-    assert not failures[-1].retryable
-    assert "outcome of an earlier attempt of this call is unknown" in failures[-1].error
+    assert not [e for e in events if isinstance(e.kind, NodeFailed) and not e.kind.retryable]
+    (lost,) = [e.kind for e in events if isinstance(e.kind, OutcomeUnknown)]
+    assert lost.node_id == "pay"
+    assert lost.idempotency_key == paid[0].split()[2]  # the key the lost call was given
+    assert "stopped mid-call" in lost.reason
     assert "receipt" not in {getattr(e.kind, "node_id", None) for e in events}
+
+    # A person checks the ledger: the payment went through. The run carries on from there.
+    answer = store.resolve_outcome(
+        "pay-1", "pay", user_id="ops", resolution="succeeded", output={"posted": {"amount": 120}}
+    )
+    assert not isinstance(answer, ApprovalRefused)
+    worker = Worker(store, executors=registry(tmp_path / "effects.txt"), lease_secs=LEASE_SECS)
+    assert drive(worker, "pay-1").status == "completed"
+    events = store.read_events("pay-1")
+    (completed,) = _completed(events, "pay")
+    assert completed.output == {"posted": {"amount": 120}}
+    assert completed.idempotency_key == lost.idempotency_key
+    lines = (tmp_path / "effects.txt").read_text(encoding="utf-8").splitlines()
+    assert len([line for line in lines if line.startswith("pay ")]) == 1  # still once
+    assert [len(_completed(events, n)) for n in ("prepare", "receipt")] == [1, 1]
 
 
 def _tree(size: int) -> dict[str, Any]:

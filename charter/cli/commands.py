@@ -29,7 +29,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from charter.cli import answers, check, runs, store
+from charter.cli import answers, check, resolve, runs, store
 from charter.cli import audit as audit_cli
 from charter.cli.common import (
     EXIT_APPROVAL,
@@ -73,6 +73,7 @@ def _build_parser() -> argparse.ArgumentParser:
     store.add_events(commands)
     store.add_approvals(commands)
     answers.add_answer(commands)
+    resolve.add_resolve(commands)
     store.add_cancel(commands)
     runs.add_worker(commands)
     store.add_tenant(commands)

@@ -19,6 +19,8 @@ from charter.core.events import (
     NodeScheduled,
     NodeSkipped,
     NodeStarted,
+    OutcomeResolved,
+    OutcomeUnknown,
     PolicyViolation,
     RetryScheduled,
     TokenBudgetExceeded,
@@ -31,7 +33,7 @@ from charter.core.events import (
     event_type,
 )
 from charter.core.records import PendingApprovalRecord
-from charter.core.runs import WorkflowRun, WorkflowRunStep
+from charter.core.runs import LostOutcome, WorkflowRun, WorkflowRunStep
 
 __all__ = ["approval_lines", "event_line", "run_lines", "short"]
 
@@ -64,6 +66,11 @@ def _detail(event: Event) -> str:
             return f"{decision.value} by {user}{note}"
         case ApprovalConsumed():
             return "approval used"
+        case OutcomeUnknown(attempt=attempt, idempotency_key=key):
+            return f"attempt {attempt}: outcome unknown (key {key[:12]}…); waiting for a person"
+        case OutcomeResolved(resolution=resolution, user_id=user, reason=reason, comment=note):
+            why = f": {reason}" if reason else ""
+            return f"{resolution} by {user}{why}" + (f" ({note})" if note else "")
         case UsageRecorded(input_tokens=i, output_tokens=o, cost_usd=cost, tool_calls=calls):
             parts = []
             if i or o:
@@ -112,9 +119,13 @@ def run_lines(run: WorkflowRun, steps: Sequence[WorkflowRunStep]) -> list[str]:
         f"workflow:  {run.workflow_name} v{run.workflow_version} (tenant {run.tenant_id})",
         f"status:    {run.status.value}",
     ]
-    if run.blocked_on is not None:
-        prompt = getattr(run.blocked_on, "prompt", None)
-        lines.append(f"blocked on: approval of {run.blocked_on.gate_name}: {prompt or ''}".rstrip())
+    blocked = run.blocked_on
+    if isinstance(blocked, LostOutcome):
+        lines.append(f"blocked on: lost outcome of {blocked.gate_name}: {blocked.prompt or ''}")
+        lines.append(f"  resolve with: {blocked.command}")
+    elif blocked is not None:
+        prompt = getattr(blocked, "prompt", None)
+        lines.append(f"blocked on: approval of {blocked.gate_name}: {prompt or ''}".rstrip())
     if run.started_at is not None:
         lines.append(f"started:   {run.started_at.isoformat(timespec='seconds')}")
     if run.ended_at is not None:

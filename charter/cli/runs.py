@@ -139,7 +139,17 @@ def _outcome_code(outcome: RunOutcome) -> int:
 def _report(store: CliStore, outcome: RunOutcome, db: str) -> int:
     run = outcome.execution_id
     line = f"run {run}: {outcome.status}"
-    if outcome.status == "waiting":
+    if outcome.status == "waiting" and outcome.lost_outcomes:
+        db_option = "" if db == DEFAULT_DB else f" --db {shown(db)}"
+        nodes = ", ".join(outcome.lost_outcomes)
+        line += f" for a person to resolve the lost outcome of {nodes}"
+        node = outcome.lost_outcomes[0] if len(outcome.lost_outcomes) == 1 else "NODE"
+        resolve = f"charter resolve {run} {node} --user USER"
+        line += "\n  (its worker stopped mid-call: did the side effect happen?)"
+        line += f"\n  it happened:     {resolve} --succeeded [--output JSON]{db_option}"
+        line += f"\n  it did not:      {resolve} --failed [--reason TEXT]{db_option}"
+        line += f"\n  run it again:    {resolve} --retry{db_option}"
+    elif outcome.status == "waiting":
         pending = store.pending_approvals(execution_id=run)
         if pending:
             waits = ", ".join(f"{p.node_id} (approver {p.approver})" for p in pending)

@@ -5,14 +5,20 @@ it can never disagree with the log and can be recomputed by anyone holding the l
 
 * `WorkflowRun` — status ``pending | running | waiting | completed | failed | cancelled``
   (runkon's ``needs_resume`` and ``cancelling`` are host-side states Charter does not have);
-  ``blocked_on`` names what a waiting run waits for (one of the four `BlockedOn` variants;
-  Charter itself produces ``human_approval``); times, duration, error, inputs, parent.
+  ``blocked_on`` names what a waiting run waits for (one of the `BlockedOn` variants:
+  runkon's four, of which Charter produces ``human_approval``, and Charter's
+  `LostOutcome`: a side effect's outcome was lost and a person must resolve it, with the
+  command that does); times, duration, error, inputs, parent.
 * `WorkflowRunStep` — one per attempt of a node (runkon inserts a new row per retry: a
   step's ``retry_count`` is the attempt), with status ``pending | running | completed |
   failed | skipped | waiting | timed_out``, result text, error and, for approvals, the gate
   fields (type, prompt, approved by and when, feedback). A node or gate that timed out is
   ``timed_out`` — a human_approval routed to its fallback too, since a ``completed`` gate
-  step reads as approved.
+  step reads as approved. An attempt whose side effect's outcome was lost
+  (``outcome_unknown``) is a ``waiting`` gate step (``gate_type: "outcome_unknown"``) until a
+  person resolves it: ``completed`` (it happened: the resolution's output is the result),
+  ``failed`` (it did not, or ``retry``: a new step follows), ``timed_out`` (the tenant's
+  deadline passed).
 
 A run is ``waiting`` when some node's latest step waits for a person and no other work is
 running or queued (a node scheduled, or put back for a retry, counts as queued).
@@ -39,6 +45,8 @@ from charter.core.events import (
     NodeScheduled,
     NodeSkipped,
     NodeStarted,
+    OutcomeResolved,
+    OutcomeUnknown,
     RetryScheduled,
     ToolApprovalRequired,
     WorkflowCancelled,
@@ -51,17 +59,23 @@ from charter.core.records import Execution
 # The four BlockedOn variants (HumanApproval, HumanReview, PrApproval, PrChecks) keep
 # runkon's names and JSON tags; they are reached as `charter.core.runs.HumanApproval` and so
 # on, not re-exported by `charter.core`, whose HumanApproval is the escalation target.
+# LostOutcome is Charter's own.
 __all__ = [
+    "LOST_OUTCOME_GATE",
     "BlockedOn",
+    "LostOutcome",
     "RunStatus",
     "StepStatus",
     "WorkflowRun",
     "WorkflowRunStep",
+    "resolve_command",
     "run_record",
     "run_steps",
 ]
 
 _RESULT_TEXT_LIMIT: Final = 2000
+#: The ``gate_type`` of a step waiting for a person to resolve a lost outcome.
+LOST_OUTCOME_GATE: Final = "outcome_unknown"
 
 
 class RunStatus(enum.Enum):
@@ -108,7 +122,28 @@ class PrChecks:
     gate_name: str
 
 
-BlockedOn = HumanApproval | HumanReview | PrApproval | PrChecks
+@attrs.frozen(kw_only=True)
+class LostOutcome:
+    """Charter: the run waits for a person to say what became of a side effect whose
+    outcome was lost (``outcome_unknown``): node ``gate_name``'s attempt ``attempt``, under
+    ``idempotency_key``; ``command`` is the command line that answers it."""
+
+    gate_name: str
+    command: str
+    prompt: str | None = None
+    attempt: int | None = None
+    idempotency_key: str | None = None
+
+
+BlockedOn = HumanApproval | HumanReview | PrApproval | PrChecks | LostOutcome
+
+
+def resolve_command(execution_id: str, node_id: str) -> str:
+    """The command line that answers a lost outcome of ``node_id`` (docs/cli.md)."""
+    return (
+        f"charter resolve {execution_id} {node_id} --user USER "
+        "(--succeeded [--output JSON] | --failed [--reason TEXT] | --retry)"
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -225,6 +260,38 @@ def run_steps(execution_id: str, events: Iterable[Event]) -> tuple[WorkflowRunSt
                         gate_type="human_approval",
                         gate_prompt=prompt,
                     )
+            case OutcomeUnknown(node_id=node, reason=reason):
+                index = open_step.get(node)
+                if index is None:
+                    begin(node, event, role="gate", status=StepStatus.WAITING)
+                    index = open_step[node]
+                steps[index] = attrs.evolve(
+                    steps[index],
+                    role="gate",
+                    status=StepStatus.WAITING,
+                    gate_type=LOST_OUTCOME_GATE,
+                    gate_prompt=f"outcome unknown: {reason}",
+                )
+            case OutcomeResolved(node_id=node, resolution=resolution, user_id=user):
+                index = open_step.get(node)
+                if index is None or steps[index].gate_type != LOST_OUTCOME_GATE:
+                    continue
+                answered = {
+                    "gate_approved_by": user,
+                    "gate_approved_at": event.created_at,
+                    "gate_feedback": kind.comment,
+                }
+                if resolution == "succeeded":
+                    output = _text(kind.output)
+                    end(node, event, status=StepStatus.COMPLETED, result_text=output, **answered)
+                elif resolution == "failed":
+                    why = f"resolved as failed by {user}" + (
+                        f": {kind.reason}" if kind.reason else ""
+                    )
+                    end(node, event, status=StepStatus.FAILED, step_error=why, **answered)
+                else:
+                    why = f"outcome unknown; {user} asked to run it again"
+                    end(node, event, status=StepStatus.FAILED, step_error=why, **answered)
             case ApprovalReceived(node_id=node, decision=decision, user_id=user, comment=note):
                 index = open_step.get(node)
                 if index is None or steps[index].status is not StepStatus.WAITING:
@@ -287,8 +354,7 @@ def run_record(execution: Execution, events: Iterable[Event]) -> WorkflowRun:
         busy = any(s.status is StepStatus.RUNNING for s in latest.values()) or _scheduled(ordered)
         if waiting and not busy:
             status = RunStatus.WAITING
-            first = waiting[0]
-            blocked = HumanApproval(gate_name=first.step_name, prompt=first.gate_prompt)
+            blocked = _blocked_on(execution.execution_id, waiting[0], ordered)
     duration = None
     if started is not None and ended is not None:
         # Integer arithmetic: float seconds × 1000 truncates 1.001 s to 1000 ms.
@@ -310,6 +376,24 @@ def run_record(execution: Execution, events: Iterable[Event]) -> WorkflowRun:
     )
 
 
+def _blocked_on(execution_id: str, step: WorkflowRunStep, events: list[Event]) -> BlockedOn:
+    """What a waiting step waits for: an approval, or the resolution of a lost outcome."""
+    if step.gate_type != LOST_OUTCOME_GATE:
+        return HumanApproval(gate_name=step.step_name, prompt=step.gate_prompt)
+    lost = None
+    for event in reversed(events):
+        if isinstance(event.kind, OutcomeUnknown) and event.kind.node_id == step.step_name:
+            lost = event.kind
+            break
+    return LostOutcome(
+        gate_name=step.step_name,
+        command=resolve_command(execution_id, step.step_name),
+        prompt=step.gate_prompt,
+        attempt=lost.attempt if lost is not None else None,
+        idempotency_key=lost.idempotency_key if lost is not None else None,
+    )
+
+
 def _scheduled(events: list[Event]) -> bool:
     """Whether some node has queued work: scheduled, or put back for a retry or after being
     parked, and not yet started again (the scheduler's ``scheduled`` state)."""
@@ -318,6 +402,6 @@ def _scheduled(events: list[Event]) -> bool:
         kind = event.kind
         if isinstance(kind, NodeScheduled | RetryScheduled | NodeParked):
             pending.add(kind.node_id)
-        elif isinstance(kind, NodeStarted | NodeSkipped | ToolApprovalRequired):
+        elif isinstance(kind, NodeStarted | NodeSkipped | ToolApprovalRequired | OutcomeUnknown):
             pending.discard(kind.node_id)
     return bool(pending)

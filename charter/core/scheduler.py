@@ -13,8 +13,12 @@ Node states and the events that move them:
 ``scheduled``          ``node_scheduled``, ``retry_scheduled``, ``node_parked``,
                        ``node_failed{retryable: true}`` (its work item is pending again)
 ``running``            ``node_started``
-``held``               ``tool_approval_required``: waiting for a person
-``answered``           ``approval_received`` while held: dispatch again; the gate decides
+``held``               ``tool_approval_required``: waiting for a person; or
+                       ``outcome_unknown``: a side effect's outcome was lost, a person
+                       must say what happened
+``answered``           ``approval_received`` while held for an approval: dispatch again,
+                       the gate decides; ``outcome_resolved`` while held on a lost
+                       outcome: the scheduler settles it (rule 3)
 ``completed``          ``node_completed``
 ``failed``             ``node_failed{retryable: false}``
 ``skipped``            ``node_skipped`` (every way into the node is dead)
@@ -35,7 +39,16 @@ Rules of `plan`, in order:
    (``node_scheduled`` + ``node_completed{output: {}}``) and routes nothing, so each of its
    edges is live as its own condition says.
 3. An answered node (approved or rejected) is dispatched again; the worker's gate runs it
-   (consuming the approval) or fails it (the rejection).
+   (consuming the approval) or fails it (the rejection). A lost outcome (``outcome_unknown``:
+   a side effect that is not idempotent, whose worker stopped mid-call) is settled by the
+   scheduler from the person's ``outcome_resolved``: ``succeeded`` completes the node with
+   the resolution's ``output`` (``node_completed``, routed on as any completion),
+   ``failed`` fails it terminally with the reason, ``retry`` dispatches it once more (a new
+   work item, so a new idempotency key: the retry really fires). An outcome still
+   unresolved ``resolution_deadline_secs`` after it was recorded fails the node terminally
+   (``outcome unknown: resolution timed out after N s``). When another node has failed
+   (rule 1), a lost outcome answered ``succeeded`` or ``failed`` is still settled as
+   answered; an unanswered one (or one answered ``retry``) is cancelled.
 4. While no node has failed terminally, every runnable node is dispatched
    (``node_scheduled`` + a work item whose attempts and backoff come from the node's retry
    policy). A node is runnable when it is pending and all of its incoming edges come from
@@ -76,6 +89,8 @@ from charter.core.events import (
     NodeScheduled,
     NodeSkipped,
     NodeStarted,
+    OutcomeResolved,
+    OutcomeUnknown,
     RetryScheduled,
     ToolApprovalRequired,
     WorkflowCancelled,
@@ -89,6 +104,7 @@ from charter.core.records import NewWorkItem
 from charter.core.workflow import NodeDef, WorkflowDef
 
 __all__ = [
+    "RESOLUTIONS",
     "NodeProgress",
     "NodeState",
     "Plan",
@@ -100,6 +116,8 @@ __all__ = [
 ]
 
 SKIPPED_REASON: Final = "branch not taken"
+#: What a person may answer about a lost outcome (``outcome_resolved.resolution``).
+RESOLUTIONS: Final = ("succeeded", "failed", "retry")
 
 
 class NodeState(enum.Enum):
@@ -144,6 +162,15 @@ class NodeProgress:
     #: The approval answer, for an answered or decided human_approval node.
     answer: ApprovalReceived | None = None
     held_since: datetime | None = None
+    #: The lost outcome the node waits on (held), or was answered about (answered).
+    unknown: OutcomeUnknown | None = None
+    #: A person's answer about that lost outcome (answered).
+    resolution: OutcomeResolved | None = None
+
+    @property
+    def lost(self) -> bool:
+        """Held on a lost outcome, or answered about one: settled by the scheduler."""
+        return self.unknown is not None and self.state in _PEOPLE
 
 
 @attrs.frozen(kw_only=True)
@@ -352,7 +379,14 @@ def _apply(
             work.finished = "cancelled"
         case NodeScheduled(node_id=node):
             dispatches = work.nodes[node].dispatches + 1 if node in work.nodes else 0
-            work.set(node, state=NodeState.SCHEDULED, dispatches=dispatches, answer=None)
+            work.set(
+                node,
+                state=NodeState.SCHEDULED,
+                dispatches=dispatches,
+                answer=None,
+                unknown=None,
+                resolution=None,
+            )
         case NodeStarted(node_id=node, attempt=attempt):
             work.set(node, state=NodeState.RUNNING, attempt=attempt)
         case (
@@ -369,10 +403,29 @@ def _apply(
         case NodeCancelled(node_id=node):
             work.set(node, state=NodeState.CANCELLED)
         case ToolApprovalRequired(node_id=node):
-            work.set(node, state=NodeState.HELD, held_since=at, answer=None)
+            work.set(node, state=NodeState.HELD, held_since=at, answer=None, unknown=None)
+        case OutcomeUnknown(node_id=node):
+            work.set(
+                node,
+                state=NodeState.HELD,
+                held_since=at,
+                answer=None,
+                unknown=kind,
+                resolution=None,
+            )
+        case OutcomeResolved(node_id=node, resolution=resolution):
+            entry = work.nodes.get(node)
+            if (
+                entry is None
+                or entry.state is not NodeState.HELD
+                or entry.unknown is None
+                or resolution not in RESOLUTIONS
+            ):
+                return  # no lost outcome waits for an answer: ignored (the store refuses it)
+            work.set(node, state=NodeState.ANSWERED, resolution=kind)
         case ApprovalReceived(node_id=node):
             entry = work.nodes.get(node)
-            if entry is None or entry.state is not NodeState.HELD:
+            if entry is None or entry.state is not NodeState.HELD or entry.unknown is not None:
                 return  # not waiting for an answer: ignored, as the approval fold does
             if kind.state_patch is not None and kind.decision is ApprovalDecision.APPROVED:
                 work.state = merge_patch(work.state, kind.state_patch)
@@ -489,10 +542,60 @@ def _settle_human_approval(
     return ()
 
 
-def plan(workflow: WorkflowDef, progress: Progress, *, now: datetime, execution_id: str) -> Plan:
+def _settle_lost_outcome(
+    node: NodeDef, entry: NodeProgress, now: datetime, deadline_secs: float | None
+) -> tuple[EventKind, ...] | None:
+    """Events that end a lost outcome's wait (rule 3): the person's answer, or the
+    deadline. ``None``: nothing yet, or (``retry``) the node is dispatched again."""
+    unknown, answer = entry.unknown, entry.resolution
+    if unknown is None:
+        return None
+    if answer is not None:
+        if answer.resolution == "succeeded":
+            completed = NodeCompleted(
+                node_id=node.node_id,
+                output=answer.output,
+                state_patch={},
+                duration_ms=0,
+                idempotency_key=unknown.idempotency_key,
+            )
+            return (completed,)
+        if answer.resolution == "failed":
+            suffix = f": {answer.reason}" if answer.reason else ""
+            error = f"outcome unknown; resolved as failed by {answer.user_id}{suffix}"
+            return (
+                NodeFailed(
+                    node_id=node.node_id, error=error, attempt=unknown.attempt, retryable=False
+                ),
+            )
+        return None  # retry: dispatched by the caller
+    if (
+        deadline_secs is not None
+        and entry.held_since is not None
+        and now >= entry.held_since + timedelta(seconds=float(deadline_secs))
+    ):
+        error = (
+            f"outcome unknown: resolution timed out after {deadline_secs:g} s "
+            f"(attempt {unknown.attempt}, idempotency key {unknown.idempotency_key})"
+        )
+        return (
+            NodeFailed(node_id=node.node_id, error=error, attempt=unknown.attempt, retryable=False),
+        )
+    return None
+
+
+def plan(
+    workflow: WorkflowDef,
+    progress: Progress,
+    *,
+    now: datetime,
+    execution_id: str,
+    resolution_deadline_secs: float | None = None,
+) -> Plan:
     """The next events and work items for an execution (see the module doc). Its cost is
     that of the nodes it can act on (`Progress.decidable`, `people`), not the workflow's
-    size."""
+    size. ``resolution_deadline_secs`` (the tenant's; ``None``: no deadline) is how long a
+    lost outcome may wait for a person before its node fails (rule 3)."""
     if progress.finished is not None or not progress.started:
         return Plan()
     events: list[EventKind] = []
@@ -501,12 +604,42 @@ def plan(workflow: WorkflowDef, progress: Progress, *, now: datetime, execution_
     people = workflow.in_order(progress.people)
 
     if progress.failed and people:
-        return Plan(events=tuple(NodeCancelled(node_id=node_id) for node_id in people))
+        # Rule 1: nothing held for a person is left to act; a lost outcome a person has
+        # already answered (it happened, or it did not) is recorded as answered.
+        for node_id in people:
+            entry = progress.node(node_id)
+            answered = entry.resolution is not None and entry.resolution.resolution != "retry"
+            settled = (
+                _settle_lost_outcome(workflow.nodes[node_id], entry, now, None)
+                if entry.lost and answered
+                else None
+            )
+            events.extend(settled or (NodeCancelled(node_id=node_id),))
+        return Plan(events=tuple(events))
+
+    # Lost outcomes: answers and the deadline.
+    for node_id in people:
+        node = workflow.nodes[node_id]
+        entry = progress.node(node_id)
+        if not entry.lost:
+            continue
+        settled = _settle_lost_outcome(node, entry, now, resolution_deadline_secs)
+        if settled:
+            events.extend(settled)
+            changed[node_id] = NodeState.SCHEDULED  # settling now
+        elif entry.resolution is not None and entry.resolution.resolution == "retry":
+            # Once more, as a new work item: its id, and so the effect's idempotency key,
+            # are new (`charter.core.attempt.effect_key`), so the retry really fires.
+            events.append(NodeScheduled(node_id=node_id, queue_type=node.queue))
+            items.append(
+                _item_for(execution_id, node, entry.dispatches + 1, _payload(workflow, node_id))
+            )
+            changed[node_id] = NodeState.SCHEDULED
 
     # Human approval nodes: answers and timeouts.
     for node_id in people:
         node = workflow.nodes[node_id]
-        if node.tag != "human_approval":
+        if node.tag != "human_approval" or progress.node(node_id).lost:
             continue
         entry = progress.node(node_id)
         targets = [edge.target for edge in workflow.outgoing(node_id)]
@@ -519,7 +652,7 @@ def plan(workflow: WorkflowDef, progress: Progress, *, now: datetime, execution_
     for node_id in people:
         node = workflow.nodes[node_id]
         entry = progress.node(node_id)
-        if entry.state is NodeState.ANSWERED and node.tag != "human_approval":
+        if entry.state is NodeState.ANSWERED and node.tag != "human_approval" and not entry.lost:
             events.append(NodeScheduled(node_id=node_id, queue_type=node.queue))
             items.append(
                 _item_for(execution_id, node, entry.dispatches + 1, _payload(workflow, node_id))

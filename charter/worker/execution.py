@@ -22,7 +22,7 @@ from charter.core.records import Claim, EffectAbandoned, EffectHeld, EffectRecor
 from charter.core.workflow import NodeDef, WorkflowDef
 from charter.worker.scheduling import RunView
 
-__all__ = ["Refused", "execute", "executor_for", "node_call", "outcome_of", "reserve"]
+__all__ = ["Lost", "Refused", "execute", "executor_for", "node_call", "outcome_of", "reserve"]
 
 
 def executor_for(
@@ -67,34 +67,49 @@ def node_call(
 
 @attrs.frozen
 class Refused:
-    """A side effect that must not fire now: ``retryable`` (another claim is firing it) or
-    not (an earlier attempt's outcome is unknown), and why."""
+    """A side effect that must not fire now: another claim is firing it (retry later)."""
 
     reason: str
-    retryable: bool
+    retryable: bool = True
+
+
+@attrs.frozen
+class Lost:
+    """A side effect whose earlier attempt's outcome is unknown (its worker stopped
+    mid-call, no result was recorded): it is not fired again; a person must say what
+    happened (``outcome_unknown``, docs/workflows.md §3.3)."""
+
+    reason: str
 
 
 _HELD: Final = "another claim is firing this side effect; retrying later"
-_ABANDONED: Final = (
-    "the outcome of an earlier attempt of this call is unknown (its worker stopped mid-call); "
-    "it is not idempotent, so it is not fired again"
-)
+
+
+def _lost_reason(abandoned: EffectAbandoned) -> str:
+    expired = abandoned.expired_at.isoformat(timespec="seconds")
+    return (
+        f"the worker of an earlier attempt stopped mid-call (its claim, fence "
+        f"{abandoned.fence}, reserved this side effect until {expired} and recorded no "
+        "result): it may or may not have happened, and it is not idempotent, so it is not "
+        "fired again until a person resolves it"
+    )
 
 
 def reserve(
     store: Store, claim: Claim, key: str, *, ttl_secs: float
-) -> NodeResult | Refused | None:
+) -> NodeResult | Refused | Lost | None:
     """Reserve the side effect ``key`` for ``claim`` before it fires (`Store.reserve_effect`):
     `None` when it is this claim's to fire, the recorded result when an earlier attempt
-    fired it (replayed, not fired again), `Refused` otherwise."""
+    fired it (replayed, not fired again), `Refused` while another live claim holds it,
+    `Lost` when an earlier claim's reservation was abandoned without a result."""
     item = claim.item
     match store.reserve_effect(key, item_id=item.item_id, fence=claim.fence, ttl_secs=ttl_secs):
         case EffectRecorded(result=recorded):
             return result_from_json(recorded)
         case EffectHeld():
             return Refused(_HELD, retryable=True)
-        case EffectAbandoned():
-            return Refused(_ABANDONED, retryable=False)
+        case EffectAbandoned() as abandoned:
+            return Lost(_lost_reason(abandoned))
     return None
 
 

@@ -1,5 +1,5 @@
 """Starting a run, and driving one in-process until it finishes or waits for a person (the
-``charter run`` and ``charter approve`` commands)."""
+``charter run``, ``charter approve`` and ``charter resolve`` commands)."""
 
 from __future__ import annotations
 
@@ -81,6 +81,9 @@ class RunOutcome:
     execution_id: str
     status: str  # "completed" | "failed" | "cancelled" | "waiting"
     error: str | None = None
+    #: Waiting: the nodes whose side effect's outcome was lost, each waiting for a person
+    #: to resolve it (``charter resolve``), in definition order.
+    lost_outcomes: tuple[str, ...] = ()
 
 
 def drive(
@@ -111,7 +114,17 @@ def drive(
         states = {entry.state for entry in progress.nodes.values()}
         if not (states & {NodeState.SCHEDULED, NodeState.RUNNING, NodeState.ANSWERED}):
             if NodeState.HELD in states:
-                return RunOutcome(execution_id=execution_id, status="waiting")
+                lost = [
+                    node_id
+                    for node_id in progress.people
+                    if progress.node(node_id).unknown is not None
+                ]
+                workflow = scheduler.view(execution_id).workflow
+                return RunOutcome(
+                    execution_id=execution_id,
+                    status="waiting",
+                    lost_outcomes=tuple(workflow.in_order(lost)),
+                )
             if not scheduler.advance(execution_id):
                 return RunOutcome(
                     execution_id=execution_id,

@@ -61,6 +61,8 @@ class RunView:
     progress: Progress
     approvals: Mapping[str, ApprovalStatus]
     budget: BudgetState = attrs.Factory(BudgetState)
+    #: The tenant's deadline for resolving a lost outcome (`Scheduler.resolution_deadline`).
+    resolution_deadline_secs: float | None = None
 
     def approval(self, node_id: str) -> ApprovalStatus:
         return self.approvals.get(node_id, _NOT_REQUESTED)
@@ -69,7 +71,22 @@ class RunView:
         """What the scheduler would plan once ``kinds`` follow this view in the log (written
         at ``now``): a commit's next step, planned before the commit is made."""
         after = fold_kinds(self.workflow, kinds, self.progress, at=now)
-        return plan(self.workflow, after, now=now, execution_id=self.execution.execution_id)
+        return plan(
+            self.workflow,
+            after,
+            now=now,
+            execution_id=self.execution.execution_id,
+            resolution_deadline_secs=self.resolution_deadline_secs,
+        )
+
+
+def _waiting_on_lost_outcome(progress: Progress) -> bool:
+    """Whether a node of the run waits for a person to resolve a lost outcome."""
+    for node_id in progress.people:
+        entry = progress.node(node_id)
+        if entry.unknown is not None and entry.resolution is None:
+            return True
+    return False
 
 
 class Scheduler:
@@ -115,7 +132,28 @@ class Scheduler:
                 progress=tracked.progress,
                 approvals=dict(tracked.approvals),
                 budget=tracked.budget,
+                resolution_deadline_secs=self._deadline(tracked),
             )
+
+    def resolution_deadline(self, execution_id: str) -> float | None:
+        """How long a lost outcome of the execution may wait for a person before its node
+        fails (the tenant's ``resolution_deadline_secs``); ``None``: no deadline."""
+        with self._lock:
+            return self._deadline(self._catch_up(execution_id))
+
+    def _deadline(self, tracked: _Tracked) -> float | None:
+        # Only a run with a lost outcome waiting needs it: the tenant is read only then.
+        if not _waiting_on_lost_outcome(tracked.progress):
+            return None
+        tenant = self.store.get_tenant(tracked.execution.tenant_id)
+        if tenant is None:
+            return None
+        # `PolicySet.resolution_deadline_secs` is the tenant's setting (issue 13); read with
+        # getattr so the scheduler works with policy sets that do not have it yet.
+        value = getattr(tenant.policy, "resolution_deadline_secs", None)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            return None
+        return float(value)
 
     def absorb(self, execution_id: str, events: Sequence[Event]) -> bool:
         """Fold in events the caller appended itself, if they follow on from what the
@@ -171,7 +209,8 @@ class Scheduler:
         """Advance every running execution once: what a long-running worker does
         periodically, so that work not triggered by a claimed item still happens — an
         approval answered from elsewhere (``charter approve --no-continue``, an API) is
-        dispatched, a ``human_approval`` node's timeout fires, a run whose last item was
+        dispatched, a ``human_approval`` node's timeout fires, a lost outcome resolved from
+        elsewhere is settled (or its deadline fails it), a run whose last item was
         dead-lettered is finished. Returns how many events were appended. With
         ``min_interval_secs``, a call within that long of the previous one does nothing (so
         threads sharing a scheduler can all call it)."""
@@ -213,6 +252,7 @@ class Scheduler:
                     tracked.progress,
                     now=self.clock.now(),
                     execution_id=execution_id,
+                    resolution_deadline_secs=self._deadline(tracked),
                 )
                 if next_plan.empty:
                     break

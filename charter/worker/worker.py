@@ -6,7 +6,8 @@ closed: anything that goes wrong before the node's outcome is committed (a store
 unreadable definition, an executor that raises) fails the attempt, retryable when trying
 again may help, never the run. The side effect of a tool not declared ``idempotent`` is
 reserved before it fires and its result recorded as soon as it is known: a later attempt
-replays it instead of firing again, and one whose predecessor died mid-call fails.
+replays it instead of firing again, and one whose predecessor died mid-call does not fire:
+the node waits for a person to say what happened (``outcome_unknown``).
 """
 
 from __future__ import annotations
@@ -34,14 +35,21 @@ from charter.core.attempt import (
 )
 from charter.core.canonical import content_digest
 from charter.core.errors import ExecutorFailed, FenceLost, InvalidInput, StoreError
-from charter.core.events import EventKind, JsonValue
+from charter.core.events import EventKind, JsonValue, OutcomeUnknown
 from charter.core.gate import Outcome, gate_node
 from charter.core.nodes import NODE_KINDS
 from charter.core.ports import Clock, CommitRequest, EffectResult, Store
 from charter.core.records import Claim, WorkItemStatus
 from charter.core.workflow import NodeDef, WorkflowInvalid
 from charter.worker.commits import Writer, commit_request
-from charter.worker.execution import Refused, executor_for, node_call, outcome_of, reserve
+from charter.worker.execution import (
+    Lost,
+    Refused,
+    executor_for,
+    node_call,
+    outcome_of,
+    reserve,
+)
 from charter.worker.heartbeats import Heartbeats
 from charter.worker.scheduling import RunView, Scheduler
 
@@ -227,12 +235,21 @@ class Worker:
         ttl = self.effect_ttl_secs
         replayed = reserve(self.store, claim, key, ttl_secs=ttl) if effectful else None
         if isinstance(replayed, Refused):
-            if replayed.retryable:
-                self._absorbed = self._writer.fail(
-                    claim, replayed.reason, retryable=True, events=gated
-                )
-                return None
-            return self._refuse(claim, replayed.reason, *gated)
+            self._absorbed = self._writer.fail(
+                claim, replayed.reason, retryable=replayed.retryable, events=gated
+            )
+            return None
+        if isinstance(replayed, Lost):
+            # Not fired again, and not failed: the item is held and the node waits for a
+            # person to say what happened (`charter resolve`); the scheduler settles it.
+            lost = OutcomeUnknown(
+                node_id=node.node_id,
+                attempt=item.attempt,
+                idempotency_key=key,
+                reason=replayed.reason,
+            )
+            request = commit_request(claim, WorkItemStatus.HELD, (*gated, lost))
+            return self._commit(claim, request)
         chunks: list[JsonValue] = []
         call = node_call(view, node, attempt=item.attempt, idempotency_key=key, emit=chunks.append)
         if self.hooks.before_execute is not None:
