@@ -24,6 +24,8 @@ from charter.core.events import (
     NodeScheduled,
     NodeSkipped,
     NodeStarted,
+    OutcomeResolved,
+    OutcomeUnknown,
     RetryScheduled,
     ToolApprovalRequired,
     WorkflowCancelled,
@@ -33,11 +35,14 @@ from charter.core.events import (
 )
 from charter.core.records import Execution
 from charter.core.runs import (
+    LOST_OUTCOME_GATE,
     HumanApproval,
+    LostOutcome,
     RunStatus,
     StepStatus,
     WorkflowRun,
     WorkflowRunStep,
+    resolve_command,
     run_record,
     run_steps,
 )
@@ -501,3 +506,108 @@ def test_steps_follow_the_order_nodes_began_in() -> None:
     log = Log().start("a").start("b").complete("b").add(NodeSkipped("c", "branch not taken"))
     log.complete("a")
     assert [(s.position, s.step_name) for s in log.steps] == [(1, "a"), (2, "b"), (3, "c")]
+
+
+# ── lost outcomes ──────────────────────────────────────────────────────────────────────
+
+KEY: Final = "f" * 64
+PAY: Final = parse_workflow(
+    {
+        "workflow_id": "support-refund",
+        "version": "3",
+        "start_node": "pay",
+        "nodes": {
+            "pay": {"kind": {"type": "tool", "tool_ref": "ledger.post"}},
+            "notify": {"kind": {"type": "tool", "tool_ref": "email.send"}},
+        },
+        "edges": [{"from": "pay", "to": "notify"}],
+    }
+)
+
+
+def _lost_pay() -> Log:
+    """The trace of a lost outcome: the first attempt's worker died mid-call (its lease
+    expired), the second found the reservation abandoned and held the node."""
+    log = Log(workflow=PAY).planned().start("pay")
+    log.after(seconds=31).fail("pay", "lease expired: worker presumed dead", retryable=True)
+    log.add(RetryScheduled(node_id="pay", attempt=1, delay_ms=20))
+    log.after(seconds=1).start("pay", attempt=1)
+    return log.add(
+        OutcomeUnknown(node_id="pay", attempt=1, idempotency_key=KEY, reason="its worker died")
+    )
+
+
+def _resolved(log: Log, resolution: str, **fields: Any) -> Log:
+    log.after(minutes=5).add(
+        OutcomeResolved(node_id="pay", attempt=1, resolution=resolution, user_id="ops", **fields)
+    )
+    return log.planned()
+
+
+def test_a_lost_outcome_makes_the_run_wait_on_a_person_with_the_command() -> None:
+    record = _lost_pay().record
+    assert record.status is RunStatus.WAITING
+    assert record.blocked_on == LostOutcome(
+        gate_name="pay",
+        command=resolve_command(EXEC, "pay"),
+        prompt="outcome unknown: its worker died",
+        attempt=1,
+        idempotency_key=KEY,
+    )
+    assert "charter resolve run-7 pay --user USER" in record.blocked_on.command
+    assert "--succeeded" in record.blocked_on.command
+
+
+def test_the_lost_attempt_is_a_waiting_gate_step() -> None:
+    first, second = _lost_pay().steps
+    assert (first.status, first.step_error) == (
+        StepStatus.FAILED,
+        "lease expired: worker presumed dead",
+    )
+    assert (second.status, second.role, second.gate_type, second.retry_count) == (
+        StepStatus.WAITING,
+        "gate",
+        LOST_OUTCOME_GATE,
+        1,
+    )
+
+
+def test_resolved_as_succeeded_the_step_completes_with_the_output() -> None:
+    log = _resolved(_lost_pay(), "succeeded", output={"posted": 120}, comment="bank confirms")
+    assert log.record.status is RunStatus.RUNNING  # notify is scheduled
+    step = log.steps[1]
+    assert (step.status, step.result_text) == (StepStatus.COMPLETED, '{"posted": 120}')
+    assert (step.gate_approved_by, step.gate_feedback) == ("ops", "bank confirms")
+    assert step.ended_at == T0 + timedelta(seconds=32, minutes=5)
+
+
+def test_resolved_as_failed_the_step_and_the_run_fail_with_the_reason() -> None:
+    log = _resolved(_lost_pay(), "failed", reason="not in the ledger").planned()
+    step = log.steps[1]
+    assert (step.status, step.step_error) == (
+        StepStatus.FAILED,
+        "resolved as failed by ops: not in the ledger",
+    )
+    assert log.record.status is RunStatus.FAILED
+    assert "outcome unknown; resolved as failed by ops: not in the ledger" in (
+        log.record.error or ""
+    )
+
+
+def test_resolved_as_retry_a_new_step_follows() -> None:
+    log = _resolved(_lost_pay(), "retry").start("pay").complete("pay")
+    steps = [s for s in log.steps if s.step_name == "pay"]
+    assert [s.status for s in steps] == [StepStatus.FAILED, StepStatus.FAILED, StepStatus.COMPLETED]
+    assert steps[1].step_error == "outcome unknown; ops asked to run it again"
+    assert log.record.status is RunStatus.RUNNING
+
+
+def test_a_lost_outcome_past_its_deadline_times_out() -> None:
+    log = _lost_pay().after(hours=2)
+    progress = fold(PAY, log.events)
+    log.add(
+        *plan(PAY, progress, now=log.now, execution_id=EXEC, resolution_deadline_secs=3600).events
+    )
+    step = log.steps[1]
+    assert step.status is StepStatus.TIMED_OUT
+    assert "resolution timed out after 3600 s" in (step.step_error or "")
