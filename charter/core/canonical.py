@@ -11,6 +11,12 @@ later the event chain), so it must not depend on key order, whitespace or float 
   ``1.2345678901234568e20`` is ``123456789012345680000``); NaN and infinities are refused;
 * nesting deeper than `MAX_DEPTH` levels is refused;
 * ``true``, ``false``, ``null``; tuples are arrays.
+
+`canonical_json` is the exact reference encoder. `canonical_text` gives the same text
+faster: values whose floats are integral or already print as ECMAScript prints them, whose
+object keys are ASCII and whose strings are well-formed go through the C JSON encoder, and
+anything else falls back to `canonical_json` (a property test checks they agree on every
+value, errors included). `content_digest` hashes `canonical_text`.
 """
 
 from __future__ import annotations
@@ -18,11 +24,21 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from json import encoder as _json_encoder
+from typing import Any, Final
 
 from charter.core.errors import InvalidInput, describe
 
-__all__ = ["MAX_DEPTH", "canonical_json", "content_digest", "number_text"]
+__all__ = [
+    "MAX_DEPTH",
+    "canonical_json",
+    "canonical_text",
+    "content_digest",
+    "number_text",
+    "string_text",
+    "text_digest",
+]
 
 
 def number_text(value: float) -> str:
@@ -130,4 +146,140 @@ def canonical_json(value: object) -> str:
 
 def content_digest(value: object) -> str:
     """SHA-256 (hex) of the UTF-8 canonical JSON of ``value``."""
+    text = fast_text(value)
+    if text is not None:
+        try:
+            return hashlib.sha256(text.encode("utf-8")).hexdigest()
+        except UnicodeEncodeError:
+            pass
     return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()
+
+
+# ── the fast path ──────────────────────────────────────────────────────────────────────
+
+#: The JSON string literal of a string as canonical JSON writes it (only ``"``, ``\\`` and
+#: control characters escaped). It does not refuse lone surrogates: text built with it must
+#: be encoded to UTF-8 (which does refuse them) before it is trusted, as `text_digest` does.
+string_text: Final[Callable[[str], str]] = _json_encoder.encode_basestring
+
+_SAFE_INTEGRAL: Final = 2**53
+
+
+def _make_dumps() -> Callable[[Any], str]:
+    """Compact, key-sorted JSON through the C encoder, made once (``json.dumps`` builds a new
+    encoder per call). Values reaching it are acyclic (`_prepare` bounds their depth)."""
+    reference = json.JSONEncoder(
+        ensure_ascii=False, allow_nan=False, sort_keys=True, separators=(",", ":")
+    ).encode
+    make = getattr(_json_encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - CPython always has the C encoder
+        return reference
+    try:
+        raw = make(None, None, string_text, None, ":", ",", True, False, False)
+    except TypeError:  # pragma: no cover - an interpreter with another signature
+        return reference
+
+    def dumps(value: Any) -> str:
+        return "".join(raw(value, 0))
+
+    sample = {"b": [1, 2.5, None, True], "a": {"\u00e9": "x\n"}}
+    return dumps if dumps(sample) == reference(sample) else reference
+
+
+_dumps: Final = _make_dumps()
+
+
+class _Slow(Exception):
+    """The value needs the exact encoder."""
+
+
+def _float(value: float) -> float | int:
+    """``value`` as the C encoder must see it to print ECMAScript's text (`_Slow` if it
+    cannot: NaN, infinities, and exponents printed another way)."""
+    if value.is_integer() and -_SAFE_INTEGRAL < value < _SAFE_INTEGRAL:
+        return int(value)
+    text = repr(value)
+    # Without an exponent, a non-integral float prints the same shortest digits both ways;
+    # an exponent, nan, inf or a large integral float ("9007199254740992.0") needs a look.
+    if ("e" in text or "n" in text or value.is_integer()) and (
+        not math.isfinite(value) or text != number_text(value)
+    ):
+        raise _Slow
+    return value
+
+
+def _prepare(value: Any, depth: int) -> Any:
+    """``value`` with every float the C encoder would print differently from ECMAScript
+    replaced by an equal int (copying only the containers that change); `_Slow` if
+    something else needs the exact encoder. ``depth`` is the value's nesting level."""
+    kind = type(value)
+    if kind is str or value is None or kind is bool:
+        return value
+    if kind is int:
+        if not -_INT_RANGE <= value < _INT_RANGE:
+            raise _Slow
+        return value
+    if kind is float:
+        return _float(value)
+    if kind is dict:
+        if depth >= MAX_DEPTH and (value or depth > MAX_DEPTH):
+            raise _Slow
+        changed: dict[str, Any] | None = None
+        for key, item in value.items():
+            if type(key) is not str or not key.isascii():
+                raise _Slow
+            kind = type(item)
+            if kind is str or kind is bool or item is None:
+                continue
+            new = _prepare(item, depth + 1)
+            if new is not item:
+                if changed is None:
+                    changed = dict(value)
+                changed[key] = new
+        return value if changed is None else changed
+    if kind is list or kind is tuple:
+        if depth >= MAX_DEPTH and (value or depth > MAX_DEPTH):
+            raise _Slow
+        copied: list[Any] | None = None
+        for index, item in enumerate(value):
+            kind = type(item)
+            if kind is str or kind is bool or item is None:
+                continue
+            new = _prepare(item, depth + 1)
+            if new is not item:
+                if copied is None:
+                    copied = list(value)
+                copied[index] = new
+        return value if copied is None else copied
+    raise _Slow
+
+
+def fast_text(value: Any, depth: int = 0) -> str | None:
+    """`canonical_text` without its fallback: the text, or ``None`` when only the exact
+    encoder can say (the text may still hold a lone surrogate: encode it to UTF-8 before
+    trusting it). ``depth`` is the nesting level ``value`` will sit at."""
+    try:
+        return _dumps(_prepare(value, depth))
+    except (_Slow, ValueError, TypeError, RecursionError):
+        return None
+
+
+def canonical_text(value: Any) -> str:
+    """The canonical JSON text of a JSON value: exactly `canonical_json`'s, faster."""
+    text = fast_text(value)
+    if text is None:
+        return canonical_json(value)
+    try:
+        text.encode("utf-8")  # a lone surrogate cannot be encoded: let the exact path say so
+    except UnicodeEncodeError:
+        return canonical_json(value)
+    return text
+
+
+def text_digest(text: str) -> str:
+    """SHA-256 (hex) of canonical text's UTF-8 bytes; a lone surrogate is `InvalidInput`."""
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput("", "string contains a lone surrogate") from None
+    return hashlib.sha256(data).hexdigest()

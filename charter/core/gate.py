@@ -62,7 +62,13 @@ from charter.core.budget import (
     check_after,
     check_before,
 )
-from charter.core.canonical import canonical_json, content_digest
+from charter.core.canonical import (
+    canonical_json,
+    content_digest,
+    fast_text,
+    string_text,
+    text_digest,
+)
 from charter.core.errors import InvalidInput, child, describe
 from charter.core.events import (
     ApprovalConsumed,
@@ -85,10 +91,10 @@ from charter.core.policy import (
     CombiningMode,
     EvaluationContext,
     Overruled,
-    PolicyEvaluator,
     PolicyLayer,
     PolicyVerdict,
     RequireApproval,
+    layer_verdict,
 )
 
 __all__ = [
@@ -151,25 +157,43 @@ class GateRequest:
     run_started_at: datetime | None = None
     as_of: int | None = None
 
+    # The call's canonical text and digest, computed once when the request is built (the
+    # check that the call is JSON is the same work); every digest of the gate reuses them.
+    _call_text: str = attrs.field(init=False, repr=False, eq=False)
+    _call_digest: str = attrs.field(init=False, repr=False, eq=False)
+
     def __attrs_post_init__(self) -> None:
         # Misuse is refused here, before any decision, so it can never turn into a decision.
-        _expect(self.context, EvaluationContext, "context")
-        _check.count(self.attempt, "attempt", GateInputError)
-        if self.as_of is not None:
+        # Each check tests the common, valid case first and names the problem otherwise.
+        if type(self.context) is not EvaluationContext:
+            _expect(self.context, EvaluationContext, "context")
+        if not _is_count(self.attempt):
+            _check.count(self.attempt, "attempt", GateInputError)
+        if self.as_of is not None and not _is_count(self.as_of):
             _check.count(self.as_of, "as_of", GateInputError)
-        _check.count(self.circuit_breaker_threshold, "circuit_breaker_threshold", GateInputError)
-        _check.optional_text(self.delegation_target, "delegation_target", GateInputError)
-        _expect(self.combining, CombiningMode, "combining")
-        _expect(self.budget, BudgetState, "budget")
-        _expect(self.limits, BudgetLimits, "limits")
+        if not _is_count(self.circuit_breaker_threshold):
+            _check.count(
+                self.circuit_breaker_threshold, "circuit_breaker_threshold", GateInputError
+            )
+        if self.delegation_target is not None and type(self.delegation_target) is not str:
+            _check.optional_text(self.delegation_target, "delegation_target", GateInputError)
+        if type(self.combining) is not CombiningMode:
+            _expect(self.combining, CombiningMode, "combining")
+        if type(self.budget) is not BudgetState:
+            _expect(self.budget, BudgetState, "budget")
+        if type(self.limits) is not BudgetLimits:
+            _expect(self.limits, BudgetLimits, "limits")
         if self.agent is not None:
             _expect(self.agent, AgentCard, "agent")
-        if not isinstance(self.approval, NotRequested | Pending | Approved | Rejected | Consumed):
+        if type(self.approval) not in _STATUS_NOTES and not isinstance(
+            self.approval, NotRequested | Pending | Approved | Rejected | Consumed
+        ):
             raise GateInputError(
                 "approval", f"expected an approval status, got {describe(self.approval)}"
             )
         for index, layer in enumerate(self.policies):
-            _expect(layer, PolicyLayer, f"policies[{index}]")
+            if type(layer) is not PolicyLayer:
+                _expect(layer, PolicyLayer, f"policies[{index}]")
         _aware(self.now, "now")
         if self.run_started_at is not None:
             _aware(self.run_started_at, "run_started_at")
@@ -178,16 +202,29 @@ class GateRequest:
                 "run_started_at",
                 "required: the agent card sets time_budget_secs, which is measured from it",
             )
+        text = fast_text(self.call)
         try:
-            canonical_json(self.call)
-        except InvalidInput as error:
-            where = error.where
-            path = f"call{where}" if where.startswith("[") else child("call", where)
-            raise GateInputError(path, error.problem) from None
+            if text is None:
+                text = canonical_json(self.call)  # the exact encoder names what is wrong
+            digest = text_digest(text)
+        except InvalidInput:
+            try:
+                canonical_json(self.call)
+            except InvalidInput as error:
+                where = error.where
+                path = f"call{where}" if where.startswith("[") else child("call", where)
+                raise GateInputError(path, error.problem) from None
+            raise  # pragma: no cover - the exact encoder refuses whatever the digest does
+        object.__setattr__(self, "_call_text", text)
+        object.__setattr__(self, "_call_digest", digest)
 
     @property
     def node_id(self) -> str:
         return self.context.node_id
+
+
+def _is_count(value: object) -> bool:
+    return type(value) is int and 0 <= value <= _check.MAX_COUNT
 
 
 def _aware(value: object, where: str) -> None:
@@ -226,7 +263,23 @@ def request_digest(
     ctx: EvaluationContext, attempt: int, call: JsonValue, approver: str = ANY_HUMAN
 ) -> str:
     """The digest an approval binds to: node, attempt, policy names, call arguments and who
-    must approve (so an approval given under one approver rule never satisfies another)."""
+    must approve (so an approval given under one approver rule never satisfies another).
+
+    It is the `content_digest` of ``{node_id, node_kind, attempt, tool_name, model_ref,
+    resolved_model, call, approver}``; the gate assembles that canonical text around the
+    call's text it already has."""
+    text = fast_text(call, 1)
+    if (
+        text is not None
+        and type(attempt) is int
+        and -(2**63) <= attempt < 2**63
+        and type(approver) is str
+        and isinstance(ctx, EvaluationContext)
+    ):
+        try:
+            return _request_digest(ctx, attempt, text, approver)
+        except InvalidInput:
+            pass  # a lone surrogate somewhere: the exact encoder below says where
     return content_digest(
         {
             "node_id": ctx.node_id,
@@ -241,20 +294,27 @@ def request_digest(
     )
 
 
+def _text(value: str | None) -> str:
+    return "null" if value is None else string_text(value)
+
+
+def _request_digest(ctx: EvaluationContext, attempt: int, call_text: str, approver: str) -> str:
+    """`request_digest` from the call's canonical text: the object's canonical text, its keys
+    in canonical (sorted) order, each string a checked ``str`` (`EvaluationContext` checks
+    its names; the approver comes from a checked policy set or is `ANY_HUMAN`)."""
+    return text_digest(
+        f'{{"approver":{string_text(approver)},"attempt":{attempt},"call":{call_text},'
+        f'"model_ref":{_text(ctx.model_ref)},"node_id":{string_text(ctx.node_id)},'
+        f'"node_kind":{string_text(ctx.node_kind_tag)},'
+        f'"resolved_model":{_text(ctx.resolved_model)},"tool_name":{_text(ctx.tool_name)}}}'
+    )
+
+
 def _card_record(card: AgentCard) -> dict[str, object]:
     constraints = None
     if card.constraints is not None:
         constraints = content_digest(attrs.asdict(card.constraints))
     return {"uri": card.uri, "autonomy": card.autonomy.value, "constraints_digest": constraints}
-
-
-def _limits_record(limits: BudgetLimits) -> dict[str, object]:
-    return {
-        "total_tokens": limits.total_tokens,
-        "input_tokens": limits.input_tokens,
-        "output_tokens": limits.output_tokens,
-        "cost_usd": limits.cost_usd,
-    }
 
 
 def _elapsed(request: GateRequest) -> float:
@@ -359,17 +419,6 @@ def _overruled_note(verdict: PolicyVerdict) -> str:
     return f" ({final}: the {where} rule {rule}{pattern} {what})"
 
 
-def _status_note(status: ApprovalStatus) -> str:
-    names = {
-        NotRequested: "not_requested",
-        Pending: "pending",
-        Approved: "approved",
-        Rejected: "rejected",
-        Consumed: "consumed",
-    }
-    return names[type(status)]
-
-
 def _json_limit(value: object) -> JsonValue:
     return list(value) if isinstance(value, tuple) else value
 
@@ -384,108 +433,129 @@ def _trip_event(node_id: str, trip: BudgetTrip) -> EventKind:
     )
 
 
-@attrs.frozen
-class _Decided:
-    """What the gate has established so far; builds the result for each outcome."""
+_STATUS_NOTES: dict[type, str] = {
+    NotRequested: "not_requested",
+    Pending: "pending",
+    Approved: "approved",
+    Rejected: "rejected",
+    Consumed: "consumed",
+}
 
-    request: GateRequest
-    verdict: PolicyVerdict
-    approver: str | None = None
-    autonomy: AutonomyDecision | None = None
-    approval_note: str | None = None
 
-    @property
-    def digest(self) -> str | None:
-        """The request digest, when an approval is involved."""
-        if self.approver is None:
-            return None
-        request = self.request
-        return request_digest(request.context, request.attempt, request.call, self.approver)
+def _gated(
+    request: GateRequest,
+    verdict: PolicyVerdict,
+    outcome: Outcome,
+    reason: str | None,
+    autonomy: AutonomyDecision | None,
+    digest: str | None,
+) -> NodeGated:
+    """The ``node_gated`` record of a decision (docs/semantics.md, "The gate")."""
+    card = request.agent
+    scope, rule = verdict.scope, verdict.rule
+    limits = request.limits
+    return NodeGated(
+        node_id=request.context.node_id,
+        attempt=request.attempt,
+        outcome=outcome._value_,
+        reason=reason,
+        policy_decision=_decision_tag(verdict.decision),
+        policy_scope=scope._value_ if scope is not None else None,
+        policy_rule=rule._value_ if rule is not None else None,
+        policy_pattern=verdict.pattern,
+        overruled=_overruled_record(verdict.overruled),
+        policies=[_layer_record(layer) for layer in request.policies],
+        combining=request.combining._value_,
+        autonomy=_decision_tag(autonomy) if autonomy is not None else None,
+        agent=_card_record(card) if card is not None else None,
+        circuit_breaker_threshold=request.circuit_breaker_threshold if card else None,
+        elapsed_secs=_elapsed(request) if card else None,
+        delegation_target=_delegation_target(request) if card else None,
+        budget=request.budget.to_dict(),
+        limits={
+            "total_tokens": limits.total_tokens,
+            "input_tokens": limits.input_tokens,
+            "output_tokens": limits.output_tokens,
+            "cost_usd": limits.cost_usd,
+        },
+        approval=_STATUS_NOTES[type(request.approval)],
+        call_digest=request._call_digest,
+        request_digest=digest,
+        decided_at=request.now,
+        as_of=request.as_of,
+    )
 
-    def result(
-        self,
-        outcome: Outcome,
-        reason: str | None,
-        events: tuple[EventKind, ...] = (),
-        trip: BudgetTrip | None = None,
-    ) -> GateResult:
-        request, verdict = self.request, self.verdict
-        bound = self.digest
-        card = request.agent
-        gated = NodeGated(
-            node_id=request.node_id,
-            attempt=request.attempt,
-            outcome=outcome.value,
-            reason=reason,
-            policy_decision=_decision_tag(verdict.decision),
-            policy_scope=verdict.scope.value if verdict.scope is not None else None,
-            policy_rule=verdict.rule.value if verdict.rule is not None else None,
-            policy_pattern=verdict.pattern,
-            overruled=_overruled_record(verdict.overruled),
-            policies=[_layer_record(layer) for layer in request.policies],
-            combining=request.combining.value,
-            autonomy=_decision_tag(self.autonomy) if self.autonomy is not None else None,
-            agent=_card_record(card) if card is not None else None,
-            circuit_breaker_threshold=request.circuit_breaker_threshold if card else None,
-            elapsed_secs=_elapsed(request) if card else None,
-            delegation_target=_delegation_target(request) if card else None,
-            budget=request.budget.to_dict(),
-            limits=_limits_record(request.limits),
-            approval=self.approval_note,
-            call_digest=content_digest(request.call),
-            request_digest=bound,
-            decided_at=request.now,
-            as_of=request.as_of,
-        )
-        return GateResult(
-            outcome=outcome,
-            reason=reason,
-            events=(gated, *events),
-            policy=verdict,
-            autonomy=self.autonomy,
-            budget_trip=trip,
-            request_digest=bound,
-        )
 
-    def fail(
-        self,
-        reason: str,
-        error: str,
-        events: tuple[EventKind, ...] = (),
-        trip: BudgetTrip | None = None,
-    ) -> GateResult:
-        request = self.request
-        failed = NodeFailed(
-            node_id=request.node_id, error=error, attempt=request.attempt, retryable=False
-        )
-        return self.result(Outcome.FAIL, reason, (*events, failed), trip)
+def _result(
+    request: GateRequest,
+    verdict: PolicyVerdict,
+    outcome: Outcome,
+    reason: str | None,
+    events: tuple[EventKind, ...] = (),
+    autonomy: AutonomyDecision | None = None,
+    digest: str | None = None,
+    trip: BudgetTrip | None = None,
+) -> GateResult:
+    gated = _gated(request, verdict, outcome, reason, autonomy, digest)
+    return GateResult(
+        outcome=outcome,
+        reason=reason,
+        events=(gated, *events),
+        policy=verdict,
+        autonomy=autonomy,
+        budget_trip=trip,
+        request_digest=digest,
+    )
+
+
+def _fail(
+    request: GateRequest,
+    verdict: PolicyVerdict,
+    reason: str,
+    error: str,
+    events: tuple[EventKind, ...] = (),
+    autonomy: AutonomyDecision | None = None,
+    digest: str | None = None,
+    trip: BudgetTrip | None = None,
+) -> GateResult:
+    failed = NodeFailed(
+        node_id=request.context.node_id, error=error, attempt=request.attempt, retryable=False
+    )
+    return _result(
+        request, verdict, Outcome.FAIL, reason, (*events, failed), autonomy, digest, trip
+    )
 
 
 def gate_node(request: GateRequest) -> GateResult:
-    """Decide whether a node may run now (see the module doc for the order)."""
+    """Decide whether a node may run now (see the module doc for the order).
+
+    The request checked its inputs when it was built, so nothing is checked again here; the
+    call's digest was computed then too, and the request digest (when an approval is
+    involved) is computed once, around the call's canonical text."""
     ctx = request.context
     node_id = ctx.node_id
-    verdict = PolicyEvaluator(request.combining).explain(ctx, request.policies)
-    decided = _Decided(request, verdict, approval_note=_status_note(request.approval))
+    verdict = layer_verdict(request.combining, ctx, request.policies)
+    approver: str | None = None
     approval_reasons: list[str] = []
 
     # 1. policy
     decision = verdict.decision
-    if isinstance(decision, Block):
-        scope = verdict.scope.value if verdict.scope is not None else "unknown"
+    if type(decision) is Block:
+        scope = verdict.scope._value_ if verdict.scope is not None else "unknown"
         violation = PolicyViolation(
             node_id=node_id, rule=decision.reason, decision="blocked", policy_scope=scope
         )
         reason = decision.reason + _overruled_note(verdict)
-        return decided.fail(reason, f"policy blocked: {reason}", (violation,))
-    if isinstance(decision, RequireApproval):
-        decided = attrs.evolve(decided, approver=decision.approver)
-        where = f"{verdict.scope.value} policy" if verdict.scope is not None else "policy"
+        return _fail(request, verdict, reason, f"policy blocked: {reason}", (violation,))
+    if type(decision) is RequireApproval:
+        approver = decision.approver
+        where = f"{verdict.scope._value_} policy" if verdict.scope is not None else "policy"
         approval_reasons.append(
             f"{where} requires approval for '{verdict.pattern}'{_overruled_note(verdict)}"
         )
 
     # 2. autonomy
+    autonomy: AutonomyDecision | None = None
     card = request.agent
     if card is not None:
         autonomy = AutonomyEnforcer().check(_autonomy_context(request, card), _autonomy_tool(ctx))
@@ -495,7 +565,6 @@ def gate_node(request: GateRequest) -> GateResult:
                 consecutive_errors=request.budget.consecutive_error_count,
                 threshold=request.circuit_breaker_threshold,
             )
-        decided = attrs.evolve(decided, autonomy=autonomy)
         match autonomy:
             case TripCircuitBreaker(consecutive_errors=errors, threshold=threshold):
                 events: tuple[EventKind, ...] = (
@@ -518,7 +587,15 @@ def gate_node(request: GateRequest) -> GateResult:
                     else f"circuit breaker tripped: the budget records it as tripped "
                     f"({errors} consecutive errors, threshold {threshold})"
                 )
-                return decided.fail(reason, "circuit breaker tripped", events)
+                return _fail(
+                    request,
+                    verdict,
+                    reason,
+                    "circuit breaker tripped",
+                    events,
+                    autonomy,
+                    _bound_digest(request, approver),
+                )
             case EscalateLimit(limit_type=limit_type, limit_value=limit, actual_value=actual):
                 events = (
                     AutonomyLimitReached(
@@ -536,10 +613,18 @@ def gate_node(request: GateRequest) -> GateResult:
                     ),
                 )
                 reason = f"autonomy limit: {limit_type} (limit {limit!r}, actual {actual!r})"
-                return decided.fail(reason, f"autonomy limit: {limit_type}", events)
+                return _fail(
+                    request,
+                    verdict,
+                    reason,
+                    f"autonomy limit: {limit_type}",
+                    events,
+                    autonomy,
+                    _bound_digest(request, approver),
+                )
             case RequireToolApproval(tool_name=tool):
-                if decided.approver is None:
-                    decided = attrs.evolve(decided, approver=ANY_HUMAN)
+                if approver is None:
+                    approver = ANY_HUMAN
                 approval_reasons.append(f"agent {card.uri} needs approval to call '{tool}'")
             case Proceed():
                 pass
@@ -547,31 +632,39 @@ def gate_node(request: GateRequest) -> GateResult:
     # 3. budget, before the node runs
     trip = check_before(request.budget, request.limits)
     if trip is not None:
-        return decided.fail(trip.reason, trip.reason, (_trip_event(node_id, trip),), trip)
+        return _fail(
+            request,
+            verdict,
+            trip.reason,
+            trip.reason,
+            (_trip_event(node_id, trip),),
+            autonomy,
+            _bound_digest(request, approver),
+            trip,
+        )
 
     # 4. approvals
-    if decided.approver is None:
-        return decided.result(Outcome.RUN, None)
-    digest = decided.digest
-    assert digest is not None  # an approver is set, so the request is bound
+    if approver is None:
+        return _result(request, verdict, Outcome.RUN, None, (), autonomy)
+    digest = _request_digest(ctx, request.attempt, request._call_text, approver)
     status = request.approval
     same = not isinstance(status, NotRequested) and status.request.request_digest == digest
-    if isinstance(status, Approved) and same:
+    if type(status) is Approved and same:
         reason = f"approved by {status.user_id}"
         consumed = ApprovalConsumed(node_id=node_id, request_digest=digest, attempt=request.attempt)
-        return decided.result(Outcome.RUN, reason, (consumed,))
-    if isinstance(status, Rejected) and same:
+        return _result(request, verdict, Outcome.RUN, reason, (consumed,), autonomy, digest)
+    if type(status) is Rejected and same:
         reason = rejection_reason(status)
-        return decided.fail(reason, reason)
+        return _fail(request, verdict, reason, reason, (), autonomy, digest)
     reason = "; ".join(approval_reasons)
-    if isinstance(status, Pending) and same:
-        return decided.result(Outcome.HOLD, reason)
-    if isinstance(status, Approved | Rejected | Consumed | Pending):
+    if type(status) is Pending and same:
+        return _result(request, verdict, Outcome.HOLD, reason, (), autonomy, digest)
+    if type(status) is not NotRequested:
         reason = f"{reason} (a new request: the earlier one does not cover this call)"
     ask = ToolApprovalRequired(
         node_id=node_id,
         tool_name=ctx.tool_name or ctx.model_ref or node_id,
-        approver=decided.approver,
+        approver=approver,
         context={
             "node_id": node_id,
             "node_kind": ctx.node_kind_tag,
@@ -582,7 +675,14 @@ def gate_node(request: GateRequest) -> GateResult:
         request_digest=digest,
         attempt=request.attempt,
     )
-    return decided.result(Outcome.HOLD, reason, (ask,))
+    return _result(request, verdict, Outcome.HOLD, reason, (ask,), autonomy, digest)
+
+
+def _bound_digest(request: GateRequest, approver: str | None) -> str | None:
+    """The request digest a failing decision records when an approval was involved."""
+    if approver is None:
+        return None
+    return _request_digest(request.context, request.attempt, request._call_text, approver)
 
 
 # ── after execution ────────────────────────────────────────────────────────────────────

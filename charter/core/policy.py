@@ -52,6 +52,7 @@ __all__ = [
     "PolicySet",
     "PolicyVerdict",
     "RequireApproval",
+    "layer_verdict",
     "policy_chain",
 ]
 
@@ -558,24 +559,7 @@ class PolicyEvaluator:
     ) -> PolicyVerdict:
         """The decision for ``ctx`` with the layer, rule and pattern that produced it, and
         the more specific rule a final layer overruled, if any."""
-        hit, relaxed = self._decide(ctx, sets)
-        if hit is None:
-            return _ALLOW_VERDICT
-        decision, scope, rule, pattern, layer = hit
-        overruled = None
-        if relaxed is not None:
-            was, was_scope, was_rule, was_pattern, was_layer = relaxed
-            overruled = Overruled(
-                decision=was, scope=was_scope, rule=was_rule, pattern=was_pattern, layer=was_layer
-            )
-        return PolicyVerdict(
-            decision=decision,
-            scope=scope,
-            rule=rule,
-            pattern=pattern,
-            layer=layer,
-            overruled=overruled,
-        )
+        return _verdict(*self._decide(ctx, sets))
 
     def _decide(
         self, ctx: EvaluationContext, sets: Sequence[PolicySet | PolicyLayer]
@@ -585,17 +569,52 @@ class PolicyEvaluator:
             raise PolicyError("ctx", f"expected an EvaluationContext, got {describe(ctx)}")
         if not isinstance(sets, list | tuple):
             raise PolicyError("sets", f"expected a list of policy sets, got {describe(sets)}")
-        match self.mode:
-            case CombiningMode.DENY_OVERRIDES:
-                hit = _deny_overrides(ctx, sets)
-            case CombiningMode.MOST_SPECIFIC:
-                hit = _most_specific(ctx, sets)
-            case _:  # pragma: no cover - the converter admits only the two modes
-                assert_never(self.mode)
-        bounded = _bound_by_final_layers(ctx, sets, hit)
-        if bounded is hit:
-            return hit, None
-        return bounded, hit
+        return _decide(self.mode, ctx, sets)
+
+
+def _decide(
+    mode: CombiningMode, ctx: EvaluationContext, sets: Sequence[PolicySet | PolicyLayer]
+) -> tuple[_Hit | None, _Hit | None]:
+    match mode:
+        case CombiningMode.DENY_OVERRIDES:
+            hit = _deny_overrides(ctx, sets)
+        case CombiningMode.MOST_SPECIFIC:
+            hit = _most_specific(ctx, sets)
+        case _:  # pragma: no cover - the converter admits only the two modes
+            assert_never(mode)
+    bounded = _bound_by_final_layers(ctx, sets, hit)
+    if bounded is hit:
+        return hit, None
+    return bounded, hit
+
+
+def layer_verdict(
+    mode: CombiningMode, ctx: EvaluationContext, layers: Sequence[PolicyLayer]
+) -> PolicyVerdict:
+    """`PolicyEvaluator.explain` for a caller whose inputs are already checked (the gate's
+    request checked its context, mode and layers when it was built): the same verdict,
+    without checking them again, and the one shared Allow verdict when nothing decided."""
+    return _verdict(*_decide(mode, ctx, layers))
+
+
+def _verdict(hit: _Hit | None, relaxed: _Hit | None) -> PolicyVerdict:
+    if hit is None:
+        return _ALLOW_VERDICT
+    decision, scope, rule, pattern, layer = hit
+    overruled = None
+    if relaxed is not None:
+        was, was_scope, was_rule, was_pattern, was_layer = relaxed
+        overruled = Overruled(
+            decision=was, scope=was_scope, rule=was_rule, pattern=was_pattern, layer=was_layer
+        )
+    return PolicyVerdict(
+        decision=decision,
+        scope=scope,
+        rule=rule,
+        pattern=pattern,
+        layer=layer,
+        overruled=overruled,
+    )
 
 
 def _most_specific(ctx: EvaluationContext, sets: Sequence[PolicySet | PolicyLayer]) -> _Hit | None:
