@@ -27,7 +27,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from charter.core.errors import InvalidInput
 from charter.core.signing import KEY_PREFIX, Signature, Statement
 
-__all__ = ["PrivateKey", "load_key", "new_key", "public_key_text", "sign", "verify"]
+__all__ = [
+    "PrivateKey",
+    "load_key",
+    "new_key",
+    "public_key_text",
+    "sign",
+    "sign_bytes",
+    "verify",
+]
 
 
 @attrs.frozen
@@ -93,6 +101,12 @@ def load_key(path: str | Path) -> PrivateKey:
 def sign(key: PrivateKey, statement: Statement) -> Signature:
     """``key``'s signature over ``statement``'s canonical bytes."""
     value = key.key.sign(statement.message())
+    return Signature(key=key.public, value=base64.b64encode(value).decode("ascii"))
+
+
+def sign_bytes(key: PrivateKey, message: bytes) -> Signature:
+    """``key``'s signature over raw bytes (an auditor's anchor)."""
+    value = key.key.sign(message)
     return Signature(key=key.public, value=base64.b64encode(value).decode("ascii"))
 
 

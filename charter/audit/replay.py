@@ -29,9 +29,10 @@ Nothing here writes to the store.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
@@ -80,7 +81,7 @@ from charter.core.policy import PolicyScope, PolicySet
 from charter.core.ports import Store
 from charter.core.records import Execution
 from charter.core.scheduler import Progress, fold
-from charter.core.signing import Signature, Statement, check_signed_answer
+from charter.core.signing import Signature, Statement, check_signed_answer, decode_key
 from charter.core.workflow import WorkflowDef, WorkflowInvalid
 from charter.worker import Definitions
 
@@ -263,22 +264,35 @@ def _feed_all(store: Store, verifier: ChainVerifier, page: int) -> None:
             return
 
 
-def anchor_document(report: VerifyReport, *, created_at: datetime) -> dict[str, Any]:
-    """The JSON an anchor file holds: each verified run's last sequence and head hash.
-    Keep it somewhere the store's writers cannot reach (docs/audit.md)."""
-    return {
+def anchor_document(
+    report: VerifyReport,
+    *,
+    created_at: datetime,
+    sign: Callable[[bytes], Signature] | None = None,
+) -> dict[str, Any]:
+    """The JSON an anchor file holds: each verified run's last sequence and head hash, and
+    the log's size (runs, events); with ``sign`` (an auditor's key), a ``signature`` over
+    the canonical JSON of everything else. Keep it somewhere the store's writers cannot
+    reach (docs/audit.md)."""
+    document: dict[str, Any] = {
         "format": ANCHOR_FORMAT,
         "created_at": created_at.isoformat(),
         "runs": {
             execution_id: {"sequence": head.sequence, "hash": head.hash}
             for execution_id, head in sorted(report.heads.items())
         },
+        "size": {"runs": report.executions, "events": report.events},
     }
+    if sign is not None:
+        signature = sign(canonical_text(document).encode("utf-8"))
+        document["signature"] = {"key": signature.key, "value": signature.value}
+    return document
 
 
-def read_anchor(path: str | Path) -> dict[str, Anchor]:
+def read_anchor(path: str | Path, *, signed_by: Sequence[str] = ()) -> dict[str, Anchor]:
     """An anchor file's heads; a file that is not one is `InvalidInput` naming the file
-    and the field."""
+    and the field. A signed anchor's signature is checked (a bad one is refused); with
+    ``signed_by`` (auditors' public keys), an anchor must be signed by one of them."""
     where = str(path)
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -290,6 +304,7 @@ def read_anchor(path: str | Path) -> dict[str, Anchor]:
         raise InvalidInput(
             f"{where}: format", f"expected {ANCHOR_FORMAT!r} (a file from `charter audit anchor`)"
         )
+    _check_anchor_signature(data, where, signed_by)
     runs = data.get("runs")
     if not isinstance(runs, dict):
         raise InvalidInput(f"{where}: runs", "expected an object of run id → {sequence, hash}")
@@ -305,6 +320,33 @@ def read_anchor(path: str | Path) -> dict[str, Anchor]:
             raise InvalidInput(f"{field}.hash", "expected a SHA-256 hex digest (64 characters)")
         anchors[execution_id] = Anchor(sequence, hash_)
     return anchors
+
+
+def _check_anchor_signature(data: dict[str, Any], where: str, signed_by: Sequence[str]) -> None:
+    signature = data.get("signature")
+    if signature is None:
+        if signed_by:
+            raise InvalidInput(f"{where}: signature", "the anchor is not signed")
+        return
+    if not (
+        isinstance(signature, dict)
+        and isinstance(signature.get("key"), str)
+        and isinstance(signature.get("value"), str)
+    ):
+        raise InvalidInput(f"{where}: signature", "expected {key, value}")
+    key, value = signature["key"], signature["value"]
+    if signed_by and key not in signed_by:
+        raise InvalidInput(f"{where}: signature", f"signed by {key}, not by a key given")
+    unsigned = {name: field for name, field in data.items() if name != "signature"}
+    try:
+        public = decode_key(key, f"{where}: signature.key")
+        raw = base64.b64decode(value, validate=True)
+    except (InvalidInput, ValueError):
+        raise InvalidInput(f"{where}: signature", "not a valid Ed25519 signature") from None
+    if not verify(public, canonical_text(unsigned).encode("utf-8"), raw):
+        raise InvalidInput(
+            f"{where}: signature", "does not match the anchor: it was altered after signing"
+        )
 
 
 # ── replay ─────────────────────────────────────────────────────────────────────────────

@@ -10,6 +10,7 @@ what the policy gives (``replay``).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from charter.adapters.files import load_policy_layer
+from charter.adapters.keys import load_key, sign_bytes
 from charter.audit import (
     Change,
     anchor_document,
@@ -65,6 +67,13 @@ def register(commands: Any, *, db_option: Callable[[argparse.ArgumentParser], No
     )
     db_option(verify)
     verify.add_argument("--anchor", metavar="FILE", help="an anchor from `charter audit anchor`")
+    verify.add_argument(
+        "--anchor-key",
+        metavar="KEY",
+        action="append",
+        default=[],
+        help="require the anchor to be signed by this auditor's public key (ed25519:…)",
+    )
     verify.add_argument("--run", metavar="RUN", action="append", help="only this run (repeatable)")
     verify.add_argument(
         "--strict", action="store_true", help="also require each event in canonical JSON form"
@@ -83,7 +92,13 @@ def register(commands: Any, *, db_option: Callable[[argparse.ArgumentParser], No
         ),
     )
     db_option(anchor)
-    anchor.add_argument("--output", "-o", metavar="FILE", help="write here (default: stdout)")
+    anchor.add_argument(
+        "--out", "--output", "-o", dest="output", metavar="FILE",
+        help="write here (default: stdout)",
+    )  # fmt: skip
+    anchor.add_argument(
+        "--key", metavar="FILE", help="sign the anchor with this auditor's private key"
+    )
     anchor.set_defaults(handler=_anchor)
 
     replay = sub.add_parser(
@@ -148,7 +163,9 @@ def _runs(args: argparse.Namespace, store: Store) -> list[str]:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    anchors = read_anchor(args.anchor) if args.anchor else None
+    if args.anchor_key and not args.anchor:
+        raise InvalidInput("--anchor-key", "checks an anchor's signature: give --anchor FILE")
+    anchors = read_anchor(args.anchor, signed_by=args.anchor_key) if args.anchor else None
     store = _open(args)
     try:
         report = verify_log(store, runs=args.run, anchors=anchors, strict=args.strict)
@@ -182,6 +199,11 @@ def _verify(args: argparse.Namespace) -> int:
             print(f"ALTERED  {problem}")
         verdict = "the chain holds" if report.ok else f"{len(report.problems)} problem(s)"
         print(f"verified {report.executions} run(s), {report.events} event(s){anchored}: {verdict}")
+        if anchors is None:
+            print(
+                "without an anchor, a truncated tail, a deleted run or a fully re-hashed log "
+                "cannot be seen: keep `charter audit anchor --out FILE` and verify --anchor FILE"
+            )
     return _OK if report.ok else EXIT_DIVERGED
 
 
@@ -196,7 +218,12 @@ def _anchor(args: argparse.Namespace) -> int:
             print(f"ALTERED  {problem}", file=sys.stderr)
         print("charter: error: the log does not verify: not anchoring it", file=sys.stderr)
         return EXIT_DIVERGED
-    text = json.dumps(anchor_document(report, created_at=datetime.now(UTC)), indent=2) + "\n"
+    signer = None
+    if args.key:
+        key = load_key(args.key)
+        signer = functools.partial(sign_bytes, key)
+    document = anchor_document(report, created_at=datetime.now(UTC), sign=signer)
+    text = json.dumps(document, indent=2) + "\n"
     if args.output:
         try:
             Path(args.output).write_text(text, encoding="utf-8")

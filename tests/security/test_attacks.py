@@ -7,6 +7,7 @@ docstring is what makes it fail.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -293,3 +294,42 @@ def test_a_removed_key_stops_approving_but_earlier_answers_still_verify(
         assert replay_run(store, "refund-2").ok
     finally:
         store.close()
+
+
+# ── anchors: what the chain alone cannot see ──────────────────────────────────────────
+
+
+def test_a_signed_anchor_catches_a_truncated_tail_and_refuses_its_own_forgery(
+    tmp_path: Path, keys: dict[str, tuple[Path, str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Attack: delete the last events of a run (the chain before them still holds), and
+    edit the anchor to match. Defence: an anchor signed by an auditor's key, kept where the
+    database's writers cannot reach, verified with that key required."""
+    db = _held(tmp_path, _tenant(tmp_path, keys))
+    assert _approve(db, "finance-lead", "--key", str(keys["finance-lead"][0])) == EXIT_OK
+    auditor = tmp_path / "auditor.key"
+    auditor_public = new_key(auditor)
+    anchor = tmp_path / "anchor.json"
+    assert main(
+        ["audit", "anchor", "--db", str(db), "--key", str(auditor), "--out", str(anchor)]
+    ) == (EXIT_OK)
+    verify = ["audit", "verify", "--db", str(db), "--anchor", str(anchor)]
+    assert main([*verify, "--anchor-key", auditor_public]) == EXIT_OK
+    capsys.readouterr()
+    assert main(["audit", "verify", "--db", str(db)]) == EXIT_OK
+    assert "without an anchor" in capsys.readouterr().out
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute(
+            "DELETE FROM events WHERE execution_id = ? AND sequence = "
+            "(SELECT max(sequence) FROM events WHERE execution_id = ?)",
+            (RUN, RUN),
+        )
+    conn.close()
+    assert main(["audit", "verify", "--db", str(db)]) == EXIT_OK  # the chain alone holds
+    assert main([*verify, "--anchor-key", auditor_public]) == 6
+    data = json.loads(anchor.read_text())
+    data["runs"][RUN]["sequence"] -= 1
+    anchor.write_text(json.dumps(data))
+    assert main([*verify, "--anchor-key", auditor_public]) == EXIT_USAGE
+    assert "altered after signing" in capsys.readouterr().err
