@@ -2,16 +2,19 @@
 
 Approvals answered elsewhere and ``human_approval`` timeouts (the scheduler's tick), executor
 timeouts, missing executors, unknown tenants, streaming chunks, failures while committing,
-graceful shutdown.
+graceful shutdown; a lost outcome (an abandoned effect reservation) waiting for a person,
+each answer to it, and the tenant's deadline.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from charter.adapters.clock import ManualClock
@@ -27,10 +30,13 @@ from charter.core.events import (
     NodeCompleted,
     NodeFailed,
     NodeSkipped,
+    OutcomeResolved,
+    OutcomeUnknown,
     WorkflowCompleted,
 )
 from charter.core.ports import CommitRequest, NodeCall, NodeResult, ReclaimResult, Store
 from charter.core.records import Claim
+from charter.core.runs import LostOutcome, RunStatus, run_record
 from charter.core.workflow import parse_workflow
 from charter.worker import Worker, WorkerHooks, drive, start_run
 
@@ -371,3 +377,164 @@ def test_driving_one_run_leaves_other_runs_work_to_their_workers(tmp_path: Path)
     assert drive(Worker(store), mine, sleep=_no_sleep).status == "completed"
     assert _completed(store.read_events(other)) == []
     assert drive(Worker(store), other, sleep=_no_sleep).status == "completed"
+
+
+# ── a lost outcome waits for a person ──────────────────────────────────────────────────
+
+
+def _ticking(clock: ManualClock) -> Callable[[float], None]:
+    """A ``sleep`` for `drive` that moves the manual clock instead of waiting."""
+
+    def sleep(seconds: float) -> None:
+        clock.advance(seconds)
+
+    return sleep
+
+
+class _Died(BaseException):
+    """Stands for a worker killed mid-call: nothing after the call runs, nothing is written."""
+
+
+def _payments(clock: ManualClock) -> tuple[MemoryStore, ExecutorRegistry, list[str]]:
+    """A run whose ``pay`` node (not idempotent) lost its outcome: its first attempt's worker
+    died mid-call, the lease expired, and the next attempt found the reservation abandoned.
+    Returns the store, the registry (which no longer dies) and the calls that happened."""
+    store = MemoryStore(clock=clock)
+    calls: list[str] = []
+    dying = [True]
+
+    def post(call: NodeCall) -> NodeResult:
+        calls.append(f"{call.node_id} {call.idempotency_key}")
+        if dying[0] and call.node_id == "pay":
+            raise _Died
+        return NodeResult(output={"posted": call.node_id}, state_patch={call.node_id: "done"})
+
+    registry = default_registry()
+    registry.register_tool("ledger.*", post)
+    workflow = _workflow(
+        {"pay": _tool("ledger.post"), "receipt": _tool("ledger.receipt")},
+        [("pay", "receipt")],
+        tools={"ledger.post": {"idempotent": False}, "ledger.receipt": {"idempotent": False}},
+    )
+    start_run(store, workflow, execution_id="r")
+    dead = Worker(store, executors=registry, lease_secs=5.0)
+    with pytest.raises(_Died):
+        drive(dead, "r", sleep=_ticking(clock))
+    dead.close()
+    dying[0] = False
+    clock.advance(6)  # the dead worker's lease runs out
+    return store, registry, calls
+
+
+def test_an_abandoned_effect_reservation_makes_the_run_wait_for_a_person() -> None:
+    clock = ManualClock()
+    store, registry, calls = _payments(clock)
+    outcome = drive(Worker(store, executors=registry, lease_secs=5.0), "r", sleep=_ticking(clock))
+    assert (outcome.status, outcome.error, outcome.lost_outcomes) == ("waiting", None, ("pay",))
+    assert len(calls) == 1  # not fired again
+    events = store.read_events("r")
+    assert [f for f in _failures(events) if not f.retryable] == []
+    (lost,) = [e.kind for e in events if isinstance(e.kind, OutcomeUnknown)]
+    assert (lost.node_id, lost.attempt) == ("pay", 1)
+    assert lost.idempotency_key == calls[0].split()[1]
+    assert "stopped mid-call" in lost.reason
+    execution = store.get_execution("r")
+    assert execution is not None
+    record = run_record(execution, events)
+    assert record.status is RunStatus.WAITING
+    assert isinstance(record.blocked_on, LostOutcome)
+    assert record.blocked_on.gate_name == "pay"
+    # Ticking changes nothing while no one answers and the tenant sets no deadline.
+    clock.advance(86_400)
+    worker = Worker(store, executors=registry, lease_secs=5.0)
+    assert worker.scheduler.tick() == 0
+    assert drive(worker, "r", sleep=_ticking(clock)).status == "waiting"
+
+
+@pytest.mark.parametrize("resolution", ["succeeded", "failed", "retry"])
+def test_each_answer_to_a_lost_outcome_settles_the_node(resolution: str) -> None:
+    clock = ManualClock()
+    store, registry, calls = _payments(clock)
+    worker = Worker(store, executors=registry, lease_secs=5.0)
+    assert drive(worker, "r", sleep=_ticking(clock)).status == "waiting"
+    answer = _resolve(
+        store, "r", "pay", resolution, output={"posted": "by hand"}, reason="not in the ledger"
+    )
+    assert isinstance(answer.kind, OutcomeResolved)
+    outcome = drive(worker, "r", sleep=_ticking(clock))
+    events = store.read_events("r")
+    pays = [c for c in calls if c.startswith("pay ")]
+    if resolution == "succeeded":
+        assert outcome.status == "completed"
+        assert len(pays) == 1
+        pay = next(
+            e.kind for e in events if isinstance(e.kind, NodeCompleted) and e.kind.node_id == "pay"
+        )
+        assert pay.output == {"posted": "by hand"}
+        assert _completed(events) == ["pay", "receipt"]
+    elif resolution == "failed":
+        assert outcome.status == "failed"
+        assert len(pays) == 1
+        assert "pay: outcome unknown; resolved as failed by ops: not in the ledger" in (
+            outcome.error or ""
+        )
+        assert _completed(events) == []
+    else:
+        assert outcome.status == "completed"
+        first, second = pays
+        assert first.split()[1] != second.split()[1]  # a new key: the retry really fired
+        assert _completed(events) == ["pay", "receipt"]
+
+
+class _Deadline:
+    """A tenant policy with a resolution deadline (`PolicySet.resolution_deadline_secs`,
+    read by the scheduler with getattr while the field is not in `PolicySet` yet)."""
+
+    def __init__(self, policy: Any, seconds: float) -> None:
+        self._policy = policy
+        self.resolution_deadline_secs = seconds
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._policy, name)
+
+
+def test_a_lost_outcome_unresolved_past_the_tenants_deadline_fails_the_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = ManualClock()
+    store, registry, _ = _payments(clock)
+    worker = Worker(store, executors=registry, lease_secs=5.0)
+    assert drive(worker, "r", sleep=_ticking(clock)).status == "waiting"
+    read_tenant = store.get_tenant
+
+    def get_tenant(tenant_id: str) -> Any:
+        tenant = read_tenant(tenant_id)
+        policy: Any = _Deadline(tenant.policy, 3600) if tenant else None
+        return attrs.evolve(tenant, policy=policy) if tenant else None
+
+    monkeypatch.setattr(store, "get_tenant", get_tenant)
+    assert worker.scheduler.resolution_deadline("r") == 3600
+    clock.advance(3599)
+    assert worker.scheduler.tick() == 0
+    clock.advance(2)
+    assert worker.scheduler.tick() > 0
+    outcome = drive(worker, "r", sleep=_ticking(clock))
+    assert outcome.status == "failed"
+    assert "pay: outcome unknown: resolution timed out after 3600 s" in (outcome.error or "")
+
+
+def _resolve(
+    store: MemoryStore,
+    run: str,
+    node: str,
+    resolution: str,
+    *,
+    output: Any = None,
+    reason: str | None = None,
+) -> Event:
+    """Record a person's answer with `Store.resolve_outcome`."""
+    answer = store.resolve_outcome(
+        run, node, user_id="ops", resolution=resolution, output=output, reason=reason
+    )
+    assert isinstance(answer, Event), answer
+    return answer
