@@ -878,9 +878,13 @@ class Governor:
         db = ""
         if self._target is not None and self._target not in (DEFAULT_STORE, f"./{DEFAULT_STORE}"):
             db = f" --db {shown(self._target)}"
+        # Where the tenant names approvers' keys, an answer must be signed (semantics §5).
+        tenant = self.store.get_tenant(self.tenant)
+        keyed = tenant is not None and tenant.policy is not None and tenant.policy.approver_keys
+        key = " --key FILE" if keyed else ""
         # --no-continue: a governed run is continued by calling the function again, not by
         # the CLI's driver (which has no executor for a Python callable).
-        command = f"charter approve {self._run_id} {node_id} --user {user}{db} --no-continue"
+        command = f"charter approve {self._run_id} {node_id} --user {user}{db}{key} --no-continue"
         python = (
             f"store.decide_approval({self._run_id!r}, {node_id!r}, user_id={user!r}, "
             "decision=charter.ApprovalDecision.APPROVED)"
