@@ -9,10 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from charter.adapters.codec import dump, dumps, loads
+from charter.adapters.codec import converter, dump, dumps, event_text, loads
 from charter.core import (
     EVENT_KINDS,
     AgentCard,
+    ApprovalConsumed,
     ApprovalStatus,
     AutonomyContext,
     AutonomyDecision,
@@ -23,11 +24,17 @@ from charter.core import (
     EventKind,
     GateRequest,
     GateResult,
+    NodeFailed,
+    NodeGated,
     PolicyEvaluator,
     PolicyVerdict,
+    PolicyViolation,
+    ToolApprovalRequired,
     event_type,
     gate_node,
 )
+from charter.core.canonical import canonical_json
+from charter.core.errors import InvalidInput
 from charter.testing import strategies as s
 
 
@@ -45,6 +52,58 @@ def test_every_event_kind_round_trips_through_json(tag: str, data: st.DataObject
     for name, value in as_data.items():
         if value is None:
             assert attrs.fields_dict(type(kind))[name].default is not None
+
+
+@pytest.mark.parametrize("tag", sorted(EVENT_KINDS))
+@settings(max_examples=40)  # x every kind
+@given(data=st.data())
+def test_each_kinds_encoder_gives_exactly_the_reference_text(tag: str, data: st.DataObject) -> None:
+    """`event_text` (a per-kind encoder) is the exact canonical JSON of the generic cattrs
+    encoding, and refuses exactly what the exact encoder refuses."""
+    kind = data.draw(s.event_kinds(kinds=(tag,)))
+    try:
+        expected: str | None = canonical_json(converter.unstructure(kind))
+    except InvalidInput:
+        expected = None
+    if expected is None:
+        with pytest.raises(InvalidInput):
+            event_text(kind)
+    else:
+        assert event_text(kind) == expected
+
+
+_odd_values = st.sampled_from(
+    [0.0, -0.0, 1.0, 2.0**53, 1e16, 1e21, 1e-7, 0.1, 5e-324, 2**63, -(2**63) - 1, True, "\ud800"]
+)
+
+
+@given(data=st.data(), odd=_odd_values)
+def test_event_text_falls_back_exactly_on_values_the_fast_path_cannot_print(
+    data: st.DataObject, odd: Any
+) -> None:
+    """Hand-built kinds with floats, out-of-range integers, wrongly typed fields and lone
+    surrogates in any field: the text is still the exact encoder's, or both refuse."""
+    kind = data.draw(s.event_kinds())
+    fields = [f.name for f in attrs.fields(type(kind))]
+    name = data.draw(st.sampled_from(fields))
+    odd_kind = attrs.evolve(kind, **{name: odd})
+    try:
+        expected: str | None = canonical_json(converter.unstructure(odd_kind))
+    except Exception:  # noqa: BLE001 - a wrongly typed value: whatever the generic path raises
+        expected = None
+    if expected is None:
+        with pytest.raises(Exception):  # noqa: B017, PT011 - the same path raises it
+            event_text(odd_kind)
+    else:
+        assert event_text(odd_kind) == expected
+
+
+def test_gate_events_are_encoded_by_their_kinds_encoders() -> None:
+    """The kinds the gate returns have their own encoders (the fast path is in use)."""
+    from charter.adapters import codec
+
+    for cls in (NodeGated, ToolApprovalRequired, ApprovalConsumed, NodeFailed, PolicyViolation):
+        assert cls in codec._KIND_ENCODERS
 
 
 @given(s.events())

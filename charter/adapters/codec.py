@@ -16,10 +16,19 @@ Shape rules (upstream's serde conventions):
 
 Bad input raises `CodecError` (an `InvalidInput`) naming the path of every bad field, e.g.
 ``$.kind.attempt: expected int``. Nothing here touches files or the network.
+
+``event_text(kind)`` is what a log stores for an event kind: the canonical JSON text of
+``dump(kind)`` (`charter.core.canonical`). Each kind has its own encoder, made from its
+fields when this module is imported, that reads the fields, checks each has the type it
+declares and hands the object to the C JSON encoder once; anything it does not expect (a
+float ECMAScript prints otherwise, a value of another type, a lone surrogate) takes the
+generic path, ``canonical_text(dump(kind))``, so the text is always exactly that (a
+property test checks it on every kind).
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 import typing
@@ -35,11 +44,26 @@ from charter.core import approvals, autonomy, events, policy
 from charter.core._check import MAX_COUNT
 from charter.core.autonomy import EscalationTarget, LimitValue, parse_escalation_target
 from charter.core.budget import BudgetState
-from charter.core.canonical import canonical_json
+from charter.core.canonical import (
+    NeedsExact,
+    canonical_json,
+    canonical_text,
+    compact_text,
+    prepare,
+)
 from charter.core.errors import InvalidInput, describe
 from charter.core.events import type_tag
 
-__all__ = ["CodecError", "converter", "dump", "dumps", "load", "loads", "parse_json"]
+__all__ = [
+    "CodecError",
+    "converter",
+    "dump",
+    "dumps",
+    "event_text",
+    "load",
+    "loads",
+    "parse_json",
+]
 
 T = TypeVar("T")
 
@@ -368,3 +392,116 @@ def loads(text: str | bytes, cls: Any) -> Any: ...
 def loads(text: str | bytes, cls: Any) -> Any:
     """The core value of type ``cls`` encoded by JSON ``text``."""
     return load(parse_json(text), cls)
+
+
+# ── event text: one encoder per kind ──────────────────────────────────────────────────
+
+_INT_LOW, _INT_HIGH = -(2**63), 2**63
+
+#: How a field of each declared type is read into the object given to the C encoder: the
+#: source lines (``x`` holds the value; raise `NeedsExact` for anything unexpected).
+_FIELD_CODE: dict[str, tuple[str, ...]] = {
+    "str": ("if type(x) is not str: raise NeedsExact",),
+    "int": ("if type(x) is not int or not _INT_LOW <= x < _INT_HIGH: raise NeedsExact",),
+    "float": (
+        "if type(x) is float: x = prepare(x, 1)",
+        "elif type(x) is not int or not _INT_LOW <= x < _INT_HIGH: raise NeedsExact",
+    ),
+    "bool": ("if type(x) is not bool: raise NeedsExact",),
+    "datetime": (
+        "if type(x) is not datetime or x.tzinfo is None: raise NeedsExact",
+        "x = _datetime_text(x)",
+    ),
+    "enum": ("if type(x) is not E_{name}: raise NeedsExact", "x = x._value_"),
+    "json": ("x = prepare(x, 1)",),
+    "strings": (
+        "if type(x) is not tuple: raise NeedsExact",
+        "for item in x:",
+        "    if type(item) is not str: raise NeedsExact",
+    ),
+    "values": ("if type(x) is not tuple: raise NeedsExact", "x = prepare(x, 1)"),
+}
+
+
+def _field_kind(hint: Any) -> tuple[str, bool] | None:
+    """The `_FIELD_CODE` key of a declared field type and whether it may be ``None``;
+    ``None`` for a type the per-kind encoders leave to the generic path."""
+    optional = False
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, type(int | None)) and type(None) in args:
+        rest = [arg for arg in args if arg is not type(None)]
+        if len(rest) != 1:
+            return None
+        hint, optional = rest[0], True
+    if hint is typing.Any:
+        return "json", optional
+    if hint is bool:
+        return "bool", optional
+    if hint in (str, int, float, datetime):
+        return hint.__name__, optional
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        if not all(isinstance(member.value, str) for member in hint):
+            return None
+        return "enum", optional
+    if typing.get_origin(hint) is tuple and typing.get_args(hint)[1:] == (Ellipsis,):
+        item = typing.get_args(hint)[0]
+        if item is str:
+            return "strings", optional
+        if item is typing.Any:
+            return "values", optional
+    return None
+
+
+def _kind_encoder(cls: type) -> Callable[[Any], str] | None:
+    """The event-text encoder of one kind, or ``None`` if a field's type needs the generic
+    path. A field whose default is ``None`` is left out while it is ``None`` (as `dump`)."""
+    hints = typing.get_type_hints(cls)
+    names: dict[str, Any] = {
+        "NeedsExact": NeedsExact,
+        "prepare": prepare,
+        "datetime": datetime,
+        "_datetime_text": _datetime_text,
+        "_INT_LOW": _INT_LOW,
+        "_INT_HIGH": _INT_HIGH,
+        "compact_text": compact_text,
+    }
+    lines = ["def encode(v):", f"    out = {{'type': {type_tag(cls)!r}}}"]
+    for field in attrs.fields(cls):
+        if not field.init or field.name == "type" or not field.name.isidentifier():
+            return None
+        found = _field_kind(hints[field.name])
+        if found is None:
+            return None
+        kind, optional = found
+        omit = field.default is None  # left out while None, as `dump` does
+        names[f"E_{field.name}"] = hints[field.name] if kind == "enum" else None
+        lines.append(f"    x = v.{field.name}")
+        indent = "    "
+        if omit or (optional and kind != "json"):
+            lines.append("    if x is not None:")
+            indent = "        "
+        lines.extend(indent + code.format(name=field.name) for code in _FIELD_CODE[kind])
+        lines.append(f"{indent if omit else '    '}out[{field.name!r}] = x")
+    lines += ["    text = compact_text(out)", "    text.encode('utf-8')", "    return text"]
+    exec("\n".join(lines), names)  # our own source, built from the fields above
+    encoder: Callable[[Any], str] = names["encode"]
+    return encoder
+
+
+_KIND_ENCODERS: dict[type, Callable[[Any], str]] = {}
+for _kind in typing.get_args(events.EventKind):
+    _made = _kind_encoder(_kind)
+    if _made is not None:
+        _KIND_ENCODERS[_kind] = _made
+
+
+def event_text(kind: events.EventKind) -> str:
+    """The canonical JSON text of an event kind as a log stores it: exactly
+    ``canonical_text(dump(kind))``, through the kind's own encoder when it can."""
+    encoder = _KIND_ENCODERS.get(type(kind))
+    if encoder is not None:
+        try:
+            return encoder(kind)
+        except (NeedsExact, ValueError, TypeError, UnicodeEncodeError, RecursionError):
+            pass
+    return canonical_text(dump(kind))

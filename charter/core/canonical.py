@@ -32,10 +32,14 @@ from charter.core.errors import InvalidInput, describe
 
 __all__ = [
     "MAX_DEPTH",
+    "NeedsExact",
     "canonical_json",
     "canonical_text",
+    "compact_text",
     "content_digest",
+    "fast_text",
     "number_text",
+    "prepare",
     "string_text",
     "text_digest",
 ]
@@ -189,8 +193,11 @@ def _make_dumps() -> Callable[[Any], str]:
 _dumps: Final = _make_dumps()
 
 
-class _Slow(Exception):
-    """The value needs the exact encoder."""
+class NeedsExact(Exception):
+    """Raised by `prepare`: the value needs the exact encoder (`canonical_json`)."""
+
+
+_Slow = NeedsExact
 
 
 def _float(value: float) -> float | int:
@@ -252,6 +259,19 @@ def _prepare(value: Any, depth: int) -> Any:
                 copied[index] = new
         return value if copied is None else copied
     raise _Slow
+
+
+def prepare(value: Any, depth: int = 0) -> Any:
+    """A JSON value made ready for `compact_text` (which then prints its canonical text, up
+    to a lone surrogate that encoding to UTF-8 refuses); `NeedsExact` when only the exact
+    encoder can say. ``depth`` is the nesting level the value will sit at."""
+    return _prepare(value, depth)
+
+
+def compact_text(prepared: Any) -> str:
+    """The compact, key-sorted JSON text of a value `prepare` returned (or of a dict of
+    ASCII keys whose values it returned): its canonical text."""
+    return _dumps(prepared)
 
 
 def fast_text(value: Any, depth: int = 0) -> str | None:

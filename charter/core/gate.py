@@ -360,28 +360,31 @@ def _autonomy_tool(ctx: EvaluationContext) -> str | None:
     return None if ctx.node_kind_tag == "agent" else ctx.tool_name
 
 
+_DECISION_TAGS: dict[type, str] = {
+    Allow: "allow",
+    Block: "block",
+    RequireApproval: "require_approval",
+    Proceed: "proceed",
+    RequireToolApproval: "require_tool_approval",
+    EscalateLimit: "escalate_limit",
+    TripCircuitBreaker: "trip_circuit_breaker",
+}
+
+
 def _decision_tag(decision: object) -> str:
-    match decision:
-        case Allow():
-            return "allow"
-        case Block():
-            return "block"
-        case RequireApproval():
-            return "require_approval"
-        case Proceed():
-            return "proceed"
-        case RequireToolApproval():
-            return "require_tool_approval"
-        case EscalateLimit():
-            return "escalate_limit"
-        case TripCircuitBreaker():
-            return "trip_circuit_breaker"
+    tag = _DECISION_TAGS.get(type(decision))
+    if tag is not None:
+        return tag
+    for cls, name in _DECISION_TAGS.items():  # a subclass of a decision
+        if isinstance(decision, cls):
+            return name
     raise TypeError(f"not a decision: {decision!r}")  # pragma: no cover - closed unions
 
 
 def _layer_record(layer: PolicyLayer) -> dict[str, JsonValue]:
-    record: dict[str, JsonValue] = {"scope": layer.scope.value, "digest": layer.policy.digest}
-    if layer.policy.final:
+    policy = layer.policy
+    record: dict[str, JsonValue] = {"scope": layer.scope._value_, "digest": policy.digest}
+    if policy.final:
         record["final"] = True
     return record
 

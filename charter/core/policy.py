@@ -621,7 +621,12 @@ def _most_specific(ctx: EvaluationContext, sets: Sequence[PolicySet | PolicyLaye
     is_model = ctx.node_kind_tag == "model"
     tool_name = ctx.tool_name
     for position in range(len(sets) - 1, -1, -1):
-        scope, policy = _as_layer(sets[position])
+        item = sets[position]
+        scope: PolicyScope | None
+        if type(item) is PolicyLayer:
+            scope, policy = item.scope, item.policy
+        else:
+            scope, policy = _as_layer(item)
         if is_model and policy.model_allowlist:
             hit = policy._allow.any_match(ctx.model_candidates())
             if hit is not None:
@@ -657,7 +662,12 @@ def _deny_overrides(ctx: EvaluationContext, sets: Sequence[PolicySet | PolicyLay
     tool_name = ctx.tool_name
     approval: _Hit | None = None
     for position in range(len(sets) - 1, -1, -1):
-        scope, policy = _as_layer(sets[position])
+        item = sets[position]
+        scope: PolicyScope | None
+        if type(item) is PolicyLayer:
+            scope, policy = item.scope, item.policy
+        else:
+            scope, policy = _as_layer(item)
         if is_model and policy.model_allowlist:
             if policy._allow.any_match(ctx.model_candidates()) is None:
                 block = _model_block(ctx, policy)
@@ -722,7 +732,12 @@ def _bound_by_final_layers(
     """``hit`` bounded by every final layer, most specific first, so that the least specific
     final layer (the tenant) has the last word. Returns ``hit`` itself when nothing changed."""
     for position in range(len(sets) - 1, -1, -1):
-        scope, policy = _as_layer(sets[position])
+        item = sets[position]
+        scope: PolicyScope | None
+        if type(item) is PolicyLayer:
+            scope, policy = item.scope, item.policy
+        else:
+            scope, policy = _as_layer(item)
         if not policy.final:
             continue
         floor = _layer_alone(ctx, scope, policy, position)
