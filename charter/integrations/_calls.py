@@ -16,12 +16,13 @@ from typing import Any, Final, TypeVar
 
 from charter.core.budget import Usage
 from charter.core.errors import InvalidInput
-from charter.integrations.govern import GovernedFunction, Governor, Held, Refused
+from charter.integrations.govern import Admission, GovernedFunction, Governor, Held, Refused
 
 __all__ = [
     "NOT_GOVERNED",
     "Gatekeeper",
     "approval_request",
+    "held_text",
     "model_node",
     "refusal_text",
     "usage_from_metadata",
@@ -41,6 +42,13 @@ def model_node(model: str) -> str:
 def _key(arguments: Any, thunk: Any) -> Any:
     """A call's identity: its arguments only (never the thunk)."""
     return {"arguments": arguments}
+
+
+def _later() -> Any:
+    raise AssertionError("an admitted call is made with the framework's thunk")
+
+
+_LATER: Final = _later
 
 
 def _no_usage(_: Any) -> Usage | None:
@@ -153,6 +161,16 @@ class Gatekeeper:
         result: T = await function(arguments, thunk)
         return result
 
+    def admit(self, name: str, arguments: Any) -> Admission[Any]:
+        """Decide and record a call of ``name`` now, to be made later (`Admission.run` with
+        the framework's thunk): `Refused` / `Held` as `call` raises them."""
+        return self._function(self._sync, name).admit(arguments, _LATER)  # type: ignore[no-any-return]
+
+    async def aadmit(self, name: str, arguments: Any) -> Admission[Any]:
+        """`admit` for an async call (`Admission.arun`)."""
+        function = self._function(self._async, name)
+        return await function.aadmit(arguments, _LATER)  # type: ignore[no-any-return]
+
     def call_model(self, model: str, request: Any, thunk: Callable[[], T]) -> T:
         """Decide and record a call of ``model`` (its policy name: allowlists apply)."""
         return self.call(model_node(model), request, thunk)
@@ -180,6 +198,15 @@ def approval_request(held: Held, arguments: Any = None) -> dict[str, Any]:
     if arguments is not None:
         request["arguments"] = arguments
     return request
+
+
+def held_text(held: Held) -> str:
+    """A hold as the model (or an MCP client) reads it: who answers, and how."""
+    return (
+        f"Charter holds {held.tool_name} for approval by {held.approver}: {held.reason} "
+        f"(the tool was not run). Answer with: {held.command} — then make the same call "
+        f"again; it runs once. [Charter run {held.run_id}, event #{held.sequence}]"
+    )
 
 
 def refusal_text(refused: Refused) -> str:

@@ -57,7 +57,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Final, Generic, ParamSpec, TypeVar, cast, overload
@@ -104,6 +104,7 @@ __all__ = [
     "DEFAULT_STORE",
     "GOVERNED_LABEL",
     "SESSION_NODE",
+    "Admission",
     "GovernedFunction",
     "Governor",
     "Held",
@@ -1003,6 +1004,17 @@ class GovernedFunction(Generic[P, R]):
         return self._usage(value) if self._usage is not None else usage_of(value)
 
     def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
+        return self.admit(*args, **kwargs).run()
+
+    async def _acall(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        admission = await self.aadmit(*args, **kwargs)
+        return await admission.arun()
+
+    def admit(self, *args: P.args, **kwargs: P.kwargs) -> Admission[R]:
+        """Decide and record this call without making it yet: `Refused` or `Held` as a call
+        would raise; otherwise an `Admission` to run it with (once). For frameworks that
+        ask "may it run?" before they run a tool; calling the governed function is
+        ``admit(...).run()``."""
         governor, tool = self.governor, self._tool
         digest = self.input_hash(*args, **kwargs)
         with governor.telemetry.decision_span(
@@ -1012,23 +1024,10 @@ class GovernedFunction(Generic[P, R]):
             self._trace(span, decision)
         if decision.result.outcome is not Outcome.RUN:
             governor._raise_for(decision)
-        collector = _Collector()
-        started = time.monotonic()
-        with self._tool_span(decision, digest) as tool_span:
-            token = _CURRENT.set(collector)
-            try:
-                value = self._fn(*args, **kwargs)
-            except BaseException as error:
-                _CURRENT.reset(token)
-                ended = self._ended(decision, collector, started, None, error)
-                ended.trace(tool_span)
-                raise
-            _CURRENT.reset(token)
-            ended = self._ended(decision, collector, started, value, None)
-            ended.trace(tool_span)
-            return cast(R, ended.outcome())
+        return Admission(self, decision, digest, args, kwargs)
 
-    async def _acall(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    async def aadmit(self, *args: P.args, **kwargs: P.kwargs) -> Admission[R]:
+        """`admit`, with the store work in a worker thread (never on the event loop)."""
         governor, tool = self.governor, self._tool
         digest = self.input_hash(*args, **kwargs)
         with governor.telemetry.decision_span(
@@ -1038,23 +1037,7 @@ class GovernedFunction(Generic[P, R]):
             self._trace(span, decision)
         if decision.result.outcome is not Outcome.RUN:
             governor._raise_for(decision)
-        collector = _Collector()
-        started = time.monotonic()
-        with self._tool_span(decision, digest) as tool_span:
-            token = _CURRENT.set(collector)
-            try:
-                value = await cast(Coroutine[Any, Any, Any], self._fn(*args, **kwargs))
-            except BaseException as error:
-                _CURRENT.reset(token)
-                ended = await asyncio.to_thread(
-                    self._ended, decision, collector, started, None, error
-                )
-                ended.trace(tool_span)
-                raise
-            _CURRENT.reset(token)
-            ended = await asyncio.to_thread(self._ended, decision, collector, started, value, None)
-            ended.trace(tool_span)
-            return ended.outcome()
+        return Admission(self, decision, digest, args, kwargs)
 
     def _tool_span(self, decision: _Decision, digest: str) -> AbstractContextManager[ToolSpan]:
         tool = self._tool
@@ -1109,6 +1092,89 @@ class GovernedFunction(Generic[P, R]):
                 error=failure,
             ) from error
         return _Ended(self, decision, usage, written, settlement, value, failure)
+
+
+class Admission(Generic[R]):
+    """A call decided ``run`` and recorded (`GovernedFunction.admit`), not yet made: `run`
+    (or `arun` for an async function) makes it once, records its settlement and returns
+    its value as the governed call would. ``instead`` makes that same call the way the
+    framework does (a thunk standing for ``fn(*args, **kwargs)``)."""
+
+    def __init__(
+        self,
+        function: GovernedFunction[Any, R],
+        decision: _Decision,
+        digest: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self.function = function
+        self.run_id = function.governor.run_id
+        self.node_id = decision.tool.node_id
+        self.sequence = decision.gated.sequence
+        self._decision = decision
+        self._digest = digest
+        self._args = args
+        self._kwargs = kwargs
+        self._used = False
+        self._lock = threading.Lock()
+
+    def _take(self) -> None:
+        with self._lock:
+            if self._used:
+                raise InvalidInput(self.node_id, "an admitted call runs once")
+            self._used = True
+
+    def run(self, instead: Callable[[], Any] | None = None) -> R:
+        """Make the call (``instead()`` if given), settle and record it."""
+        self._take()
+        function, decision = self.function, self._decision
+        collector = _Collector()
+        started = time.monotonic()
+        with function._tool_span(decision, self._digest) as tool_span:
+            token = _CURRENT.set(collector)
+            try:
+                value = (
+                    instead() if instead is not None else function._fn(*self._args, **self._kwargs)
+                )
+            except BaseException as error:
+                _CURRENT.reset(token)
+                ended = function._ended(decision, collector, started, None, error)
+                ended.trace(tool_span)
+                raise
+            _CURRENT.reset(token)
+            ended = function._ended(decision, collector, started, value, None)
+            ended.trace(tool_span)
+            return cast(R, ended.outcome())
+
+    async def arun(self, instead: Callable[[], Awaitable[Any]] | None = None) -> Any:
+        """`run` for an async function (or an awaitable ``instead``): the call is awaited on
+        the caller's loop, its settlement recorded in a worker thread."""
+        self._take()
+        function, decision = self.function, self._decision
+        collector = _Collector()
+        started = time.monotonic()
+        with function._tool_span(decision, self._digest) as tool_span:
+            token = _CURRENT.set(collector)
+            try:
+                if instead is not None:
+                    value = await instead()
+                else:
+                    made = function._fn(*self._args, **self._kwargs)
+                    value = await cast(Coroutine[Any, Any, Any], made)
+            except BaseException as error:
+                _CURRENT.reset(token)
+                ended = await asyncio.to_thread(
+                    function._ended, decision, collector, started, None, error
+                )
+                ended.trace(tool_span)
+                raise
+            _CURRENT.reset(token)
+            ended = await asyncio.to_thread(
+                function._ended, decision, collector, started, value, None
+            )
+            ended.trace(tool_span)
+            return ended.outcome()
 
 
 @attrs.frozen
