@@ -14,6 +14,13 @@ Modes:
 * ``serve DB RUN EFFECTS``: print ``ready``, wait for a line on stdin, then process work
   until RUN has finished; each node's executor sleeps a few milliseconds so that two
   processes interleave.
+* ``pool DB RUN EFFECTS NODE``: as ``serve``, with a short lease and reclaiming expired
+  leases, until RUN has finished or waits for a person (then print ``waiting``); the
+  executor of node NODE records its effect and then hangs (the test SIGKILLs the process
+  that runs it, mid-call).
+
+`cli_executors` registers the effect-recording executors for ``charter … --executors
+tests.e2e_worker:cli_executors``, writing to the file named by ``CHARTER_E2E_EFFECTS``.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -28,6 +36,7 @@ from charter.adapters.executors import ExecutorRegistry, default_registry
 from charter.adapters.sqlite import SqliteStore
 from charter.core.ports import NodeCall, NodeResult
 from charter.core.records import Claim
+from charter.core.scheduler import NodeState
 from charter.worker import Worker, WorkerHooks
 
 LEASE_SECS = 1.0
@@ -38,13 +47,32 @@ def _effect(path: Path, line: str) -> None:
         out.write(line + "\n")
 
 
-def registry(effects: Path, *, die_mid_call: bool = False, pause: float = 0.0) -> ExecutorRegistry:
-    """``ledger.post`` and ``work.step`` record each call in ``effects``."""
+def registry(
+    effects: Path, *, die_mid_call: bool = False, pause: float = 0.0, hang_at: str | None = None
+) -> ExecutorRegistry:
+    """``ledger.post`` and ``work.step`` record each call in ``effects``; ``ledger.post``
+    at node ``hang_at`` then hangs until the process is killed."""
+    executors = default_registry()
+    _register(executors, effects, die_mid_call=die_mid_call, pause=pause, hang_at=hang_at)
+    return executors
 
+
+def _register(
+    executors: ExecutorRegistry,
+    effects: Path,
+    *,
+    die_mid_call: bool = False,
+    pause: float = 0.0,
+    hang_at: str | None = None,
+) -> None:
     def post(call: NodeCall) -> NodeResult:
         _effect(effects, f"{call.node_id} {os.getpid()} {call.idempotency_key}")
         if die_mid_call:
             os.kill(os.getpid(), signal.SIGKILL)
+        if call.node_id == hang_at:
+            threading.Event().wait()  # mid-call, until SIGKILL
+        if pause:
+            time.sleep(pause)
         return NodeResult(output={"posted": call.args}, state_patch={"posted": True})
 
     def step(call: NodeCall) -> NodeResult:
@@ -53,14 +81,31 @@ def registry(effects: Path, *, die_mid_call: bool = False, pause: float = 0.0) -
             time.sleep(pause)
         return NodeResult(output={"node": call.node_id}, state_patch={})
 
-    executors = default_registry()
     executors.register_tool("ledger.*", post)
     executors.register_tool("work.*", step)
-    return executors
+
+
+def cli_executors(executors: ExecutorRegistry) -> None:
+    """For ``--executors tests.e2e_worker:cli_executors``: the effect-recording executors,
+    writing to ``$CHARTER_E2E_EFFECTS``."""
+    _register(executors, Path(os.environ["CHARTER_E2E_EFFECTS"]))
 
 
 def _finished(worker: Worker, run_id: str) -> bool:
     return worker.scheduler.progress(run_id).finished is not None
+
+
+_BUSY = frozenset({NodeState.SCHEDULED, NodeState.RUNNING, NodeState.ANSWERED})
+
+
+def _settled(worker: Worker, run_id: str) -> bool:
+    """Finished, or waiting for a person: nothing queued, running or answered, and some
+    node held."""
+    progress = worker.scheduler.progress(run_id)
+    if progress.finished is not None:
+        return True
+    states = {entry.state for entry in progress.nodes.values()}
+    return not (states & _BUSY) and NodeState.HELD in states
 
 
 def _crash(store: SqliteStore, run_id: str, effects: Path, when: str) -> None:
@@ -93,6 +138,21 @@ def _serve(store: SqliteStore, run_id: str, effects: Path) -> None:
     print("done", flush=True)
 
 
+def _pool(store: SqliteStore, run_id: str, effects: Path, hang_at: str) -> None:
+    worker = Worker(
+        store, executors=registry(effects, pause=0.002, hang_at=hang_at), lease_secs=LEASE_SECS
+    )
+    print("ready", flush=True)
+    sys.stdin.readline()  # the test releases every worker at once
+    while not _settled(worker, run_id):
+        if not worker.step():
+            worker.reclaim()  # a killed worker's claims, once their lease has expired
+            worker.scheduler.advance(run_id)
+            time.sleep(0.005)
+    print("finished" if _finished(worker, run_id) else "waiting", flush=True)
+    worker.close()
+
+
 def main(argv: list[str]) -> None:
     mode, db, run_id, effects = argv[:4]
     store = SqliteStore(db)
@@ -101,6 +161,8 @@ def main(argv: list[str]) -> None:
             _crash(store, run_id, Path(effects), argv[4])
         elif mode == "serve":
             _serve(store, run_id, Path(effects))
+        elif mode == "pool":
+            _pool(store, run_id, Path(effects), argv[4])
         else:
             raise SystemExit(f"unknown mode {mode!r}")
     finally:
