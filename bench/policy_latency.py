@@ -23,6 +23,18 @@ Two queries per rule count: a *miss* (``svc{n}.op{n}``, which no rule matches) a
 the last rule of the list. Before timing, every engine's answer to both queries is checked
 (deny on the hit, allow on the miss); a wrong answer stops the run.
 
+**The whole gate** (the call an embedder makes, docs/embedding.md): build a `GateRequest`
+(context, policy chain and budget state prepared beforehand, as a worker holds them) and call
+`gate_node`, under a three-layer question — a tenant set blocking ``db.drop_*``, a workflow
+set requiring approval for ``payments.*`` and a token and cost budget. *RUN* asks for
+``orders.lookup`` (allowed), *HOLD* for ``payments.refund`` (held: a ``node_gated`` and a
+``tool_approval_required`` event, two request digests). Beside it, **cedarpy deciding the
+same question** with prebuilt handles: a permit-all, a forbid for the tenant glob, a forbid
+for the approval glob unless ``context.approved``, and a forbid when the context's token or
+cost totals reach the limits; the RUN query is allowed and the HOLD query denied by the
+approval policy (checked before timing). And **serialising each returned event** for the log
+(`charter.adapters.codec.event_text`: the canonical JSON text a store writes), per event.
+
 Timing: each (engine, rule count, query) is a *probe*, timed in batches with `timeit` (garbage
 collection off, as timeit does). A batch repeats the call enough times to last at least a few
 milliseconds; the per-call average of each batch is one sample, and the report gives the median
@@ -51,7 +63,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from charter.core.policy import Allow, Block, EvaluationContext, PolicyEvaluator, PolicySet
+from charter.adapters.codec import event_text
+from charter.core.budget import BudgetLimits, BudgetState
+from charter.core.gate import GateRequest, Outcome, gate_node
+from charter.core.policy import (
+    Allow,
+    Block,
+    EvaluationContext,
+    PolicyEvaluator,
+    PolicySet,
+    policy_chain,
+)
 
 __all__ = ["main", "rule_patterns", "run"]
 
@@ -64,6 +86,14 @@ TARGET_FLAT_RATIO = 1.5  # median at the largest rule count / median at the smal
 TARGET_RATIO_RULES = 1_000
 TARGET_CEDAR_RATIO = 100.0
 TARGET_CASBIN_RATIO = 1_000.0
+TARGET_GATE_RUN_US = 5.0
+TARGET_GATE_HOLD_US = 15.0
+TARGET_EVENT_US = 5.0
+TARGET_GATE_CEDAR_RATIO = 10.0
+
+#: The whole-gate probes' pseudo rule count (three layers: tenant, workflow, budget).
+GATE_RULES = 3
+GATE_QUERIES: dict[str, str] = {"run": "orders.lookup", "hold": "payments.refund"}
 
 
 class BenchmarkError(RuntimeError):
@@ -308,8 +338,131 @@ ENGINES: tuple[Engine, ...] = (
     ),
 )
 
+ENGINE_KEYS = frozenset(engine.key for engine in ENGINES)
+
 #: Engines whose build time is reported (the others share Charter's build or have none).
 BUILD_ENGINES: tuple[str, ...] = ("charter", "cedarpy", "casbin")
+
+
+# ── the whole gate ─────────────────────────────────────────────────────────────────────
+
+GATE_NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+GATE_CALL = {"order": "A-17", "amount": 40}
+GATE_TOKENS = (1_200, 300)
+GATE_LIMITS = (50_000, 5.0)
+
+CEDAR_GATE_POLICY = """
+permit(principal, action, resource);
+@id("tenant-block")
+forbid(principal, action, resource) when { resource.name like "db.drop_*" };
+@id("workflow-approval")
+forbid(principal, action, resource) when { resource.name like "payments.*" && !context.approved };
+@id("budget")
+forbid(principal, action, resource)
+  when { context.total_tokens >= 50000 || context.cost_nanos >= 5000000000 };
+"""
+
+
+def _gate_context(name: str) -> EvaluationContext:
+    return EvaluationContext(name.split(".")[-1], "tool", tool_name=name)
+
+
+def _answer(value: bool) -> Callable[[], bool]:
+    """A probe's ``denied`` for the whole-gate probes, whose answers are checked when built."""
+    return lambda: value
+
+
+def gate_probes() -> dict[tuple[str, int, str], Probe]:
+    """The whole-gate probes (Charter build + `gate_node`, event serialisation) and cedarpy's
+    equivalent decision, each verified once."""
+    chain = policy_chain(
+        tenant=PolicySet(blocked_tools=["db.drop_*"]),
+        workflow=PolicySet(require_approval_for=["payments.*"]),
+    )
+    budget = BudgetState(total_input_tokens=GATE_TOKENS[0], total_output_tokens=GATE_TOKENS[1])
+    limits = BudgetLimits(total_tokens=GATE_LIMITS[0], cost_usd=GATE_LIMITS[1])
+    probes: dict[tuple[str, int, str], Probe] = {}
+    events: dict[str, Any] = {}
+    for query, name in GATE_QUERIES.items():
+        ctx = _gate_context(name)
+        namespace = {
+            "gate_node": gate_node,
+            "GateRequest": GateRequest,
+            "ctx": ctx,
+            "chain": chain,
+            "budget": budget,
+            "limits": limits,
+            "call": GATE_CALL,
+            "now": GATE_NOW,
+        }
+
+        def decide(ctx: EvaluationContext = ctx) -> Any:
+            return gate_node(
+                GateRequest(
+                    context=ctx,
+                    policies=chain,
+                    budget=budget,
+                    limits=limits,
+                    call=GATE_CALL,
+                    now=GATE_NOW,
+                )
+            )
+
+        result = decide()
+        want = Outcome.RUN if query == "run" else Outcome.HOLD
+        if result.outcome is not want:
+            raise BenchmarkError(f"gate_node gave {result.outcome} for {name!r}, expected {want}")
+        for kind in result.events:
+            events.setdefault(type(kind).__name__, kind)
+        probes[("gate", GATE_RULES, query)] = Probe(
+            "gate_node(GateRequest(context=ctx, policies=chain, budget=budget, limits=limits,"
+            " call=call, now=now))",
+            namespace,
+            _answer(query == "hold"),
+        )
+    for label, kind in events.items():
+        probes[("event_text", GATE_RULES, label)] = Probe(
+            "event_text(kind)",
+            {"event_text": event_text, "kind": kind},
+            _answer(not isinstance(event_text(kind), str)),
+        )
+    try:
+        cedarpy = importlib.import_module("cedarpy")
+    except ImportError:
+        return probes
+    policies = cedarpy.PolicySet.from_str(CEDAR_GATE_POLICY)
+    is_authorized = cedarpy.is_authorized
+    for query, name in GATE_QUERIES.items():
+        request = {
+            "principal": 'Agent::"bench"',
+            "action": 'Action::"call_tool"',
+            "resource": f'Tool::"{name}"',
+            "context": {
+                "total_tokens": sum(GATE_TOKENS),
+                "cost_nanos": 0,
+                "approved": False,
+            },
+        }
+        entity = {"uid": {"type": "Tool", "id": name}, "attrs": {"name": name}, "parents": []}
+        entities = cedarpy.Entities.from_json_str(json.dumps([entity]))
+        answer = is_authorized(request, policies, entities)
+        if list(answer.diagnostics.errors):
+            raise BenchmarkError(f"cedarpy errors: {list(answer.diagnostics.errors)}")
+        reasons = set(answer.diagnostics.reasons)
+        denied = not bool(answer.allowed)
+        if denied != (query == "hold") or (denied and reasons != {"workflow-approval"}):
+            raise BenchmarkError(f"cedarpy answered {answer.allowed} ({reasons}) for {name!r}")
+        probes[("cedar_gate", GATE_RULES, query)] = Probe(
+            "is_authorized(request, policies, entities)",
+            {
+                "is_authorized": is_authorized,
+                "request": request,
+                "policies": policies,
+                "entities": entities,
+            },
+            _answer(denied),
+        )
+    return probes
 
 
 # ── measurement ────────────────────────────────────────────────────────────────────────
@@ -509,6 +662,8 @@ def run(settings: Settings, rule_counts: Sequence[int] = RULE_COUNTS) -> Report:
                 probe = factory(names[query])
                 _verify(engine.label, rules, query, names[query], probe)
                 probes[(engine.key, rules, query)] = probe
+    _progress("building the whole-gate probes")
+    probes.update(gate_probes())
     _progress(f"timing {len(probes)} probes, interleaved")
     measurements = _measure(probes, settings)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
@@ -562,7 +717,7 @@ def _median(report: Report, engine: str, rules: int, query: str) -> float | None
 
 def targets(report: Report) -> list[Target]:
     """The issue's targets, evaluated on ``report`` (never asserted)."""
-    counts = sorted({m.rules for m in report.measurements})
+    counts = sorted({m.rules for m in report.measurements if m.engine in ENGINE_KEYS})
     result: list[Target] = []
     charter = {
         (m.rules, m.query): m.median_us for m in report.measurements if m.engine == "charter"
@@ -617,6 +772,94 @@ def targets(report: Report) -> list[Target]:
     return result
 
 
+def gate_summary(report: Report) -> dict[str, Any]:
+    """The whole-gate figures: medians (µs) and the ratios of medians of the same run."""
+    out: dict[str, Any] = {}
+    for query in GATE_QUERIES:
+        mine = _median(report, "gate", GATE_RULES, query)
+        cedar = _median(report, "cedar_gate", GATE_RULES, query)
+        out[query] = {
+            "gate_median_us": mine,
+            "cedarpy_median_us": cedar,
+            "cedarpy_over_gate": cedar / mine if mine and cedar else None,
+        }
+    out["event_text_median_us"] = {
+        m.query: m.median_us for m in report.measurements if m.engine == "event_text"
+    }
+    return out
+
+
+def gate_targets(report: Report) -> list[Target]:
+    """The issue's whole-gate targets, evaluated on ``report`` (never asserted)."""
+    summary = gate_summary(report)
+    result = []
+    for query, limit in (("run", TARGET_GATE_RUN_US), ("hold", TARGET_GATE_HOLD_US)):
+        median = summary[query]["gate_median_us"]
+        if median is not None:
+            result.append(
+                Target(
+                    f"build + `gate_node`, {query.upper()}: median ≤ {limit:g} µs",
+                    f"{_us(median)} µs",
+                    median <= limit,
+                )
+            )
+        ratio = summary[query]["cedarpy_over_gate"]
+        result.append(
+            Target(
+                f"{query.upper()} ≥ {TARGET_GATE_CEDAR_RATIO:g}× faster than cedarpy's decision",
+                "cedarpy not installed" if ratio is None else _ratio(ratio),
+                None if ratio is None else ratio >= TARGET_GATE_CEDAR_RATIO,
+            )
+        )
+    texts = summary["event_text_median_us"]
+    if texts:
+        worst = max(texts, key=lambda label: texts[label])
+        result.append(
+            Target(
+                f"serialising an event ≤ {TARGET_EVENT_US:g} µs",
+                ", ".join(f"{label} {_us(value)} µs" for label, value in texts.items()),
+                texts[worst] <= TARGET_EVENT_US,
+            )
+        )
+    return result
+
+
+def _gate_markdown(report: Report) -> list[str]:
+    summary = gate_summary(report)
+    by_key = {(m.engine, m.query): m for m in report.measurements}
+
+    def cell(engine: str, query: str) -> str:
+        found = by_key.get((engine, query))
+        return "—" if found is None else f"{_us(found.median_us)} [{_us(found.p90_us)}]"
+
+    lines = [
+        "",
+        "#### The whole gate (µs per call: median, p90 in brackets)",
+        "",
+        "Build a `GateRequest` and call `gate_node` (tenant block glob, workflow approval glob,",
+        "a token and cost budget), beside cedarpy deciding the same question with prebuilt",
+        "handles, in the same interleaved run.",
+        "",
+        "| query | Charter: build + `gate_node` | cedarpy `is_authorized` | cedarpy / Charter |",
+        "|:---|---:|---:|---:|",
+    ]
+    for query in GATE_QUERIES:
+        ratio = summary[query]["cedarpy_over_gate"]
+        lines.append(
+            f"| {query.upper()} | {cell('gate', query)} | {cell('cedar_gate', query)} | "
+            f"{'—' if ratio is None else _ratio(ratio)} |"
+        )
+    lines += [
+        "",
+        "| event (`codec.event_text`) | µs per event |",
+        "|:---|---:|",
+    ]
+    for m in report.measurements:
+        if m.engine == "event_text":
+            lines.append(f"| `{m.query}` | {_us(m.median_us)} [{_us(m.p90_us)}] |")
+    return lines
+
+
 def render_markdown(report: Report) -> str:
     machine = report.machine
     usable = machine.get("usable_cores")
@@ -655,7 +898,7 @@ def render_markdown(report: Report) -> str:
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join(["---:", ":---", *("---:" for _ in ENGINES)]) + "|")
     by_key = {(m.engine, m.rules, m.query): m for m in report.measurements}
-    counts = sorted({m.rules for m in report.measurements})
+    counts = sorted({m.rules for m in report.measurements if m.engine in ENGINE_KEYS})
     for rules in counts:
         for query in QUERIES:
             cells = [f"{rules:,}", query]
@@ -714,9 +957,10 @@ def render_markdown(report: Report) -> str:
             else:
                 cells.append(f"{_ms(build.median_ms)} (×{build.builds})")
         lines.append("| " + " | ".join(cells) + " |")
+    lines += _gate_markdown(report)
     lines += ["", "#### Targets (reported, not asserted)", "", "| target | measured | met |"]
     lines.append("|:---|:---|:---:|")
-    for target in targets(report):
+    for target in [*targets(report), *gate_targets(report)]:
         met = "n/a" if target.met is None else ("yes" if target.met else "**no**")
         lines.append(f"| {target.description} | {target.measured} | {met} |")
     return "\n".join(lines) + "\n"
@@ -733,7 +977,8 @@ def report_json(report: Report) -> dict[str, Any]:
         "loop_overhead_us": report.loop_overhead_us,
         "measurements": [asdict(m) for m in report.measurements],
         "builds": [asdict(b) for b in report.builds],
-        "targets": [asdict(t) for t in targets(report)],
+        "gate": gate_summary(report),
+        "targets": [asdict(t) for t in [*targets(report), *gate_targets(report)]],
     }
 
 
