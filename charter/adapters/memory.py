@@ -23,7 +23,6 @@ from charter.adapters.chain import canonical_text
 from charter.adapters.clock import SystemClock
 from charter.adapters.codec import dump
 from charter.adapters.transactions import PlannedStore, Tx, new_event_id
-from charter.core.approvals import Pending
 from charter.core.budget import BudgetState
 from charter.core.commit import (
     ApprovalRow,
@@ -120,7 +119,21 @@ class _MemoryTx:
     def items(self, item_ids: Sequence[str]) -> dict[str, WorkItem]:
         return {i: self.t.items[i] for i in item_ids if i in self.t.items}
 
-    def next_claimable(self, queues: Sequence[str], execution_id: str | None) -> WorkItem | None:
+    def holder(self, item_id: str) -> WorkItem | None:
+        return self.t.items.get(item_id)
+
+    def settling(self, item_id: str) -> tuple[WorkItem, Head | None, bool] | None:
+        item = self.t.items.get(item_id)
+        if item is None:
+            return None
+        reserved = any(
+            effect.item_id == item_id and not effect.recorded for effect in self.t.effects.values()
+        )
+        return item, self.head(item.execution_id), reserved
+
+    def next_claimable(
+        self, queues: Sequence[str], execution_id: str | None
+    ) -> tuple[WorkItem, Head] | None:
         wanted = set(queues)
         candidates = [
             item
@@ -131,7 +144,12 @@ class _MemoryTx:
             and (execution_id is None or item.execution_id == execution_id)
         ]
         order = self.t.item_order
-        return min(candidates, key=lambda i: (i.available_at, order[i.item_id]), default=None)
+        item = min(candidates, key=lambda i: (i.available_at, order[i.item_id]), default=None)
+        if item is None:
+            return None
+        head = self.head(item.execution_id)
+        assert head is not None  # an item's execution exists
+        return item, head
 
     def expired(self, limit: int) -> list[WorkItem]:
         order = self.t.item_order
@@ -369,28 +387,15 @@ class MemoryStore(PlannedStore):
         tables = self._tables
         records = []
         for (exec_id, node_id), found in sorted(tables.approvals.items()):
-            status = found.row.status
-            if not isinstance(status, Pending):
-                continue
             if tables.executions[exec_id].status.terminal:
                 continue  # a finished run has no open questions
             if tenant_id is not None and found.tenant_id != tenant_id:
                 continue
             if execution_id is not None and exec_id != execution_id:
                 continue
-            request = status.request
-            records.append(
-                PendingApprovalRecord(
-                    execution_id=exec_id,
-                    tenant_id=found.tenant_id,
-                    node_id=node_id,
-                    tool_name=request.tool_name,
-                    approver=request.approver,
-                    request_digest=request.request_digest,
-                    attempt=request.attempt,
-                    context=request.context,
-                    sequence=request.sequence,
-                    requested_at=found.row.requested_at,
-                )
+            record = rules.pending_record(
+                exec_id, node_id, found.tenant_id, found.row.status, found.row.requested_at
             )
+            if record is not None:
+                records.append(record)
         return tuple(records)

@@ -128,11 +128,22 @@ class _PgTx:
         return q.workflow(self._execute(q.WORKFLOW, (tenant_id, workflow_id, version)))
 
     def item(self, item_id: str) -> WorkItem | None:
-        # An item read after an effect row is a reservation's holder: read without a lock,
-        # since a commit locks its item before it deletes its reservations.
-        query = q.ITEM if self._effects else q.ITEM + " FOR UPDATE"
-        row = self._one(query, (item_id,))
+        row = self._one(q.ITEM + " FOR UPDATE", (item_id,))
         return None if row is None else q.item(row)
+
+    def holder(self, item_id: str) -> WorkItem | None:
+        # Not locked: a commit locks its item before it deletes its reservations.
+        row = self._one(q.ITEM, (item_id,))
+        return None if row is None else q.item(row)
+
+    def settling(self, item_id: str) -> tuple[WorkItem, plan.Head | None, bool] | None:
+        row = self._one(q.SETTLING, {"id": item_id, "stamp": self._stamp})
+        if row is None:
+            return None
+        end = len(q.ITEM_COLUMNS)
+        item = q.item(row[:end])
+        self._heads[item.execution_id] = row[end + 1 :]  # (locked by the same statement)
+        return item, self.head(item.execution_id), bool(row[end])
 
     def items(self, item_ids: Sequence[str]) -> dict[str, WorkItem]:
         if not item_ids:
@@ -140,16 +151,20 @@ class _PgTx:
         rows = self._execute(q.ITEMS_BY_ID, (list(item_ids),)).fetchall()
         return {row[0]: q.item(row) for row in rows}
 
-    def next_claimable(self, queues: Sequence[str], execution_id: str | None) -> WorkItem | None:
+    def next_claimable(
+        self, queues: Sequence[str], execution_id: str | None
+    ) -> tuple[WorkItem, plan.Head] | None:
         query = q.CLAIMABLE if execution_id is None else q.CLAIMABLE_OF_EXECUTION
         params = {"queues": list(queues), "now": self.now, "run": execution_id}
         row = self._one(query, {**params, "stamp": self._stamp})
         if row is None:
             return None
         item = q.item(row[: len(q.ITEM_COLUMNS)])
-        # Its execution's row was locked by the same statement: `head` answers from it.
+        # Its execution's row was locked by the same statement.
         self._heads[item.execution_id] = row[len(q.ITEM_COLUMNS) :]
-        return item
+        head = self.head(item.execution_id)
+        assert head is not None
+        return item, head
 
     def expired(self, limit: int) -> list[WorkItem]:
         return [q.item(row) for row in self._execute(q.EXPIRED, (self.now, limit)).fetchall()]
@@ -323,6 +338,8 @@ class _PgTx:
         values.update(result_json=result_json, replace=self._effects.get(row.key, False))
         if self._one(q.PUT_EFFECT, values) is None:
             raise Retry(f"effect {row.key!r} was reserved at the same moment")
+        if not row.recorded:  # a reservation: its item's settling must release it
+            self._execute(q.MARK_RESERVED, (row.item_id,))
 
     def release_effects(self, write: plan.ReleaseEffects) -> None:
         self._execute(
@@ -558,4 +575,8 @@ class PostgresStore(PlannedStore):
             f"WHERE {' AND '.join(where)} ORDER BY a.execution_id, a.node_id",
             args,
         )
-        return tuple(q.pending(row) for row in rows)
+        found = (
+            rules.pending_record(execution_id, node_id, tenant_id, loads(text, ApprovalStatus), at)
+            for execution_id, node_id, tenant_id, text, at in rows
+        )
+        return tuple(record for record in found if record is not None)

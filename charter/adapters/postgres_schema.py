@@ -147,7 +147,7 @@ CREATE TABLE work_items (
     lease_expires_at timestamptz,
     fence            bigint NOT NULL DEFAULT 0,
     last_error       text,
-    reserved         boolean NOT NULL DEFAULT false  -- while the claim holds effect reservations
+    reserved         boolean NOT NULL DEFAULT false  -- once a claim of it reserved an effect (v3)
 );
 -- Claims walk pending items oldest-available first (skipping rows other claims have locked);
 -- reclaims walk claimed items by lease expiry. Settled items are in neither index.
@@ -197,7 +197,15 @@ CREATE TABLE policy_sets (
 
 #: Schema migrations by the version they produce; applied in order, one transaction each.
 #: (The migration runner writes the marker row's version after each script.)
-MIGRATIONS: Final[dict[int, str]] = {1: _V1, 2: _V2}
+# Version 3: ``work_items.reserved`` is true once a claim of the item reserved an effect, so a
+# commit of an item that never did skips releasing reservations; items holding reservations
+# made before it are marked here.
+_V3 = """
+UPDATE work_items SET reserved = true
+ WHERE item_id IN (SELECT item_id FROM effects WHERE NOT recorded);
+"""
+
+MIGRATIONS: Final[dict[int, str]] = {1: _V1, 2: _V2, 3: _V3}
 #: The schema version this code reads and writes.
 LATEST: Final = max(MIGRATIONS)
 

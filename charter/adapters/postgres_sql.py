@@ -15,14 +15,12 @@ from typing import Any, Final
 
 from charter.adapters.codec import loads
 from charter.adapters.postgres_connection import Cursor, Row
-from charter.core.approvals import Pending
 from charter.core.budget import BudgetState
 from charter.core.errors import NotFound
 from charter.core.events import Event, EventKind
 from charter.core.records import (
     Execution,
     ExecutionStatus,
-    PendingApprovalRecord,
     WorkflowDefinition,
     WorkItem,
     WorkItemStatus,
@@ -58,15 +56,6 @@ ITEMS: Final = ", ".join(ITEM_COLUMNS)
 EXECUTIONS: Final = ", ".join(EXECUTION_COLUMNS)
 _PENDING: Final = f"'{WorkItemStatus.PENDING.value}'"
 _CLAIMED: Final = f"'{WorkItemStatus.CLAIMED.value}'"
-#: What an open request's record repeats of the request (`PendingApprovalRecord`).
-_REQUEST_FIELDS: Final = (
-    "tool_name",
-    "approver",
-    "request_digest",
-    "attempt",
-    "context",
-    "sequence",
-)
 TERMINAL: Final = [status.value for status in ExecutionStatus if status.terminal]
 
 
@@ -160,21 +149,6 @@ def workflow(cursor: Cursor) -> WorkflowDefinition | None:
     )
 
 
-def pending(row: Row) -> PendingApprovalRecord:
-    """An open approval request from ``(execution_id, node_id, tenant_id, status_json,
-    requested_at)``: the row's keys and the request's own fields."""
-    execution_id, node_id, tenant_id, status_json, requested_at = row
-    request = loads(status_json, Pending).request
-    asked = {name: getattr(request, name) for name in _REQUEST_FIELDS}
-    return PendingApprovalRecord(
-        execution_id=execution_id,
-        tenant_id=tenant_id,
-        node_id=node_id,
-        requested_at=requested_at,
-        **asked,
-    )
-
-
 # ── statements ──
 
 
@@ -204,6 +178,14 @@ CLAIMABLE: Final = (
     "AND w.available_at <= %(now)s ORDER BY w.available_at, w.ordinal LIMIT 1 "
     "FOR UPDATE OF w SKIP LOCKED FOR UPDATE OF x"
 )
+# The item a commit settles, locked, with whether it may hold reservations and its
+# execution's head, locked after it (the lock order).
+SETTLING: Final = (
+    f"SELECT {', '.join(f'w.{column}' for column in ITEM_COLUMNS)}, w.reserved, {_HEAD} "
+    "FROM work_items w JOIN executions x ON x.execution_id = w.execution_id "
+    "WHERE w.item_id = %(id)s FOR UPDATE OF w FOR UPDATE OF x"
+)
+MARK_RESERVED: Final = "UPDATE work_items SET reserved = true WHERE item_id = %s AND NOT reserved"
 CLAIMABLE_OF_EXECUTION: Final = CLAIMABLE.replace(
     "AND w.queue", "AND w.execution_id = %(run)s AND w.queue"
 )

@@ -76,6 +76,8 @@ _LIVE: Final = f"status IN ('{_PENDING}', '{_CLAIMED}')"
 # ── reads (the rest, each with its decoder: `charter.adapters.sqlite_rows`) ──
 _EXISTS: Final = "SELECT 1 FROM executions WHERE execution_id = ?"
 _ITEM_BY_ID: Final = f"{stored.ITEM_SELECT} WHERE item_id = ?"
+_SETTLING: Final = f"{stored.ITEM_HEAD_SELECT} WHERE w.item_id = ?"
+_MARK_RESERVED: Final = "UPDATE work_items SET reserved = 1 WHERE item_id = ? AND reserved = 0"
 _ITEMS_BY_ID: Final = f"{stored.ITEM_SELECT} WHERE item_id IN (SELECT value FROM json_each(?))"
 _WORKFLOW_SELECT: Final = (
     "SELECT ir_json, created_at FROM workflows WHERE tenant_id = ? AND workflow_id = ? "
@@ -145,9 +147,10 @@ _PUT_SNAPSHOT: Final = (
 def _claim_sql(queues: int, one_execution: bool) -> str:
     """The oldest available pending item of ``queues`` distinct queues: one probe of the live
     index per queue (its head), then the oldest of those heads — a claim costs one index
-    probe per queue, not a sort of every pending item. With ``one_execution`` each probe
-    walks its queue's live items until one of the given execution (``charter run`` on a
-    shared database). (The redundant `_LIVE` term lets SQLite use the partial index.)"""
+    probe per queue, not a sort of every pending item — and its execution's head, in the same
+    statement. With ``one_execution`` each probe walks its queue's live items until one of the
+    given execution (``charter run`` on a shared database). (The redundant `_LIVE` term lets
+    SQLite use the partial index.)"""
     of_execution = "AND execution_id = ? " if one_execution else ""
     head = (
         "SELECT ordinal, available_at FROM (SELECT ordinal, available_at FROM work_items "
@@ -156,7 +159,7 @@ def _claim_sql(queues: int, one_execution: bool) -> str:
     )
     heads = " UNION ALL ".join([head] * queues)
     return (
-        f"{stored.ITEM_SELECT} WHERE ordinal = (SELECT ordinal FROM ({heads}) "
+        f"{stored.ITEM_HEAD_SELECT} WHERE w.ordinal = (SELECT ordinal FROM ({heads}) "
         "ORDER BY available_at, ordinal LIMIT 1)"
     )
 
@@ -224,12 +227,26 @@ class _SqliteTx(_Rows):
         rows = self.all(_ITEMS_BY_ID, (json.dumps(list(item_ids)),))
         return {row[0]: stored.item(row) for row in rows}
 
-    def next_claimable(self, queues: Sequence[str], execution_id: str | None) -> WorkItem | None:
+    def holder(self, item_id: str) -> WorkItem | None:
+        return self.item(item_id)  # (the write lock is the whole file's: nothing to avoid)
+
+    def settling(self, item_id: str) -> tuple[WorkItem, plan.Head | None, bool] | None:
+        row = self.one(_SETTLING, (item_id,))
+        if row is None:
+            return None
+        end = stored.ITEM_END
+        return stored.item(row), stored.head(row[2], row[end + 1 :]), bool(row[end])
+
+    def next_claimable(
+        self, queues: Sequence[str], execution_id: str | None
+    ) -> tuple[WorkItem, plan.Head] | None:
         stamp = _text(self.now)
         per_queue = (stamp,) if execution_id is None else (stamp, execution_id)
         args = [value for queue in queues for value in (queue, *per_queue)]
         row = self.one(_claim_sql(len(queues), execution_id is not None), args)
-        return None if row is None else stored.item(row)
+        if row is None:
+            return None
+        return stored.item(row), stored.head(row[2], row[stored.ITEM_END + 1 :])
 
     def expired(self, limit: int) -> list[WorkItem]:
         rows = self.all(_EXPIRED_SELECT, (_text(self.now), limit))
@@ -354,6 +371,8 @@ class _SqliteTx(_Rows):
             r.key, r.execution_id, r.node_id, r.item_id, r.fence, _maybe_text(r.expires_at),
             r.recorded, result_json,
         ))  # fmt: skip
+        if not r.recorded:  # a reservation: its item's settling must release it
+            self._conn.execute(_MARK_RESERVED, (r.item_id,))
 
     def release_effects(self, write: plan.ReleaseEffects) -> None:
         self._conn.execute(_RELEASE_EFFECTS, (write.item_id, write.fence))
@@ -532,7 +551,10 @@ class SqliteStore(PlannedStore):
             sql, args = f"{sql} AND a.execution_id = ?", [*args, execution_id]
         with self._read() as rows:
             found = rows.all(f"{sql} ORDER BY a.execution_id, a.node_id", args)
-        decoded = ((row, loads(row[3], ApprovalStatus)) for row in found)
-        return tuple(
-            stored.pending(row, status) for row, status in decoded if isinstance(status, Pending)
+        records = (
+            rules.pending_record(
+                row[0], row[1], row[2], loads(row[3], ApprovalStatus), _time(row[4])
+            )
+            for row in found
         )
+        return tuple(record for record in records if record is not None)

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from charter.adapters.codec import loads
 from charter.adapters.store_support import utc_text
-from charter.core.approvals import ApprovalStatus, Pending
+from charter.core.approvals import ApprovalStatus
 from charter.core.budget import BudgetState
 from charter.core.commit import ApprovalRow, EffectRow, Head
 from charter.core.events import Event, EventKind
@@ -22,7 +22,6 @@ from charter.core.records import (
     ChainLink,
     Execution,
     ExecutionStatus,
-    PendingApprovalRecord,
     WorkItem,
     WorkItemStatus,
 )
@@ -33,6 +32,8 @@ __all__ = [
     "EXECUTION_SELECT",
     "HEAD_SELECT",
     "ITEM_COLUMNS",
+    "ITEM_END",
+    "ITEM_HEAD_SELECT",
     "ITEM_SELECT",
     "LEDGER_SELECT",
     "LOG_SELECT",
@@ -45,7 +46,6 @@ __all__ = [
     "ledger",
     "link",
     "maybe_text",
-    "pending",
     "text",
     "time",
 ]
@@ -71,6 +71,17 @@ EXECUTION_SELECT: Final = (
     "coalesce((SELECT max(v.sequence) FROM events v WHERE v.execution_id = x.execution_id), 0), "
     "x.ordinal FROM executions x"
 )
+# An item (aliased ``w``) with its execution's head (``x``, ``v``): what a claim and a commit
+# read, in one statement. The latest event is one probe of the events' primary key.
+ITEM_HEAD_SELECT: Final = (
+    "SELECT " + ", ".join(f"w.{column}" for column in ITEM_COLUMNS.split(", "))
+    + ", w.reserved, x.tenant_id, x.status, v.sequence, v.hash FROM work_items w "
+    "JOIN executions x ON x.execution_id = w.execution_id "
+    "LEFT JOIN events v ON v.execution_id = w.execution_id AND v.sequence = "
+    "(SELECT max(sequence) FROM events WHERE execution_id = w.execution_id)"
+)  # fmt: skip
+#: Where a row of `ITEM_HEAD_SELECT` goes on after the item's columns.
+ITEM_END: Final = len(ITEM_COLUMNS.split(", "))
 # The execution with its latest event: one probe of the events' primary key, from its end.
 HEAD_SELECT: Final = (
     "SELECT x.tenant_id, x.status, v.sequence, v.hash FROM executions x LEFT JOIN "
@@ -178,16 +189,4 @@ def effect(key: str, row: tuple[Any, ...]) -> EffectRow:
         key=key, execution_id=row[0], node_id=row[1], item_id=row[2], fence=row[3],
         expires_at=_maybe_time(row[4]), recorded=bool(row[5]),
         result=json.loads(row[6]) if row[5] else None,
-    )  # fmt: skip
-
-
-def pending(row: tuple[Any, ...], status: Pending) -> PendingApprovalRecord:
-    """An open approval request: a row ``(execution_id, node_id, tenant_id, status_json,
-    requested_at)`` whose status decoded as ``status``."""
-    request = status.request
-    return PendingApprovalRecord(
-        execution_id=row[0], tenant_id=row[2], node_id=row[1], tool_name=request.tool_name,
-        approver=request.approver, request_digest=request.request_digest,
-        attempt=request.attempt, context=request.context, sequence=request.sequence,
-        requested_at=time(row[4]),
     )  # fmt: skip

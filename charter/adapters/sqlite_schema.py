@@ -105,7 +105,7 @@ CREATE TABLE work_items (
     lease_expires_at TEXT,
     fence            INTEGER NOT NULL DEFAULT 0,
     last_error       TEXT,
-    reserved         INTEGER NOT NULL DEFAULT 0  -- no longer used (effects_by_owner serves)
+    reserved         INTEGER NOT NULL DEFAULT 0  -- 1 once a claim of it reserved an effect (v3)
 );
 -- One index over live items serves claims (per queue, oldest available first) and reclaims
 -- (a scan of live items only). A claim changes neither key column, so it rewrites its entry
@@ -150,8 +150,16 @@ CREATE TABLE policy_sets (
 );
 """
 
+# Version 3: ``work_items.reserved`` is 1 once a claim of the item reserved an effect, so a
+# commit of an item that never did skips releasing reservations (most commits); items that
+# hold reservations made before it are marked here.
+_V3 = """
+UPDATE work_items SET reserved = 1
+ WHERE item_id IN (SELECT item_id FROM effects WHERE recorded = 0);
+"""
+
 #: Schema migrations by the version they produce; applied in order, one transaction each.
-MIGRATIONS: Final[dict[int, str]] = {1: _V1, 2: _V2}
+MIGRATIONS: Final[dict[int, str]] = {1: _V1, 2: _V2, 3: _V3}
 #: The schema version this code reads and writes.
 LATEST: Final = max(MIGRATIONS)
 

@@ -1,97 +1,76 @@
-"""Rules every store adapter applies the same way: input checks and projections.
+"""What every store adapter does the same way before and after its transaction: input
+checks and encodings.
 
-Adapters differ in how they keep data; they must not differ in what they accept or in what
-a stored event means. So every check of a request and every projection step lives here, and
-the memory, SQLite and Postgres stores call the same functions.
+Adapters differ in how they keep data; they must not differ in what they accept. So every
+check of a request lives here (run before any transaction opens), with the encodings the
+checks produce and the stores share (canonical event texts, UTC time text, listing cursors,
+the pending-approval record). Every domain rule is the planner's (`charter.core.commit`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Final
 
-from charter.adapters.chain import GENESIS, canonical_text
+from charter.adapters.chain import canonical_text
 from charter.adapters.codec import dump
-from charter.core.approvals import (
-    ApprovalStatus,
-    Approved,
-    NotRequested,
-    approval_step,
-)
-from charter.core.budget import BudgetState, Usage
+from charter.core.approvals import ApprovalStatus, Pending
 from charter.core.commit import CommitSpec, Head
 from charter.core.errors import (
-    Conflict,
-    FenceLost,
     InvalidInput,
     LimitExceeded,
     NotFound,
     UnknownTenant,
 )
 from charter.core.events import (
-    ApprovalConsumed,
-    ApprovalReceived,
-    Event,
     EventKind,
     JsonValue,
-    ToolApprovalRequired,
     event_type,
 )
 from charter.core.ports import CommitRequest
 from charter.core.queue import MAX_ATTEMPTS, MAX_BACKOFF_MS
 from charter.core.records import (
     MAX_PAYLOAD_BYTES,
-    EffectAbandoned,
-    EffectAcquired,
-    EffectHeld,
-    EffectRecorded,
-    EffectReservation,
     Execution,
     NewWorkItem,
+    PendingApprovalRecord,
     Tenant,
     WorkflowDefinition,
-    WorkItem,
-    WorkItemStatus,
     check_identifier,
     encode_json,
 )
 from charter.core.signing import Signature
 
 __all__ = [
-    "COMMIT_OUTCOMES",
     "MAX_DEFINITION_BYTES",
-    "apply_ledger",
-    "chain_head",
     "check_claim_args",
-    "check_commit",
+    "check_execution",
     "check_failure",
-    "check_fence",
     "check_follow_up",
     "check_limit",
     "check_moment",
     "check_new_item",
+    "check_new_item_payload",
     "check_read",
     "check_seconds",
+    "check_signature",
     "check_tenant",
     "check_workflow",
+    "commit_spec",
     "decode_cursor",
     "encode_cursor",
     "encode_events",
-    "follow_up_applies",
-    "new_event_id",
-    "next_approval",
-    "reservation_outcome",
-    "same_item_content",
+    "existing",
+    "pending_record",
+    "plain_json",
+    "unknown_tenant",
     "utc_text",
 ]
 
 #: A workflow definition's IR may be larger than a payload: up to 4 MiB of JSON.
 MAX_DEFINITION_BYTES: Final = 4 * 1024 * 1024
-#: The statuses a commit may settle an item in.
-COMMIT_OUTCOMES: Final = (WorkItemStatus.COMPLETED, WorkItemStatus.HELD, WorkItemStatus.FAILED)
 
 
 def check_tenant(tenant: Tenant) -> None:
@@ -161,8 +140,8 @@ def commit_spec(request: CommitRequest) -> CommitSpec:
     if request.effect is not None:
         check_identifier(request.effect.key, "effect.key")
         encode_json(request.effect.result, "effect.result")
-    encode_events(request.events)
-    check_follow_up(request)
+    texts = encode_events(request.events)
+    then_texts, _ = check_follow_up(request)
     return CommitSpec(
         item_id=request.item_id,
         fence=request.fence,
@@ -176,6 +155,8 @@ def commit_spec(request: CommitRequest) -> CommitSpec:
         then_events=tuple(request.then_events),
         then_items=tuple(request.then_items),
         then_if_last_sequence=request.then_if_last_sequence,
+        event_texts=tuple(texts),
+        then_texts=tuple(then_texts),
     )
 
 
@@ -221,18 +202,6 @@ def check_failure(error: object, delay_ms: object) -> None:
         raise InvalidInput("delay_ms", f"expected a delay in milliseconds >= 0, got {delay_ms!r}")
 
 
-def same_item_content(existing: WorkItem, new: NewWorkItem) -> bool:
-    """Whether re-enqueueing ``new`` under an existing id is the same request."""
-    return (
-        existing.execution_id == new.execution_id
-        and existing.node_id == new.node_id
-        and existing.queue == new.queue
-        and existing.payload == new.payload
-        and existing.max_attempts == new.max_attempts
-        and existing.backoff_base_ms == new.backoff_base_ms
-    )
-
-
 def encode_events(events: Sequence[EventKind]) -> list[str]:
     """Each event kind as canonical JSON text (the codec's shape; what the event chain
     hashes), refusing any over 256 KiB and any that is not plain JSON. (On every append,
@@ -255,16 +224,6 @@ def encode_events(events: Sequence[EventKind]) -> list[str]:
     return encoded
 
 
-def chain_head(last: int, head_hash: str | None) -> str:
-    """The hash a new event's ``prev_hash`` must be: the last event's, or `GENESIS`."""
-    return head_hash if last and head_hash else GENESIS
-
-
-def new_event_id() -> str:
-    """A random 128-bit event id in hex (as unique as a UUID4, cheaper to make)."""
-    return os.urandom(16).hex()
-
-
 def check_claim_args(
     worker_id: str, queues: Sequence[str], lease_secs: float, execution_id: str | None = None
 ) -> None:
@@ -278,23 +237,6 @@ def check_claim_args(
     check_seconds(lease_secs, "lease_secs")
 
 
-def check_commit(request: CommitRequest) -> list[str]:
-    """The commit's events as JSON text, after checking its outcome and payloads."""
-    if request.outcome not in COMMIT_OUTCOMES:
-        allowed = ", ".join(status.value for status in COMMIT_OUTCOMES)
-        raise InvalidInput(
-            "outcome", f"a commit settles as one of {allowed}, not {request.outcome}"
-        )
-    if request.effect is not None:
-        check_identifier(request.effect.key, "effect.key")
-        encode_json(request.effect.result, "effect.result")
-    if (request.then_events or request.then_items) and request.then_if_last_sequence is None:
-        raise InvalidInput(
-            "then_if_last_sequence", "required with then_events or then_items (the log they assume)"
-        )
-    return encode_events(request.events)
-
-
 def check_follow_up(request: CommitRequest) -> tuple[list[str], list[str]]:
     """A commit's follow-up (``then_events``, ``then_items``): the events as JSON text and
     the items' payloads, checked before anything is written."""
@@ -305,62 +247,6 @@ def check_follow_up(request: CommitRequest) -> tuple[list[str], list[str]]:
         except InvalidInput as error:
             raise type(error)(f"then_{error.where}", error.problem) from None
     return encoded, [check_new_item(item) for item in request.then_items]
-
-
-def follow_up_applies(request: CommitRequest, last_before: int, execution_id: str) -> bool:
-    """Whether a commit's follow-up is written: there is one, the log is where its plan
-    assumed, and its items belong to the execution (else `InvalidInput`: nothing written)."""
-    if not (request.then_events or request.then_items):
-        return False
-    for index, item in enumerate(request.then_items):
-        if item.execution_id != execution_id:
-            raise InvalidInput(
-                f"then_items[{index}].execution_id",
-                f"expected the committed item's execution {execution_id!r}, "
-                f"got {item.execution_id!r}",
-            )
-    return request.then_if_last_sequence == last_before
-
-
-def check_fence(item: WorkItem | None, item_id: str, fence: int) -> WorkItem:
-    """The item, if ``fence`` is the current fence of it while claimed; else `FenceLost`."""
-    if item is None:
-        raise NotFound(f"work item {item_id!r} does not exist")
-    if item.status is not WorkItemStatus.CLAIMED or item.fence != fence:
-        raise FenceLost(
-            f"work item {item_id!r}: fence {fence} is not current "
-            f"(item is {item.status.value} with fence {item.fence})"
-        )
-    return item
-
-
-def apply_ledger(state: BudgetState, usage: Usage | None, succeeded: bool | None) -> BudgetState:
-    """The ledger after an attempt's usage and outcome."""
-    if usage is not None:
-        state = state.apply(usage)
-    if succeeded is True:
-        state = state.record_success()
-    elif succeeded is False:
-        state = state.record_error()
-    return state
-
-
-def next_approval(current: ApprovalStatus | None, event: Event) -> ApprovalStatus | None:
-    """The node's approval record after ``event``, or ``None`` if the event is not about
-    approvals. Using an approval that is not there to use is a `Conflict`: the commit that
-    tried fails as a whole, so an approval can authorise one run only."""
-    kind = event.kind
-    if not isinstance(kind, ToolApprovalRequired | ApprovalReceived | ApprovalConsumed):
-        return None
-    status = current if current is not None else NotRequested()
-    if isinstance(kind, ApprovalConsumed) and not (
-        isinstance(status, Approved) and status.request.request_digest == kind.request_digest
-    ):
-        raise Conflict(
-            f"approval for node {kind.node_id!r} (request {kind.request_digest[:12]}…) "
-            "is not available to use: it was never given, was rejected or is already used"
-        )
-    return approval_step(status, event)
 
 
 def utc_text(moment: datetime) -> str:
@@ -391,25 +277,27 @@ def check_limit(limit: object) -> int:
     return limit
 
 
-def reservation_outcome(
-    *,
-    recorded: bool,
-    result: JsonValue,
-    owner: tuple[str, int] | None,
-    owner_claim_current: bool,
-    expires_at: datetime | None,
-    claimant: tuple[str, int],
-    now: datetime,
-) -> EffectReservation:
-    """What `reserve_effect` answers, from the effect's current row (``owner`` is ``None``
-    when there is none): `EffectRecorded` if it happened; `EffectHeld` while another claim
-    that is still current holds an unexpired reservation; `EffectAbandoned` when the
-    reservation's claim is gone (reclaimed, re-claimed, settled) or its TTL ran out without a
-    result; otherwise `EffectAcquired`. The caller writes the reservation for the last two."""
-    if recorded:
-        return EffectRecorded(result)
-    if owner is None or owner == claimant:
-        return EffectAcquired()
-    if owner_claim_current and expires_at is not None and expires_at > now:
-        return EffectHeld(item_id=owner[0], fence=owner[1], expires_at=expires_at)
-    return EffectAbandoned(item_id=owner[0], fence=owner[1], expired_at=expires_at or now)
+def pending_record(
+    execution_id: str,
+    node_id: str,
+    tenant_id: str,
+    status: ApprovalStatus,
+    requested_at: datetime,
+) -> PendingApprovalRecord | None:
+    """An open approval request as `Store.pending_approvals` lists it (the row's keys and
+    the request's own fields), or ``None`` if ``status`` is not an open request."""
+    if not isinstance(status, Pending):
+        return None
+    request = status.request
+    return PendingApprovalRecord(
+        execution_id=execution_id,
+        tenant_id=tenant_id,
+        node_id=node_id,
+        tool_name=request.tool_name,
+        approver=request.approver,
+        request_digest=request.request_digest,
+        attempt=request.attempt,
+        context=request.context,
+        sequence=request.sequence,
+        requested_at=requested_at,
+    )

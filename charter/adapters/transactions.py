@@ -12,9 +12,13 @@ transaction, rows are read — and, where the database locks rows, locked — in
 
 1. work items (the claimed item; the expired items of a reclaim, in lease order);
 2. executions, by id in ascending order (`Tx.head` locks the row and reads the latest
-   sequence and hash);
+   sequence and hash; `Tx.next_claimable` and `Tx.settling` read and lock an item and then
+   its execution's row in one statement);
 3. the execution's ledger (read only under its execution's lock);
-4. approval records, effect rows, then any other work items (follow-ups, by id).
+4. approval records, effect rows, then any other work items (follow-ups, by id). The one
+   exception: an effect reservation's holder is read by `Tx.holder`, which locks nothing (a
+   commit locks its item, then deletes its reservations: locking the holder after the
+   effect row would wait in the other order).
 
 Writes come after every read. Two transactions therefore never wait for each other in a
 cycle, and every total read under a lock may be written back whole.
@@ -94,9 +98,23 @@ class Tx(Protocol):
     ) -> WorkflowDefinition | None: ...
     def item(self, item_id: str) -> WorkItem | None: ...
     def items(self, item_ids: Sequence[str]) -> dict[str, WorkItem]: ...
-    def next_claimable(self, queues: Sequence[str], execution_id: str | None) -> WorkItem | None:
+    def holder(self, item_id: str) -> WorkItem | None:
+        """A work item read without locking it (an effect reservation's holder: see the
+        lock order)."""
+        ...
+
+    def settling(self, item_id: str) -> tuple[WorkItem, Head | None, bool] | None:
+        """The item a commit settles, locked, with its execution's `Head` (locked after it)
+        and whether the item may hold effect reservations (a claim of it reserved one);
+        ``None`` if there is no such item."""
+        ...
+
+    def next_claimable(
+        self, queues: Sequence[str], execution_id: str | None
+    ) -> tuple[WorkItem, Head] | None:
         """The oldest pending item of ``queues`` available at `now` (of ``execution_id``
-        only, if given), locked; by availability, then enqueue order."""
+        only, if given), locked, with its execution's `Head` (locked after it); by
+        availability, then enqueue order."""
         ...
 
     def expired(self, limit: int) -> list[WorkItem]:
@@ -156,7 +174,12 @@ class Tx(Protocol):
     def set_status(self, write: SetStatus) -> None: ...
     def put_approval(self, write: PutApproval) -> None: ...
     def put_ledger(self, write: PutLedger) -> None: ...
-    def put_effect(self, row: EffectRow, result_json: str | None) -> None: ...
+    def put_effect(self, row: EffectRow, result_json: str | None) -> None:
+        """Create or replace the effect's row; an unrecorded reservation also marks its item
+        as holding one (`settling` reports it, so a commit of an item that never reserved
+        releases nothing)."""
+        ...
+
     def release_effects(self, write: ReleaseEffects) -> None: ...
     def put_snapshot(self, snapshot: Snapshot) -> None: ...
 
@@ -237,7 +260,7 @@ class PlannedStore:
             raise AssertionError(
                 f"planned sequence {write.first_sequence} does not follow {head.last_sequence}"
             )
-        texts = checks.encode_events(write.kinds)
+        texts = write.texts if write.texts is not None else checks.encode_events(write.kinds)
         moment = tx.event_time(write.execution_id)
         stamp = checks.utc_text(moment)
         ids = [self._new_id() for _ in texts]
@@ -325,7 +348,7 @@ class PlannedStore:
         items: Sequence[NewWorkItem] = (),
     ) -> tuple[Event, ...]:
         checks.check_execution(execution)
-        checks.encode_events(events)
+        texts = checks.encode_events(events)
         for item in items:
             checks.check_new_item(item)
 
@@ -338,6 +361,7 @@ class PlannedStore:
                 exists=tx.head(execution.execution_id) is not None,
                 existing_items=tx.items([item.item_id for item in items]),
                 now=tx.now,
+                texts=texts,
             )
             return self._apply(tx, plan, {})
 
@@ -351,7 +375,7 @@ class PlannedStore:
         items: Sequence[NewWorkItem] = (),
         expected_last_sequence: int | None = None,
     ) -> tuple[Event, ...]:
-        checks.encode_events(events)
+        texts = checks.encode_events(events)
         for item in items:
             checks.check_new_item(item)
 
@@ -366,6 +390,7 @@ class PlannedStore:
                 existing_items=tx.items([item.item_id for item in items]),
                 expected_last_sequence=expected_last_sequence,
                 now=tx.now,
+                texts=texts,
             )
             return self._apply(tx, plan, {execution_id: head} if head else {})
 
@@ -404,10 +429,10 @@ class PlannedStore:
             return None
 
         def work(tx: Tx) -> Claim | None:
-            item = tx.next_claimable(tuple(dict.fromkeys(queues)), execution_id)
-            if item is None:
+            found = tx.next_claimable(tuple(dict.fromkeys(queues)), execution_id)
+            if found is None:
                 return None
-            head = checks.existing(tx.head(item.execution_id), item.execution_id)
+            item, head = found
             plan, claimed = planner.plan_claim(
                 item, head, worker_id=worker_id, lease_secs=lease_secs, now=tx.now
             )
@@ -435,15 +460,16 @@ class PlannedStore:
         spec = checks.commit_spec(request)
 
         def work(tx: Tx) -> tuple[Event, ...]:
-            item = tx.item(spec.item_id)
-            if item is None or item.fence != spec.fence:  # refused before any other read
-                planner.plan_commit(spec, CommitReads(item=item), now=tx.now)
-            assert item is not None
-            head = tx.head(item.execution_id)
+            found = tx.settling(spec.item_id)
+            if found is None or found[0].fence != spec.fence:  # refused before any other read
+                planner.plan_commit(spec, CommitReads(item=found and found[0]), now=tx.now)
+            assert found is not None
+            item, head, reserved = found
             wants_ledger, nodes, wants_effect, item_ids = planner.commit_reads_needed(spec)
             reads = CommitReads(
                 item=item,
                 head=head,
+                reserved=reserved,
                 ledger=tx.ledger(item.execution_id) if wants_ledger and head else None,
                 approvals={n: tx.approval(item.execution_id, n) for n in sorted(nodes)},
                 effect=tx.effect(spec.effect_key) if wants_effect and spec.effect_key else None,
@@ -487,7 +513,7 @@ class PlannedStore:
         events: Sequence[EventKind] = (),
     ) -> tuple[Event, ...]:
         checks.check_failure(error, delay_ms)
-        checks.encode_events(events)
+        checks.encode_events(events)  # (encoded again with the failure's own events)
 
         def work(tx: Tx) -> tuple[Event, ...]:
             item = tx.item(item_id)
@@ -640,7 +666,7 @@ class PlannedStore:
             existing = tx.effect(key) if item is not None else None
             holder = None
             if existing is not None and not existing.recorded and existing.item_id != item_id:
-                holder = tx.item(existing.item_id)
+                holder = tx.holder(existing.item_id)
             plan, outcome = planner.plan_reserve_effect(
                 key, item, item_id, fence, existing, holder, ttl_secs=ttl_secs, now=tx.now
             )

@@ -179,6 +179,8 @@ class AppendEvents:
     execution_id: str
     first_sequence: int
     kinds: tuple[EventKind, ...]
+    #: The kinds' canonical texts, when the caller encoded them already (input checks do).
+    texts: tuple[str, ...] | None = None
 
     @property
     def last_sequence(self) -> int:
@@ -302,13 +304,18 @@ class LogDraft:
         self.last = head.last_sequence
         self.approvals: dict[str, ApprovalRow | None] = dict(approvals)
 
-    def append(self, kinds: Sequence[EventKind], now: datetime) -> list[Write]:
+    def append(
+        self, kinds: Sequence[EventKind], now: datetime, texts: Sequence[str] | None = None
+    ) -> list[Write]:
         if not kinds:
             return []
         head = self.head
         writes: list[Write] = [
             AppendEvents(
-                execution_id=head.execution_id, first_sequence=self.last + 1, kinds=tuple(kinds)
+                execution_id=head.execution_id,
+                first_sequence=self.last + 1,
+                kinds=tuple(kinds),
+                texts=None if texts is None else tuple(texts),
             )
         ]
         status = self.status
@@ -429,6 +436,7 @@ def plan_create_execution(
     exists: bool,
     existing_items: Mapping[str, WorkItem],
     now: datetime,
+    texts: Sequence[str] | None = None,
 ) -> Plan:
     """Create an execution with its first events and items (`Store.create_execution`)."""
     _belongs(items, execution.execution_id, "items")
@@ -450,7 +458,7 @@ def plan_create_execution(
         last_sequence=0,
     )
     writes: list[Write] = [InsertExecution(execution=row)]
-    writes += LogDraft(head, dict.fromkeys(approval_nodes(kinds))).append(kinds, now)
+    writes += LogDraft(head, dict.fromkeys(approval_nodes(kinds))).append(kinds, now, texts)
     writes += _new_items(items, {row.execution_id: row.tenant_id}, existing_items, now)
     return Plan(tuple(writes))
 
@@ -465,6 +473,7 @@ def plan_append(
     existing_items: Mapping[str, WorkItem],
     expected_last_sequence: int | None,
     now: datetime,
+    texts: Sequence[str] | None = None,
 ) -> Plan:
     """Append events and enqueue items (`Store.append_events`); with
     ``expected_last_sequence``, only if the log is still there (compare-and-append)."""
@@ -476,7 +485,7 @@ def plan_append(
             f"execution {execution_id!r} moved on: its latest event is "
             f"{head.last_sequence}, not {expected_last_sequence}"
         )
-    writes = LogDraft(head, approvals).append(kinds, now)
+    writes = LogDraft(head, approvals).append(kinds, now, texts)
     writes += _new_items(items, {execution_id: head.tenant_id}, existing_items, now)
     return Plan(tuple(writes))
 
@@ -542,6 +551,10 @@ class CommitSpec:
     then_events: tuple[EventKind, ...] = ()
     then_items: tuple[NewWorkItem, ...] = ()
     then_if_last_sequence: int | None = None
+    #: The canonical texts of ``events`` and ``then_events``, when the input checks encoded
+    #: them (they are then not encoded again).
+    event_texts: tuple[str, ...] | None = None
+    then_texts: tuple[str, ...] | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -554,6 +567,9 @@ class CommitReads:
     approvals: Mapping[str, ApprovalRow | None] = attrs.field(factory=dict)
     effect: EffectRow | None = None
     existing_items: Mapping[str, WorkItem] = attrs.field(factory=dict)
+    #: Whether the item may hold effect reservations (a claim of it reserved one): only then
+    #: is there anything to release. ``True`` when the store does not know.
+    reserved: bool = True
 
 
 def commit_reads_needed(spec: CommitSpec) -> tuple[bool, frozenset[str], bool, tuple[str, ...]]:
@@ -595,7 +611,7 @@ def plan_commit(spec: CommitSpec, reads: CommitReads, *, now: datetime) -> Plan:
         UpdateItem(item=settled, expect_status=item.status, expect_fence=spec.fence)
     ]
     log = LogDraft(head, reads.approvals)
-    writes += log.append(spec.events, now)
+    writes += log.append(spec.events, now, spec.event_texts)
     if spec.usage is not None or spec.succeeded is not None:
         if reads.ledger is None:
             raise AssertionError("the ledger was not read")
@@ -616,14 +632,15 @@ def plan_commit(spec: CommitSpec, reads: CommitReads, *, now: datetime) -> Plan:
                 )
             )
         )
-    writes.append(ReleaseEffects(item_id=item.item_id, fence=spec.fence))
+    if reads.reserved:
+        writes.append(ReleaseEffects(item_id=item.item_id, fence=spec.fence))
     snapshot = spec.write_snapshot
     if snapshot is None:
         snapshot = log.last // SNAPSHOT_EVERY > head.last_sequence // SNAPSHOT_EVERY
     if snapshot:
         writes.append(WriteSnapshot(execution_id=item.execution_id))
     if (spec.then_events or spec.then_items) and spec.then_if_last_sequence == head.last_sequence:
-        writes += log.append(spec.then_events, now)
+        writes += log.append(spec.then_events, now, spec.then_texts)
         writes += _new_items(
             spec.then_items, {item.execution_id: head.tenant_id}, reads.existing_items, now
         )
