@@ -29,7 +29,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from charter.cli import answers, check, resolve, runs, store
+from charter.cli import answers, check, resolve, runs, serve, store, tokens
 from charter.cli import audit as audit_cli
 from charter.cli.common import (
     EXIT_APPROVAL,
@@ -79,6 +79,8 @@ def _build_parser() -> argparse.ArgumentParser:
     store.add_tenant(commands)
     check.add_check(commands)
     answers.add_keys(commands)
+    serve.add_serve(commands)
+    tokens.add_tokens(commands)
     audit_cli.register(commands, db_option=db_option)
     return parser
 
