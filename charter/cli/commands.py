@@ -31,6 +31,7 @@ from collections.abc import Sequence
 
 from charter.cli import answers, check, resolve, runs, serve, store, tokens
 from charter.cli import audit as audit_cli
+from charter.cli import mcp as mcp_cli
 from charter.cli.common import (
     EXIT_APPROVAL,
     EXIT_BLOCKED,
@@ -82,6 +83,7 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_serve(commands)
     tokens.add_tokens(commands)
     audit_cli.register(commands, db_option=db_option)
+    mcp_cli.add_mcp_gateway(commands)
     return parser
 
 

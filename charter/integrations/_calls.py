@@ -104,12 +104,13 @@ class Gatekeeper:
         models: Iterable[str] = (),
         source: str,
         model_usage: Callable[[Any], Usage | None] = _no_usage,
+        tool_usage: Callable[[Any], Usage | None] = _no_usage,
     ) -> None:
         self.governor = governor
         self._sync: dict[str, GovernedFunction[..., Any]] = {}
         self._async: dict[str, GovernedFunction[..., Any]] = {}
         for name in sorted(set(tools)):
-            self._register(name, None, source, _no_usage)
+            self._register(name, None, source, tool_usage)
         for model in sorted(set(models)):
             self._register(model_node(model), model, source, model_usage)
 
