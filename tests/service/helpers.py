@@ -3,6 +3,7 @@ service's tables beside it, a run of the refund workflow held for approval, toke
 
 from __future__ import annotations
 
+import hashlib
 import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 WORKFLOW = """
 workflow_id: payout
-version: "1"
+version: "VERSION"
 tenant_id: acme
 start_node: pay
 tools:
@@ -119,7 +120,9 @@ def held_run(
     approver: str = "finance-lead",
 ) -> None:
     """A run of the payout workflow, driven until its payment waits for ``approver``."""
+    version = str(int(hashlib.sha256(f"{args}|{approver}".encode()).hexdigest()[:8], 16))
     text = WORKFLOW.replace("ARGS", args).replace("APPROVER", approver)
+    text = text.replace("VERSION", version)
     path = tmp_path / f"{run_id}.yaml"
     path.write_text(text)
     workflow, _ = load_workflow_file(path)
