@@ -189,3 +189,34 @@ def test_commit_releases_an_unrecorded_effect_reservation(
     reserve(store, first, ttl=600)
     commit(store, first, completed(first.item.node_id), outcome=outcome)
     assert reserve(store, claim(store)) == EffectAcquired()
+
+
+def test_commit_releases_a_reservation_taken_over_by_a_later_claim(
+    store: Store, clock: ManualClock
+) -> None:
+    # The item's first claim reserved and was reclaimed (its reservation stays); its second
+    # claim takes the reservation over and commits: that releases it, as for any claim.
+    start(store, clock, 2)
+    dead = claim(store, lease=10)
+    reserve(store, dead, ttl=3600)
+    clock.advance(11)
+    store.reclaim_expired()
+    clock.advance(3600)
+    other, again = claim(store), claim(store)  # the never-claimed item is older
+    assert again.item.item_id == dead.item.item_id
+    assert isinstance(reserve(store, again), EffectAbandoned)
+    commit(store, again, completed(again.item.node_id))
+    assert reserve(store, other) == EffectAcquired()
+
+
+def test_commit_of_an_item_that_never_reserved_leaves_other_reservations(
+    store: Store, clock: ManualClock
+) -> None:
+    start(store, clock, 2)
+    holder, other = claim(store), claim(store)
+    reserve(store, holder, ttl=600)
+    commit(store, other, completed(other.item.node_id))
+    outcome = store.reserve_effect(
+        EFFECT, item_id=holder.item.item_id, fence=holder.fence, ttl_secs=60
+    )
+    assert outcome == EffectAcquired()  # still the holder's own reservation
