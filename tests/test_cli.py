@@ -114,7 +114,7 @@ def test_deny_overrides_in_the_file_changes_the_decision(
         ("teams: {}\n", ".yaml", "teams: unknown key"),
         ("combining: first-match\n", ".yaml", "combining: expected one of most-specific"),
         ('{"workflow": {', ".json", ":1:15: invalid JSON"),
-        ("- a\n- b\n", ".yaml", "policy: expected a mapping, got list"),
+        ("- a\n- b\n", ".yaml", "not a policy: expected a mapping of keys, got a list (2 items)"),
     ],
     ids=["non-string", "duplicate-key", "bare-string", "unknown-scope", "unknown-mode",
          "broken-json", "not-a-mapping"],

@@ -1,24 +1,38 @@
 """Reading YAML / JSON files for the shell: strict, and every error names the file and field.
 
 YAML is parsed with a safe loader that also refuses duplicate keys (PyYAML silently keeps
-the last one, which would let a second ``blocked_tools:`` quietly replace the first).
+the last one, which would let a second ``blocked_tools:`` quietly replace the first) and
+aliases that expand to more than `MAX_ALIAS_VALUES` values (a "billion laughs" file of a
+few hundred bytes would otherwise take minutes and gigabytes to load).
+
+Every file is at most `MAX_FILE_BYTES`, checked before it is parsed, and a workflow is
+also at most that much as the JSON the store keeps (`MAX_DEFINITION_BYTES`): ``validate``
+and ``run`` refuse the same files, with the same message. A file that is not what was
+asked for (``charter validate /etc/shadow``) is refused without quoting its content.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import attrs
 import yaml
 
 from charter.adapters.codec import CodecError, parse_json
+from charter.adapters.store_support import MAX_DEFINITION_BYTES
 from charter.core.errors import InvalidInput, PolicyError, child, describe
 from charter.core.policy import CombiningMode, PolicyLayer, PolicyScope, PolicySet
+from charter.core.records import MAX_ID_LENGTH
 from charter.core.workflow import WorkflowDef, WorkflowInvalid, parse_workflow
 
 __all__ = [
+    "MAX_ALIAS_VALUES",
+    "MAX_FILE_BYTES",
     "TENANT_FINAL",
     "TENANT_MOST_SPECIFIC",
     "PolicyFile",
@@ -30,8 +44,88 @@ __all__ = [
 ]
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """Safe YAML loading that refuses duplicate mapping keys."""
+#: The largest file read (a workflow, a policy, an input): a workflow's stored form is
+#: limited to this much JSON, and no sensible policy or input comes near it.
+MAX_FILE_BYTES: Final = MAX_DEFINITION_BYTES
+#: How many values a YAML file's aliases (``*name``, ``<<: *name``) may add in all.
+MAX_ALIAS_VALUES: Final = 100_000
+#: PyYAML's limit on a plain (implicit) mapping key, in characters.
+_YAML_KEY_LIMIT: Final = 1024
+_WORD: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
+#: How much of a key an error message quotes.
+_QUOTED: Final = 60
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / (1024 * 1024):.1f} MiB ({size:,} bytes)"
+
+
+def _plain_word(key: object) -> bool:
+    """Whether ``key`` is a short word (a misspelt key, safe to quote back), not a line of
+    some other file."""
+    return isinstance(key, str) and _WORD.fullmatch(key) is not None
+
+
+def _quoted(text: str) -> str:
+    """``text`` as an error quotes it: repr'd, and cut short if long."""
+    return repr(text if len(text) <= _QUOTED else text[:_QUOTED] + "…")
+
+
+if yaml.__with_libyaml__:  # libyaml scans and parses some twenty times faster
+    _Parser: Any = yaml.cyaml.CParser
+else:  # pragma: no cover - PyYAML built without libyaml
+    _Parser = type("_Parser", (yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser), {})
+
+
+class _StrictLoader(
+    yaml.composer.Composer, _Parser, yaml.constructor.SafeConstructor, yaml.resolver.Resolver
+):
+    """Safe YAML loading (the safe constructor: no arbitrary objects) that refuses duplicate
+    mapping keys, recursive aliases and aliases that expand to more than `MAX_ALIAS_VALUES`
+    values in all. The parser is libyaml's where PyYAML has it; the nodes are composed here,
+    where aliases can be counted."""
+
+    def __init__(self, stream: str) -> None:
+        if yaml.__with_libyaml__:
+            _Parser.__init__(self, stream)
+        else:  # pragma: no cover
+            yaml.reader.Reader.__init__(self, stream)
+            yaml.scanner.Scanner.__init__(self)
+            yaml.parser.Parser.__init__(self)
+        yaml.composer.Composer.__init__(self)
+        yaml.constructor.SafeConstructor.__init__(self)
+        yaml.resolver.Resolver.__init__(self)
+        self._values = 0  # values composed so far, counting each alias's expansion
+        self._sizes: dict[str, int] = {}  # each finished anchor's size, aliases included
+        self._open: set[str] = set()  # anchors being composed (an alias to one recurses)
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        anchor = getattr(event, "anchor", None)
+        if isinstance(event, yaml.AliasEvent):
+            if anchor in self._open:
+                raise yaml.composer.ComposerError(
+                    None, None, f"alias *{anchor} refers to a value that contains it",
+                    event.start_mark,
+                )  # fmt: skip
+            node = super().compose_node(parent, index)  # an undefined alias is refused here
+            self._values += self._sizes.get(str(anchor), 1)
+            if self._values > MAX_ALIAS_VALUES:
+                raise yaml.composer.ComposerError(
+                    None, None,
+                    f"aliases expand to more than {MAX_ALIAS_VALUES:,} values (an alias "
+                    "bomb?): write the values out, or use fewer aliases", event.start_mark,
+                )  # fmt: skip
+            return node
+        start = self._values
+        if anchor is not None:
+            self._open.add(anchor)
+        node = super().compose_node(parent, index)
+        self._values += 1
+        if anchor is not None:
+            self._open.discard(anchor)
+            self._sizes[anchor] = self._values - start
+        return node
 
 
 def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
@@ -45,8 +139,9 @@ def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -
                 None, None, f"a mapping key must be a plain value, not {type(key).__name__}", mark
             )
         if key in seen:
+            shown = _quoted(key) if isinstance(key, str) else repr(key)
             raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark
+                None, None, f"duplicate key {shown} (line {mark.line + 1})", mark
             )
         seen.add(key)
     return loader.construct_mapping(node, deep=True)
@@ -57,21 +152,52 @@ _StrictLoader.add_constructor(
 )
 
 
-def read_document(path: str | Path) -> Any:
-    """The data in a YAML or JSON file (``.json`` is parsed as JSON, anything else as YAML,
-    which JSON is a subset of). Unreadable or unparsable files raise `InvalidInput`
-    naming the file and, where the parser knows it, the line."""
-    file = Path(path)
+def _read_text(file: Path, limit: int) -> str:
+    """The file's text, refused before it is read if it is larger than ``limit`` bytes
+    (and, for a pipe or a device, as soon as more than that has been read)."""
+    too_large = f"too large: a file may be at most {_megabytes(limit)}"
     try:
-        text = file.read_text(encoding="utf-8")
+        with file.open("rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > limit:
+                raise InvalidInput(str(file), f"{too_large}; this one is {_megabytes(size)}")
+            blob = handle.read(limit + 1)
     except FileNotFoundError:
         raise InvalidInput(str(file), "no such file") from None
     except IsADirectoryError:
         raise InvalidInput(str(file), "is a directory, expected a file") from None
-    except UnicodeDecodeError as error:
-        raise InvalidInput(str(file), f"not UTF-8 text ({error.reason})") from None
     except OSError as error:
         raise InvalidInput(str(file), f"cannot read: {error.strerror}") from None
+    if len(blob) > limit:
+        raise InvalidInput(str(file), too_large)
+    try:
+        return blob.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InvalidInput(str(file), f"not UTF-8 text ({error.reason})") from None
+
+
+def _yaml_problem(error: yaml.MarkedYAMLError) -> str:
+    problem = str(error.problem)
+    mark = error.problem_mark
+    if (
+        problem.startswith("mapping values are not allowed")
+        and mark
+        and mark.column > _YAML_KEY_LIMIT
+    ):
+        # YAML reads a plain key only up to 1024 characters, then reports the colon.
+        return (
+            f"a key longer than {_YAML_KEY_LIMIT} characters (YAML's limit for a plain key; "
+            f"an id may have at most {MAX_ID_LENGTH})"
+        )
+    return problem
+
+
+def read_document(path: str | Path, *, max_bytes: int = MAX_FILE_BYTES) -> Any:
+    """The data in a YAML or JSON file (``.json`` is parsed as JSON, anything else as YAML,
+    which JSON is a subset of). Unreadable, unparsable or too large (``max_bytes``) files
+    raise `InvalidInput` naming the file and, where the parser knows it, the line."""
+    file = Path(path)
+    text = _read_text(file, max_bytes)
     if file.suffix.lower() == ".json":
         try:
             return parse_json(text)
@@ -84,7 +210,7 @@ def read_document(path: str | Path) -> Any:
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark
         where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else str(file)
-        raise InvalidInput(where, f"invalid YAML: {error.problem}") from None
+        raise InvalidInput(where, f"invalid YAML: {_yaml_problem(error)}") from None
     except yaml.YAMLError as error:
         raise InvalidInput(str(file), f"invalid YAML: {error}") from None
     except RecursionError:
@@ -178,6 +304,13 @@ def parse_policy_document(
     """
     if not isinstance(data, Mapping):
         raise PolicyError(where or "policy", f"expected a mapping, got {describe(data)}")
+    known = {*_SCOPES, "combining", *PolicySet.KEYS, *PolicySet.TENANT_KEYS}
+    if not any(key in known for key in data) and not all(map(_plain_word, data)):
+        # Not a policy at all (`charter check /etc/shadow`): its keys are not quoted.
+        raise PolicyError(
+            where or "policy",
+            f"none of its keys is a policy key (expected some of {', '.join(sorted(known))})",
+        )
     if not data:
         raise PolicyError(
             where or "policy",
@@ -219,13 +352,52 @@ def parse_policy_document(
     return PolicyFile(layers, combining)
 
 
+def _refuse_empty_patterns(policy: PolicySet | None, where: str) -> None:
+    """An empty pattern matches no name: a rule holding one would silently do nothing."""
+    if policy is None:
+        return
+    for key in PolicySet.KEYS[:3]:
+        for index, pattern in enumerate(getattr(policy, key)):
+            if not pattern:
+                raise PolicyError(
+                    f"{child(where, key)}[{index}]",
+                    "an empty pattern matches no name (remove it, or write the name)",
+                )
+
+
+def _kind(data: object) -> str:
+    """What a document is, without quoting it."""
+    if data is None:
+        return "an empty document"
+    if isinstance(data, str):
+        return f"plain text ({len(data):,} characters)"
+    if isinstance(data, list):
+        return f"a list ({len(data):,} items)"
+    return f"a {type(data).__name__}"
+
+
+def _mapping_document(data: object, path: str | Path, what: str) -> Mapping[Any, Any]:
+    """``data`` if it is a mapping; otherwise the file is not a ``what`` and is refused
+    without quoting what it holds (it may be any file: ``/etc/shadow``)."""
+    if not isinstance(data, Mapping):
+        raise InvalidInput(
+            str(path), f"not a {what}: expected a mapping of keys, got {_kind(data)}"
+        )
+    return data
+
+
 def load_policy_file(path: str | Path, scope: PolicyScope = PolicyScope.WORKFLOW) -> PolicyFile:
     """Read and parse a policy file; errors name the file and the field."""
-    data = read_document(path)
+    data = _mapping_document(read_document(path), path, "policy")
     try:
-        return parse_policy_document(data, where="", scope=scope)
+        policy = parse_policy_document(data, where="", scope=scope)
+        for layer in policy.layers:
+            _refuse_empty_patterns(
+                layer.policy, "" if _is_bare(set(data), scope) else layer.scope.value
+            )
     except InvalidInput as error:
         raise error.within(f"{path}:") from None
+    return policy
 
 
 def load_policy_layer(path: str | Path, scope: PolicyScope) -> PolicySet:
@@ -239,9 +411,13 @@ def load_policy_layer(path: str | Path, scope: PolicyScope) -> PolicySet:
     or node scope the named layer is picked out of a layered file (``charter audit what-if
     --scope workflow --policy examples/policy.yaml``).
     """
-    data = read_document(path)
+    data = _mapping_document(read_document(path), path, "policy")
     try:
         policy = parse_policy_document(data, where="", scope=scope)
+        for layer in policy.layers:
+            _refuse_empty_patterns(
+                layer.policy, "" if _is_bare(set(data), scope) else layer.scope.value
+            )
     except InvalidInput as error:
         raise error.within(f"{path}:") from None
     if scope is PolicyScope.TENANT:
@@ -275,13 +451,67 @@ def _refuse_unused_tenant_keys(path: str | Path, data: object) -> None:
         raise InvalidInput(key, problem).within(f"{path}:")
 
 
+#: The keys every workflow has: a mapping with none of them is not a workflow.
+_WORKFLOW_KEYS: Final = ("workflow_id", "version", "start_node", "nodes")
+
+
 def load_workflow_file(path: str | Path) -> tuple[WorkflowDef, dict[str, Any]]:
     """Read, validate and return a workflow file's definition and its raw JSON form (what
-    the store keeps). Every problem is reported at once, each with the file and its path."""
-    data = read_document(path)
+    the store keeps). Every problem is reported at once, each with the file and its path.
+
+    The limits are checked here, so that ``validate`` refuses what ``run`` would: the file
+    and its JSON form at most `MAX_DEFINITION_BYTES` each (the file's size before it is
+    parsed), and its ids (``workflow_id``, ``version``, ``tenant_id``, node ids) at most
+    `MAX_ID_LENGTH` characters. A file that is not a workflow at all is refused without
+    quoting it."""
+    data = _mapping_document(read_document(path, max_bytes=MAX_DEFINITION_BYTES), path, "workflow")
+    if not any(key in data for key in _WORKFLOW_KEYS):
+        raise InvalidInput(
+            str(path), f"not a workflow: it has none of the keys {', '.join(_WORKFLOW_KEYS)}"
+        )
     try:
         definition = parse_workflow(data, str(path))
     except WorkflowInvalid as error:
         raise error.within(f"{path}:") from None
-    raw = dict(data) if isinstance(data, Mapping) else {}
+    _check_ids(definition, path)
+    try:
+        _refuse_empty_patterns(definition.policy, "policy")
+        for node_id, node in definition.nodes.items():
+            _refuse_empty_patterns(node.policy, f"nodes.{node_id}.policy")
+    except InvalidInput as error:
+        raise error.within(f"{path}:") from None
+    raw = dict(data)
+    _check_stored_size(raw, path)
     return definition, raw
+
+
+def _check_ids(definition: WorkflowDef, path: str | Path) -> None:
+    ids = [
+        ("workflow_id", definition.workflow_id),
+        ("version", definition.version),
+        ("tenant_id", definition.tenant_id),
+        *((f"nodes.{_quoted(node)}", node) for node in definition.nodes),
+    ]
+    for where, value in ids:
+        if len(value) > MAX_ID_LENGTH:
+            raise InvalidInput(
+                f"{path}: {where}",
+                f"{len(value):,} characters; an id may have at most {MAX_ID_LENGTH}",
+            )
+
+
+def _check_stored_size(raw: Mapping[str, Any], path: str | Path) -> None:
+    """The workflow as the store keeps it (compact JSON) fits `MAX_DEFINITION_BYTES`."""
+    try:
+        text = json.dumps(raw, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError):
+        return  # not JSON: the store refuses it, naming the value
+    if len(text) * 4 <= MAX_DEFINITION_BYTES:
+        return
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_DEFINITION_BYTES:
+        raise InvalidInput(
+            str(path),
+            f"too large: a workflow may be at most {_megabytes(MAX_DEFINITION_BYTES)} as "
+            f"the JSON the store keeps; this one is {_megabytes(size)}",
+        )

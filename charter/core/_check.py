@@ -81,7 +81,10 @@ def patterns(
     Only a list or a tuple is accepted. A bare string is refused (iterating it would make
     one pattern per character — ``"claude-*"`` would allow every model); so are mappings
     (their keys would be taken silently) and sets (no stable order, so no stable digest).
-    Strings must be valid Unicode text (no lone surrogates)."""
+    Strings must be valid Unicode text (no lone surrogates). A pattern with ``[`` or ``]``
+    is refused: they would be literal characters, not a class (docs/semantics.md §1), so
+    ``"db.[a-z]*"`` would match no tool anyone meant. (An empty pattern, which matches
+    nothing, is refused where files are read: `charter.adapters.files`.)"""
     if not isinstance(value, list | tuple):
         raise error(where, f"expected a list of string {what}s, got {describe(value)}")
     items = tuple(value)
@@ -90,6 +93,12 @@ def patterns(
             raise error(f"{where}[{index}]", f"expected a string {what}, got {describe(item)}")
         if not _encodable(item):
             raise error(f"{where}[{index}]", f"{what} contains a lone surrogate (not text)")
+        if what == "pattern" and ("[" in item or "]" in item):
+            raise error(
+                f"{where}[{index}]",
+                f"{item!r}: '[' and ']' are not pattern syntax (only * and ? are wildcards); "
+                "it would match only names with brackets in them",
+            )
     return items
 
 
