@@ -72,13 +72,16 @@ def _quoted(text: str) -> str:
 
 
 if yaml.__with_libyaml__:  # libyaml scans and parses some twenty times faster
-    _Parser: Any = yaml.cyaml.CParser
+    _Parser: Any = yaml.cyaml.CParser  # type: ignore[attr-defined]
 else:  # pragma: no cover - PyYAML built without libyaml
     _Parser = type("_Parser", (yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser), {})
 
 
 class _StrictLoader(
-    yaml.composer.Composer, _Parser, yaml.constructor.SafeConstructor, yaml.resolver.Resolver
+    yaml.composer.Composer,
+    _Parser,  # type: ignore[misc]
+    yaml.constructor.SafeConstructor,
+    yaml.resolver.Resolver,
 ):
     """Safe YAML loading (the safe constructor: no arbitrary objects) that refuses duplicate
     mapping keys, recursive aliases and aliases that expand to more than `MAX_ALIAS_VALUES`
@@ -103,19 +106,18 @@ class _StrictLoader(
         event = self.peek_event()
         anchor = getattr(event, "anchor", None)
         if isinstance(event, yaml.AliasEvent):
+            mark: Any = event.start_mark  # libyaml's marks are not PyYAML's class
             if anchor in self._open:
-                raise yaml.composer.ComposerError(
-                    None, None, f"alias *{anchor} refers to a value that contains it",
-                    event.start_mark,
-                )  # fmt: skip
+                problem = f"alias *{anchor} refers to a value that contains it"
+                raise yaml.composer.ComposerError(None, None, problem, mark)
             node = super().compose_node(parent, index)  # an undefined alias is refused here
             self._values += self._sizes.get(str(anchor), 1)
             if self._values > MAX_ALIAS_VALUES:
-                raise yaml.composer.ComposerError(
-                    None, None,
+                problem = (
                     f"aliases expand to more than {MAX_ALIAS_VALUES:,} values (an alias "
-                    "bomb?): write the values out, or use fewer aliases", event.start_mark,
-                )  # fmt: skip
+                    "bomb?): write the values out, or use fewer aliases"
+                )
+                raise yaml.composer.ComposerError(None, None, problem, mark)
             return node
         start = self._values
         if anchor is not None:

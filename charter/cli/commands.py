@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
+from charter import __version__
 from charter.cli import answers, check, resolve, runs, serve, store, tokens
 from charter.cli import audit as audit_cli
 from charter.cli import mcp as mcp_cli
@@ -66,6 +68,9 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="charter",
         description="Charter: run, hold for approval, or refuse each node of an agent workflow.",
     )
+    parser.add_argument(
+        "--version", action="version", version=f"charter {__version__}", help="print the version"
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     commands.required = True
     runs.add_run(commands)
@@ -87,10 +92,39 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: The Postgres driver's connection pool: it logs a warning for each connection it drops and
+#: replaces (a restarted or killed backend), which Charter retries on its own.
+_POOL_LOGGER = "psycopg.pool"
+
+
+@contextlib.contextmanager
+def _logging(quiet: bool) -> Iterator[None]:
+    """Log levels for one command (restored after it, for callers of `main` in-process):
+    warnings from Charter, only errors from the connection pool; with ``--quiet``, only
+    errors from Charter and nothing from the pool."""
+    levels = {
+        _POOL_LOGGER: logging.CRITICAL + 1 if quiet else logging.ERROR,
+        "charter": logging.ERROR if quiet else logging.WARNING,
+    }
+    saved = {name: logging.getLogger(name).level for name in levels}
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    try:
+        yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (see the module doc)."""
     parser = _build_parser()
     args = parser.parse_args(argv)
+    with _logging(bool(getattr(args, "quiet", False))):
+        return _handle(args)
+
+
+def _handle(args: argparse.Namespace) -> int:
     try:
         code: int = args.handler(args)
     except CharterError as error:
@@ -112,10 +146,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_INTERNAL
     return code
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 import threading
@@ -38,7 +39,7 @@ from charter.core.events import (
     NodeSkipped,
 )
 from charter.core.policy import PolicyScope
-from charter.core.records import Tenant
+from charter.core.records import MAX_ID_LENGTH, Tenant
 from charter.worker import ALL_QUEUES, RunOutcome, drive, start_run
 
 if TYPE_CHECKING:
@@ -59,7 +60,9 @@ def add_run(commands: Any) -> None:
     run.add_argument("file", metavar="FILE", help="workflow file (YAML or JSON)")
     db_option(run)
     run.add_argument("--input", metavar="JSON", help="the run's input: JSON text or @file")
-    run.add_argument("--run-id", metavar="ID", help="id of the new run (default: generated)")
+    run.add_argument(
+        "--run-id", metavar="ID", type=_run_id, help="id of the new run (default: generated)"
+    )
     run.add_argument("--tenant", metavar="ID", help="run for this tenant (default: the file's)")
     run.add_argument(
         "--tenant-policy",
@@ -84,14 +87,104 @@ def add_worker(commands: Any) -> None:
     worker.add_argument(
         "--queues",
         metavar="Q1,Q2",
-        default=",".join(ALL_QUEUES),
+        type=_queues,
+        default=ALL_QUEUES,
         help=f"queues to claim from (default: {','.join(ALL_QUEUES)})",
     )
-    worker.add_argument("--concurrency", type=int, default=1, metavar="N", help="threads")
-    worker.add_argument("--lease", type=float, default=30.0, metavar="SECS")
-    worker.add_argument("--worker-id", metavar="ID")
+    worker.add_argument(
+        "--concurrency",
+        type=_concurrency,
+        default=1,
+        metavar="N",
+        help=f"threads (1 to {MAX_CONCURRENCY})",
+    )
+    worker.add_argument(
+        "--lease",
+        type=_lease,
+        default=30.0,
+        metavar="SECS",
+        help=f"lease length in seconds (more than 0, at most {MAX_LEASE_SECS:g})",
+    )
+    worker.add_argument(
+        "--worker-id",
+        metavar="ID",
+        type=_worker_id,
+        help="this worker's id; its threads are ID-0, ID-1, … (default: generated)",
+    )
     executors_option(worker)
     worker.set_defaults(handler=_worker)
+
+
+#: The most worker threads one ``charter worker`` runs (each may hold a database connection).
+MAX_CONCURRENCY = 256
+#: The longest lease (the stores' bound: one day).
+MAX_LEASE_SECS = 86_400.0
+
+
+def _concurrency(text: str) -> int:
+    """``--concurrency``: a whole number of threads, 1 to `MAX_CONCURRENCY`."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 1 <= value <= MAX_CONCURRENCY:
+        raise argparse.ArgumentTypeError(f"expected 1 to {MAX_CONCURRENCY} threads, got {value}")
+    return value
+
+
+def _lease(text: str) -> float:
+    """``--lease``: a finite number of seconds, more than 0 and at most a day."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or not 0 < value <= MAX_LEASE_SECS:
+        raise argparse.ArgumentTypeError(
+            f"expected more than 0 and at most {MAX_LEASE_SECS:g} seconds, got {text!r}"
+        )
+    return value
+
+
+def _queues(text: str) -> tuple[str, ...]:
+    """``--queues``: one or more of the queues work items go to, comma-separated."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(
+            f"expected one or more of {','.join(ALL_QUEUES)}, got {text!r} "
+            "(a worker with no queue would wait forever)"
+        )
+    unknown = [name for name in names if name not in ALL_QUEUES]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"no queue named {unknown[0]!r} (expected some of {','.join(ALL_QUEUES)})"
+        )
+    return tuple(dict.fromkeys(names))
+
+
+def _run_id(text: str) -> str:
+    """``--run-id``: a run id as the stores take it (not empty or blank, at most
+    `MAX_ID_LENGTH` characters, no control characters)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a run id, got an empty one")
+    if len(text) > MAX_ID_LENGTH:
+        raise argparse.ArgumentTypeError(
+            f"expected at most {MAX_ID_LENGTH} characters, got {len(text)}"
+        )
+    if not text.isprintable():
+        raise argparse.ArgumentTypeError(f"expected printable characters, got {text!r}")
+    return text
+
+
+def _worker_id(text: str) -> str:
+    """``--worker-id``: an id that leaves room for each thread's ``-N``."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a worker id, got an empty one")
+    longest = MAX_ID_LENGTH - 1 - len(str(MAX_CONCURRENCY - 1))
+    if len(text) > longest:
+        raise argparse.ArgumentTypeError(f"expected at most {longest} characters, got {len(text)}")
+    if not text.isprintable():
+        raise argparse.ArgumentTypeError(f"expected printable characters, got {text!r}")
+    return text
 
 
 def _printer(
@@ -231,9 +324,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    if args.concurrency < 1:
-        raise InvalidInput("--concurrency", f"expected at least 1, got {args.concurrency}")
-    queues = [q for q in args.queues.split(",") if q]
+    queues = list(args.queues)
     registry = build_registry(args.executors)
     store = open_db(args)
     stop = threading.Event()
