@@ -3,8 +3,10 @@
 Each example builds a random valid workflow (tool, condition and human_approval nodes; edges
 with and without conditions; a retry policy per node) and plays a shell against `plan`: it
 appends whatever `plan` returns, and whenever there is nothing to plan, Hypothesis chooses what
-the world does next — a worker claims an item, then completes it, fails it (retryably or not)
-or holds it for approval; a person approves or rejects; time passes; someone cancels.
+the world does next — a worker claims an item, then completes it, fails it (retryably or not),
+holds it for approval or loses its outcome (its worker died mid-call: ``outcome_unknown``); a
+person approves or rejects, or resolves a lost outcome (succeeded, failed, retry); time
+passes (past a lost outcome's deadline, when the example has one); someone cancels.
 
 The checks compare the log with an oracle computed from the simulation's own choices (which
 target a condition node chose, which tool outputs made an edge condition hold, who approved),
@@ -36,6 +38,8 @@ from charter.core.events import (
     NodeScheduled,
     NodeSkipped,
     NodeStarted,
+    OutcomeResolved,
+    OutcomeUnknown,
     RetryScheduled,
     ToolApprovalRequired,
     WorkflowCancelled,
@@ -106,6 +110,8 @@ class Simulation:
 
     spec: dict[str, Any]
     workflow: WorkflowDef
+    #: The tenant's deadline for resolving a lost outcome (``None``: none).
+    deadline: float | None = None
     events: list[Event] = attrs.Factory(list)
     progress: Progress = attrs.field(init=False)
     now: datetime = T0
@@ -119,6 +125,11 @@ class Simulation:
     rejected_tools: set[str] = attrs.Factory(set)
     held_once: set[str] = attrs.Factory(set)
     held_at: dict[str, datetime] = attrs.Factory(dict)
+    #: Lost outcomes: nodes that lost one, and each node's latest answer.
+    lost_once: set[str] = attrs.Factory(set)
+    resolved: dict[str, str] = attrs.Factory(dict)
+    #: Nodes a worker completed (with a state patch; a person's ``succeeded`` has none).
+    patched: set[str] = attrs.Factory(set)
     completions: Counter[str] = attrs.Factory(Counter)
     dispatches: Counter[str] = attrs.Factory(Counter)
 
@@ -210,8 +221,25 @@ class Simulation:
                     assert self.now >= self.held_at[node] + timedelta(seconds=timeout)
             case ToolApprovalRequired(node_id=node):
                 self.held_at[node] = self.now
+            case OutcomeUnknown(node_id=node):
+                self.held_at[node] = self.now
+                self.resolved.pop(node, None)
+            case NodeFailed(node_id=node, error=error) if error.startswith("outcome unknown"):
+                if "timed out" in error:
+                    assert self.deadline is not None, f"{node} timed out without a deadline"
+                    assert node not in self.resolved, f"{node} timed out though answered"
+                    assert self.now >= self.held_at[node] + timedelta(seconds=self.deadline)
+                else:
+                    assert self.resolved.get(node) == "failed", f"{node} failed unanswered"
             case _:
                 pass
+        if isinstance(kind, NodeCompleted) and kind.node_id in self.lost_once:
+            entry = progress.node(kind.node_id)
+            if entry.unknown is not None:
+                assert self.resolved.get(kind.node_id) == "succeeded", (
+                    f"{kind.node_id}'s lost outcome completed without a person saying it happened"
+                )
+                assert kind.output == self.outputs[kind.node_id]
 
     # ── the shell: append the plan ──
 
@@ -245,7 +273,11 @@ class Simulation:
         if any(i.available_at > self.now for k, i in self.items.items() if k not in self.claimed):
             found.append(("wait", ""))
         for node_id, entry in sorted(self.progress.nodes.items()):
-            if entry.state is NodeState.HELD:
+            if entry.state is NodeState.HELD and entry.unknown is not None:
+                found += [("resolve", node_id)] * 3
+                if self.deadline is not None:
+                    found.append(("expire", node_id))
+            elif entry.state is NodeState.HELD:
                 # weighted towards approval, so that runs get further
                 found += [("approve", node_id)] * 3 + [("reject", node_id)]
                 if self.workflow.nodes[node_id].kind.get("timeout_secs") is not None:
@@ -276,6 +308,30 @@ class Simulation:
                 self.append(
                     (ApprovalReceived(node_id=subject, user_id="alice", decision=decision),)
                 )
+            case "resolve":
+                answer = data.draw(
+                    st.sampled_from(["succeeded", "failed", "retry"]), label="resolution"
+                )
+                self.resolved[subject] = answer
+                output = None
+                if answer == "succeeded":
+                    output = {"ok": data.draw(st.booleans(), label="ok")}
+                    self.outputs[subject] = output
+                resolved = OutcomeResolved(
+                    node_id=subject,
+                    attempt=self.progress.node(subject).attempt,
+                    resolution=answer,
+                    user_id="ops",
+                    output=output,
+                    reason="not in the ledger" if answer == "failed" else None,
+                )
+                self.append((resolved,))
+            case "expire" if self.progress.node(subject).unknown is not None:
+                assert self.deadline is not None
+                extra = data.draw(st.integers(min_value=0, max_value=5), label="extra secs")
+                self.now = max(
+                    self.now, self.held_at[subject] + timedelta(seconds=self.deadline + extra)
+                )
             case "expire":
                 timeout = self.workflow.nodes[subject].kind["timeout_secs"]
                 extra = data.draw(st.integers(min_value=0, max_value=5), label="extra secs")
@@ -304,6 +360,8 @@ class Simulation:
         outcomes = ["complete"] * 3 + ["retry"] * 2 + ["fail"]
         if node.tag == "tool" and node.node_id not in self.held_once:
             outcomes += ["hold"] * 2
+        if node.tag == "tool" and node.node_id not in self.lost_once:
+            outcomes += ["lose"]
         outcome = data.draw(st.sampled_from(outcomes), label=f"outcome of {item.item_id}")
         if outcome == "complete":
             output: dict[str, Any]
@@ -316,6 +374,7 @@ class Simulation:
                 output = {"ok": data.draw(st.booleans(), label="ok")}
                 patch = {"seen": {node.node_id: output["ok"]}}
             self.outputs[node.node_id] = output
+            self.patched.add(node.node_id)
             completed = NodeCompleted(
                 node_id=node.node_id, output=output, state_patch=patch, duration_ms=1
             )
@@ -344,6 +403,16 @@ class Simulation:
                     ),
                 )
             )
+        elif outcome == "lose":
+            # The worker found an earlier attempt's reservation abandoned (§3.3).
+            self.lost_once.add(node.node_id)
+            lost = OutcomeUnknown(
+                node_id=node.node_id,
+                attempt=item.attempt,
+                idempotency_key=f"key-{item.item_id}",
+                reason="its worker stopped mid-call",
+            )
+            self.append((lost,))
         else:
             self.held_once.add(node.node_id)
             request = ToolApprovalRequired(
@@ -403,10 +472,22 @@ def check_indexes(workflow: WorkflowDef, progress: Progress) -> None:
     assert progress.finished_count == len(finished)
 
 
+def _plan(sim: Simulation, progress: Progress) -> Plan:
+    """What the shell plans now, with the example's resolution deadline."""
+    return plan(
+        sim.workflow,
+        progress,
+        now=sim.now,
+        execution_id=EXEC,
+        resolution_deadline_secs=sim.deadline,
+    )
+
+
 def _run(spec: dict[str, Any], data: st.DataObject, *, check_records: bool = False) -> Simulation:
     """Drive one execution to its end (or fail the example if it does not end in time)."""
     workflow = parse_workflow(spec)
-    sim = Simulation(spec=spec, workflow=workflow)
+    deadline = data.draw(st.sampled_from([None, 60.0]), label="resolution deadline")
+    sim = Simulation(spec=spec, workflow=workflow, deadline=deadline)
     sim.append(
         (WorkflowStarted(workflow_id="random", workflow_version="1", initial_input=INITIAL),)
     )
@@ -415,9 +496,9 @@ def _run(spec: dict[str, Any], data: st.DataObject, *, check_records: bool = Fal
     # few plans, so this bound is generous but finite.
     bound = 10 + 40 * len(workflow.nodes)
     for _ in range(bound):
-        next_plan = plan(workflow, sim.progress, now=sim.now, execution_id=EXEC)
-        again = plan(workflow, sim.progress, now=sim.now, execution_id=EXEC)
-        scratch = plan(workflow, fold(workflow, sim.events), now=sim.now, execution_id=EXEC)
+        next_plan = _plan(sim, sim.progress)
+        again = _plan(sim, sim.progress)
+        scratch = _plan(sim, fold(workflow, sim.events))
         assert next_plan == again == scratch, "plan depends only on the log and the time"
         if not next_plan.empty:
             sim.apply(next_plan)
@@ -431,7 +512,7 @@ def _run(spec: dict[str, Any], data: st.DataObject, *, check_records: bool = Fal
         # Someone cancels now and then (about one round in forty).
         if data.draw(st.integers(min_value=0, max_value=39), label="cancel?") == 39:
             sim.cancel()
-            assert plan(workflow, sim.progress, now=sim.now, execution_id=EXEC).empty
+            assert _plan(sim, sim.progress).empty
             return sim
         action, subject = data.draw(st.sampled_from(actions), label="action")
         sim.act(action, subject, data)
@@ -469,7 +550,7 @@ def test_a_completed_run_finished_every_node_exactly_as_the_edges_say(
         assert entry.state is expected, f"{node_id}: {entry.state.value}, expected {expected}"
     final = sim.events[-1].kind
     assert isinstance(final, WorkflowCompleted)
-    seen = {n: out["ok"] for n, out in sim.outputs.items() if "ok" in out}
+    seen = {n: out["ok"] for n, out in sim.outputs.items() if "ok" in out and n in sim.patched}
     assert final.final_state == ({**INITIAL, "seen": seen} if seen else INITIAL)
 
 
