@@ -13,11 +13,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from typing import Any, Final
 
 import attrs
-from hypothesis import event, given
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -31,6 +32,7 @@ from charter.adapters.codec import dumps, loads
 from charter.adapters.pool import (
     BreakerHooks,
     CircuitBreakerHooks,
+    LlmOperation,
     ToolOperation,
     WorkerErrorCode,
     WorkerHandler,
@@ -40,7 +42,10 @@ from charter.adapters.pool import (
     WorkerProtocolError,
     WorkerRequest,
     WorkerResponse,
+    WorkerSecurityPolicy,
     WorkerSuccess,
+    check_request,
+    options,
     request_payload_bytes,
 )
 from charter.core.breaker import (
@@ -370,6 +375,143 @@ def test_responses_round_trip_through_json(response: WorkerResponse) -> None:
 @given(worker_requests())
 def test_the_payload_limit_measures_the_requests_json(request: WorkerRequest) -> None:
     assert request_payload_bytes(request) == len(request.to_json().encode("utf-8"))
+
+
+# ── the security check: its cheap bound never changes a verdict ────────────────────────
+
+
+def _exact_verdict(request: WorkerRequest, policy: WorkerSecurityPolicy) -> str | None:
+    """docs/pool.md §2, written out plainly: what `check_request` must answer (for a
+    well-typed request), measuring the size with ``to_json`` every time."""
+    limit = policy.max_identifier_length
+    for name in ("request_id", "workflow_name", "node_id"):
+        size = len(getattr(request, name).encode("utf-8", "surrogatepass"))
+        if size > limit:
+            return f"{name} length {size} exceeds max {limit}"
+    timeout = request.timeout_ms
+    if timeout is not None and timeout > policy.max_request_timeout_ms:
+        return f"timeout_ms {timeout} exceeds max {policy.max_request_timeout_ms}"
+    if timeout is not None and timeout <= 0:
+        return f"timeout_ms {timeout} is not positive"
+    try:
+        shown = f"{len(request.to_json().encode('utf-8'))} bytes"
+        too_large = len(request.to_json().encode("utf-8")) > policy.max_request_payload_bytes
+    except (TypeError, ValueError, RecursionError, UnicodeEncodeError):
+        shown, too_large = "unmeasurable (not JSON)", True
+    if too_large:
+        return f"request payload {shown} exceeds max {policy.max_request_payload_bytes}"
+    return None
+
+
+class _Mapping(dict[str, Any]):
+    """A dict subclass: JSON to the encoder, not a type the cheap bound vouches for."""
+
+
+# Text the encoder escapes (quotes, backslashes, controls), non-ASCII, and lone surrogates.
+_TEXT: Final = st.text(
+    st.sampled_from('ab"\\\n\x00\x1f\x7fé€😀\ud800\udfff') | st.characters(), max_size=12
+)
+_HOSTILE_SCALARS: Final = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.integers(0, 3).map(lambda k: 10**5000 + k)  # more digits than str() allows
+    | st.floats()  # NaN and the infinities are not JSON
+    | _TEXT
+    | st.sampled_from([b"bytes", {1, 2}, 1j, Ellipsis, object()])
+)
+_PAYLOADS: Final = st.recursive(
+    _HOSTILE_SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.lists(inner, max_size=3).map(tuple)
+        | st.dictionaries(_TEXT, inner, max_size=4)
+        | st.dictionaries(st.integers(0, 9) | st.none() | st.floats(0, 1), inner, max_size=2)
+        | st.dictionaries(_TEXT, inner, max_size=2).map(_Mapping)
+    ),
+    max_leaves=12,
+)
+_IDS: Final = st.text(st.sampled_from('ab"\\é\x01\ud800'), max_size=10) | st.text(max_size=10)
+
+
+@st.composite
+def _checked_requests(draw: st.DrawFn) -> tuple[WorkerRequest, WorkerSecurityPolicy]:
+    if draw(st.booleans()):
+        operation: Any = ToolOperation(
+            tool=draw(_IDS), input=draw(_PAYLOADS), scoped_input=draw(_PAYLOADS)
+        )
+    else:
+        operation = LlmOperation(model=draw(_IDS), prompt=draw(_TEXT), scoped_input=draw(_PAYLOADS))
+    request = WorkerRequest(
+        request_id=draw(_IDS),
+        workflow_name=draw(_IDS),
+        node_id=draw(_IDS),
+        timeout_ms=draw(st.none() | st.integers(min_value=-5, max_value=2**66)),
+        operation=operation,
+    )
+    try:
+        size = len(request.to_json().encode("utf-8"))
+    except (TypeError, ValueError, RecursionError, UnicodeEncodeError):
+        size = 300
+    # Payload limits at, just around and well above the request's exact size.
+    payload_limit = max(1, size + draw(st.integers(min_value=-3, max_value=3) | st.just(10_000)))
+    policy = WorkerSecurityPolicy(
+        max_request_timeout_ms=draw(st.integers(min_value=1, max_value=2**65)),
+        max_request_payload_bytes=payload_limit,
+        max_identifier_length=draw(st.integers(min_value=1, max_value=12)),
+    )
+    return request, policy
+
+
+@settings(max_examples=400)
+@given(_checked_requests())
+def test_the_security_check_answers_what_the_exact_measure_answers(
+    case: tuple[WorkerRequest, WorkerSecurityPolicy],
+) -> None:
+    request, policy = case
+    assert check_request(request, policy) == _exact_verdict(request, policy)
+
+
+def _exact_size(value: object) -> int | None:
+    try:
+        return len(
+            json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+        )
+    except (TypeError, ValueError, RecursionError, UnicodeEncodeError):
+        return None
+
+
+@given(_TEXT | _IDS)
+def test_the_text_bound_covers_every_escape(text: str) -> None:
+    exact = _exact_size(text)
+    bound = options._text_bound(text)
+    assert bound == -1 if exact is None else bound >= exact
+
+
+# Identifiers the cheap bound applies to: ASCII, at most 6 characters, the worst escapes.
+_ASCII_IDS: Final = st.text(st.sampled_from('a"\\\x00\x1f'), max_size=6)
+
+
+@given(
+    st.builds(
+        WorkerRequest,
+        request_id=_ASCII_IDS,
+        workflow_name=_ASCII_IDS,
+        node_id=_ASCII_IDS,
+        timeout_ms=st.none() | st.integers(min_value=-(2**70), max_value=2**70),
+        operation=st.builds(ToolOperation, tool=_TEXT, input=_PAYLOADS, scoped_input=_PAYLOADS)
+        | st.builds(LlmOperation, model=_TEXT, prompt=_TEXT, scoped_input=_PAYLOADS),
+    )
+)
+def test_the_request_bound_is_an_upper_bound(request: WorkerRequest) -> None:
+    """What lets `check_request` skip the exact measure: the bound is never below it, and
+    never vouches for a request that is not JSON."""
+    exact = _exact_size(request.to_dict())
+    bound = options._request_bound(request, 6)
+    if exact is None:
+        assert bound == -1
+    else:
+        assert bound == -1 or bound >= exact
 
 
 # ── the pool: balanced hooks, everything answered, nothing hangs ───────────────────────

@@ -366,37 +366,141 @@ def _shape_problem(request: object) -> str | None:
     return None  # subclasses of str or int: well-typed after all
 
 
+def _text_bound(text: str) -> int:
+    """An upper bound on the UTF-8 bytes of ``text`` (exactly a `str`) written as a JSON
+    string, quotes included; -1 when it cannot be written (a lone surrogate).
+
+    Printable text has no control characters, so only ``"`` and ``\\`` grow, to two bytes
+    each: at most twice its bytes. In other text a control character (one byte) grows to at
+    most six (``\\u001f``). ASCII has one byte per character and no surrogates."""
+    if text.isascii():
+        size = len(text)
+    else:
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError:
+            return -1
+    return 2 * size + 2 if text.isprintable() else 6 * size + 2
+
+
+#: What every request's JSON adds to its seven values: keys, braces, separators (the larger
+#: of the two kinds').
+_FIXED_BOUND: Final = max(_OVERHEAD.values()) + 8
+
+
+def _payload_bound(operation: LlmOperation | ToolOperation) -> int:
+    """An upper bound on the UTF-8 bytes the operation's values add to the request's JSON,
+    or -1 when they cannot be written. Only the JSON payloads are encoded (once, together);
+    the names and the prompt, plain strings, are bounded from their length."""
+    if type(operation) is ToolOperation:
+        payload: object = [operation.input, operation.scoped_input]
+        texts = _text_bound(operation.tool)
+    elif type(operation) is LlmOperation:
+        payload = operation.scoped_input
+        model = _text_bound(operation.model)
+        prompt = _text_bound(operation.prompt)
+        texts = -1 if model < 0 or prompt < 0 else model + prompt
+    else:
+        return -1
+    if texts < 0:
+        return -1
+    try:
+        text = _encode(payload)
+        size = len(text) if text.isascii() else len(text.encode("utf-8"))
+    except (TypeError, ValueError, RecursionError, UnicodeEncodeError):
+        return -1
+    return size + texts
+
+
 def check_request(request: WorkerRequest, policy: WorkerSecurityPolicy) -> str | None:
     """The first reason ``policy`` refuses ``request`` (the seed's order, see the module
     doc), or ``None``. Charter also refuses a malformed request and ``timeout_ms`` 0 (a
-    request that can only time out)."""
-    problem = _shape_problem(request)
-    if problem is not None:
-        return problem
-    limit = policy.max_identifier_length
+    request that can only time out).
+
+    The pool checks every request, so the common case is cheap: a well-typed request with
+    short ASCII identifiers has its payloads encoded (not the whole request) and the rest
+    bounded from lengths and the policy's limits; when that bound is within the payload
+    limit, so is the request. Otherwise the request is measured exactly
+    (`request_payload_bytes`): the verdict is always the exact measure's, and so is every
+    message."""
+    operation: object = request.operation
+    timeout: object = request.timeout_ms
     request_id, workflow_name, node_id = request.request_id, request.workflow_name, request.node_id
-    # Most identifiers are short ASCII, where characters are bytes: no encoding needed.
+    limit = policy.max_identifier_length
     if not (
-        len(request_id) <= limit
+        type(request) is WorkerRequest
+        and type(request_id) is str
+        and type(workflow_name) is str
+        and type(node_id) is str
+        and (timeout is None or type(timeout) is int)
+        and (
+            (type(operation) is ToolOperation and type(operation.tool) is str)
+            or (
+                type(operation) is LlmOperation
+                and type(operation.model) is str
+                and type(operation.prompt) is str
+            )
+        )
+        # Most identifiers are short ASCII, where characters are bytes: no encoding needed.
+        and len(request_id) <= limit
         and len(workflow_name) <= limit
         and len(node_id) <= limit
         and request_id.isascii()
         and workflow_name.isascii()
         and node_id.isascii()
     ):
-        ids = (request_id, workflow_name, node_id)
-        for name, value in zip(("request_id", "workflow_name", "node_id"), ids, strict=True):
-            size = len(value.encode("utf-8", "surrogatepass"))
-            if size > limit:
-                return f"{name} length {size} exceeds max {limit}"
+        return _check_slowly(request, policy)
+    if timeout is not None:
+        if timeout > policy.max_request_timeout_ms:
+            return f"timeout_ms {timeout} exceeds max {policy.max_request_timeout_ms}"
+        if timeout <= 0:
+            return f"timeout_ms {timeout} is not positive"
+    bound = _request_bound(request, limit)
+    if 0 <= bound <= policy.max_request_payload_bytes:
+        return None
+    return _payload_problem(request, policy)
+
+
+def _request_bound(request: WorkerRequest, identifier_limit: int) -> int:
+    """An upper bound on ``request_payload_bytes(request)`` for a well-typed request whose
+    identifiers are ASCII of at most ``identifier_limit`` characters, or -1 when it cannot
+    be written as JSON (or this cannot tell)."""
+    payload = _payload_bound(request.operation)
+    if payload < 0:
+        return -1
+    timeout = request.timeout_ms
+    # Identifiers of at most `identifier_limit` ASCII characters: at most 6 bytes each
+    # (``\\u001f``), quoted; a timeout is ``null`` or at most 21 digits and a sign.
+    bound = _FIXED_BOUND + 3 * (6 * identifier_limit + 2) + payload
+    if timeout is None:
+        return bound + 4
+    return bound + 21 if -(10**20) < timeout < 10**20 else -1
+
+
+def _payload_problem(request: WorkerRequest, policy: WorkerSecurityPolicy) -> str | None:
+    """The payload rule, measured exactly."""
+    size = request_payload_bytes(request)
+    if size > policy.max_request_payload_bytes:
+        shown = "unmeasurable (not JSON)" if size == UNMEASURABLE else f"{size} bytes"
+        return f"request payload {shown} exceeds max {policy.max_request_payload_bytes}"
+    return None
+
+
+def _check_slowly(request: WorkerRequest, policy: WorkerSecurityPolicy) -> str | None:
+    """`check_request` for every request, rule by rule, measuring exactly."""
+    problem = _shape_problem(request)
+    if problem is not None:
+        return problem
+    limit = policy.max_identifier_length
+    ids = (request.request_id, request.workflow_name, request.node_id)
+    for name, value in zip(("request_id", "workflow_name", "node_id"), ids, strict=True):
+        size = len(value.encode("utf-8", "surrogatepass"))
+        if size > limit:
+            return f"{name} length {size} exceeds max {limit}"
     timeout = request.timeout_ms
     if timeout is not None:
         if timeout > policy.max_request_timeout_ms:
             return f"timeout_ms {timeout} exceeds max {policy.max_request_timeout_ms}"
         if timeout <= 0:
             return f"timeout_ms {timeout} is not positive"
-    size = request_payload_bytes(request)
-    if size > policy.max_request_payload_bytes:
-        shown = "unmeasurable (not JSON)" if size == UNMEASURABLE else f"{size} bytes"
-        return f"request payload {shown} exceeds max {policy.max_request_payload_bytes}"
-    return None
+    return _payload_problem(request, policy)

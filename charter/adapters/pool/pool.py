@@ -127,18 +127,22 @@ _DONE: Final = 2
 class _Item:
     """One accepted request on its way through a worker."""
 
-    __slots__ = ("consumer", "deadline", "deadlines", "future", "request", "slot", "state")
+    __slots__ = ("deadline", "deadlines", "future", "request", "slot", "state")
 
     def __init__(
-        self, request: WorkerRequest, future: asyncio.Future[WorkerResponse], slot: _Slot
+        self,
+        request: WorkerRequest,
+        future: asyncio.Future[WorkerResponse],
+        slot: _Slot,
+        deadline: float,
+        deadlines: dict[_Item, None] | None,
     ) -> None:
         self.request = request
         self.future = future
-        self.slot = slot
+        self.slot = slot  # its worker; while running, on `slot.consumer`
         self.state = _QUEUED
-        self.deadline = math.inf
-        self.deadlines: dict[_Item, None] | None = None  # its timeout's group, while pending
-        self.consumer: _Consumer | None = None
+        self.deadline = deadline
+        self.deadlines = deadlines  # its timeout's group, while pending
 
 
 class _Consumer:
@@ -172,7 +176,8 @@ class _Slot:
         "consecutive_failures",
         "consumer",
         "handler",
-        "last_probe_unix_ms",
+        "last_seen",
+        "last_seen_ms",
         "probe_status",
         "probe_task",
         "queue",
@@ -189,15 +194,40 @@ class _Slot:
         self.probe_task: asyncio.Task[None] | None = None
         self.probe_status = _HEALTHY
         self.consecutive_failures = 0
-        self.last_probe_unix_ms: int | None = None
+        # When the last probe or outcome happened, as a `time.perf_counter` stamp (cheap to
+        # take on every outcome), and that stamp in wall-clock milliseconds once asked for.
+        self.last_seen: float | None = None
+        self.last_seen_ms: tuple[float, int] | None = None
 
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
+    def last_probe_unix_ms(self) -> int | None:
+        """The wall time of ``last_seen``: now, less the time elapsed since (computed once
+        per stamp, so a snapshot never changes without an event)."""
+        stamp = self.last_seen
+        if stamp is None:
+            return None
+        known = self.last_seen_ms
+        if known is None or known[0] != stamp:
+            elapsed_ms = int((time.perf_counter() - stamp) * 1000)
+            known = self.last_seen_ms = (stamp, time.time_ns() // 1_000_000 - elapsed_ms)
+        return known[1]
 
 
 _new: Final = object.__new__
-_set: Final = object.__setattr__
+
+
+def _slot_setter(cls: type, name: str) -> Callable[[object, object], None]:
+    """The ``__set__`` of a frozen attrs class's slot: what its ``__init__`` ends up doing,
+    without the lookup ``object.__setattr__`` repeats on every call."""
+    descriptor = cls.__dict__[name]
+    setter: Callable[[object, object], None] = descriptor.__set__
+    return setter
+
+
+_set_output: Final = _slot_setter(WorkerSuccess, "output")
+_set_request_id: Final = _slot_setter(WorkerResponse, "request_id")
+_set_worker_id: Final = _slot_setter(WorkerResponse, "worker_id")
+_set_result: Final = _slot_setter(WorkerResponse, "result")
+_set_elapsed_ms: Final = _slot_setter(WorkerResponse, "elapsed_ms")
 
 
 def _success_response(
@@ -207,13 +237,13 @@ def _success_response(
     every answer of the pool passes here, the fields are known to be well-typed, and the
     generated ``__init__`` of a frozen class sets each field through a slower path (this is
     a third of the cost)."""
-    result = _new(WorkerSuccess)
-    _set(result, "output", output)
-    response = _new(WorkerResponse)
-    _set(response, "request_id", request_id)
-    _set(response, "worker_id", worker_id)
-    _set(response, "result", result)
-    _set(response, "elapsed_ms", elapsed_ms)
+    result: WorkerSuccess = _new(WorkerSuccess)
+    _set_output(result, output)
+    response: WorkerResponse = _new(WorkerResponse)
+    _set_request_id(response, request_id)
+    _set_worker_id(response, worker_id)
+    _set_result(response, result)
+    _set_elapsed_ms(response, elapsed_ms)
     return response
 
 
@@ -278,6 +308,13 @@ class WorkerPool:
         self._policy = self.options.security_policy
         self._capacity = self.options.queue_capacity
         self._default_timeout = self.options.default_request_timeout
+        # The loop's clock, for deadlines: `time.monotonic` itself when the loop's `time` is
+        # asyncio's (which only calls it), saving a call per request.
+        self._time: Callable[[], float] = (
+            time.monotonic
+            if getattr(type(self._loop), "time", None) is asyncio.BaseEventLoop.time
+            else self._loop.time
+        )
         self.breakers = BreakerHooks(
             fail_max=self.options.unavailable_after_failures,
             reset_timeout=self.options.reset_timeout,
@@ -350,18 +387,52 @@ class WorkerPool:
             raise WorkerPoolError.ShuttingDown()
         reason = check_request(request, self._policy)
         in_flight = self._in_flight
-        if reason is None and request.request_id in in_flight:
-            reason = f"request_id {request.request_id!r} is already in flight"
+        request_id = request.request_id
+        if reason is None and request_id in in_flight:
+            reason = f"request_id {request_id!r} is already in flight"
         if reason is not None:
             self._rejected(None, request, WorkerErrorCode.INVALID_REQUEST)
             raise WorkerPoolError.InvalidRequest(reason)
-        slot = self._route(request)
-        if isinstance(slot, WorkerErrorCode):
-            self._rejected(None, request, slot)
-            raise _ROUTING_ERRORS[slot]()
-        loop = self._loop
-        item = _Item(request, loop.create_future(), slot)
-        in_flight[request.request_id] = item
+        # Routing, the common case first: the worker at the cursor is schedulable, its
+        # breaker closed with this epoch's permit at hand, its queue has room and no hooks
+        # of the caller's are asked. Exactly what `_route` decides there, without its loop.
+        slots = self._slots
+        start = self._cursor % len(slots)
+        self._cursor = start + 1
+        slot = slots[start]
+        worker_id = slot.worker_id
+        breakers = self.breakers
+        permit = breakers._closed_permits.get(worker_id)
+        state = breakers._states[worker_id]
+        if (
+            permit is not None
+            and state.status is _CLOSED
+            and permit.epoch == state.epoch
+            and slot.probe_status is not _UNAVAILABLE
+            and len(slot.queue) < self._capacity
+            and self._hooks is None
+        ):
+            breakers._permits[request_id] = permit
+        else:
+            routed = self._route(request, start)
+            if type(routed) is WorkerErrorCode:
+                self._rejected(None, request, routed)
+                raise _ROUTING_ERRORS[routed]()
+            slot = cast(_Slot, routed)
+        timeout_ms = request.timeout_ms
+        timeout = self._default_timeout if timeout_ms is None else timeout_ms / 1000
+        if timeout is None:
+            item = _Item(request, self._loop.create_future(), slot, math.inf, None)
+        else:
+            group = self._deadlines.get(timeout)
+            if group is None:
+                group = self._deadlines[timeout] = {}
+            deadline = self._time() + timeout
+            item = _Item(request, self._loop.create_future(), slot, deadline, group)
+            group[item] = None
+            if deadline < self._sweep_at:
+                self._sweep_soon(deadline)
+        in_flight[request_id] = item
         slot.queue.append(item)
         waiter = slot.waiter
         if waiter is not None:
@@ -370,17 +441,6 @@ class WorkerPool:
                 waiter.set_result(None)
         if self._hooks is not None:
             self._observe(self._hooks.on_request_accepted, slot.worker_id, request)
-        timeout_ms = request.timeout_ms
-        timeout = self._default_timeout if timeout_ms is None else timeout_ms / 1000
-        if timeout is not None:
-            group = self._deadlines.get(timeout)
-            if group is None:
-                group = self._deadlines[timeout] = {}
-            deadline = item.deadline = loop.time() + timeout
-            item.deadlines = group
-            group[item] = None
-            if deadline < self._sweep_at:
-                self._sweep_soon(deadline)
         try:
             return await item.future
         except asyncio.CancelledError:
@@ -390,11 +450,11 @@ class WorkerPool:
                 self._rejected(slot.worker_id, request, WorkerErrorCode.CANCELLED)
             raise
 
-    def _route(self, request: WorkerRequest) -> _Slot | WorkerErrorCode:
+    def _route(self, request: WorkerRequest, start: int) -> _Slot | WorkerErrorCode:
+        """The first worker from ``start`` on, in rotation, that is schedulable, has room
+        and whose breaker (and hooks) allow ``request``; else why none did."""
         slots = self._slots
         count = len(slots)
-        start = self._cursor % count
-        self._cursor = start + 1
         states = self.breakers._states  # the hot path reads the map directly
         capacity = self._capacity
         saw_full = saw_refused = False
@@ -438,6 +498,11 @@ class WorkerPool:
         queue = slot.queue
         handle = slot.handler.handle
         perf_counter = time.perf_counter
+        in_flight = self._in_flight
+        breakers = self.breakers
+        permits = breakers._permits
+        states = breakers._states
+        worker_id = slot.worker_id
         task = asyncio.current_task()
         if task is None:  # pragma: no cover - always run as a task
             return
@@ -449,7 +514,6 @@ class WorkerPool:
                 continue
             item = queue.popleft()
             item.state = _RUNNING
-            item.consumer = consumer
             consumer.current = item
             started = perf_counter()
             outcome: Any
@@ -475,15 +539,58 @@ class WorkerPool:
                     message=f"handler raised {type(error).__name__}: {error}",
                     retryable=True,
                 )
+            finished = perf_counter()
             consumer.current = None
-            if consumer.interrupted():
+            if consumer.retired or consumer.abandoning is not None:
                 if consumer.abandoned(item):  # timed out or given up: already answered
                     consumer.abandoning = None
                     task.uncancel()  # balance the cancel() that abandoned it
                     continue
                 if consumer.is_retired():
                     return
-            self._complete(slot, item, outcome, int((perf_counter() - started) * 1000))
+            elapsed_ms = int((finished - started) * 1000)
+            if (
+                item.state != _DONE
+                and self._hooks is None
+                and (
+                    outcome is None
+                    or (type(outcome) is not WorkerProtocolError and _plain_json(outcome))
+                )
+            ):
+                # A success, without hooks of the caller's: `_complete` inlined.
+                item.state = _DONE
+                group = item.deadlines
+                if group is not None:
+                    del group[item]
+                    item.deadlines = None
+                request = item.request
+                request_id = request.request_id
+                del in_flight[request_id]
+                slot.last_seen = finished
+                slot.consecutive_failures = 0
+                result: WorkerSuccess = _new(WorkerSuccess)  # `_success_response`, inlined
+                _set_output(result, outcome)
+                response: WorkerResponse = _new(WorkerResponse)
+                _set_request_id(response, request_id)
+                _set_worker_id(response, worker_id)
+                _set_result(response, result)
+                _set_elapsed_ms(response, elapsed_ms)
+                permit = permits.get(request_id)
+                state = states[worker_id]
+                if (
+                    permit is not None
+                    and permit.breaker == worker_id
+                    and state.status is _CLOSED
+                    and not state.failures
+                ):
+                    del permits[request_id]  # `BreakerHooks.on_request_success`'s fast path
+                else:
+                    breakers.on_request_success(worker_id, request, response)
+                future = item.future
+                if not future.done():
+                    future.set_result(response)
+                continue
+            self._complete(slot, item, outcome, elapsed_ms, finished)
 
     def _consumer_ended(self, slot: _Slot, consumer: _Consumer) -> None:
         """A consumer that was not retired stopped (a bug, or its task was cancelled from
@@ -503,13 +610,15 @@ class WorkerPool:
         for item in tuple(slot.queue):
             self._cancel(item, f"{slot.worker_id} stopped before answering")
 
-    def _complete(self, slot: _Slot, item: _Item, outcome: Any, elapsed_ms: int) -> None:
+    def _complete(
+        self, slot: _Slot, item: _Item, outcome: Any, elapsed_ms: int, finished: float
+    ) -> None:
         if item.state == _DONE:
             return
         self._settle(item)
         request = item.request
         worker_id = slot.worker_id
-        slot.last_probe_unix_ms = _now_ms()
+        slot.last_seen = finished
         if outcome is None or (type(outcome) is not WorkerProtocolError and _plain_json(outcome)):
             response = _success_response(request.request_id, worker_id, outcome, elapsed_ms)
             slot.consecutive_failures = 0
@@ -578,8 +687,8 @@ class WorkerPool:
             with contextlib.suppress(ValueError):  # already taken off by a shutdown
                 item.slot.queue.remove(item)
         elif item.state == _RUNNING:
-            consumer = item.consumer
-            if consumer is not None and consumer.current is item and not consumer.retired:
+            consumer = item.slot.consumer
+            if consumer.current is item and not consumer.retired:
                 consumer.abandoning = item
                 if consumer.task is not None:
                     consumer.task.cancel()
@@ -592,7 +701,7 @@ class WorkerPool:
         self._settle(item)
         slot = item.slot
         slot.consecutive_failures += 1
-        slot.last_probe_unix_ms = _now_ms()
+        slot.last_seen = time.perf_counter()
         self._failure(slot.worker_id, item.request, _TIMED_OUT)
         if not item.future.done():
             item.future.set_exception(WorkerPoolError.Timeout())
@@ -628,7 +737,7 @@ class WorkerPool:
             else:
                 log.warning("%s: probe answered %r, not a health status", slot.worker_id, answer)
                 slot.probe_status = _UNAVAILABLE
-            slot.last_probe_unix_ms = _now_ms()
+            slot.last_seen = time.perf_counter()
             await asyncio.sleep(interval)
 
     # ── hooks: the built-in breakers first, then the caller's ──
@@ -691,7 +800,7 @@ class WorkerPool:
                 worker_id=slot.worker_id,
                 status=self._status(slot),
                 consecutive_failures=slot.consecutive_failures,
-                last_probe_unix_ms=slot.last_probe_unix_ms,
+                last_probe_unix_ms=slot.last_probe_unix_ms(),
             )
             for slot in self._slots
         )
@@ -748,7 +857,7 @@ class WorkerPool:
                     task.cancel()
                     tasks.append(task)
             slot.probe_status = _UNAVAILABLE
-            slot.last_probe_unix_ms = _now_ms()
+            slot.last_seen = time.perf_counter()
         if self._sweep_timer is not None:
             self._sweep_timer.cancel()
             self._sweep_timer = None
