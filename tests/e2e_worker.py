@@ -14,10 +14,10 @@ Modes:
 * ``serve DB RUN EFFECTS``: print ``ready``, wait for a line on stdin, then process work
   until RUN has finished; each node's executor sleeps a few milliseconds so that two
   processes interleave.
-* ``pool DB RUN EFFECTS NODE``: as ``serve``, with a short lease and reclaiming expired
-  leases, until RUN has finished or waits for a person (then print ``waiting``); the
-  executor of node NODE records its effect and then hangs (the test SIGKILLs the process
-  that runs it, mid-call).
+* ``pool DB RUN EFFECTS NODE`` (DB: a SQLite file, or a ``postgresql://…?schema=NAME``
+  URL): as ``serve``, with a short lease and reclaiming expired leases, until RUN has
+  finished or waits for a person (then print ``waiting``); the executor of node NODE
+  records its effect and then hangs (the test SIGKILLs the process that runs it, mid-call).
 
 `cli_executors` registers the effect-recording executors for ``charter … --executors
 tests.e2e_worker:cli_executors``, writing to the file named by ``CHARTER_E2E_EFFECTS``.
@@ -33,8 +33,8 @@ import time
 from pathlib import Path
 
 from charter.adapters.executors import ExecutorRegistry, default_registry
-from charter.adapters.sqlite import SqliteStore
-from charter.core.ports import NodeCall, NodeResult
+from charter.bootstrap import open_store
+from charter.core.ports import NodeCall, NodeResult, Store
 from charter.core.records import Claim
 from charter.core.scheduler import NodeState
 from charter.worker import Worker, WorkerHooks
@@ -108,7 +108,7 @@ def _settled(worker: Worker, run_id: str) -> bool:
     return not (states & _BUSY) and NodeState.HELD in states
 
 
-def _crash(store: SqliteStore, run_id: str, effects: Path, when: str) -> None:
+def _crash(store: Store, run_id: str, effects: Path, when: str) -> None:
     def die_before_commit(claim: Claim) -> None:
         if claim.item.node_id == "pay":
             os.kill(os.getpid(), signal.SIGKILL)
@@ -127,7 +127,7 @@ def _crash(store: SqliteStore, run_id: str, effects: Path, when: str) -> None:
     print("finished without crashing", flush=True)
 
 
-def _serve(store: SqliteStore, run_id: str, effects: Path) -> None:
+def _serve(store: Store, run_id: str, effects: Path) -> None:
     worker = Worker(store, executors=registry(effects, pause=0.005), lease_secs=30.0)
     print("ready", flush=True)
     sys.stdin.readline()  # the test releases every worker at once
@@ -138,7 +138,7 @@ def _serve(store: SqliteStore, run_id: str, effects: Path) -> None:
     print("done", flush=True)
 
 
-def _pool(store: SqliteStore, run_id: str, effects: Path, hang_at: str) -> None:
+def _pool(store: Store, run_id: str, effects: Path, hang_at: str) -> None:
     worker = Worker(
         store, executors=registry(effects, pause=0.002, hang_at=hang_at), lease_secs=LEASE_SECS
     )
@@ -155,7 +155,7 @@ def _pool(store: SqliteStore, run_id: str, effects: Path, hang_at: str) -> None:
 
 def main(argv: list[str]) -> None:
     mode, db, run_id, effects = argv[:4]
-    store = SqliteStore(db)
+    store = open_store(db)  # a SQLite file, or a postgresql:// URL (``?schema=NAME``)
     try:
         if mode == "crash":
             _crash(store, run_id, Path(effects), argv[4])

@@ -1,6 +1,7 @@
 """A lost outcome waits for a person (docs/workflows.md §3.3), end to end.
 
-* Three worker processes on one SQLite file run a 200-node workflow whose every node is a
+* Three worker processes on one SQLite file (and on one Postgres schema, when
+  ``CHARTER_TEST_POSTGRES_URL`` is set) run a 200-node workflow whose every node is a
   side effect that is not idempotent; one of them is SIGKILLed in the middle of a call. The
   run ends waiting on a person — not failed — with that node held; ``charter status`` says
   so and names the command; ``charter resolve … --succeeded`` completes the run; no side
@@ -19,12 +20,14 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from charter.adapters.sqlite import SqliteStore
+from charter.bootstrap import open_store
 from charter.cli.commands import main
 from charter.core.errors import FenceLost
 from charter.core.events import (
@@ -35,18 +38,20 @@ from charter.core.events import (
     WorkflowCompleted,
 )
 from charter.core.policy import PolicySet
+from charter.core.ports import Store
 from charter.core.records import Claim, Tenant
 from charter.core.runs import LostOutcome, RunStatus, run_record
 from charter.core.workflow import parse_workflow
 from charter.worker import Scheduler, WorkerHooks, start_run
+from tests.stores import drop_schema, postgres_url, unique_schema_name
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZE = 200
 VICTIM = "n3"  # an inner node: its subtree can only run once its outcome is resolved
 
 
-def _store(path: Path) -> SqliteStore:
-    store = SqliteStore(path)
+def _store(target: str | Path) -> Store:
+    store = open_store(target)
     now = store.clock.now()
     store.put_tenant(
         Tenant(
@@ -85,7 +90,7 @@ def _effects(path: Path) -> list[list[str]]:
     return [line.split() for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def _charter(db: Path, effects: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _charter(db: str | Path, effects: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "charter", *args, "--db", str(db)],
         cwd=ROOT,
@@ -97,10 +102,25 @@ def _charter(db: Path, effects: Path, *args: str) -> subprocess.CompletedProcess
     )
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Where the worker processes meet: a SQLite file, or a Postgres schema of this test's
+    own (skipped when ``CHARTER_TEST_POSTGRES_URL`` is unset), dropped afterwards."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "charter.db")
+        return
+    url = postgres_url()
+    schema = unique_schema_name()
+    try:
+        yield f"{url}{'&' if '?' in url else '?'}schema={schema}"
+    finally:
+        drop_schema(url, schema)
+
+
 def test_sigkill_of_one_of_three_workers_waits_on_a_person_then_resolve_completes_it(
-    tmp_path: Path,
+    tmp_path: Path, database: str
 ) -> None:
-    db = tmp_path / "charter.db"
+    db = database
     effects = tmp_path / "effects.txt"
     store = _store(db)
     start_run(store, parse_workflow(_ledger_tree(SIZE)), execution_id="tree-1")
