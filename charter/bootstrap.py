@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Final
 from charter.adapters.executors import ExecutorRegistry, default_registry, load_plugin
 from charter.adapters.memory import MemoryStore
 from charter.adapters.sqlite import SqliteStore
-from charter.core.errors import InvalidInput, NotFound
+from charter.core.errors import CharterError, InvalidInput, NotFound
 from charter.core.events import Event
 from charter.core.ports import Clock, Store
 from charter.worker import ALL_QUEUES, Definitions, Scheduler, Worker, WorkerHooks
@@ -77,6 +77,7 @@ def open_store(
     clock: Clock | None = None,
     must_exist: bool = False,
     concurrency: int = 1,
+    read_only: bool = False,
 ) -> OpenedStore:
     """The store ``target`` names (see the module doc), created if missing unless
     ``must_exist`` (then a missing one is `NotFound`; a memory store never exists before
@@ -84,10 +85,18 @@ def open_store(
     store keeps a connection for each and its lease heartbeat (at least 10 in all); the
     others serve any number. ``clock`` defaults to each store's own.
 
+    ``read_only`` (for commands that only read, and implies ``must_exist``): a SQLite file
+    is opened read-only (`SqliteStore` ``read_only``: a read-only file is fine, nothing is
+    created, migrated or written); a Postgres schema is not created.
+
+    A SQLite path that exists but is not a regular file (``/dev/null``, a directory) is
+    `InvalidInput` naming it.
+
     A URL of another scheme is `InvalidInput` naming it (without its password), and so is a
     Postgres URL when the Postgres driver is not installed."""
     if concurrency < 1:
         raise InvalidInput("concurrency", f"expected at least 1, got {concurrency}")
+    must_exist = must_exist or read_only
     if isinstance(target, str) and target == MEMORY:
         if must_exist:
             raise NotFound(f"{MEMORY} a store in memory is empty until it is opened")
@@ -102,7 +111,10 @@ def open_store(
     path = Path(target)
     if must_exist and not path.exists():
         raise NotFound(f"{path}: no such database")
-    return SqliteStore(path, clock=clock)
+    if path.exists() and not path.is_file():
+        kind = "a directory" if path.is_dir() else "not a regular file"
+        raise InvalidInput(str(path), f"{kind}: expected a SQLite database file")
+    return SqliteStore(path, clock=clock, read_only=read_only)
 
 
 def _open_postgres(url: str, *, clock: Clock | None, must_exist: bool, threads: int) -> OpenedStore:
@@ -124,7 +136,17 @@ def build_registry(plugins: Sequence[str] = ()) -> ExecutorRegistry:
     (``MODULE:FUNCTION``, called with the registry: `load_plugin`)."""
     registry = default_registry()
     for spec in plugins:
-        load_plugin(spec, registry)
+        try:
+            load_plugin(spec, registry)
+        except CharterError:
+            raise
+        except Exception as error:  # noqa: BLE001 - the plugin's code, not Charter's
+            said = " ".join(str(error).split())[:200]
+            raise InvalidInput(
+                "--executors",
+                f"calling {spec}(registry) failed: {type(error).__name__}: {said} "
+                "(expected a function that registers executors)",
+            ) from None
     return registry
 
 

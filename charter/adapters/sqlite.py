@@ -43,7 +43,7 @@ from charter.adapters.transactions import PlannedStore, Tx, new_event_id
 from charter.core import commit as plan
 from charter.core.approvals import ApprovalStatus, Pending
 from charter.core.budget import BudgetState
-from charter.core.errors import NotFound
+from charter.core.errors import NotFound, StoreError
 from charter.core.events import Event, EventKind, JsonValue
 from charter.core.materialize import MATERIALIZED_TYPES
 from charter.core.policy import PolicySet
@@ -389,6 +389,10 @@ class SqliteStore(PlannedStore):
     ``synchronous`` is SQLite's durability setting in WAL mode: ``FULL`` (the default)
     makes every committed transaction durable across power loss; ``NORMAL`` may lose the
     last transactions on power loss (never on a process crash) and is much faster.
+
+    ``read_only`` opens an existing store only to read it (``charter status``, ``events``,
+    ``audit``): a read-only file is fine, nothing is created, migrated or written (SQLite
+    refuses any write), and every write method raises `StoreError` saying so.
     """
 
     def __init__(
@@ -399,13 +403,17 @@ class SqliteStore(PlannedStore):
         new_id: Callable[[], str] | None = None,
         synchronous: Synchronous = "FULL",
         busy_timeout_ms: int = 5000,
+        read_only: bool = False,
     ) -> None:
         self.clock: Clock = clock or SystemClock()
         self.path = Path(path)
+        self.read_only = read_only
         self._new_id = new_id or new_event_id
         self._lock = threading.RLock()
-        self._conn = open_connection(self.path, synchronous, busy_timeout_ms)
+        self._conn = open_connection(self.path, synchronous, busy_timeout_ms, read_only=read_only)
         self._tenants: dict[str, tuple[str, Tenant]] = {}
+        if read_only:
+            return
         try:
             now = self.clock.now()
             tenant = Tenant(
@@ -430,6 +438,11 @@ class SqliteStore(PlannedStore):
             return work(_SqliteTx(conn, self.clock.now()))
 
     def _write(self) -> WriteTransaction:
+        if self.read_only:
+            raise StoreError(
+                f"{self.path}: opened read-only (for a command that only reads): "
+                "this write was refused"
+            )
         return WriteTransaction(self._conn, self._lock, self.path)
 
     @contextmanager

@@ -143,9 +143,10 @@ def register(commands: Any, *, db_option: Callable[[argparse.ArgumentParser], No
 
 
 def _open(args: argparse.Namespace) -> Store:
-    """The store ``--db`` names, which must exist: auditing never creates one."""
+    """The store ``--db`` names, which must exist, opened read-only: auditing never creates
+    or changes one (a read-only copy of the database can be audited)."""
     try:
-        return open_store(args.db, must_exist=True)
+        return open_store(args.db, read_only=True)
     except NotFound as missing:
         raise InvalidInput(
             "--db", f"{missing} (run a workflow first, or pass another --db)"

@@ -28,6 +28,7 @@ import contextlib
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Iterator, Sequence
 
 from charter import __version__
@@ -47,7 +48,7 @@ from charter.cli.common import (
     Parser,
     db_option,
 )
-from charter.core.errors import CharterError, describe
+from charter.core.errors import CharterError, StoreError, describe
 
 __all__ = [
     "EXIT_APPROVAL",
@@ -95,32 +96,70 @@ def _build_parser() -> argparse.ArgumentParser:
 #: The Postgres driver's connection pool: it logs a warning for each connection it drops and
 #: replaces (a restarted or killed backend), which Charter retries on its own.
 _POOL_LOGGER = "psycopg.pool"
+#: Commands that keep running (and so report each store failure as it happens).
+_LONG_RUNNING = frozenset({"worker", "serve"})
+
+
+class _OneLine(logging.Handler):
+    """Charter's log records on stderr, one line each: ``charter: LEVEL: message``.
+
+    A Charter error attached to a record is appended to its line, not printed as a
+    traceback (any other exception is a bug, and keeps its traceback). A command that ends
+    with its own error line (``run``, ``approve``, …: not ``worker``) does not also print the
+    store failures its worker logged on the way there: a full disk or a lost database is
+    reported once, by the command."""
+
+    def __init__(self, *, store_failures: bool) -> None:
+        super().__init__(logging.NOTSET)
+        self.store_failures = store_failures
+
+    def emit(self, record: logging.LogRecord) -> None:
+        error = record.exc_info[1] if record.exc_info else None
+        args = record.args if isinstance(record.args, tuple) else ()
+        about_store = isinstance(error, StoreError) or any(
+            isinstance(arg, StoreError) for arg in args
+        )
+        if about_store and not self.store_failures:
+            return
+        try:
+            line = f"charter: {record.levelname.lower()}: {record.getMessage()}"
+            if isinstance(error, CharterError):
+                line += f": {error}"
+            elif record.exc_info is not None:
+                line += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
+            print(line, file=sys.stderr, flush=True)
+        except Exception:  # noqa: BLE001 - logging must never break the command
+            self.handleError(record)
 
 
 @contextlib.contextmanager
-def _logging(quiet: bool) -> Iterator[None]:
-    """Log levels for one command (restored after it, for callers of `main` in-process):
-    warnings from Charter, only errors from the connection pool; with ``--quiet``, only
-    errors from Charter and nothing from the pool."""
-    levels = {
-        _POOL_LOGGER: logging.CRITICAL + 1 if quiet else logging.ERROR,
-        "charter": logging.ERROR if quiet else logging.WARNING,
-    }
-    saved = {name: logging.getLogger(name).level for name in levels}
-    for name, level in levels.items():
-        logging.getLogger(name).setLevel(level)
+def _logging(args: argparse.Namespace) -> Iterator[None]:
+    """Logging for one command, restored after it (for callers of `main` in-process):
+    Charter's warnings and errors one line each (`_OneLine`), only errors from the
+    connection pool; with ``--quiet``, only Charter's errors and nothing from the pool."""
+    quiet = bool(getattr(args, "quiet", False))
+    pool = logging.getLogger(_POOL_LOGGER)
+    charter = logging.getLogger("charter")
+    saved = (pool.level, charter.level, charter.propagate)
+    handler = _OneLine(store_failures=args.command in _LONG_RUNNING)
+    pool.setLevel(logging.CRITICAL + 1 if quiet else logging.ERROR)
+    charter.setLevel(logging.ERROR if quiet else logging.WARNING)
+    charter.addHandler(handler)
+    charter.propagate = False
     try:
         yield
     finally:
-        for name, level in saved.items():
-            logging.getLogger(name).setLevel(level)
+        charter.removeHandler(handler)
+        pool.setLevel(saved[0])
+        charter.setLevel(saved[1])
+        charter.propagate = saved[2]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (see the module doc)."""
     parser = _build_parser()
     args = parser.parse_args(argv)
-    with _logging(bool(getattr(args, "quiet", False))):
+    with _logging(args):
         return _handle(args)
 
 

@@ -79,13 +79,20 @@ def executors_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def open_db(args: argparse.Namespace, *, must_exist: bool = False) -> CliStore:
+def open_db(
+    args: argparse.Namespace, *, must_exist: bool = False, read_only: bool = False
+) -> CliStore:
     """The store ``--db`` names (`charter.bootstrap.open_store`: a SQLite file, a
     ``postgresql://`` URL, or ``memory:``), sized for ``--concurrency`` worker threads if the
-    command has them. A missing store is created, unless ``must_exist``."""
+    command has them. A missing store is created, unless ``must_exist``; ``read_only``
+    (commands that only read: it implies ``must_exist``) opens it without ever writing, so
+    a read-only file can be read."""
     try:
         return open_store(
-            args.db, must_exist=must_exist, concurrency=max(1, getattr(args, "concurrency", 1))
+            args.db,
+            must_exist=must_exist,
+            read_only=read_only,
+            concurrency=max(1, getattr(args, "concurrency", 1)),
         )
     except NotFound as missing:
         raise InvalidInput(

@@ -60,9 +60,7 @@ def add_run(commands: Any) -> None:
     run.add_argument("file", metavar="FILE", help="workflow file (YAML or JSON)")
     db_option(run)
     run.add_argument("--input", metavar="JSON", help="the run's input: JSON text or @file")
-    run.add_argument(
-        "--run-id", metavar="ID", type=_run_id, help="id of the new run (default: generated)"
-    )
+    run.add_argument("--run-id", metavar="ID", help="id of the new run (default: generated)")
     run.add_argument("--tenant", metavar="ID", help="run for this tenant (default: the file's)")
     run.add_argument(
         "--tenant-policy",
@@ -87,20 +85,19 @@ def add_worker(commands: Any) -> None:
     worker.add_argument(
         "--queues",
         metavar="Q1,Q2",
-        type=_queues,
-        default=ALL_QUEUES,
+        default=",".join(ALL_QUEUES),
         help=f"queues to claim from (default: {','.join(ALL_QUEUES)})",
     )
     worker.add_argument(
         "--concurrency",
-        type=_concurrency,
+        type=int,
         default=1,
         metavar="N",
         help=f"threads (1 to {MAX_CONCURRENCY})",
     )
     worker.add_argument(
         "--lease",
-        type=_lease,
+        type=float,
         default=30.0,
         metavar="SECS",
         help=f"lease length in seconds (more than 0, at most {MAX_LEASE_SECS:g})",
@@ -108,7 +105,6 @@ def add_worker(commands: Any) -> None:
     worker.add_argument(
         "--worker-id",
         metavar="ID",
-        type=_worker_id,
         help="this worker's id; its threads are ID-0, ID-1, … (default: generated)",
     )
     executors_option(worker)
@@ -121,69 +117,51 @@ MAX_CONCURRENCY = 256
 MAX_LEASE_SECS = 86_400.0
 
 
-def _concurrency(text: str) -> int:
-    """``--concurrency``: a whole number of threads, 1 to `MAX_CONCURRENCY`."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not 1 <= value <= MAX_CONCURRENCY:
-        raise argparse.ArgumentTypeError(f"expected 1 to {MAX_CONCURRENCY} threads, got {value}")
-    return value
-
-
-def _lease(text: str) -> float:
-    """``--lease``: a finite number of seconds, more than 0 and at most a day."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not math.isfinite(value) or not 0 < value <= MAX_LEASE_SECS:
-        raise argparse.ArgumentTypeError(
-            f"expected more than 0 and at most {MAX_LEASE_SECS:g} seconds, got {text!r}"
+def _check_worker_options(args: argparse.Namespace) -> tuple[str, ...]:
+    """``worker``'s options, checked before anything starts (`InvalidInput` naming the
+    option); the queues to claim from."""
+    if not 1 <= args.concurrency <= MAX_CONCURRENCY:
+        raise InvalidInput(
+            "--concurrency",
+            f"expected at least 1 and at most {MAX_CONCURRENCY} threads, got {args.concurrency}",
         )
-    return value
+    if not math.isfinite(args.lease) or not 0 < args.lease <= MAX_LEASE_SECS:
+        raise InvalidInput(
+            "--lease",
+            f"expected more than 0 and at most {MAX_LEASE_SECS:g} seconds, got {args.lease:g}",
+        )
+    if args.worker_id is not None:
+        # Room for each thread's "-N" within the stores' id limit.
+        _check_id(args.worker_id, "--worker-id", MAX_ID_LENGTH - 1 - len(str(MAX_CONCURRENCY)))
+    return _queues(args.queues)
 
 
 def _queues(text: str) -> tuple[str, ...]:
     """``--queues``: one or more of the queues work items go to, comma-separated."""
     names = [name.strip() for name in text.split(",") if name.strip()]
     if not names:
-        raise argparse.ArgumentTypeError(
+        raise InvalidInput(
+            "--queues",
             f"expected one or more of {','.join(ALL_QUEUES)}, got {text!r} "
-            "(a worker with no queue would wait forever)"
+            "(a worker with no queue would wait forever)",
         )
     unknown = [name for name in names if name not in ALL_QUEUES]
     if unknown:
-        raise argparse.ArgumentTypeError(
-            f"no queue named {unknown[0]!r} (expected some of {','.join(ALL_QUEUES)})"
+        raise InvalidInput(
+            "--queues", f"no queue named {unknown[0]!r} (expected some of {','.join(ALL_QUEUES)})"
         )
     return tuple(dict.fromkeys(names))
 
 
-def _run_id(text: str) -> str:
-    """``--run-id``: a run id as the stores take it (not empty or blank, at most
-    `MAX_ID_LENGTH` characters, no control characters)."""
+def _check_id(text: str, option: str, longest: int = MAX_ID_LENGTH) -> str:
+    """An id given on the command line (``--run-id``, ``--worker-id``): not empty or blank,
+    at most ``longest`` characters, no control characters."""
     if not text.strip():
-        raise argparse.ArgumentTypeError("expected a run id, got an empty one")
-    if len(text) > MAX_ID_LENGTH:
-        raise argparse.ArgumentTypeError(
-            f"expected at most {MAX_ID_LENGTH} characters, got {len(text)}"
-        )
-    if not text.isprintable():
-        raise argparse.ArgumentTypeError(f"expected printable characters, got {text!r}")
-    return text
-
-
-def _worker_id(text: str) -> str:
-    """``--worker-id``: an id that leaves room for each thread's ``-N``."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("expected a worker id, got an empty one")
-    longest = MAX_ID_LENGTH - 1 - len(str(MAX_CONCURRENCY - 1))
+        raise InvalidInput(option, "expected an id, got an empty one")
     if len(text) > longest:
-        raise argparse.ArgumentTypeError(f"expected at most {longest} characters, got {len(text)}")
+        raise InvalidInput(option, f"expected at most {longest} characters, got {len(text):,}")
     if not text.isprintable():
-        raise argparse.ArgumentTypeError(f"expected printable characters, got {text!r}")
+        raise InvalidInput(option, "expected printable characters (no control characters)")
     return text
 
 
@@ -295,6 +273,8 @@ def _ensure_tenant(store: CliStore, tenant_id: str, policy_path: str | None, nam
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.run_id is not None:
+        _check_id(args.run_id, "--run-id")
     workflow, _ = load_workflow_file(args.file)
     inputs = _input(args.input)
     registry = build_registry(args.executors)
@@ -324,7 +304,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    queues = list(args.queues)
+    queues = list(_check_worker_options(args))
     registry = build_registry(args.executors)
     store = open_db(args)
     stop = threading.Event()

@@ -75,7 +75,7 @@ def add_tenant(commands: Any) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    store = open_db(args, must_exist=True)
+    store = open_db(args, read_only=True)
     try:
         if args.run_id is None:
             runs: list[Execution] = []
@@ -112,7 +112,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _events(args: argparse.Namespace) -> int:
-    store = open_db(args, must_exist=True)
+    store = open_db(args, read_only=True)
     try:
         execution = require_run(store, args.run_id)
         for event in store.read_events(execution.execution_id):
@@ -126,7 +126,7 @@ def _events(args: argparse.Namespace) -> int:
 
 
 def _approvals(args: argparse.Namespace) -> int:
-    store = open_db(args, must_exist=True)
+    store = open_db(args, read_only=True)
     try:
         pending = store.pending_approvals()
         if args.json:
