@@ -308,6 +308,13 @@ class BreakerMachine(RuleBasedStateMachine):
     def the_pools_hooks_agree_with_the_breaker(self) -> None:
         assert self.hooks.state(self.breaker.name) == self.state
         assert self.hooks.in_flight() == len(self.permits)
+        # The permit the pool's hot path admits with, and succeeds without recording: there
+        # exactly while admitting and recording a success change nothing.
+        steady = self.hooks._steady[self.breaker.name]
+        if self.state.status is BreakerStatus.CLOSED and self.state.failures == 0:
+            assert steady == Permit(self.breaker.name, self.state.epoch, False)
+        else:
+            assert steady is None
 
     @invariant()
     def counters_are_zero_outside_their_status(self) -> None:

@@ -126,6 +126,11 @@ class BreakerHooks(CircuitBreakerHooks):
         self._states: dict[str, BreakerState] = {}
         self._permits: dict[str, Permit] = {}
         self._closed_permits: dict[str, Permit] = {}
+        # Per worker, while its breaker is closed with no failures counted (where admitting
+        # a call and recording its success change nothing): the permit it hands out, else
+        # None. Kept by `_apply`, through which every state change goes; the pool's hot
+        # path reads it.
+        self._steady: dict[str, Permit | None] = {}
 
     # ── the hook surface ──
 
@@ -194,7 +199,7 @@ class BreakerHooks(CircuitBreakerHooks):
                 success_threshold=success_threshold,
             )
             self._breakers[worker_id] = breaker
-            self._states[worker_id] = BreakerState()
+            self._set_state(worker_id, BreakerState())
         return breaker
 
     def state(self, worker_id: str) -> BreakerState:
@@ -237,8 +242,17 @@ class BreakerHooks(CircuitBreakerHooks):
         )
         self._apply(worker_id, step)
 
+    def _set_state(self, worker_id: str, state: BreakerState) -> None:
+        self._states[worker_id] = state
+        steady = None
+        if state.status is _CLOSED and not state.failures:
+            steady = self._closed_permits.get(worker_id)
+            if steady is None or steady.epoch != state.epoch:
+                steady = self._closed_permits[worker_id] = Permit(worker_id, state.epoch, False)
+        self._steady[worker_id] = steady
+
     def _apply(self, worker_id: str, step: BreakerStep) -> None:
-        self._states[worker_id] = step.state
+        self._set_state(worker_id, step.state)
         if step.events and self._on_event is not None:
             for event in step.events:
                 try:

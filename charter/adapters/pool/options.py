@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Final
 
 import attrs
@@ -259,20 +259,24 @@ def _not_json(value: object) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
-def _make_encoder() -> Callable[[object], str]:
-    """Compact JSON text exactly as `WorkerRequest.to_json` writes it, with the C encoder
-    built once (``json.dumps`` builds it again on every call)."""
+def _make_encoder() -> Callable[[object, int], Sequence[str]]:
+    """Compact JSON text exactly as `WorkerRequest.to_json` writes it, in pieces (usually
+    one), with the C encoder built once (``json.dumps`` builds it again on every call)."""
     make = getattr(json.encoder, "c_make_encoder", None)
     if make is None:  # pragma: no cover - CPython ships the accelerator
         encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        return encoder.encode
-    c_encode = make(
+        return lambda value, _level: (encoder.encode(value),)
+    c_encode: Callable[[object, int], Sequence[str]] = make(
         None, _not_json, json.encoder.encode_basestring, None, ":", ",", False, False, False
     )
-    return lambda value: "".join(c_encode(value, 0))
+    return c_encode
 
 
-_encode: Final = _make_encoder()
+_c_encode: Final = _make_encoder()
+
+
+def _encode(value: object) -> str:
+    return "".join(_c_encode(value, 0))
 
 
 def _values(request: WorkerRequest) -> list[object]:
@@ -388,30 +392,6 @@ def _text_bound(text: str) -> int:
 _FIXED_BOUND: Final = max(_OVERHEAD.values()) + 8
 
 
-def _payload_bound(operation: LlmOperation | ToolOperation) -> int:
-    """An upper bound on the UTF-8 bytes the operation's values add to the request's JSON,
-    or -1 when they cannot be written. Only the JSON payloads are encoded (once, together);
-    the names and the prompt, plain strings, are bounded from their length."""
-    if type(operation) is ToolOperation:
-        payload: object = [operation.input, operation.scoped_input]
-        texts = _text_bound(operation.tool)
-    elif type(operation) is LlmOperation:
-        payload = operation.scoped_input
-        model = _text_bound(operation.model)
-        prompt = _text_bound(operation.prompt)
-        texts = -1 if model < 0 or prompt < 0 else model + prompt
-    else:
-        return -1
-    if texts < 0:
-        return -1
-    try:
-        text = _encode(payload)
-        size = len(text) if text.isascii() else len(text.encode("utf-8"))
-    except (TypeError, ValueError, RecursionError, UnicodeEncodeError):
-        return -1
-    return size + texts
-
-
 def check_request(request: WorkerRequest, policy: WorkerSecurityPolicy) -> str | None:
     """The first reason ``policy`` refuses ``request`` (the seed's order, see the module
     doc), or ``None``. Charter also refuses a malformed request and ``timeout_ms`` 0 (a
@@ -464,17 +444,33 @@ def check_request(request: WorkerRequest, policy: WorkerSecurityPolicy) -> str |
 def _request_bound(request: WorkerRequest, identifier_limit: int) -> int:
     """An upper bound on ``request_payload_bytes(request)`` for a well-typed request whose
     identifiers are ASCII of at most ``identifier_limit`` characters, or -1 when it cannot
-    be written as JSON (or this cannot tell)."""
-    payload = _payload_bound(request.operation)
-    if payload < 0:
+    be written as JSON (or this cannot tell).
+
+    Only the JSON payloads are encoded (once, together); the names and the prompt, plain
+    strings, are bounded from their length, the identifiers from the limit: at most 6
+    bytes a character (``\\u001f``), quoted. A timeout is ``null`` or at most 21
+    characters."""
+    operation = request.operation
+    if type(operation) is ToolOperation:
+        payload: object = [operation.input, operation.scoped_input]
+        texts = _text_bound(operation.tool)
+    elif type(operation) is LlmOperation:
+        payload = operation.scoped_input
+        model = _text_bound(operation.model)
+        prompt = _text_bound(operation.prompt)
+        texts = -1 if model < 0 or prompt < 0 else model + prompt
+    else:
         return -1
     timeout = request.timeout_ms
-    # Identifiers of at most `identifier_limit` ASCII characters: at most 6 bytes each
-    # (``\\u001f``), quoted; a timeout is ``null`` or at most 21 digits and a sign.
-    bound = _FIXED_BOUND + 3 * (6 * identifier_limit + 2) + payload
-    if timeout is None:
-        return bound + 4
-    return bound + 21 if -(10**20) < timeout < 10**20 else -1
+    if texts < 0 or not (timeout is None or -(10**20) < timeout < 10**20):
+        return -1
+    try:
+        chunks = _c_encode(payload, 0)
+        text = chunks[0] if len(chunks) == 1 else "".join(chunks)
+        size = len(text) if text.isascii() else len(text.encode("utf-8"))
+    except (TypeError, ValueError, RecursionError, UnicodeEncodeError):
+        return -1
+    return _FIXED_BOUND + 3 * (6 * identifier_limit + 2) + 21 + texts + size
 
 
 def _payload_problem(request: WorkerRequest, policy: WorkerSecurityPolicy) -> str | None:

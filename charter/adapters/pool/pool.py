@@ -125,24 +125,17 @@ _DONE: Final = 2
 
 
 class _Item:
-    """One accepted request on its way through a worker."""
+    """One accepted request on its way through a worker. Made by `WorkerPool.submit`
+    (``object.__new__`` and each field set there: a call less on every request)."""
 
     __slots__ = ("deadline", "deadlines", "future", "request", "slot", "state")
 
-    def __init__(
-        self,
-        request: WorkerRequest,
-        future: asyncio.Future[WorkerResponse],
-        slot: _Slot,
-        deadline: float,
-        deadlines: dict[_Item, None] | None,
-    ) -> None:
-        self.request = request
-        self.future = future
-        self.slot = slot  # its worker; while running, on `slot.consumer`
-        self.state = _QUEUED
-        self.deadline = deadline
-        self.deadlines = deadlines  # its timeout's group, while pending
+    request: WorkerRequest
+    future: asyncio.Future[WorkerResponse]
+    slot: _Slot  # its worker; while running, on `slot.consumer`
+    state: int  # _QUEUED, _RUNNING or _DONE
+    deadline: float  # when it times out (the pool's clock), or infinity
+    deadlines: dict[_Item, None] | None  # its timeout's group, while pending
 
 
 class _Consumer:
@@ -394,20 +387,18 @@ class WorkerPool:
             self._rejected(None, request, WorkerErrorCode.INVALID_REQUEST)
             raise WorkerPoolError.InvalidRequest(reason)
         # Routing, the common case first: the worker at the cursor is schedulable, its
-        # breaker closed with this epoch's permit at hand, its queue has room and no hooks
-        # of the caller's are asked. Exactly what `_route` decides there, without its loop.
+        # breaker closed and steady (no failures: admitting changes nothing), its queue has
+        # room and no hooks of the caller's are asked. Exactly what `_route` decides there,
+        # without its loop.
         slots = self._slots
         start = self._cursor % len(slots)
         self._cursor = start + 1
         slot = slots[start]
         worker_id = slot.worker_id
         breakers = self.breakers
-        permit = breakers._closed_permits.get(worker_id)
-        state = breakers._states[worker_id]
+        permit = breakers._steady[worker_id]
         if (
             permit is not None
-            and state.status is _CLOSED
-            and permit.epoch == state.epoch
             and slot.probe_status is not _UNAVAILABLE
             and len(slot.queue) < self._capacity
             and self._hooks is None
@@ -421,14 +412,20 @@ class WorkerPool:
             slot = cast(_Slot, routed)
         timeout_ms = request.timeout_ms
         timeout = self._default_timeout if timeout_ms is None else timeout_ms / 1000
+        item: _Item = _new(_Item)  # what `_Item.__init__` does, without its call
+        item.request = request
+        item.future = self._loop.create_future()
+        item.slot = slot
+        item.state = _QUEUED
         if timeout is None:
-            item = _Item(request, self._loop.create_future(), slot, math.inf, None)
+            item.deadline = math.inf
+            item.deadlines = None
         else:
             group = self._deadlines.get(timeout)
             if group is None:
                 group = self._deadlines[timeout] = {}
-            deadline = self._time() + timeout
-            item = _Item(request, self._loop.create_future(), slot, deadline, group)
+            deadline = item.deadline = self._time() + timeout
+            item.deadlines = group
             group[item] = None
             if deadline < self._sweep_at:
                 self._sweep_soon(deadline)
@@ -501,7 +498,7 @@ class WorkerPool:
         in_flight = self._in_flight
         breakers = self.breakers
         permits = breakers._permits
-        states = breakers._states
+        steady = breakers._steady
         worker_id = slot.worker_id
         task = asyncio.current_task()
         if task is None:  # pragma: no cover - always run as a task
@@ -576,14 +573,10 @@ class WorkerPool:
                 _set_result(response, result)
                 _set_elapsed_ms(response, elapsed_ms)
                 permit = permits.get(request_id)
-                state = states[worker_id]
-                if (
-                    permit is not None
-                    and permit.breaker == worker_id
-                    and state.status is _CLOSED
-                    and not state.failures
-                ):
-                    del permits[request_id]  # `BreakerHooks.on_request_success`'s fast path
+                if permit is not None and permit is steady[worker_id]:
+                    # Closed, no failures, this epoch: the success changes nothing
+                    # (`BreakerHooks.on_request_success`'s fast path).
+                    del permits[request_id]
                 else:
                     breakers.on_request_success(worker_id, request, response)
                 future = item.future
