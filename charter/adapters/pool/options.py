@@ -453,7 +453,8 @@ def _request_bound(request: WorkerRequest, identifier_limit: int) -> int:
     operation = request.operation
     if type(operation) is ToolOperation:
         payload: object = [operation.input, operation.scoped_input]
-        texts = _text_bound(operation.tool)
+        tool = operation.tool  # `_text_bound`, inlined for the usual printable ASCII name
+        texts = 2 * len(tool) + 2 if tool.isascii() and tool.isprintable() else _text_bound(tool)
     elif type(operation) is LlmOperation:
         payload = operation.scoped_input
         model = _text_bound(operation.model)
