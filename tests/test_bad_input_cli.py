@@ -21,7 +21,8 @@ from charter.adapters.sqlite import SqliteStore
 from charter.adapters.sqlite_connection import open_connection
 from charter.bootstrap import open_store
 from charter.cli import EXIT_USAGE, EXIT_WAITING, main
-from charter.core.errors import IncompatibleStore, NotFound, StoreError
+from charter.cli.common import require_node, require_run
+from charter.core.errors import IncompatibleStore, InvalidInput, NotFound, StoreError
 from charter.core.records import DEFAULT_TENANT, Tenant
 
 SIMPLE = """\
@@ -311,6 +312,22 @@ def test_approving_in_an_unknown_run_names_it(
     assert main(["run", "hold.yaml", "--db", "h.db", "--run-id", "h1", "--quiet"]) == EXIT_WAITING
     capsys.readouterr()
     _one_line(capsys, ["approve", "nosuch", "a", "--user", "u", "--db", "h.db"], "no run 'nosuch'")
+
+
+def test_require_node_names_a_node_the_run_does_not_have(
+    in_tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The check `approve` / `reject` / `resolve` make before answering (`require_node`)."""
+    assert main(["run", "hold.yaml", "--db", "h.db", "--run-id", "h1", "--quiet"]) == EXIT_WAITING
+    capsys.readouterr()
+    store = SqliteStore(in_tmp / "h.db")
+    try:
+        execution = require_run(store, "h1")
+        require_node(store, execution, "a")
+        with pytest.raises(InvalidInput, match="run 'h1' has no node named 'nosuch'"):
+            require_node(store, execution, "nosuch")
+    finally:
+        store.close()
 
 
 # ── read commands never write ──

@@ -33,6 +33,7 @@ __all__ = [
     "db_option",
     "executors_option",
     "open_db",
+    "require_node",
     "require_run",
     "where",
 ]
@@ -110,3 +111,16 @@ def require_run(store: CliStore, run_id: str) -> Execution:
     if execution is None:
         raise InvalidInput("RUN", f"no run {run_id!r} in {where(store)}")
     return execution
+
+
+def require_node(store: CliStore, execution: Execution, node_id: str) -> None:
+    """That ``execution``'s workflow has a node ``node_id``: an answer naming another is
+    refused as what it is (``run X has no node named Y``), not as "no approval is
+    pending"."""
+    stored = store.get_workflow(
+        execution.workflow_id, execution.workflow_version, execution.tenant_id
+    )
+    nodes = stored.ir.get("nodes") if stored is not None else None
+    if isinstance(nodes, dict) and node_id not in nodes:
+        shown = node_id if len(node_id) <= 60 else node_id[:60] + "…"
+        raise InvalidInput("NODE", f"run {execution.execution_id!r} has no node named {shown!r}")
