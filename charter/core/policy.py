@@ -304,6 +304,19 @@ def _approver_keys(value: object) -> tuple[tuple[str, tuple[str, ...]], ...] | N
     return tuple(sorted(out.items()))
 
 
+def _deadline(value: object) -> float | None:
+    """A lost outcome's deadline: seconds, positive and finite (at most a year)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PolicyError("resolution_deadline_secs", f"expected seconds, got {describe(value)}")
+    if not 0 < value <= 366 * 86_400:
+        raise PolicyError(
+            "resolution_deadline_secs", f"expected 0 < seconds <= one year, got {value!r}"
+        )
+    return float(value)
+
+
 def _approver(value: str | None) -> str | None:
     if value is None:
         return None
@@ -325,7 +338,8 @@ class PolicySet:
     * ``approver_keys`` (Charter's, tenant files' ``approvers: {name: [ed25519:…]}``): the
       public keys whose signature an answer by that approver must carry (a list, for
       rotation; docs/semantics.md §5); ``resolver``: who may resolve a lost outcome (same
-      form as ``approver``; default any identified person).
+      form as ``approver``; default any identified person); ``resolution_deadline_secs``:
+      how long a lost outcome may wait for an answer before its node fails.
     * ``final`` (Charter's): when true, more specific layers may add restrictions to this
       set's rules but never remove one (docs/semantics.md §2.5). Tenant policy files are
       final by default; in code the default is upstream's (not final). ``False`` is kept as
@@ -346,6 +360,9 @@ class PolicySet:
         default=None, kw_only=True, converter=_approver_keys
     )
     resolver: str | None = attrs.field(default=None, kw_only=True, converter=_approver)
+    resolution_deadline_secs: float | None = attrs.field(
+        default=None, kw_only=True, converter=_deadline
+    )
     _blocked: _RuleIndex = attrs.field(init=False, eq=False, repr=False, hash=False)
     _approval: _RuleIndex = attrs.field(init=False, eq=False, repr=False, hash=False)
     _allow: _RuleIndex = attrs.field(init=False, eq=False, repr=False, hash=False)
@@ -371,6 +388,8 @@ class PolicySet:
             shape["approvers"] = {name: list(keys) for name, keys in self.approver_keys}
         if self.resolver is not None:
             shape["resolver"] = self.resolver
+        if self.resolution_deadline_secs is not None:
+            shape["resolution_deadline_secs"] = self.resolution_deadline_secs
         setter(self, "_digest", content_digest(shape))
 
     @property
@@ -385,7 +404,7 @@ class PolicySet:
         return self._digest
 
     #: Keys only a tenant's set may have (who may answer, and with which keys).
-    TENANT_KEYS = ("approvers", "resolver")
+    TENANT_KEYS = ("approvers", "resolver", "resolution_deadline_secs")
 
     @classmethod
     def from_dict(cls, data: object, where: str = "policy", *, tenant: bool = False) -> PolicySet:
@@ -415,6 +434,7 @@ class PolicySet:
                 approver=data.get("approver"),
                 approver_keys=data.get("approvers"),
                 resolver=data.get("resolver"),
+                resolution_deadline_secs=data.get("resolution_deadline_secs"),
             )
         except PolicyError as error:
             raise error.within(where) from None

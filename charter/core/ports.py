@@ -64,6 +64,7 @@ from charter.core.records import (
     WorkItem,
     WorkItemStatus,
 )
+from charter.core.signing import Signature
 
 __all__ = [
     "Clock",
@@ -351,9 +352,33 @@ class Store(Protocol):
         decision: ApprovalDecision,
         comment: str | None = None,
         state_patch: JsonValue = None,
+        signature: Signature | None = None,
+        decided_at: str | None = None,
+        recorded_by: JsonValue = None,
     ) -> Event | ApprovalRefused:
         """Record a person's decision on the node's open request (bound to its digest), or
-        say why it cannot be recorded (nothing open, not a permitted approver)."""
+        say why it cannot be recorded (nothing open, not a permitted approver, a signature
+        missing or not matching when the tenant names the approver's keys:
+        `charter.core.answers.plan_decision`)."""
+        ...
+
+    def resolve_outcome(
+        self,
+        execution_id: str,
+        node_id: str,
+        *,
+        user_id: str,
+        resolution: str,
+        output: JsonValue = None,
+        reason: str | None = None,
+        comment: str | None = None,
+        signature: Signature | None = None,
+        decided_at: str | None = None,
+        recorded_by: JsonValue = None,
+    ) -> Event | ApprovalRefused:
+        """Record a person's answer about the node's lost outcome (``succeeded`` with its
+        ``output``, ``failed`` with a ``reason``, or ``retry``), authorised like an approval
+        (`charter.core.answers.plan_resolution`), or say why it cannot be."""
         ...
 
     # ── tool effects ──
