@@ -193,6 +193,13 @@ class _MemoryTx:
     def tenant(self, tenant_id: str) -> Tenant | None:
         return self.t.tenants.get(tenant_id)
 
+    def reservation(self, item_id: str, fence: int) -> str | None:
+        claim = (item_id, fence)
+        for key, effect in sorted(self.t.effects.items()):
+            if not effect.recorded and (effect.item_id, effect.fence) == claim:
+                return key
+        return None
+
     def node_events(self, execution_id: str, node_id: str, types: Sequence[str]) -> list[Event]:
         return [
             event

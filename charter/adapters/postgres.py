@@ -209,6 +209,14 @@ class _PgTx:
         row = self._one("SELECT record_json FROM tenants WHERE tenant_id = %s", (tenant_id,))
         return None if row is None else loads(row[0], Tenant)
 
+    def reservation(self, item_id: str, fence: int) -> str | None:
+        row = self._one(
+            "SELECT key FROM effects WHERE item_id = %s AND fence = %s AND NOT recorded "
+            "ORDER BY key LIMIT 1 FOR UPDATE",
+            (item_id, fence),
+        )
+        return None if row is None else str(row[0])
+
     def node_events(self, execution_id: str, node_id: str, types: Sequence[str]) -> list[Event]:
         if self._new_items:
             self.flush()

@@ -271,6 +271,14 @@ class _SqliteTx(_Rows):
         row = self.one("SELECT record_json FROM tenants WHERE tenant_id = ?", (tenant_id,))
         return None if row is None else loads(row[0], Tenant)
 
+    def reservation(self, item_id: str, fence: int) -> str | None:
+        row = self.one(
+            "SELECT key FROM effects WHERE item_id = ? AND fence = ? AND recorded = 0 "
+            "ORDER BY key LIMIT 1",
+            (item_id, fence),
+        )
+        return None if row is None else str(row[0])
+
     def node_events(self, execution_id: str, node_id: str, types: Sequence[str]) -> list[Event]:
         found = []
         for row in self.all(stored.LOG_SELECT, (execution_id, 0, -1)):

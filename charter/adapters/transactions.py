@@ -134,6 +134,11 @@ class Tx(Protocol):
     def approval(self, execution_id: str, node_id: str) -> ApprovalRow | None: ...
     def effect(self, key: str) -> EffectRow | None: ...
     def tenant(self, tenant_id: str) -> Tenant | None: ...
+    def reservation(self, item_id: str, fence: int) -> str | None:
+        """The key of an unrecorded effect reservation the claim ``(item_id, fence)``
+        holds, if any (read after the items and executions, in the lock order)."""
+        ...
+
     def node_events(self, execution_id: str, node_id: str, types: Sequence[str]) -> list[Event]:
         """The execution's events about ``node_id`` whose ``type`` is one of ``types``, in
         log order."""
@@ -550,9 +555,19 @@ class PlannedStore:
                 execution_id: checks.existing(tx.head(execution_id), execution_id)
                 for execution_id in sorted({item.execution_id for item in expired})
             }
-            plan, retried, dead = planner.plan_reclaim(expired, heads, now=tx.now)
+            last = [i for i in expired if i.attempt + 1 >= i.max_attempts]
+            reservations = {
+                item.item_id: key
+                for item in last
+                if (key := tx.reservation(item.item_id, item.fence)) is not None
+            }
+            plan, retried, dead, held = planner.plan_reclaim(
+                expired, heads, now=tx.now, reservations=reservations
+            )
             self._apply(tx, plan, heads)
-            return ReclaimResult(retried=tuple(retried), dead_lettered=tuple(dead))
+            return ReclaimResult(
+                retried=tuple(retried), dead_lettered=tuple(dead), held=tuple(held)
+            )
 
         return self._transact(work)
 

@@ -43,6 +43,7 @@ from charter.core.events import (
     EventKind,
     JsonValue,
     NodeStarted,
+    OutcomeUnknown,
     ToolApprovalRequired,
 )
 from charter.core.lifecycle import COMMIT_ACTIONS, ItemAction, apply_action, check_fence
@@ -734,18 +735,46 @@ def plan_fail(
 
 
 def plan_reclaim(
-    expired: Sequence[WorkItem], heads: Mapping[str, Head], *, now: datetime
-) -> tuple[Plan, list[WorkItem], list[WorkItem]]:
+    expired: Sequence[WorkItem],
+    heads: Mapping[str, Head],
+    *,
+    now: datetime,
+    reservations: Mapping[str, str] | None = None,
+) -> tuple[Plan, list[WorkItem], list[WorkItem], list[WorkItem]]:
     """Fail every claimed item whose lease has expired (its worker is presumed dead): the
-    items put back for retry and those dead-lettered."""
+    items put back for retry, those dead-lettered, and those held for a person.
+
+    An item on its last attempt whose claim still holds an unrecorded effect reservation
+    (``reservations``: item id → the reservation's key) is not dead-lettered: its worker
+    died mid-call, so the side effect may or may not have happened. It is held with
+    ``outcome_unknown`` and waits for a person to say what happened (`OutcomeUnknown`),
+    as a later attempt that finds the reservation abandoned would."""
     logs = {execution_id: LogDraft(head, {}) for execution_id, head in heads.items()}
+    lost = reservations or {}
     writes: list[Write] = []
     retried: list[WorkItem] = []
     dead: list[WorkItem] = []
+    held: list[WorkItem] = []
     for item in expired:
         if item.status is not WorkItemStatus.CLAIMED or item.lease_expires_at is None:
             raise AssertionError(f"work item {item.item_id!r} is not an expired claim")
         failure = plan_failure(item, error=LEASE_EXPIRED, retryable=True, now=now)
+        key = lost.get(item.item_id)
+        if failure.status is WorkItemStatus.DEAD_LETTERED and key is not None:
+            waiting = apply_action(item, ItemAction.HOLD, fence=item.fence)
+            writes.append(
+                UpdateItem(item=waiting, expect_status=item.status, expect_fence=item.fence)
+            )
+            unknown = OutcomeUnknown(
+                node_id=item.node_id,
+                attempt=item.attempt,
+                idempotency_key=key,
+                reason=f"{LEASE_EXPIRED} mid-call, on its last attempt: the side effect "
+                "may or may not have happened, so it is not fired again",
+            )
+            writes += logs[item.execution_id].append((unknown,), now)
+            held.append(waiting)
+            continue
         item_writes = _failure_writes(
             item, item.fence, failure.status, failure.attempt, failure.available_at,
             failure.last_error,
@@ -756,7 +785,7 @@ def plan_reclaim(
         updated = item_writes[0]
         assert isinstance(updated, UpdateItem)
         (retried if failure.status is WorkItemStatus.PENDING else dead).append(updated.item)
-    return Plan(tuple(writes)), retried, dead
+    return Plan(tuple(writes)), retried, dead, held
 
 
 # ── tool effects ───────────────────────────────────────────────────────────────────────

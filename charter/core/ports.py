@@ -175,10 +175,12 @@ class CommitRequest:
 
 @attrs.frozen(kw_only=True)
 class ReclaimResult:
-    """What one reclaim pass did: items put back for retry and items dead-lettered."""
+    """What one reclaim pass did: items put back for retry, items dead-lettered, and items
+    held because their last attempt's side effect may have happened (``outcome_unknown``)."""
 
     retried: tuple[WorkItem, ...] = ()
     dead_lettered: tuple[WorkItem, ...] = ()
+    held: tuple[WorkItem, ...] = ()
 
 
 class Store(Protocol):

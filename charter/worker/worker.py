@@ -149,7 +149,7 @@ class Worker:
     def reclaim(self) -> None:
         """Fail the attempts of dead workers (expired leases) and schedule what follows."""
         result = self.store.reclaim_expired()
-        for item in (*result.retried, *result.dead_lettered):
+        for item in (*result.retried, *result.dead_lettered, *result.held):
             self._advance(item.execution_id)
 
     # ── one item ──

@@ -27,7 +27,7 @@ import pytest
 from charter.adapters.clock import ManualClock
 from charter.core.budget import BudgetState, Usage
 from charter.core.errors import FenceLost, NotFound
-from charter.core.events import NodeFailed, RetryScheduled
+from charter.core.events import NodeFailed, OutcomeUnknown, RetryScheduled
 from charter.core.ports import CommitRequest, EffectResult, ReclaimResult, Store
 from charter.core.queue import LEASE_EXPIRED, backoff_delay_ms
 from charter.core.records import WorkItemStatus
@@ -90,6 +90,27 @@ def test_reclaim_dead_letters_an_expired_claim_at_its_last_attempt(
     assert [e.kind for e in store.read_events(EXEC)[-1:]] == [
         NodeFailed(node_id=node_of(item_id), error=message, attempt=0, retryable=False)
     ]
+
+
+def test_reclaim_holds_a_last_attempt_whose_side_effect_may_have_happened(
+    store: Store, clock: ManualClock
+) -> None:
+    # The worker reserved the effect, then died mid-call on its last attempt: the effect
+    # may or may not have happened, so the node is neither failed nor fired again — it
+    # waits for a person (outcome_unknown), holding the claim's reservation's key.
+    (item_id,) = start(store, clock, max_attempts=1)
+    claimed = claim(store)
+    store.reserve_effect("effect-1", item_id=item_id, fence=claimed.fence, ttl_secs=600)
+    clock.advance(LEASE + 1)
+    result = store.reclaim_expired()
+    stored = store.get_item(item_id)
+    assert stored is not None
+    assert result == ReclaimResult(held=(stored,))
+    assert stored.status is WorkItemStatus.HELD
+    (last,) = [e.kind for e in store.read_events(EXEC)[-1:]]
+    assert isinstance(last, OutcomeUnknown)
+    assert (last.node_id, last.attempt, last.idempotency_key) == (node_of(item_id), 0, "effect-1")
+    assert store.reclaim_expired() == ReclaimResult()  # held is settled: never reclaimed again
 
 
 def test_reclaim_is_idempotent(store: Store, clock: ManualClock) -> None:
