@@ -529,6 +529,8 @@ class _Replayer:
         # governed calls of one node run at once), and the attempt each node last settled
         running: dict[str, list[int]] = {}
         settled: dict[str, int] = {}
+        # nodes whose lost outcome a person answered `succeeded`: their completion follows
+        answered: set[str] = set()
         unfolded: list[Event] = []
         after = 0
         while True:
@@ -564,6 +566,15 @@ class _Replayer:
                     seen = runs.pop((kind.node_id, kind.attempt), None)
                     if seen is not None:
                         self._settle(event, kind, workflow, seen, expected)
+                elif isinstance(kind, OutcomeUnknown):
+                    # The attempt ended with its outcome unknown: no settlement is owed.
+                    runs.pop((kind.node_id, kind.attempt), None)
+                    if kind.attempt in running.get(kind.node_id, ()):
+                        running[kind.node_id].remove(kind.attempt)
+                elif isinstance(kind, OutcomeResolved) and kind.resolution == "succeeded":
+                    answered.add(kind.node_id)  # the person's answer is the decision
+                elif isinstance(kind, NodeCompleted) and kind.node_id in answered:
+                    answered.discard(kind.node_id)
                 elif isinstance(kind, NodeCompleted):
                     attempts = running.get(kind.node_id, [])
                     ended = settled.get(kind.node_id)
