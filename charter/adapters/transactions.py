@@ -35,6 +35,8 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final, Protocol, TypeVar
 
+import attrs
+
 from charter.adapters import store_support as checks
 from charter.adapters.chain import GENESIS, link_hashes
 from charter.adapters.keys import verify
@@ -199,6 +201,23 @@ def _policy(tx: Tx, head: Head | None) -> PolicySet | None:
         return None
     tenant = tx.tenant(head.tenant_id)
     return tenant.policy if tenant is not None else None
+
+
+@attrs.frozen
+class _Proof:
+    """What an answer carries to prove who gave it (docs/semantics.md §5.1)."""
+
+    signature: Signature | None
+    decided_at: str | None
+    recorded_by: JsonValue
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "verify": verify,
+            "signature": self.signature,
+            "decided_at": self.decided_at,
+            "recorded_by": self.recorded_by,
+        }
 
 
 def new_event_id() -> str:
@@ -586,37 +605,18 @@ class PlannedStore:
         decided_at: str | None = None,
         recorded_by: JsonValue = None,
     ) -> Event | ApprovalRefused:
-        check_identifier(user_id, "user_id")
         encode_json(state_patch, "state_patch")
-        encode_json(recorded_by, "recorded_by")
-        checks.check_signature(signature, decided_at)
+        proof = _Proof(signature, decided_at, recorded_by)
 
-        def work(tx: Tx) -> Event | ApprovalRefused:
-            head = tx.head(execution_id)
+        def plan(tx: Tx, head: Head | None, now: datetime) -> Plan | ApprovalRefused:
             row = tx.approval(execution_id, node_id) if head is not None else None
-            plan = answers.plan_decision(
-                execution_id,
-                head,
-                row,
-                _policy(tx, head),
-                node_id=node_id,
-                user_id=user_id,
-                decision=decision,
-                comment=comment,
-                state_patch=state_patch,
-                now=tx.now,
-                verify=verify,
-                signature=signature,
-                decided_at=decided_at,
-                recorded_by=recorded_by,
-            )
-            if isinstance(plan, ApprovalRefused):
-                return plan
-            assert head is not None
-            (event,) = self._apply(tx, plan, {execution_id: head})
-            return event
+            return answers.plan_decision(
+                execution_id, head, row, _policy(tx, head), node_id=node_id, user_id=user_id,
+                decision=decision, comment=comment, state_patch=state_patch, now=now,
+                **proof.fields(),
+            )  # fmt: skip
 
-        return self._transact(work)
+        return self._answer(execution_id, user_id, proof, plan)
 
     def resolve_outcome(
         self,
@@ -635,35 +635,39 @@ class PlannedStore:
         """Record a person's answer about a node's lost outcome (`charter.core.answers.
         plan_resolution`): ``succeeded`` (with ``output``), ``failed`` (with ``reason``) or
         ``retry``; refused (`ApprovalRefused`) when nothing waits or the user may not."""
-        check_identifier(user_id, "user_id")
         encode_json(output, "output")
-        encode_json(recorded_by, "recorded_by")
-        checks.check_signature(signature, decided_at)
+        proof = _Proof(signature, decided_at, recorded_by)
+
+        def plan(tx: Tx, head: Head | None, now: datetime) -> Plan | ApprovalRefused:
+            events = tx.node_events(execution_id, node_id, _OUTCOME_TYPES) if head else []
+            return answers.plan_resolution(
+                execution_id, head, events, _policy(tx, head), node_id=node_id,
+                user_id=user_id, resolution=resolution, output=output, reason=reason,
+                comment=comment, now=now, **proof.fields(),
+            )  # fmt: skip
+
+        return self._answer(execution_id, user_id, proof, plan)
+
+    def _answer(
+        self,
+        execution_id: str,
+        user_id: str,
+        proof: _Proof,
+        plan: Callable[[Tx, Head | None, datetime], Plan | ApprovalRefused],
+    ) -> Event | ApprovalRefused:
+        """One person's answer (an approval or a resolution), planned by ``plan`` in one
+        transaction: its input checked first, refused or recorded as one event."""
+        check_identifier(user_id, "user_id")
+        encode_json(proof.recorded_by, "recorded_by")
+        checks.check_signature(proof.signature, proof.decided_at)
 
         def work(tx: Tx) -> Event | ApprovalRefused:
             head = tx.head(execution_id)
-            events = tx.node_events(execution_id, node_id, _OUTCOME_TYPES) if head else []
-            plan = answers.plan_resolution(
-                execution_id,
-                head,
-                events,
-                _policy(tx, head),
-                node_id=node_id,
-                user_id=user_id,
-                resolution=resolution,
-                output=output,
-                reason=reason,
-                comment=comment,
-                now=tx.now,
-                verify=verify,
-                signature=signature,
-                decided_at=decided_at,
-                recorded_by=recorded_by,
-            )
-            if isinstance(plan, ApprovalRefused):
-                return plan
+            planned = plan(tx, head, tx.now)
+            if isinstance(planned, ApprovalRefused):
+                return planned
             assert head is not None
-            (event,) = self._apply(tx, plan, {execution_id: head})
+            (event,) = self._apply(tx, planned, {execution_id: head})
             return event
 
         return self._transact(work)
