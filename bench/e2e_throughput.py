@@ -1083,6 +1083,150 @@ def profile_charter(
 # ── entry point ────────────────────────────────────────────────────────────────────────
 
 
+# ── the scale curve ────────────────────────────────────────────────────────────────────
+
+#: Workflow sizes of the scale curve (``--scale``).
+SCALE_NODES: Final = (100, 1_000, 10_000)
+#: The target for the cost per node at 10,000 nodes against 1,000 (issue 14), never asserted.
+TARGET_SCALE_RATIO: Final = 1.1
+
+
+def _max_rss_bytes() -> int:
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
+
+
+def scale_trial(shape: Shape, nodes: int, synchronous: Sync, directory: Path) -> dict[str, Any]:
+    """One Charter run (idempotent no-op nodes) in this process: its wall and CPU time and
+    how far it raised the process's peak RSS. Meant for a fresh process (`--scale-trial`),
+    so that the peak is this run's."""
+    trial = CharterTrial(directory, synchronous, shape, nodes, idempotent=True)
+    try:
+        gc.collect()
+        rss_before = _max_rss_bytes()
+        cpu = time.process_time()
+        start = time.perf_counter()
+        done = trial.run()
+        seconds = time.perf_counter() - start
+        cpu_seconds = time.process_time() - cpu
+        rss_after = _max_rss_bytes()
+        if done != nodes:
+            raise BenchmarkError(f"charter {shape}: ran {done} of {nodes} nodes")
+        trial.verify()
+    finally:
+        trial.close()
+    return {
+        "shape": shape,
+        "nodes": nodes,
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "rss_delta_bytes": max(0, rss_after - rss_before),
+    }
+
+
+def _scale_subprocess(shape: Shape, nodes: int, synchronous: Sync, base: Path) -> dict[str, Any]:
+    import subprocess
+
+    directory = Path(tempfile.mkdtemp(prefix=f"scale-{shape}-{nodes}-", dir=base))
+    try:
+        command = [sys.executable, "-m", "bench.e2e_throughput", "--scale-trial"]
+        command += [shape, str(nodes), synchronous, str(directory)]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise BenchmarkError(f"scale trial {shape} {nodes}: {done.stderr.strip()}")
+        result: dict[str, Any] = json.loads(done.stdout)
+        return result
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def run_scale(
+    rounds: int,
+    synchronous: Sync,
+    directory: Path | None = None,
+    sizes: Sequence[int] = SCALE_NODES,
+) -> dict[str, Any]:
+    """The scale curve: Charter's cost per node at each size and shape, every trial in a
+    fresh process, the configurations interleaved (order rotated every round); medians of
+    ``rounds``. The JSON form is flat, one row per point, for charts."""
+    configurations = [(shape, nodes) for nodes in sizes for shape in ("chain", "fanout")]
+    trials: dict[tuple[str, int], list[dict[str, Any]]] = {c: [] for c in configurations}
+    base = Path(tempfile.mkdtemp(prefix="charter-scale-", dir=directory))
+    try:
+        for round_index in range(rounds):
+            shift = round_index % len(configurations)
+            for shape, nodes in configurations[shift:] + configurations[:shift]:
+                result = _scale_subprocess(shape, nodes, synchronous, base)  # type: ignore[arg-type]
+                _progress(
+                    f"scale round {round_index + 1}/{rounds} {shape} {nodes}: "
+                    f"{result['seconds'] * 1e6 / nodes:.0f} µs/node wall, "
+                    f"{result['cpu_seconds'] * 1e6 / nodes:.0f} µs/node CPU"
+                )
+                trials[(shape, nodes)].append(result)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    points = []
+    for (shape, nodes), results in trials.items():
+        points.append(
+            {
+                "shape": shape,
+                "nodes": nodes,
+                "us_per_node": statistics.median(r["seconds"] for r in results) * 1e6 / nodes,
+                "cpu_us_per_node": statistics.median(r["cpu_seconds"] for r in results)
+                * 1e6
+                / nodes,
+                "rss_per_node_bytes": statistics.median(r["rss_delta_bytes"] for r in results)
+                / nodes,
+                "rounds": len(results),
+            }
+        )
+    by_key = {(p["shape"], p["nodes"]): p for p in points}
+    ratios = []
+    for shape in ("chain", "fanout"):
+        small, large = by_key.get((shape, 1_000)), by_key.get((shape, 10_000))
+        if small is None or large is None:
+            continue
+        ratios.append(
+            {
+                "shape": shape,
+                "ratio_10k_1k": large["us_per_node"] / small["us_per_node"],
+                "cpu_ratio_10k_1k": large["cpu_us_per_node"] / small["cpu_us_per_node"],
+                "target": TARGET_SCALE_RATIO,
+            }
+        )
+    return {
+        "synchronous": synchronous,
+        "rounds": rounds,
+        "python": sys.version.split()[0],
+        "scale": points,
+        "ratios": ratios,
+    }
+
+
+def render_scale(curve: dict[str, Any]) -> str:
+    lines = [
+        f"## Scale curve (SQLite, synchronous={curve['synchronous']}, "
+        f"median of {curve['rounds']}, one worker)",
+        "",
+        "| shape | nodes | µs/node (wall) | µs/node (CPU) | peak RSS per node |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    lines.extend(
+        f"| {point['shape']} | {point['nodes']:,} | {point['us_per_node']:.0f} | "
+        f"{point['cpu_us_per_node']:.0f} | {point['rss_per_node_bytes'] / 1024:.1f} KiB |"
+        for point in curve["scale"]
+    )
+    lines.append("")
+    lines.extend(
+        f"- {ratio['shape']}: 10k/1k per node {ratio['ratio_10k_1k']:.2f}× wall, "
+        f"{ratio['cpu_ratio_10k_1k']:.2f}× CPU (target ≤ {ratio['target']}×)"
+        for ratio in curve["ratios"]
+    )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.e2e_throughput",
@@ -1105,7 +1249,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=("chain", "fanout", "chain-effects", "fanout-effects"),
         help="instead of the benchmark, profile one Charter run of this shape",
     )
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="instead, the scale curve: Charter at 100, 1,000 and 10,000 nodes, chain and "
+        "fan-out, cost and peak RSS per node (--rounds default 3, --synchronous default NORMAL)",
+    )
+    parser.add_argument("--scale-trial", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.scale_trial is not None:
+        shape_arg, nodes_arg, sync_arg, dir_arg = args.scale_trial
+        result = scale_trial(shape_arg, int(nodes_arg), sync_arg, Path(dir_arg))
+        sys.stdout.write(json.dumps(result) + "\n")
+        return 0
+    if args.scale:
+        scale_sync: Sync = "NORMAL" if args.synchronous == "both" else args.synchronous
+        sizes = SCALE_NODES if args.nodes is None else (args.nodes // 10, args.nodes)
+        try:
+            curve = run_scale(args.rounds or 3, scale_sync, args.dir, sizes)
+        except BenchmarkError as error:
+            print(f"e2e_throughput: {error}", file=sys.stderr)
+            return 1
+        sys.stdout.write(render_scale(curve))
+        if args.json is not None:
+            args.json.write_text(json.dumps(curve, indent=2) + "\n", encoding="utf-8")
+        return 0
     base = QUICK if args.quick else FULL
     settings = Settings(
         base.name,

@@ -69,8 +69,10 @@ Rules of `plan`, in order:
 from __future__ import annotations
 
 import enum
+import weakref
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from datetime import datetime, timedelta
 from typing import Any, Final
 
@@ -109,6 +111,7 @@ __all__ = [
     "NodeState",
     "Plan",
     "Progress",
+    "RunState",
     "fold",
     "fold_event",
     "fold_kinds",
@@ -218,45 +221,300 @@ class Plan:
         return not self.events and not self.items
 
 
-def _initial(workflow: WorkflowDef) -> Progress:
-    waiting_on = {name: len(workflow.incoming(name)) for name in workflow.nodes}
-    return Progress(
-        nodes=dict.fromkeys(workflow.nodes, _PENDING),
-        waiting_on=waiting_on,
-        decidable=frozenset(name for name, count in waiting_on.items() if count == 0),
+_PEOPLE: Final = frozenset({NodeState.HELD, NodeState.ANSWERED})
+
+# ── the fold's working state ───────────────────────────────────────────────────────────
+#
+# A fold changes a few entries per event, so its state is kept in tables changed in place
+# (`_Table`), never copied: a table may lie over an immutable base (the `Progress` a fold
+# starts from), and its read-only views (`_MapView`, `_SetView`: what a `Progress` holds)
+# stay as they were when taken, the table saving an entry's old value for them the first
+# time it changes (copy-on-write per entry). So folding n events costs O(n), taking a
+# `Progress` costs O(1), and a long-lived `RunState` (the worker's) never copies a run's
+# nodes.
+
+_NONE: Final[Any] = object()  # no entry (in a table's own entries: not set here)
+_GONE: Final[Any] = object()  # an entry removed over a base that has it
+_MAX_DEPTH: Final = 8  # views over views (folds from folds) are flattened beyond this
+
+
+class _SetBase(Mapping[Any, bool]):
+    """A plain set (a `Progress` made by hand) as a table's base."""
+
+    __slots__ = ("members",)
+
+    def __init__(self, members: AbstractSet[Any]) -> None:
+        self.members = members
+
+    def __getitem__(self, key: Any) -> bool:
+        if key in self.members:
+            return True
+        raise KeyError(key)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return True if key in self.members else default
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.members
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.members)
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+
+_EMPTY_BASE: Final[Mapping[Any, Any]] = {}
+
+
+class _Table:
+    """A mutable key → value table over an immutable ``base`` mapping: its own entries
+    win, `_GONE` hides a base entry. `view` gives a read-only view of it as it is now."""
+
+    __slots__ = ("base", "depth", "local", "size", "views")
+
+    def __init__(self, base: Mapping[Any, Any] = _EMPTY_BASE) -> None:
+        depth = base.depth + 1 if isinstance(base, _MapView) else 1
+        if depth > _MAX_DEPTH:
+            self.base: Mapping[Any, Any] = _EMPTY_BASE
+            self.local: dict[Any, Any] = dict(base.items())
+            self.depth = 1
+        else:
+            self.base, self.local, self.depth = base, {}, depth
+        self.size = len(base)
+        self.views: list[weakref.ref[_MapView]] = []
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        value = self.local.get(key, _NONE)
+        if value is _NONE:
+            return self.base.get(key, default)
+        return default if value is _GONE else value
+
+    def __getitem__(self, key: Any) -> Any:
+        value = self.get(key, _NONE)
+        if value is _NONE:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: Any) -> bool:
+        return self.get(key, _NONE) is not _NONE
+
+    def put(self, key: Any, value: Any) -> None:
+        if self.views:
+            self._save(key)
+        if self.get(key, _NONE) is _NONE:
+            self.size += 1
+        self.local[key] = value
+
+    def remove(self, key: Any) -> None:
+        if self.get(key, _NONE) is _NONE:
+            return
+        if self.views:
+            self._save(key)
+        self.size -= 1
+        if key in self.base:
+            self.local[key] = _GONE
+        else:
+            del self.local[key]
+
+    # set-like use (values True)
+    def add(self, key: Any) -> None:
+        if key not in self:
+            self.put(key, True)
+
+    discard = remove
+
+    def _save(self, key: Any) -> None:
+        """Keep the entry's current own value for every view taken before this change."""
+        alive = []
+        for ref in self.views:
+            view = ref()
+            if view is None:
+                continue
+            alive.append(ref)
+            if key not in view.saved:
+                view.saved[key] = self.local.get(key, _NONE)
+        if len(alive) != len(self.views):
+            self.views = alive
+
+    def view(self) -> _MapView:
+        view = _MapView(self.local, self.base, self.size, self.depth)
+        self.views.append(weakref.ref(view))
+        return view
+
+
+class _MapView(Mapping[Any, Any]):
+    """A table as it was when the view was taken (`_Table.view`)."""
+
+    __slots__ = ("__weakref__", "base", "depth", "local", "saved", "size")
+
+    def __init__(
+        self, local: dict[Any, Any], base: Mapping[Any, Any], size: int, depth: int
+    ) -> None:
+        self.local, self.base, self.size, self.depth = local, base, size, depth
+        self.saved: dict[Any, Any] = {}
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        # The table saves an entry before changing it: read the entry, then the saved value.
+        value = self.local.get(key, _NONE)
+        saved = self.saved.get(key, self)
+        if saved is not self:
+            value = saved
+        if value is _NONE:
+            return self.base.get(key, default)
+        return default if value is _GONE else value
+
+    def __getitem__(self, key: Any) -> Any:
+        value = self.get(key, _NONE)
+        if value is _NONE:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        return self.get(key, _NONE) is not _NONE
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[Any]:
+        candidates = [*self.base, *list(self.local), *list(self.saved)]
+        seen: set[Any] = set()
+        for key in candidates:
+            if key in seen:
+                continue
+            seen.add(key)
+            if self.get(key, _NONE) is not _NONE:
+                yield key
+
+    def __repr__(self) -> str:
+        return f"{{{', '.join(f'{k!r}: {v!r}' for k, v in self.items())}}}"
+
+
+class _SetView(AbstractSet[Any]):
+    """A set-valued table as it was when the view was taken."""
+
+    __slots__ = ("table",)
+
+    def __init__(self, table: _MapView) -> None:
+        self.table = table
+
+    def __contains__(self, key: object) -> bool:
+        return self.table.get(key, _NONE) is not _NONE
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.table)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __hash__(self) -> int:
+        return self._hash()
+
+    def __repr__(self) -> str:
+        return f"frozenset({set(self)!r})"
+
+
+def _map_base(value: Mapping[Any, Any]) -> Mapping[Any, Any]:
+    return value
+
+
+def _set_base(value: AbstractSet[Any]) -> Mapping[Any, Any]:
+    if isinstance(value, _SetView):
+        return value.table
+    return _SetBase(value) if value else _EMPTY_BASE
+
+
+def _evolved(entry: NodeProgress, changes: dict[str, Any]) -> NodeProgress:
+    get = changes.get
+    return NodeProgress(
+        state=get("state", entry.state),
+        dispatches=get("dispatches", entry.dispatches),
+        attempt=get("attempt", entry.attempt),
+        output=get("output", entry.output),
+        error=get("error", entry.error),
+        routes=get("routes", entry.routes),
+        answer=get("answer", entry.answer),
+        held_since=get("held_since", entry.held_since),
+        unknown=get("unknown", entry.unknown),
+        resolution=get("resolution", entry.resolution),
     )
 
 
-_PEOPLE: Final = frozenset({NodeState.HELD, NodeState.ANSWERED})
+class RunState:
+    """The fold's state, changed in place event by event (`apply`), with an immutable
+    `Progress` of it on demand (`progress`, O(1): see `_Table`). `fold` and `fold_kinds`
+    make one per call over the progress they start from; a long-lived one (the worker's
+    `charter.worker.scheduling.Scheduler`, one per run) folds each event once, never
+    copying the run's nodes. `_moved` keeps the indexes (`Progress.waiting_on`,
+    `decidable`, `active`, …) in step with node states."""
 
+    def __init__(self, workflow: WorkflowDef, base: Progress | None = None) -> None:
+        self.workflow = workflow
+        self._progress: Progress | None = None
+        if base is None:
+            self.nodes = _Table()
+            self.waiting_on = _Table()
+            self.decidable = _Table()
+            for name in workflow.nodes:
+                self.nodes.put(name, _PENDING)
+                count = len(workflow.incoming(name))
+                self.waiting_on.put(name, count)
+                if count == 0:
+                    self.decidable.put(name, True)
+            base = Progress(nodes={})
+        else:
+            self.nodes = _Table(_map_base(base.nodes))
+            self.waiting_on = _Table(_map_base(base.waiting_on))
+            self.decidable = _Table(_set_base(base.decidable))
+        self.dead_edges = _Table(_set_base(base.dead_edges))
+        self.active = _Table(_set_base(base.active))
+        self.people = _Table(_set_base(base.people))
+        self.failed = _Table(_set_base(base.failed))
+        self.state: Any = base.state
+        self.inputs: Any = base.inputs
+        self.started = base.started
+        self.finished = base.finished
+        self.last_sequence = base.last_sequence
+        self.finished_count = base.finished_count
 
-@attrs.define
-class _Work:
-    """A mutable working copy of a `Progress` while one batch of events is folded (made
-    once per batch, so folding n events costs O(n), not O(n × nodes)). `set` keeps the
-    indexes (`Progress.waiting_on`, `decidable`, `active`, …) in step with node states."""
+    def apply(self, events: Iterable[Event]) -> None:
+        """Fold ``events`` in (in sequence order)."""
+        self._progress = None
+        for event in events:
+            _apply(self.workflow, self, event.sequence, event.kind, event.created_at)
 
-    workflow: WorkflowDef
-    nodes: dict[str, NodeProgress]
-    state: Any
-    inputs: Any
-    dead_edges: set[tuple[str, str]]
-    started: bool
-    finished: str | None
-    last_sequence: int
-    waiting_on: dict[str, int]
-    decidable: set[str]
-    active: set[str]
-    people: set[str]
-    failed: set[str]
-    finished_count: int
+    def apply_kinds(self, kinds: Iterable[EventKind], *, first_sequence: int, at: datetime) -> None:
+        """Fold in event kinds not written yet, as `fold_kinds` does."""
+        self._progress = None
+        for offset, kind in enumerate(kinds):
+            _apply(self.workflow, self, first_sequence + offset, kind, at)
+
+    def progress(self) -> Progress:
+        """The progress as of now; it does not change when this state does."""
+        if self._progress is None:
+            self._progress = Progress(
+                nodes=self.nodes.view(),
+                state=self.state,
+                inputs=self.inputs,
+                dead_edges=_SetView(self.dead_edges.view()),  # type: ignore[arg-type]
+                started=self.started,
+                finished=self.finished,
+                last_sequence=self.last_sequence,
+                waiting_on=self.waiting_on.view(),
+                decidable=_SetView(self.decidable.view()),  # type: ignore[arg-type]
+                active=_SetView(self.active.view()),  # type: ignore[arg-type]
+                people=_SetView(self.people.view()),  # type: ignore[arg-type]
+                failed=_SetView(self.failed.view()),  # type: ignore[arg-type]
+                finished_count=self.finished_count,
+            )
+        return self._progress
 
     def set(self, node_id: str, **changes: Any) -> None:
         current = self.nodes.get(node_id)
         if current is None:  # an event about a node the definition lacks: ignored
             return
-        updated = attrs.evolve(current, **changes)
-        self.nodes[node_id] = updated
+        updated = _evolved(current, changes)
+        self.nodes.put(node_id, updated)
         old, new = current.state, updated.state
         if old is not new:
             self._moved(node_id, old, new)
@@ -283,29 +541,12 @@ class _Work:
         for edge in self.workflow.outgoing(node_id):
             target = edge.target
             count = self.waiting_on.get(target, 0) - step
-            self.waiting_on[target] = count
+            self.waiting_on.put(target, count)
             entry = self.nodes.get(target)
             if count == 0 and entry is not None and entry.state is NodeState.PENDING:
                 self.decidable.add(target)
             else:
                 self.decidable.discard(target)
-
-    def freeze(self) -> Progress:
-        return Progress(
-            nodes=self.nodes,
-            state=self.state,
-            inputs=self.inputs,
-            dead_edges=frozenset(self.dead_edges),
-            started=self.started,
-            finished=self.finished,
-            last_sequence=self.last_sequence,
-            waiting_on=self.waiting_on,
-            decidable=frozenset(self.decidable),
-            active=frozenset(self.active),
-            people=frozenset(self.people),
-            failed=frozenset(self.failed),
-            finished_count=self.finished_count,
-        )
 
 
 def fold(
@@ -313,10 +554,9 @@ def fold(
 ) -> Progress:
     """The progress of an execution of ``workflow`` after ``events`` (in sequence order),
     starting from ``progress`` (default: nothing happened yet). ``progress`` is not changed."""
-    work = _thaw(workflow, progress if progress is not None else _initial(workflow))
-    for event in events:
-        _apply(workflow, work, event.sequence, event.kind, event.created_at)
-    return work.freeze()
+    work = RunState(workflow, progress)
+    work.apply(events)
+    return work.progress()
 
 
 def fold_kinds(
@@ -331,12 +571,10 @@ def fold_kinds(
     `fold` would give it once they are: the kinds take the consecutive sequences from
     ``first_sequence`` (default: right after ``progress``) and are taken as recorded at
     ``at``. No event envelope is made."""
-    base = progress if progress is not None else _initial(workflow)
-    work = _thaw(workflow, base)
-    sequence = base.last_sequence + 1 if first_sequence is None else first_sequence
-    for offset, kind in enumerate(kinds):
-        _apply(workflow, work, sequence + offset, kind, at)
-    return work.freeze()
+    work = RunState(workflow, progress)
+    sequence = work.last_sequence + 1 if first_sequence is None else first_sequence
+    work.apply_kinds(kinds, first_sequence=sequence, at=at)
+    return work.progress()
 
 
 def fold_event(workflow: WorkflowDef, progress: Progress, event: Event) -> Progress:
@@ -344,27 +582,8 @@ def fold_event(workflow: WorkflowDef, progress: Progress, event: Event) -> Progr
     return fold(workflow, (event,), progress)
 
 
-def _thaw(workflow: WorkflowDef, base: Progress) -> _Work:
-    return _Work(
-        workflow=workflow,
-        nodes=dict(base.nodes),
-        state=base.state,
-        inputs=base.inputs,
-        dead_edges=set(base.dead_edges),
-        started=base.started,
-        finished=base.finished,
-        last_sequence=base.last_sequence,
-        waiting_on=dict(base.waiting_on),
-        decidable=set(base.decidable),
-        active=set(base.active),
-        people=set(base.people),
-        failed=set(base.failed),
-        finished_count=base.finished_count,
-    )
-
-
 def _apply(
-    workflow: WorkflowDef, work: _Work, sequence: int, kind: EventKind, at: datetime
+    workflow: WorkflowDef, work: RunState, sequence: int, kind: EventKind, at: datetime
 ) -> None:
     work.last_sequence = sequence
     match kind:
@@ -434,7 +653,9 @@ def _apply(
             _completed(workflow, work, node, output, patch)
 
 
-def _completed(workflow: WorkflowDef, work: _Work, node_id: str, output: Any, patch: Any) -> None:
+def _completed(
+    workflow: WorkflowDef, work: RunState, node_id: str, output: Any, patch: Any
+) -> None:
     if patch is not None:
         work.state = merge_patch(work.state, patch)
     definition = workflow.nodes.get(node_id)

@@ -28,9 +28,10 @@ from charter.core.events import (
     EventKind,
     ToolApprovalRequired,
 )
+from charter.core.materialize import STATUS_KINDS, status_after
 from charter.core.ports import Clock, Store
-from charter.core.records import Execution, ExecutionStatus
-from charter.core.scheduler import Plan, Progress, fold, fold_kinds, plan
+from charter.core.records import Claim, Execution, ExecutionStatus
+from charter.core.scheduler import Plan, Progress, RunState, fold_kinds, plan
 from charter.core.workflow import WorkflowDef
 from charter.worker.definitions import Definitions
 
@@ -45,9 +46,21 @@ _NOT_REQUESTED: Final = NotRequested()
 class _Tracked:
     execution: Execution  # as first read: only its identity and creation are used
     workflow: WorkflowDef
-    progress: Progress
+    #: The fold, kept in place: each event is folded once, the run's nodes never copied.
+    run: RunState
     approvals: dict[str, ApprovalStatus]
     budget: BudgetState = attrs.Factory(BudgetState)
+    #: The run's status, folded from the log as the store derives it (`status_after`).
+    status: ExecutionStatus = ExecutionStatus.PENDING
+
+    @property
+    def progress(self) -> Progress:
+        """The fold as of now (an immutable view: O(1), see `RunState.progress`)."""
+        return self.run.progress()
+
+    @property
+    def last_sequence(self) -> int:
+        return self.run.last_sequence
 
 
 @attrs.frozen(kw_only=True)
@@ -63,6 +76,9 @@ class RunView:
     budget: BudgetState = attrs.Factory(BudgetState)
     #: The tenant's deadline for resolving a lost outcome (`Scheduler.resolution_deadline`).
     resolution_deadline_secs: float | None = None
+    #: The run's status as of ``progress.last_sequence`` (the fold of the log's lifecycle
+    #: events, as the store derives it): a cancelled run is known without another read.
+    status: ExecutionStatus = ExecutionStatus.RUNNING
 
     def approval(self, node_id: str) -> ApprovalStatus:
         return self.approvals.get(node_id, _NOT_REQUESTED)
@@ -121,11 +137,18 @@ class Scheduler:
         """The node's approval status, caught up with the log."""
         return self._catch_up(execution_id).approvals.get(node_id, _NOT_REQUESTED)
 
-    def view(self, execution_id: str) -> RunView:
+    def view(self, execution_id: str, *, claimed: Claim | None = None) -> RunView:
         """Everything the scheduler knows of the execution, caught up with its log (one
-        read of the new events)."""
+        read of the new events). With ``claimed``, a claim just made of one of its items:
+        if the claim carries the events it appended (``node_started``; a store that returns
+        them as ``Claim.events``) and they follow on from what the scheduler knows, they are
+        folded in and nothing is read."""
         with self._lock:
-            tracked = self._catch_up(execution_id)
+            own = getattr(claimed, "events", None) if claimed is not None else None
+            if own and self.absorb(execution_id, own):
+                tracked = self._tracked[execution_id]
+            else:
+                tracked = self._catch_up(execution_id)
             return RunView(
                 execution=tracked.execution,
                 workflow=tracked.workflow,
@@ -133,6 +156,7 @@ class Scheduler:
                 approvals=dict(tracked.approvals),
                 budget=tracked.budget,
                 resolution_deadline_secs=self._deadline(tracked),
+                status=tracked.status,
             )
 
     def resolution_deadline(self, execution_id: str) -> float | None:
@@ -160,11 +184,7 @@ class Scheduler:
         scheduler knows; returns whether they did (then its view is complete up to them)."""
         with self._lock:
             tracked = self._tracked.get(execution_id)
-            if (
-                tracked is None
-                or not events
-                or events[0].sequence != tracked.progress.last_sequence + 1
-            ):
+            if tracked is None or not events or events[0].sequence != tracked.last_sequence + 1:
                 return False
             self._absorb(tracked, events)
             return True
@@ -174,14 +194,14 @@ class Scheduler:
         if tracked is None:
             execution = self._execution(execution_id)
             workflow = self.definitions.for_execution(execution)
-            tracked = _Tracked(execution, workflow, fold(workflow, ()), {})
+            tracked = _Tracked(execution, workflow, RunState(workflow), {})
             self._tracked[execution_id] = tracked
         return tracked
 
     def _catch_up(self, execution_id: str) -> _Tracked:
         with self._lock:
             tracked = self._track(execution_id)
-            new = self.store.read_events(execution_id, after=tracked.progress.last_sequence)
+            new = self.store.read_events(execution_id, after=tracked.last_sequence)
             if new:
                 self._absorb(tracked, new)
             return tracked
@@ -189,9 +209,11 @@ class Scheduler:
     def _absorb(self, tracked: _Tracked, events: Sequence[Event]) -> None:
         """Fold new events in; every event of a log passes here exactly once, in order, so
         this is also where they are reported (``on_events``)."""
-        tracked.progress = fold(tracked.workflow, events, tracked.progress)
+        tracked.run.apply(events)
         tracked.budget = budget_after(tracked.budget, events)
         for event in events:
+            if isinstance(event.kind, STATUS_KINDS):
+                tracked.status = status_after(tracked.status, event.kind)
             if isinstance(event.kind, ToolApprovalRequired | ApprovalReceived | ApprovalConsumed):
                 node = event.kind.node_id
                 current = tracked.approvals.get(node, _NOT_REQUESTED)
@@ -261,7 +283,7 @@ class Scheduler:
                         execution_id,
                         next_plan.events,
                         items=next_plan.items,
-                        expected_last_sequence=tracked.progress.last_sequence,
+                        expected_last_sequence=tracked.last_sequence,
                     )
                 except Conflict:
                     # Someone else moved the log: fold their events and plan again.

@@ -34,7 +34,7 @@ from charter.core.attempt import (
     terminal_failure,
 )
 from charter.core.canonical import content_digest
-from charter.core.errors import ExecutorFailed, FenceLost, InvalidInput, StoreError
+from charter.core.errors import ExecutorFailed, FenceLost, InvalidInput, NotFound, StoreError
 from charter.core.events import EventKind, JsonValue, OutcomeUnknown
 from charter.core.gate import Outcome, gate_node
 from charter.core.nodes import NODE_KINDS
@@ -179,16 +179,23 @@ class Worker:
 
     def _process(self, claim: Claim) -> None:
         item = claim.item
-        execution = self.store.get_execution(item.execution_id)
-        if execution is None:
-            return self._refuse(claim, "execution missing")
-        if execution.status.terminal:
-            outcome = finished_run_event(execution.status, item.node_id, item.attempt)
-            return self._settle(claim, outcome)
+        # The run as the scheduler knows it, caught up with the log (the claim's own
+        # ``node_started`` included): its status says whether the run is over (cancelled,
+        # say) without reading the execution again.
         try:
-            view = self._view = self.scheduler.view(execution.execution_id)
+            view = self._view = self.scheduler.view(item.execution_id, claimed=claim)
+        except NotFound:
+            return self._refuse(claim, "execution missing")
         except WorkflowInvalid as error:
+            execution = self.store.get_execution(item.execution_id)
+            if execution is not None and execution.status.terminal:
+                return self._settle(
+                    claim, finished_run_event(execution.status, item.node_id, item.attempt)
+                )
             return self._refuse(claim, f"invalid definition: {error}")
+        if view.status.terminal:
+            return self._settle(claim, finished_run_event(view.status, item.node_id, item.attempt))
+        execution = view.execution
         node = view.workflow.nodes.get(item.node_id)
         if node is None:
             return self._refuse(claim, "node not in the definition")
