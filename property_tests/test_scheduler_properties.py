@@ -50,7 +50,7 @@ from charter.core.events import (
 from charter.core.queue import backoff_delay_ms, plan_failure
 from charter.core.records import Execution, NewWorkItem, WorkItem, WorkItemStatus
 from charter.core.runs import RunStatus, StepStatus, run_record, run_steps
-from charter.core.scheduler import NodeState, Plan, Progress, fold, fold_kinds, plan
+from charter.core.scheduler import NodeState, Plan, Progress, RunState, fold, fold_kinds, plan
 from charter.core.workflow import EdgeDef, WorkflowDef, parse_workflow
 from charter.testing.strategies import workflow_documents
 
@@ -586,6 +586,50 @@ def test_fold_is_incremental_and_leaves_its_input_alone(
     assert fold(sim.workflow, sim.events[split:], first) == fold(sim.workflow, sim.events)
     assert first == before
     assert fold(sim.workflow, sim.events) == sim.progress
+
+
+def _plain(progress: Progress) -> dict[str, Any]:
+    """Everything a progress says, as plain values (no view of a `RunState` left)."""
+    return {
+        "nodes": dict(progress.nodes),
+        "state": progress.state,
+        "inputs": progress.inputs,
+        "dead_edges": set(progress.dead_edges),
+        "started": progress.started,
+        "finished": progress.finished,
+        "last_sequence": progress.last_sequence,
+        "waiting_on": dict(progress.waiting_on),
+        "decidable": set(progress.decidable),
+        "active": set(progress.active),
+        "people": set(progress.people),
+        "failed": set(progress.failed),
+        "finished_count": progress.finished_count,
+    }
+
+
+@given(workflow_specs(), st.data())
+def test_a_run_state_folded_in_place_leaves_every_progress_it_gave_alone(
+    spec: dict[str, Any], data: st.DataObject
+) -> None:
+    # The worker's scheduler folds each event once into a `RunState` and hands out
+    # `Progress` views of it (O(1), copy-on-write per entry): every view must stay exactly
+    # what the log said at its point, however far the state has folded since, and views
+    # folded further (a commit's follow-up, `fold_kinds`) must not disturb either.
+    sim = _run(spec, data)
+    run = RunState(sim.workflow)
+    taken: list[tuple[int, Progress, dict[str, Any]]] = []
+    for index, event in enumerate(sim.events, start=1):
+        run.apply((event,))
+        progress = run.progress()
+        if data.draw(st.booleans(), label="keep this view"):
+            taken.append((index, progress, _plain(progress)))
+        if data.draw(st.booleans(), label="fold from this view"):
+            fold_kinds(sim.workflow, [e.kind for e in sim.events[index:]], progress, at=sim.now)
+    assert run.progress() == sim.progress
+    check_indexes(sim.workflow, run.progress())
+    for index, progress, plain in taken:
+        assert _plain(progress) == plain
+        assert plain == _plain(fold(sim.workflow, sim.events[:index]))
 
 
 @given(workflow_specs(), st.data())

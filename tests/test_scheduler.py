@@ -40,6 +40,7 @@ from charter.core.scheduler import (
     NodeState,
     Plan,
     Progress,
+    RunState,
     fold,
     fold_event,
     fold_kinds,
@@ -908,6 +909,65 @@ def test_fold_kinds_numbers_from_first_sequence_and_from_nothing_without_progres
     assert started == fold(CHAIN, Log(CHAIN, initial={"q": 1}).events)
     assert fold_kinds(CHAIN, kinds, at=T0, first_sequence=7).last_sequence == 7
     assert fold_kinds(CHAIN, (), started, at=T0) == started
+
+
+def test_a_run_state_folds_in_place_and_its_progress_views_do_not_change() -> None:
+    # The worker's scheduler keeps one `RunState` per run: each event folded once, in
+    # place; the `Progress` it hands out is a view that stays as it was (copy-on-write).
+    log = Log(CHAIN)
+    log.advance()
+    run = RunState(CHAIN)
+    run.apply(log.events)
+    scheduled = run.progress()
+    assert run.progress() is scheduled, "no change: the same view"
+    log.run("a")
+    run.apply(log.events[scheduled.last_sequence :])
+    assert run.progress() == log.progress
+    assert scheduled == fold(CHAIN, log.events[: scheduled.last_sequence])
+    assert scheduled.node("a").state is NodeState.SCHEDULED
+    assert scheduled.active == {"a"}
+    assert scheduled.decidable == frozenset()
+    assert dict(scheduled.waiting_on) == {"a": 0, "b": 1}
+    assert run.progress().decidable == {"b"}
+    assert dict(run.progress().waiting_on)["b"] == 0
+
+
+def test_folds_from_folds_stay_right_however_deep() -> None:
+    # Each fold from a progress lies over it (nothing copied); past a few levels the chain
+    # of views is flattened, with the same result.
+    log = Log(CHAIN)
+    log.advance()
+    log.run("a")
+    log.advance()
+    log.run("b")
+    log.advance()
+    progress = fold(CHAIN, ())
+    steps = []
+    for event in log.events:
+        progress = fold_event(CHAIN, progress, event)
+        steps.append(progress)
+    assert progress == fold(CHAIN, log.events)
+    for index, step in enumerate(steps, start=1):
+        assert step == fold(CHAIN, log.events[:index])
+
+
+def test_a_progress_made_by_hand_folds_on() -> None:
+    progress = Progress(
+        nodes={"a": NodeProgress(state=NodeState.SCHEDULED), "b": NodeProgress()},
+        started=True,
+        waiting_on={"a": 0, "b": 1},
+        active=frozenset({"a"}),
+    )
+    kinds: list[EventKind] = [
+        NodeCompleted(node_id="a", output={}, state_patch={"x": 1}, duration_ms=1)
+    ]
+    after = fold_kinds(CHAIN, kinds, progress, at=T0)
+    assert after.active == frozenset()
+    assert after.decidable == {"b"}
+    assert after.state == {"x": 1}
+    assert after.finished_count == 1
+    assert progress.active == {"a"}
+    assert progress.node("a").state is NodeState.SCHEDULED
 
 
 def test_fold_records_attempts_outputs_and_errors() -> None:
