@@ -236,6 +236,7 @@ _PEOPLE: Final = frozenset({NodeState.HELD, NodeState.ANSWERED})
 _NONE: Final[Any] = object()  # no entry (in a table's own entries: not set here)
 _GONE: Final[Any] = object()  # an entry removed over a base that has it
 _MAX_DEPTH: Final = 8  # views over views (folds from folds) are flattened beyond this
+_UNCHANGED: Final[dict[Any, Any]] = {}  # a view's saved entries while its table is unchanged
 
 
 class _SetBase(Mapping[Any, bool]):
@@ -332,12 +333,22 @@ class _Table:
             if view is None:
                 continue
             alive.append(ref)
+            if view.saved is _UNCHANGED:
+                view.saved = {}
             if key not in view.saved:
                 view.saved[key] = self.local.get(key, _NONE)
         if len(alive) != len(self.views):
             self.views = alive
 
     def view(self) -> _MapView:
+        # Unchanged since the last view (still alive): that one. Views that are gone are let
+        # go of here too (so a table seldom changed does not gather dead references).
+        if self.views:
+            last = self.views[-1]()
+            if last is not None and last.saved is _UNCHANGED:
+                return last
+            if len(self.views) >= 8:
+                self.views = [ref for ref in self.views if ref() is not None]
         view = _MapView(self.local, self.base, self.size, self.depth)
         self.views.append(weakref.ref(view))
         return view
@@ -352,7 +363,9 @@ class _MapView(Mapping[Any, Any]):
         self, local: dict[Any, Any], base: Mapping[Any, Any], size: int, depth: int
     ) -> None:
         self.local, self.base, self.size, self.depth = local, base, size, depth
-        self.saved: dict[Any, Any] = {}
+        #: Own entries of the table as they were when the view was taken, saved by the
+        #: table before it changes them (`_UNCHANGED` until the first change).
+        self.saved: dict[Any, Any] = _UNCHANGED
 
     def get(self, key: Any, default: Any = None) -> Any:
         # The table saves an entry before changing it: read the entry, then the saved value.

@@ -111,7 +111,8 @@ def drive(
             if progress.finished == "failed":
                 error = _workflow_error(worker.store, execution_id)
             return RunOutcome(execution_id=execution_id, status=progress.finished, error=error)
-        states = {entry.state for entry in progress.nodes.values()}
+        # (From the indexes the fold keeps: the nodes in motion, not every node of the run.)
+        states = {progress.node(node_id).state for node_id in progress.active}
         if not (states & {NodeState.SCHEDULED, NodeState.RUNNING, NodeState.ANSWERED}):
             if NodeState.HELD in states:
                 lost = [
