@@ -18,6 +18,7 @@ module grows a workflow strategy (it is pinned by a test and edited by others me
 
 from __future__ import annotations
 
+import weakref
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -616,7 +617,8 @@ def test_a_run_state_folded_in_place_leaves_every_progress_it_gave_alone(
     # what the log said at its point, however far the state has folded since, and views
     # folded further (a commit's follow-up, `fold_kinds`) must not disturb either.
     sim = _run(spec, data)
-    run = RunState(sim.workflow)
+    weakly = data.draw(st.booleans(), label="views referred to weakly (as the worker does)")
+    run = RunState(sim.workflow, reference=weakref.ref) if weakly else RunState(sim.workflow)
     taken: list[tuple[int, Progress, dict[str, Any]]] = []
     for index, event in enumerate(sim.events, start=1):
         run.apply((event,))

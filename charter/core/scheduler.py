@@ -69,9 +69,8 @@ Rules of `plan`, in order:
 from __future__ import annotations
 
 import enum
-import weakref
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -267,14 +266,25 @@ class _SetBase(Mapping[Any, bool]):
 
 _EMPTY_BASE: Final[Mapping[Any, Any]] = {}
 
+#: How a table refers to the views it gave (to save entries for them): a callable giving the
+#: view back, or ``None`` once the view is gone (`weakref.ref`, say).
+Reference = Callable[["_MapView"], Callable[[], "_MapView | None"]]
+
+
+def _strong(view: _MapView) -> Callable[[], _MapView | None]:
+    """A reference that keeps its view (right for a state folded once, then let go of)."""
+    return lambda: view
+
 
 class _Table:
     """A mutable key → value table over an immutable ``base`` mapping: its own entries
     win, `_GONE` hides a base entry. `view` gives a read-only view of it as it is now."""
 
-    __slots__ = ("base", "depth", "local", "size", "views")
+    __slots__ = ("base", "depth", "local", "reference", "size", "views")
 
-    def __init__(self, base: Mapping[Any, Any] = _EMPTY_BASE) -> None:
+    def __init__(
+        self, base: Mapping[Any, Any] = _EMPTY_BASE, reference: Reference = _strong
+    ) -> None:
         depth = base.depth + 1 if isinstance(base, _MapView) else 1
         if depth > _MAX_DEPTH:
             self.base: Mapping[Any, Any] = _EMPTY_BASE
@@ -283,7 +293,8 @@ class _Table:
         else:
             self.base, self.local, self.depth = base, {}, depth
         self.size = len(base)
-        self.views: list[weakref.ref[_MapView]] = []
+        self.reference = reference
+        self.views: list[Callable[[], _MapView | None]] = []
 
     def get(self, key: Any, default: Any = None) -> Any:
         value = self.local.get(key, _NONE)
@@ -350,7 +361,7 @@ class _Table:
             if len(self.views) >= 8:
                 self.views = [ref for ref in self.views if ref() is not None]
         view = _MapView(self.local, self.base, self.size, self.depth)
-        self.views.append(weakref.ref(view))
+        self.views.append(self.reference(view))
         return view
 
 
@@ -458,16 +469,25 @@ class RunState:
     `Progress` of it on demand (`progress`, O(1): see `_Table`). `fold` and `fold_kinds`
     make one per call over the progress they start from; a long-lived one (the worker's
     `charter.worker.scheduling.Scheduler`, one per run) folds each event once, never
-    copying the run's nodes. `_moved` keeps the indexes (`Progress.waiting_on`,
-    `decidable`, `active`, …) in step with node states."""
+    copying the run's nodes. ``reference`` is how it refers to the views it gave, which it
+    keeps up to date (saving an entry's old value for each before changing it): strongly by
+    default, right for a state folded once; a long-lived state should pass `weakref.ref`,
+    so that views no longer used are let go of. `_moved` keeps the indexes
+    (`Progress.waiting_on`, `decidable`, `active`, …) in step with node states."""
 
-    def __init__(self, workflow: WorkflowDef, base: Progress | None = None) -> None:
+    def __init__(
+        self, workflow: WorkflowDef, base: Progress | None = None, *, reference: Reference = _strong
+    ) -> None:
         self.workflow = workflow
         self._progress: Progress | None = None
+
+        def table(over: Mapping[Any, Any] = _EMPTY_BASE) -> _Table:
+            return _Table(over, reference)
+
         if base is None:
-            self.nodes = _Table()
-            self.waiting_on = _Table()
-            self.decidable = _Table()
+            self.nodes = table()
+            self.waiting_on = table()
+            self.decidable = table()
             for name in workflow.nodes:
                 self.nodes.put(name, _PENDING)
                 count = len(workflow.incoming(name))
@@ -476,13 +496,13 @@ class RunState:
                     self.decidable.put(name, True)
             base = Progress(nodes={})
         else:
-            self.nodes = _Table(_map_base(base.nodes))
-            self.waiting_on = _Table(_map_base(base.waiting_on))
-            self.decidable = _Table(_set_base(base.decidable))
-        self.dead_edges = _Table(_set_base(base.dead_edges))
-        self.active = _Table(_set_base(base.active))
-        self.people = _Table(_set_base(base.people))
-        self.failed = _Table(_set_base(base.failed))
+            self.nodes = table(_map_base(base.nodes))
+            self.waiting_on = table(_map_base(base.waiting_on))
+            self.decidable = table(_set_base(base.decidable))
+        self.dead_edges = table(_set_base(base.dead_edges))
+        self.active = table(_set_base(base.active))
+        self.people = table(_set_base(base.people))
+        self.failed = table(_set_base(base.failed))
         self.state: Any = base.state
         self.inputs: Any = base.inputs
         self.started = base.started

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Final
@@ -194,7 +195,9 @@ class Scheduler:
         if tracked is None:
             execution = self._execution(execution_id)
             workflow = self.definitions.for_execution(execution)
-            tracked = _Tracked(execution, workflow, RunState(workflow), {})
+            # Views of the fold it gave (`Progress`) are referred to weakly: once a caller
+            # lets go of one, the fold no longer keeps it up to date.
+            tracked = _Tracked(execution, workflow, RunState(workflow, reference=weakref.ref), {})
             self._tracked[execution_id] = tracked
         return tracked
 
