@@ -21,6 +21,15 @@ A condition is at most 2000 characters long and nested at most 100 levels deep (
 evaluating it cannot exhaust the stack). Expressions are parsed once (`parse_condition`, which
 names the position of any error in the text as written) and evaluated purely
 (`Condition.evaluate`).
+
+Policy rules use the same language over other names (``parse_condition(…,
+names=POLICY_NAMES)``: ``call``, the call's arguments as a JSON object, and ``node``, ``{id,
+kind}``) and are judged strictly (`Condition.judge`, docs/semantics.md §2.6): where an edge
+reads a missing field as ``null`` and a type mismatch as false, a rule's condition is then
+*undetermined* (`Undetermined`, naming the field and the problem), and the policy treats the
+rule as matching (fail-closed). ``and``/``or``/``not`` follow three-valued logic: ``false and
+X`` is false and ``true or X`` true whatever ``X`` is; any other use of an undetermined part
+leaves the whole undetermined.
 """
 
 from __future__ import annotations
@@ -33,9 +42,12 @@ import attrs
 
 from charter.core.errors import InvalidInput
 
-__all__ = ["Condition", "parse_condition"]
+__all__ = ["EDGE_NAMES", "POLICY_NAMES", "Condition", "Undetermined", "parse_condition"]
 
-_NAMES: Final = frozenset({"state", "output", "inputs"})
+#: The names an edge or condition node's expression may use.
+EDGE_NAMES: Final = ("state", "output", "inputs")
+#: The names a policy rule's ``when:`` may use: the call's arguments and the node.
+POLICY_NAMES: Final = ("call", "node")
 _CONSTANTS: Final = {"true": True, "false": False, "null": None}
 _MAX_LENGTH: Final = 2000
 _MAX_DEPTH: Final = 100
@@ -49,7 +61,7 @@ class _Missing:
 _MISSING = _Missing()
 
 
-def _check(node: ast.AST, source: str, at: _Locator) -> None:
+def _check(node: ast.AST, source: str, at: _Locator, names: tuple[str, ...]) -> None:
     """Refuse anything outside the language, naming the offending construct."""
     allowed = (
         ast.Expression, ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Not, ast.Compare,
@@ -63,10 +75,10 @@ def _check(node: ast.AST, source: str, at: _Locator) -> None:
                 "condition",
                 f"{type(child).__name__.lower()} is not allowed in a condition{where}: {source!r}",
             )
-        if isinstance(child, ast.Name) and child.id not in _NAMES | set(_CONSTANTS):
+        if isinstance(child, ast.Name) and child.id not in names and child.id not in _CONSTANTS:
             raise InvalidInput(
                 "condition",
-                f"unknown name {child.id!r} at {at.node(child)} (expected state, output, inputs, "
+                f"unknown name {child.id!r} at {at.node(child)} (expected {', '.join(names)}, "
                 f"true, false or null): {source!r}",
             )
         if isinstance(child, ast.Constant) and type(child.value) not in _LITERALS:
@@ -141,6 +153,15 @@ def _negative_number(node: ast.UnaryOp) -> bool:
 
 
 @attrs.frozen
+class Undetermined:
+    """A condition that could not be evaluated on the values given, and why (``problem``:
+    ``call.args.amount is missing``, ``call.args.amount is a string, compared with a
+    number``)."""
+
+    problem: str
+
+
+@attrs.frozen
 class Condition:
     """A parsed condition (build it with `parse_condition`)."""
 
@@ -153,9 +174,24 @@ class Condition:
         value = _eval(self._tree.body, scope)
         return value is True
 
+    def judge(self, values: Mapping[str, Any]) -> bool | Undetermined:
+        """The condition over ``values`` (name → JSON value), strictly: ``True`` or
+        ``False`` when it is determined, `Undetermined` when a field it needs is missing or
+        a value has the wrong type for what is done with it. Never raises."""
+        try:
+            value = _strict(self._tree.body, values)
+        except _Unknown as unknown:
+            return Undetermined(unknown.problem)
+        if type(value) is bool:
+            return value
+        return Undetermined(f"the condition gives {_kind(value)}, not true or false")
 
-def parse_condition(source: object, where: str = "condition") -> Condition:
-    """Parse a condition, or raise `InvalidInput` naming ``where`` and the problem."""
+
+def parse_condition(
+    source: object, where: str = "condition", *, names: tuple[str, ...] = EDGE_NAMES
+) -> Condition:
+    """Parse a condition over ``names`` (an edge's by default), or raise `InvalidInput`
+    naming ``where`` and the problem."""
     if not isinstance(source, str):
         raise InvalidInput(where, f"expected a condition string, got {type(source).__name__}")
     if len(source) > _MAX_LENGTH:
@@ -172,7 +208,7 @@ def parse_condition(source: object, where: str = "condition") -> Condition:
     except ValueError as error:  # a lone surrogate is not text the parser can read
         raise InvalidInput(where, f"not a valid condition ({error}): {source!r}") from None
     try:
-        _check(tree, source, at)
+        _check(tree, source, at, names)
     except InvalidInput as error:
         raise InvalidInput(where, error.problem) from None
     return Condition(source, tree)
@@ -273,3 +309,136 @@ def _contains(container: Any, item: Any) -> bool:
     if isinstance(container, Mapping):
         return isinstance(item, str) and item in container
     return False
+
+
+# ── strict evaluation (policy rules) ───────────────────────────────────────────────────
+
+
+class _Unknown(Exception):
+    """A part of a condition that cannot be evaluated on the values given."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+
+
+def _kind(value: Any) -> str:
+    """A JSON value's type, as a problem names it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if _number(value):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "an object"
+    return type(value).__name__  # pragma: no cover - the values are JSON
+
+
+def _family(value: Any) -> str:
+    return "number" if _number(value) else _kind(value)
+
+
+def _strict(node: ast.expr, scope: Mapping[str, Any]) -> Any:
+    match node:
+        case ast.Constant(value=value):
+            return value
+        case ast.Name(id=name):
+            return _CONSTANTS[name] if name in _CONSTANTS else scope.get(name)
+        case ast.List(elts=items) | ast.Tuple(elts=items):
+            return [_strict(item, scope) for item in items]
+        case (
+            ast.Attribute(value=base, attr=key)
+            | ast.Subscript(value=base, slice=ast.Constant(value=key))
+        ):
+            container = _strict(base, scope)
+            found = _lookup(container, key)
+            if found is _MISSING:
+                if isinstance(container, Mapping | list):
+                    raise _Unknown(f"{ast.unparse(node)} is missing")
+                raise _Unknown(
+                    f"{ast.unparse(node)} is missing ({ast.unparse(base)} is {_kind(container)})"
+                )
+            return found
+        case ast.BoolOp(op=op, values=values):
+            decisive = isinstance(op, ast.Or)  # the value that settles it: true for or
+            problem: str | None = None
+            for part in values:
+                try:
+                    value = _truth(_strict(part, scope), part)
+                except _Unknown as unknown:
+                    problem = problem or unknown.problem
+                    continue
+                if value is decisive:
+                    return decisive
+            if problem is not None:
+                raise _Unknown(problem)
+            return not decisive
+        case ast.UnaryOp(op=ast.Not(), operand=operand):
+            return not _truth(_strict(operand, scope), operand)
+        case ast.UnaryOp(op=ast.USub(), operand=ast.Constant(value=int() | float() as number)):
+            return -number
+        case ast.Compare(left=left, ops=ops, comparators=rights):
+            problem = None
+            current_node = left
+            try:
+                current = _strict(left, scope)
+            except _Unknown as unknown:
+                problem, current = unknown.problem, _MISSING
+            for comparison, right_node in zip(ops, rights, strict=True):
+                try:
+                    right = _strict(right_node, scope)
+                except _Unknown as unknown:
+                    problem = problem or unknown.problem
+                    current, current_node = _MISSING, right_node
+                    continue
+                if current is not _MISSING:
+                    try:
+                        if not _strict_compare(
+                            comparison, current, right, current_node, right_node
+                        ):
+                            return False
+                    except _Unknown as unknown:
+                        problem = problem or unknown.problem
+                current, current_node = right, right_node
+            if problem is not None:
+                raise _Unknown(problem)
+            return True
+    raise AssertionError(f"unchecked node {type(node).__name__}")  # pragma: no cover
+
+
+def _truth(value: Any, node: ast.expr) -> bool:
+    if type(value) is bool:
+        return value
+    raise _Unknown(f"{ast.unparse(node)} is {_kind(value)}, not true or false")
+
+
+def _strict_compare(
+    op: ast.cmpop, left: Any, right: Any, left_node: ast.expr, right_node: ast.expr
+) -> bool:
+    def mismatch(what: str) -> _Unknown:
+        return _Unknown(
+            f"{ast.unparse(left_node)} is {_kind(left)}, {what} {ast.unparse(right_node)} "
+            f"({_kind(right)})"
+        )
+
+    match op:
+        case ast.Eq() | ast.NotEq():
+            if left is not None and right is not None and _family(left) != _family(right):
+                raise mismatch("compared with")
+            return _same(left, right) is isinstance(op, ast.Eq)
+        case ast.In() | ast.NotIn():
+            if isinstance(right, list):
+                found = any(_same(left, element) for element in right)
+            elif isinstance(right, str | Mapping) and isinstance(left, str):
+                found = left in right
+            else:
+                raise mismatch("looked up in")
+            return found is isinstance(op, ast.In)
+    if not _orderable(left, right):
+        raise mismatch("compared with")
+    return _compare(op, left, right)

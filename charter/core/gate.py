@@ -537,7 +537,7 @@ def gate_node(request: GateRequest) -> GateResult:
     involved) is computed once, around the call's canonical text."""
     ctx = request.context
     node_id = ctx.node_id
-    verdict = layer_verdict(request.combining, ctx, request.policies)
+    verdict = layer_verdict(request.combining, ctx, request.policies, request.call)
     approver: str | None = None
     approval_reasons: list[str] = []
 
@@ -554,7 +554,8 @@ def gate_node(request: GateRequest) -> GateResult:
         approver = decision.approver
         where = f"{verdict.scope._value_} policy" if verdict.scope is not None else "policy"
         approval_reasons.append(
-            f"{where} requires approval for '{verdict.pattern}'{_overruled_note(verdict)}"
+            f"{where} requires approval for '{verdict.pattern}'{verdict.condition_note}"
+            f"{_overruled_note(verdict)}"
         )
 
     # 2. autonomy

@@ -20,18 +20,27 @@ Every `PolicySet` is compiled into an index when it is built: literal patterns g
 map, ``prefix*`` patterns into a map keyed by prefix (probed once per distinct prefix length),
 and only patterns with inner wildcards are matched one by one. A decision therefore costs the
 same with ten literal or prefix rules as with ten thousand.
+
+A rule may carry a condition on the call (`ConditionalRule`: ``{tool: PATTERN, when:
+CONDITION}`` in ``blocked_tools`` and ``require_approval_for``, ``{model: PATTERN, when: …}`` in
+``model_allowlist``), in the condition language of `charter.core.conditions` over ``call`` (the
+call's arguments) and ``node`` (``{id, kind}``). Conditions are parsed when the set is built;
+unconditional rules keep their index, and a conditional rule is judged only for a name its
+pattern matches. A condition that cannot be evaluated on the call decides fail-closed: a block
+or approval rule applies, an allowlist entry admits nothing (docs/semantics.md §2.6).
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping, Sequence
-from typing import assert_never
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeAlias, assert_never
 
 import attrs
 
 from charter.core import _check
 from charter.core.canonical import content_digest
+from charter.core.conditions import POLICY_NAMES, Condition, Undetermined, parse_condition
 from charter.core.errors import InvalidInput, PolicyError, child, describe
 from charter.core.glob import GlobPattern
 from charter.core.nodes import NODE_KINDS, node_kind_info, policy_names, resolve_model
@@ -42,6 +51,7 @@ __all__ = [
     "Allow",
     "Block",
     "CombiningMode",
+    "ConditionalRule",
     "EvaluationContext",
     "Overruled",
     "PolicyDecision",
@@ -52,6 +62,7 @@ __all__ = [
     "PolicySet",
     "PolicyVerdict",
     "RequireApproval",
+    "Rule",
     "layer_verdict",
     "policy_chain",
 ]
@@ -192,6 +203,124 @@ class EvaluationContext:
         return ()
 
 
+class ConditionalRule(Mapping[str, str]):
+    """A rule that applies only when its condition holds on the call: ``{tool: PATTERN,
+    when: CONDITION}`` (``subject`` ``"tool"``, in ``blocked_tools`` and
+    ``require_approval_for``) or ``{model: PATTERN, when: CONDITION}`` (``subject``
+    ``"model"``, in ``model_allowlist``).
+
+    It is its own JSON shape (a read-only mapping of those two keys), so it encodes, digests
+    and compares as that object. The condition is parsed once, when the rule is built.
+    """
+
+    __slots__ = ("_condition", "_hash", "pattern", "subject", "when")
+
+    subject: str
+    pattern: str
+    when: str
+    _condition: Condition
+    _hash: int
+
+    def __init__(self, subject: str, pattern: str, when: str, where: str = "rule") -> None:
+        if subject not in ("tool", "model"):
+            raise PolicyError(where, f"expected 'tool' or 'model', got {describe(subject)}")
+        (checked,) = _check.patterns([pattern], child(where, subject), PolicyError)
+        if not checked:
+            raise PolicyError(
+                f"{child(where, subject)}[0]", "an empty pattern matches no name (write the name)"
+            )
+        try:
+            condition = parse_condition(when, child(where, "when"), names=POLICY_NAMES)
+        except InvalidInput as error:
+            raise PolicyError(error.where, error.problem) from None
+        setter = object.__setattr__
+        setter(self, "subject", subject)
+        setter(self, "pattern", checked)
+        setter(self, "when", when)
+        setter(self, "_condition", condition)
+        setter(self, "_hash", hash((subject, checked, when)))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"a ConditionalRule is immutable (cannot set {name})")
+
+    def __getitem__(self, key: str) -> str:
+        if key == self.subject:
+            return self.pattern
+        if key == "when":
+            return self.when
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter((self.subject, "when"))
+
+    def __len__(self) -> int:
+        return 2
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ConditionalRule):
+            return (self.subject, self.pattern, self.when) == (
+                other.subject,
+                other.pattern,
+                other.when,
+            )
+        return Mapping.__eq__(self, other)
+
+    def __repr__(self) -> str:
+        return f"ConditionalRule({self.subject}={self.pattern!r}, when={self.when!r})"
+
+    def judge(self, call: object, ctx: EvaluationContext) -> bool | Undetermined:
+        """Whether the condition holds on ``call`` for the node of ``ctx`` (never raises)."""
+        node = {"id": ctx.node_id, "kind": ctx.node_kind_tag}
+        return self._condition.judge({"call": call, "node": node})
+
+    @classmethod
+    def parse(cls, data: Mapping[str, object], subject: str, where: str) -> ConditionalRule:
+        """A rule from its JSON shape, every key checked (errors name ``where``)."""
+        keys = set(data)
+        if keys != {subject, "when"}:
+            unknown = sorted(str(key) for key in keys - {subject, "when"})
+            missing = sorted({subject, "when"} - keys)
+            problem = f"unknown key {unknown[0]!r}" if unknown else f"missing key {missing[0]!r}"
+            raise PolicyError(
+                where,
+                f"expected {{{subject}: PATTERN, when: CONDITION}}: {problem}",
+            )
+        pattern, when = data[subject], data["when"]
+        if not isinstance(pattern, str):
+            raise PolicyError(
+                child(where, subject), f"expected a string pattern, got {describe(pattern)}"
+            )
+        if not isinstance(when, str):
+            raise PolicyError(
+                child(where, "when"), f"expected a condition string, got {describe(when)}"
+            )
+        return cls(subject, pattern, when, where)
+
+
+if TYPE_CHECKING:
+    #: A rule of a policy list: a glob pattern, or a pattern with a condition.
+    Rule: TypeAlias = str | ConditionalRule
+else:
+    # The codec reads and writes a rule as the JSON value it is (a string or an object); the
+    # set's converters build and check each one.
+    Rule = Any
+
+
+def _pattern_of(rule: Rule) -> str:
+    return rule if isinstance(rule, str) else rule.pattern
+
+
+def _when_of(rule: Rule) -> str | None:
+    return None if isinstance(rule, str) else rule.when
+
+
+#: How a conditional rule decided: its condition, and why it could not be evaluated (if so).
+_Judged = tuple[str, str | None]
+
+
 @attrs.frozen
 class _RuleIndex:
     """One list of patterns, indexed; answers "the first pattern in list order that matches".
@@ -204,14 +333,21 @@ class _RuleIndex:
     prefixes: Mapping[str, int]
     prefix_lengths: tuple[int, ...]
     general: tuple[tuple[int, GlobPattern], ...]
+    #: Conditional rules in list order, each with its compiled pattern; checked one by one,
+    #: and their conditions judged only for a name the pattern matches.
+    conditional: tuple[tuple[int, GlobPattern, ConditionalRule], ...] = ()
 
     @classmethod
-    def build(cls, patterns: Sequence[str]) -> _RuleIndex:
+    def build(cls, rules: Sequence[Rule]) -> _RuleIndex:
         literals: dict[str, int] = {}
         prefixes: dict[str, int] = {}
         general: list[tuple[int, GlobPattern]] = []
-        for index, pattern in enumerate(patterns):
-            compiled = GlobPattern(pattern)
+        conditional: list[tuple[int, GlobPattern, ConditionalRule]] = []
+        for index, rule in enumerate(rules):
+            if not isinstance(rule, str):
+                conditional.append((index, GlobPattern(rule.pattern), rule))
+                continue
+            compiled = GlobPattern(rule)
             if compiled.kind == "literal":
                 literals.setdefault(compiled.literal, index)
             elif compiled.kind == "prefix":
@@ -219,7 +355,44 @@ class _RuleIndex:
             else:
                 general.append((index, compiled))
         lengths = tuple(sorted({len(p) for p in prefixes}))
-        return cls(literals, prefixes, lengths, tuple(general))
+        return cls(literals, prefixes, lengths, tuple(general), tuple(conditional))
+
+    def first_rule(
+        self, name: str, call: object, ctx: EvaluationContext
+    ) -> tuple[int, _Judged | None] | None:
+        """The first rule in list order that applies to ``name`` on ``call``: an
+        unconditional match, or a conditional one whose condition holds or cannot be
+        evaluated (fail-closed). With it, how its condition decided (``None``: no
+        condition)."""
+        best = self.first_match(name)
+        for index, compiled, rule in self.conditional:
+            if best is not None and index > best:
+                break
+            if compiled.matches(name):
+                judged = rule.judge(call, ctx)
+                if judged is True:
+                    return index, (rule.when, None)
+                if isinstance(judged, Undetermined):
+                    return index, (rule.when, judged.problem)
+        return None if best is None else (best, None)
+
+    def first_admitting(
+        self, names: Iterable[str], call: object, ctx: EvaluationContext
+    ) -> tuple[int, _Judged | None] | None:
+        """For an allowlist: the first entry admitting one of ``names``. A conditional entry
+        admits only when its condition holds; one that cannot be evaluated admits nothing
+        (fail-closed)."""
+        best = self.any_match(names)
+        if not self.conditional:
+            return None if best is None else (best, None)
+        candidates = tuple(names)
+        for index, compiled, rule in self.conditional:
+            if best is not None and index > best:
+                break
+            matches = any(compiled.matches(name) for name in candidates)
+            if matches and rule.judge(call, ctx) is True:
+                return index, (rule.when, None)
+        return None if best is None else (best, None)
 
     def first_match(self, name: str) -> int | None:
         best = self.literals.get(name)
@@ -248,16 +421,42 @@ class _RuleIndex:
         return found
 
 
-def _blocked_tools(value: Iterable[str]) -> tuple[str, ...]:
-    return _check.patterns(value, "blocked_tools", PolicyError)
+def _rules(value: object, where: str, subject: str) -> tuple[Rule, ...]:
+    """A list of rules: glob patterns (checked as before) and ``{subject: PATTERN, when:
+    CONDITION}`` objects, each condition parsed (an error names ``where[i].when``)."""
+    if isinstance(value, list | tuple) and any(not isinstance(item, str) for item in value):
+        # Strings are checked exactly as a list of patterns is (same paths and messages);
+        # a mapping stands in as a placeholder and is checked as a rule below.
+        _check.patterns(
+            [item if not isinstance(item, Mapping) else "-" for item in value], where, PolicyError
+        )
+        out: list[Rule] = []
+        for index, item in enumerate(value):
+            at = f"{where}[{index}]"
+            if isinstance(item, ConditionalRule):
+                if item.subject != subject:
+                    raise PolicyError(
+                        at, f"expected {{{subject}: PATTERN, when: …}}, got a {item.subject} rule"
+                    )
+                out.append(item)
+            elif isinstance(item, Mapping):
+                out.append(ConditionalRule.parse(item, subject, at))
+            else:
+                out.append(item)
+        return tuple(out)
+    return _check.patterns(value, where, PolicyError)
 
 
-def _require_approval_for(value: Iterable[str]) -> tuple[str, ...]:
-    return _check.patterns(value, "require_approval_for", PolicyError)
+def _blocked_tools(value: Iterable[Rule]) -> tuple[Rule, ...]:
+    return _rules(value, "blocked_tools", "tool")
 
 
-def _model_allowlist(value: Iterable[str]) -> tuple[str, ...]:
-    return _check.patterns(value, "model_allowlist", PolicyError)
+def _require_approval_for(value: Iterable[Rule]) -> tuple[Rule, ...]:
+    return _rules(value, "require_approval_for", "tool")
+
+
+def _model_allowlist(value: Iterable[Rule]) -> tuple[Rule, ...]:
+    return _rules(value, "model_allowlist", "model")
 
 
 def _final(value: bool | None) -> bool | None:
@@ -351,9 +550,11 @@ class PolicySet:
 
     KEYS = ("blocked_tools", "require_approval_for", "model_allowlist", "approver")
 
-    blocked_tools: tuple[str, ...] = attrs.field(default=(), converter=_blocked_tools)
-    require_approval_for: tuple[str, ...] = attrs.field(default=(), converter=_require_approval_for)
-    model_allowlist: tuple[str, ...] = attrs.field(default=(), converter=_model_allowlist)
+    blocked_tools: tuple[Rule, ...] = attrs.field(default=(), converter=_blocked_tools)
+    require_approval_for: tuple[Rule, ...] = attrs.field(
+        default=(), converter=_require_approval_for
+    )
+    model_allowlist: tuple[Rule, ...] = attrs.field(default=(), converter=_model_allowlist)
     approver: str | None = attrs.field(default=None, kw_only=True, converter=_approver)
     final: bool | None = attrs.field(default=None, kw_only=True, converter=_final)
     approver_keys: tuple[tuple[str, tuple[str, ...]], ...] | None = attrs.field(
@@ -423,8 +624,8 @@ class PolicySet:
                     f"unknown policy key (expected one of: {', '.join(allowed)}){extra}",
                 )
         blocked, approval, allow = (
-            _check.patterns(data.get(key, ()), child(where, key), PolicyError)
-            for key in cls.KEYS[:3]
+            _rules(data.get(key, ()), child(where, key), subject)
+            for key, subject in zip(cls.KEYS[:3], ("tool", "tool", "model"), strict=True)
         )
         try:
             return cls(
@@ -494,6 +695,7 @@ class Overruled:
     rule: PolicyRule | None = None
     pattern: str | None = None
     layer: int | None = None
+    condition: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -504,6 +706,9 @@ class PolicyVerdict:
     ``pattern`` is ``None`` for Allow and for a model that no allowlist pattern matched.
     ``overruled`` is set when a final layer's rule decided against a more specific rule that
     would have relaxed it (docs/semantics.md §2.5), and says what that rule would have done.
+    ``condition`` is the deciding rule's ``when:`` when it has one (docs/semantics.md §2.6),
+    and ``condition_problem`` why it could not be evaluated on the call, when it could not
+    (the rule was then applied: fail-closed). Both are ``None`` for an unconditional rule.
     """
 
     decision: PolicyDecision
@@ -512,14 +717,34 @@ class PolicyVerdict:
     pattern: str | None = None
     layer: int | None = None
     overruled: Overruled | None = None
+    condition: str | None = None
+    condition_problem: str | None = None
+
+    @property
+    def condition_note(self) -> str:
+        """`` when <condition>`` for a conditional rule, followed by ``(condition could not
+        be evaluated: … → treated as matching)`` when it could not be; empty otherwise."""
+        return _condition_note(self.condition, self.condition_problem)
 
 
 _ALLOW_VERDICT = PolicyVerdict(decision=ALLOW)
 _MAX_LISTED = 5
 
 
-def _allowlist_text(patterns: Sequence[str]) -> str:
-    shown = ", ".join(repr(p) for p in patterns[:_MAX_LISTED])
+def _condition_note(condition: str | None, problem: str | None) -> str:
+    if condition is None:
+        return ""
+    if problem is None:
+        return f" when {condition}"
+    return f" when {condition} (condition could not be evaluated: {problem} → treated as matching)"
+
+
+def _rule_text(rule: Rule) -> str:
+    return repr(rule) if isinstance(rule, str) else f"{rule.pattern!r} when {rule.when}"
+
+
+def _allowlist_text(patterns: Sequence[Rule]) -> str:
+    shown = ", ".join(_rule_text(p) for p in patterns[:_MAX_LISTED])
     extra = len(patterns) - _MAX_LISTED
     return f"{shown}, … and {extra} more" if extra > 0 else shown
 
@@ -535,8 +760,9 @@ def _model_block(ctx: EvaluationContext, policy: PolicySet) -> Block:
     )
 
 
-def _tool_block(tool_name: str, pattern: str) -> Block:
-    return Block(f"tool '{tool_name}' matches blocked pattern '{pattern}'")
+def _tool_block(tool_name: str, pattern: str, judged: _Judged | None) -> Block:
+    note = "" if judged is None else _condition_note(*judged)
+    return Block(f"tool '{tool_name}' matches blocked pattern '{pattern}'{note}")
 
 
 def _as_layer(item: PolicySet | PolicyLayer) -> tuple[PolicyScope | None, PolicySet]:
@@ -547,8 +773,9 @@ def _as_layer(item: PolicySet | PolicyLayer) -> tuple[PolicyScope | None, Policy
     raise PolicyError("sets", f"expected PolicySet or PolicyLayer items, got {describe(item)}")
 
 
-#: What a deciding layer found: decision, scope, rule, pattern (if any), layer index.
-_Hit = tuple[PolicyDecision, PolicyScope | None, PolicyRule, str | None, int]
+#: What a deciding layer found: decision, scope, rule, pattern (if any), layer index, and
+#: how the rule's condition decided (``None``: an unconditional rule).
+_Hit = tuple[PolicyDecision, PolicyScope | None, PolicyRule, str | None, int, _Judged | None]
 
 
 def _mode(value: CombiningMode | str) -> CombiningMode:
@@ -568,65 +795,88 @@ class PolicyEvaluator:
     mode: CombiningMode = attrs.field(default=CombiningMode.MOST_SPECIFIC, converter=_mode)
 
     def evaluate(
-        self, ctx: EvaluationContext, sets: Sequence[PolicySet | PolicyLayer]
+        self,
+        ctx: EvaluationContext,
+        sets: Sequence[PolicySet | PolicyLayer],
+        *,
+        call: object = None,
     ) -> PolicyDecision:
-        """The decision for ``ctx`` under ``sets`` (ordered least → most specific)."""
-        hit, _ = self._decide(ctx, sets)
+        """The decision for ``ctx`` under ``sets`` (ordered least → most specific).
+        ``call`` is what conditional rules see as ``call`` (a JSON value; ``None``: the
+        call is not known, so a condition on it cannot be evaluated and its rule applies)."""
+        hit, _ = self._decide(ctx, sets, call)
         return ALLOW if hit is None else hit[0]
 
     def explain(
-        self, ctx: EvaluationContext, sets: Sequence[PolicySet | PolicyLayer]
+        self,
+        ctx: EvaluationContext,
+        sets: Sequence[PolicySet | PolicyLayer],
+        *,
+        call: object = None,
     ) -> PolicyVerdict:
-        """The decision for ``ctx`` with the layer, rule and pattern that produced it, and
-        the more specific rule a final layer overruled, if any."""
-        return _verdict(*self._decide(ctx, sets))
+        """The decision for ``ctx`` (on ``call``, as for `evaluate`) with the layer, rule,
+        pattern and condition that produced it, and the more specific rule a final layer
+        overruled, if any."""
+        return _verdict(*self._decide(ctx, sets, call))
 
     def _decide(
-        self, ctx: EvaluationContext, sets: Sequence[PolicySet | PolicyLayer]
+        self, ctx: EvaluationContext, sets: Sequence[PolicySet | PolicyLayer], call: object
     ) -> tuple[_Hit | None, _Hit | None]:
         """The deciding hit, and the hit a final layer overruled (``None`` when none was)."""
         if not isinstance(ctx, EvaluationContext):
             raise PolicyError("ctx", f"expected an EvaluationContext, got {describe(ctx)}")
         if not isinstance(sets, list | tuple):
             raise PolicyError("sets", f"expected a list of policy sets, got {describe(sets)}")
-        return _decide(self.mode, ctx, sets)
+        return _decide(self.mode, ctx, sets, call)
 
 
 def _decide(
-    mode: CombiningMode, ctx: EvaluationContext, sets: Sequence[PolicySet | PolicyLayer]
+    mode: CombiningMode,
+    ctx: EvaluationContext,
+    sets: Sequence[PolicySet | PolicyLayer],
+    call: object,
 ) -> tuple[_Hit | None, _Hit | None]:
     match mode:
         case CombiningMode.DENY_OVERRIDES:
-            hit = _deny_overrides(ctx, sets)
+            hit = _deny_overrides(ctx, sets, call)
         case CombiningMode.MOST_SPECIFIC:
-            hit = _most_specific(ctx, sets)
+            hit = _most_specific(ctx, sets, call)
         case _:  # pragma: no cover - the converter admits only the two modes
             assert_never(mode)
-    bounded = _bound_by_final_layers(ctx, sets, hit)
+    bounded = _bound_by_final_layers(ctx, sets, hit, call)
     if bounded is hit:
         return hit, None
     return bounded, hit
 
 
 def layer_verdict(
-    mode: CombiningMode, ctx: EvaluationContext, layers: Sequence[PolicyLayer]
+    mode: CombiningMode,
+    ctx: EvaluationContext,
+    layers: Sequence[PolicyLayer],
+    call: object = None,
 ) -> PolicyVerdict:
     """`PolicyEvaluator.explain` for a caller whose inputs are already checked (the gate's
-    request checked its context, mode and layers when it was built): the same verdict,
+    request checked its context, mode, layers and call when it was built): the same verdict,
     without checking them again, and the one shared Allow verdict when nothing decided."""
-    return _verdict(*_decide(mode, ctx, layers))
+    return _verdict(*_decide(mode, ctx, layers, call))
 
 
 def _verdict(hit: _Hit | None, relaxed: _Hit | None) -> PolicyVerdict:
     if hit is None:
         return _ALLOW_VERDICT
-    decision, scope, rule, pattern, layer = hit
+    decision, scope, rule, pattern, layer, judged = hit
     overruled = None
     if relaxed is not None:
-        was, was_scope, was_rule, was_pattern, was_layer = relaxed
+        was, was_scope, was_rule, was_pattern, was_layer, was_judged = relaxed
         overruled = Overruled(
-            decision=was, scope=was_scope, rule=was_rule, pattern=was_pattern, layer=was_layer
+            decision=was,
+            scope=was_scope,
+            rule=was_rule,
+            pattern=was_pattern,
+            layer=was_layer,
+            condition=None if was_judged is None else was_judged[0],
         )
+    condition, problem = (None, None) if judged is None else judged
     return PolicyVerdict(
         decision=decision,
         scope=scope,
@@ -634,10 +884,32 @@ def _verdict(hit: _Hit | None, relaxed: _Hit | None) -> PolicyVerdict:
         pattern=pattern,
         layer=layer,
         overruled=overruled,
+        condition=condition,
+        condition_problem=problem,
     )
 
 
-def _most_specific(ctx: EvaluationContext, sets: Sequence[PolicySet | PolicyLayer]) -> _Hit | None:
+def _allowlist(
+    ctx: EvaluationContext,
+    scope: PolicyScope | None,
+    policy: PolicySet,
+    position: int,
+    call: object,
+) -> _Hit:
+    """What a non-empty allowlist decides on a model node: Allow by the first admitting
+    entry, or Block."""
+    found = policy._allow.first_admitting(ctx.model_candidates(), call, ctx)
+    if found is not None:
+        hit, judged = found
+        pattern = _pattern_of(policy.model_allowlist[hit])
+        return (ALLOW, scope, PolicyRule.MODEL_ALLOWLIST, pattern, position, judged)
+    block = _model_block(ctx, policy)
+    return (block, scope, PolicyRule.MODEL_ALLOWLIST, None, position, None)
+
+
+def _most_specific(
+    ctx: EvaluationContext, sets: Sequence[PolicySet | PolicyLayer], call: object
+) -> _Hit | None:
     is_model = ctx.node_kind_tag == "model"
     tool_name = ctx.tool_name
     for position in range(len(sets) - 1, -1, -1):
@@ -648,36 +920,42 @@ def _most_specific(ctx: EvaluationContext, sets: Sequence[PolicySet | PolicyLaye
         else:
             scope, policy = _as_layer(item)
         if is_model and policy.model_allowlist:
-            hit = policy._allow.any_match(ctx.model_candidates())
-            if hit is not None:
-                pattern = policy.model_allowlist[hit]
-                return (ALLOW, scope, PolicyRule.MODEL_ALLOWLIST, pattern, position)
-            return (_model_block(ctx, policy), scope, PolicyRule.MODEL_ALLOWLIST, None, position)
+            return _allowlist(ctx, scope, policy, position, call)
         if tool_name is not None:
-            found = _tool_rules(tool_name, scope, policy, position)
+            found = _tool_rules(ctx, tool_name, scope, policy, position, call)
             if found is not None:
                 return found
     return None
 
 
 def _tool_rules(
-    tool_name: str, scope: PolicyScope | None, policy: PolicySet, position: int
+    ctx: EvaluationContext,
+    tool_name: str,
+    scope: PolicyScope | None,
+    policy: PolicySet,
+    position: int,
+    call: object,
 ) -> _Hit | None:
     if policy.blocked_tools:
-        hit = policy._blocked.first_match(tool_name)
-        if hit is not None:
-            pattern = policy.blocked_tools[hit]
-            block = _tool_block(tool_name, pattern)
-            return (block, scope, PolicyRule.BLOCKED_TOOLS, pattern, position)
+        found = policy._blocked.first_rule(tool_name, call, ctx)
+        if found is not None:
+            hit, judged = found
+            pattern = _pattern_of(policy.blocked_tools[hit])
+            block = _tool_block(tool_name, pattern, judged)
+            return (block, scope, PolicyRule.BLOCKED_TOOLS, pattern, position, judged)
     if policy.require_approval_for:
-        hit = policy._approval.first_match(tool_name)
-        if hit is not None:
-            pattern = policy.require_approval_for[hit]
-            return (policy._requires, scope, PolicyRule.REQUIRE_APPROVAL_FOR, pattern, position)
+        found = policy._approval.first_rule(tool_name, call, ctx)
+        if found is not None:
+            hit, judged = found
+            pattern = _pattern_of(policy.require_approval_for[hit])
+            rule = PolicyRule.REQUIRE_APPROVAL_FOR
+            return (policy._requires, scope, rule, pattern, position, judged)
     return None
 
 
-def _deny_overrides(ctx: EvaluationContext, sets: Sequence[PolicySet | PolicyLayer]) -> _Hit | None:
+def _deny_overrides(
+    ctx: EvaluationContext, sets: Sequence[PolicySet | PolicyLayer], call: object
+) -> _Hit | None:
     is_model = ctx.node_kind_tag == "model"
     tool_name = ctx.tool_name
     approval: _Hit | None = None
@@ -689,13 +967,13 @@ def _deny_overrides(ctx: EvaluationContext, sets: Sequence[PolicySet | PolicyLay
         else:
             scope, policy = _as_layer(item)
         if is_model and policy.model_allowlist:
-            if policy._allow.any_match(ctx.model_candidates()) is None:
-                block = _model_block(ctx, policy)
-                return (block, scope, PolicyRule.MODEL_ALLOWLIST, None, position)
+            decided = _allowlist(ctx, scope, policy, position, call)
+            if isinstance(decided[0], Block):
+                return decided
             continue
         if tool_name is None:
             continue
-        found = _tool_rules(tool_name, scope, policy, position)
+        found = _tool_rules(ctx, tool_name, scope, policy, position, call)
         if found is None:
             continue
         if isinstance(found[0], Block):
@@ -709,19 +987,20 @@ def _deny_overrides(ctx: EvaluationContext, sets: Sequence[PolicySet | PolicyLay
 
 
 def _layer_alone(
-    ctx: EvaluationContext, scope: PolicyScope | None, policy: PolicySet, position: int
+    ctx: EvaluationContext,
+    scope: PolicyScope | None,
+    policy: PolicySet,
+    position: int,
+    call: object,
 ) -> _Hit | None:
     """What one set decides on its own (``None``: it has no opinion on ``ctx``)."""
     if ctx.node_kind_tag == "model":
         if not policy.model_allowlist:
             return None
-        hit = policy._allow.any_match(ctx.model_candidates())
-        if hit is not None:
-            return (ALLOW, scope, PolicyRule.MODEL_ALLOWLIST, policy.model_allowlist[hit], position)
-        return (_model_block(ctx, policy), scope, PolicyRule.MODEL_ALLOWLIST, None, position)
+        return _allowlist(ctx, scope, policy, position, call)
     if ctx.tool_name is None:
         return None
-    return _tool_rules(ctx.tool_name, scope, policy, position)
+    return _tool_rules(ctx, ctx.tool_name, scope, policy, position, call)
 
 
 def _bound(current: _Hit | None, floor: _Hit) -> _Hit | None:
@@ -747,7 +1026,10 @@ def _bound(current: _Hit | None, floor: _Hit) -> _Hit | None:
 
 
 def _bound_by_final_layers(
-    ctx: EvaluationContext, sets: Sequence[PolicySet | PolicyLayer], hit: _Hit | None
+    ctx: EvaluationContext,
+    sets: Sequence[PolicySet | PolicyLayer],
+    hit: _Hit | None,
+    call: object,
 ) -> _Hit | None:
     """``hit`` bounded by every final layer, most specific first, so that the least specific
     final layer (the tenant) has the last word. Returns ``hit`` itself when nothing changed."""
@@ -760,7 +1042,7 @@ def _bound_by_final_layers(
             scope, policy = _as_layer(item)
         if not policy.final:
             continue
-        floor = _layer_alone(ctx, scope, policy, position)
+        floor = _layer_alone(ctx, scope, policy, position, call)
         if floor is not None:
             hit = _bound(hit, floor)
     return hit
