@@ -7,7 +7,7 @@ import argparse
 import json
 from typing import Any
 
-from charter.adapters.codec import dump
+from charter.adapters.codec import CodecError, dump, parse_json
 from charter.adapters.files import PolicyFile, load_policy_file, load_workflow_file
 from charter.cli.common import EXIT_APPROVAL, EXIT_BLOCKED, EXIT_OK
 from charter.core.errors import CharterError
@@ -59,6 +59,16 @@ def add_check(commands: Any) -> None:
         help="scope of a bare (unlayered) policy set (default: workflow)",
     )
     check.add_argument("--node", metavar="ID", default="check", help="node id to report")
+    check.add_argument(
+        "--call",
+        metavar="JSON",
+        help=(
+            "the call as the gate sees it, a JSON object (a workflow node's is "
+            '{"args": {...}, "state_digest": ...}); conditional rules are judged on it '
+            "(default: none, so a condition on the call cannot be evaluated and its rule "
+            "applies)"
+        ),
+    )
     check.add_argument("--json", action="store_true", help="print JSON instead of text")
     check.set_defaults(handler=_check)
 
@@ -98,6 +108,15 @@ def _verdict_lines(subject: str, verdict: PolicyVerdict) -> list[str]:
         pattern = f" '{verdict.pattern}'" if verdict.pattern is not None else ""
         lines.append(f"  rule:   {verdict.rule.value}{pattern}")
         lines.append(f"  scope:  {scope}")
+        if verdict.condition is not None:
+            lines.append(f"  when:   {verdict.condition}")
+            if verdict.condition_problem is None:
+                lines.append("          (holds on the call)")
+            else:
+                lines.append(
+                    f"          (could not be evaluated: {verdict.condition_problem} "
+                    "→ treated as matching)"
+                )
     else:
         lines.append("  rule:   none matched (default allow)")
     return lines
@@ -108,24 +127,45 @@ def _check(args: argparse.Namespace) -> int:
         raise CharterError("check: give --tool T and/or --model M")
     if args.resolved_model is not None and args.model is None:
         raise CharterError("check: --resolved-model needs --model")
+    call = _call(args.call)
     policy: PolicyFile = load_policy_file(args.policy, PolicyScope(args.scope))
     evaluator = PolicyEvaluator(policy.combining)
     results: list[tuple[str, EvaluationContext, PolicyVerdict]] = []
     if args.tool is not None:
         ctx = EvaluationContext(args.node, "tool", tool_name=args.tool)
-        results.append((f"tool '{args.tool}'", ctx, evaluator.explain(ctx, policy.layers)))
+        verdict = evaluator.explain(ctx, policy.layers, call=call)
+        results.append((f"tool '{args.tool}'", ctx, verdict))
     if args.model is not None:
         ctx = EvaluationContext(
             args.node, "model", model_ref=args.model, resolved_model=args.resolved_model
         )
-        results.append((f"model '{args.model}'", ctx, evaluator.explain(ctx, policy.layers)))
+        verdict = evaluator.explain(ctx, policy.layers, call=call)
+        results.append((f"model '{args.model}'", ctx, verdict))
     if args.json:
-        payload = {
+        payload: dict[str, Any] = {
             "combining": policy.combining.value,
             "results": [{"context": dump(ctx), "verdict": dump(v)} for _, ctx, v in results],
         }
+        if args.call is not None:
+            payload["call"] = call
         print(json.dumps(payload, indent=2, ensure_ascii=False))
     else:
         for subject, _, verdict in results:
             print("\n".join(_verdict_lines(subject, verdict)))
     return max(_severity(verdict) for _, _, verdict in results)
+
+
+def _call(text: str | None) -> object:
+    """``--call``: a JSON object (strictly parsed), or ``None`` when not given."""
+    if text is None:
+        return None
+    try:
+        call = parse_json(text)
+    except CodecError as error:
+        raise CharterError(f"check: --call is not valid JSON ({error.problem})") from None
+    if not isinstance(call, dict):
+        raise CharterError(
+            f'check: --call must be a JSON object such as \'{{"args": {{"amount": 150}}}}\', '
+            f"got {type(call).__name__}"
+        )
+    return call
