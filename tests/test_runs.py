@@ -495,10 +495,10 @@ def test_a_skipped_node_is_a_skipped_step_with_the_reason() -> None:
     )
 
 
-def test_a_cancelled_node_ends_its_step_failed() -> None:
+def test_a_cancelled_node_ends_its_step_cancelled() -> None:
     log = Log().start("a").after(seconds=1).add(WorkflowCancelled(), NodeCancelled("a"))
     (step,) = log.steps
-    assert (step.status, step.step_error) == (StepStatus.FAILED, "cancelled")
+    assert (step.status, step.step_error) == (StepStatus.CANCELLED, "cancelled")
     assert step.ended_at == T0 + timedelta(seconds=1)
 
 
@@ -611,3 +611,14 @@ def test_a_lost_outcome_past_its_deadline_times_out() -> None:
     step = log.steps[1]
     assert step.status is StepStatus.TIMED_OUT
     assert "resolution timed out after 3600 s" in (step.step_error or "")
+
+
+def test_a_cancelled_run_shows_its_held_step_cancelled_not_waiting() -> None:
+    # Found tried as a new user would: `charter status` of a cancelled run still showed its
+    # held step as waiting for an approval nobody can give any more.
+    log = _held_refund().after(seconds=5).add(WorkflowCancelled(reason="not needed"))
+    refund = [step for step in log.steps if step.step_name == "refund"][-1]
+    assert refund.status is StepStatus.CANCELLED
+    assert refund.step_error == "not needed"
+    assert refund.ended_at == log.now
+    assert log.record.status is RunStatus.CANCELLED

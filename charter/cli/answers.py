@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 from charter.adapters.keys import load_key, new_key, sign
 from charter.bootstrap import build_registry, build_worker
-from charter.cli.common import EXIT_OK, db_option, executors_option, open_db, require_run
+from charter.cli.common import (
+    EXIT_OK,
+    db_option,
+    executors_option,
+    open_db,
+    require_node,
+    require_run,
+)
 from charter.cli.render import event_line
 from charter.core.answers import approval_statement, stamp
 from charter.core.approvals import ApprovalRefused, ApprovalRequest, Pending
@@ -155,6 +162,7 @@ def _answer(args: argparse.Namespace) -> int:
     store = open_db(args, must_exist=True)
     try:
         execution = require_run(store, args.run_id)
+        require_node(store, execution, args.node_id)
         decided_at = stamp(datetime.now(UTC))
         statement = _statement(store, execution.execution_id, args, decided_at)
         signature = signed(args.key, statement)

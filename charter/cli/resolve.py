@@ -20,7 +20,14 @@ from typing import TYPE_CHECKING, Any
 from charter.adapters.files import read_document
 from charter.bootstrap import build_registry, build_worker
 from charter.cli.answers import os_account, signed
-from charter.cli.common import EXIT_OK, db_option, executors_option, open_db, require_run
+from charter.cli.common import (
+    EXIT_OK,
+    db_option,
+    executors_option,
+    open_db,
+    require_node,
+    require_run,
+)
 from charter.cli.render import event_line
 from charter.cli.runs import _printer, _report
 from charter.core.answers import open_outcome, resolution_statement, stamp
@@ -140,6 +147,7 @@ def _resolve(args: argparse.Namespace) -> int:
     store = open_db(args, must_exist=True)
     try:
         execution = require_run(store, args.run_id)
+        require_node(store, execution, args.node_id)
         decided_at = stamp(datetime.now(UTC))
         signature = None
         if args.key is not None:

@@ -220,8 +220,11 @@ def _report(store: CliStore, outcome: RunOutcome, db: str) -> int:
         line += f"\n  it happened:     {resolve} --succeeded [--output JSON]{db_option}"
         line += f"\n  it did not:      {resolve} --failed [--reason TEXT]{db_option}"
         line += f"\n  run it again:    {resolve} --retry{db_option}"
+    elif outcome.status == "waiting" and not (pending := store.pending_approvals(execution_id=run)):
+        # Nothing waits for a person: say what the run is really waiting on, never hint at
+        # an approval that does not exist.
+        line += f": {outcome.error or 'no decision is pending and nothing is left to run'}"
     elif outcome.status == "waiting":
-        pending = store.pending_approvals(execution_id=run)
         if pending:
             waits = ", ".join(f"{p.node_id} (approver {p.approver})" for p in pending)
             line += f" for approval of {waits}"

@@ -95,6 +95,7 @@ class StepStatus(enum.Enum):
     SKIPPED = "skipped"
     WAITING = "waiting"
     TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
 
 
 @attrs.frozen(kw_only=True)
@@ -325,7 +326,11 @@ def run_steps(execution_id: str, events: Iterable[Event]) -> tuple[WorkflowRunSt
                 begin(node, event, role="agent", status=StepStatus.SKIPPED, result_text=reason)
                 end(node, event, status=StepStatus.SKIPPED)
             case NodeCancelled(node_id=node):
-                end(node, event, status=StepStatus.FAILED, step_error="cancelled")
+                end(node, event, status=StepStatus.CANCELLED, step_error="cancelled")
+            case WorkflowCancelled(reason=reason):
+                # Whatever was still open (a step held for a person, say) ends with the run.
+                for node in list(open_step):
+                    end(node, event, status=StepStatus.CANCELLED, step_error=reason or "cancelled")
     return tuple(steps)
 
 
