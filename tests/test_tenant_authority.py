@@ -348,3 +348,19 @@ def test_the_cli_refuses_a_tenant_file_key_naming_it(
     err = capsys.readouterr().err
     assert code == 2
     assert f"{path}: combining:" in err
+
+
+def test_charter_tenant_says_which_combining_applies(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from charter.cli import main
+
+    db = str(tmp_path / "charter.db")
+    final = tmp_path / "final.yaml"
+    final.write_text("blocked_tools: ['db.drop_*']\n")
+    loose = tmp_path / "loose.yaml"
+    loose.write_text("blocked_tools: ['db.drop_*']\ncombining: most-specific\n")
+    assert main(["tenant", "acme", "--policy", str(final), "--db", db]) == 0
+    assert "combining: final" in capsys.readouterr().out
+    assert main(["tenant", "acme", "--policy", str(loose), "--db", db]) == 0
+    assert "combining: most-specific" in capsys.readouterr().out

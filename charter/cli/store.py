@@ -13,7 +13,7 @@ from charter.cli.common import EXIT_OK, db_option, open_db, require_run
 from charter.cli.render import approval_lines, event_line, run_lines
 from charter.core.errors import InvalidInput
 from charter.core.events import WorkflowCancelled
-from charter.core.policy import PolicyScope
+from charter.core.policy import PolicyScope, PolicySet
 from charter.core.records import Execution, Tenant
 from charter.core.runs import run_record, run_steps
 
@@ -153,6 +153,21 @@ def _cancel(args: argparse.Namespace) -> int:
         store.close()
 
 
+def tenant_policy_summary(policy: PolicySet) -> str:
+    """How a tenant's rules combine with lower scopes, and who answers with which keys."""
+    if policy.final:
+        line = "combining: final (workflow and node rules may add restrictions, never remove one)"
+    else:
+        line = "combining: most-specific (upstream's: a more specific rule decides)"
+    keys = policy.keys_by_approver
+    if keys:
+        named = ", ".join(
+            f"{name} ({len(k)} key{'s' if len(k) > 1 else ''})" for name, k in keys.items()
+        )
+        line += f"; signed answers required from {named}"
+    return line
+
+
 def _tenant(args: argparse.Namespace) -> int:
     store = open_db(args)
     try:
@@ -171,6 +186,8 @@ def _tenant(args: argparse.Namespace) -> int:
             )
         )
         print(f"tenant {args.tenant_id}: {'updated' if existing else 'created'}")
+        if policy is not None:
+            print(f"  {tenant_policy_summary(policy)}")
         return EXIT_OK
     finally:
         store.close()
