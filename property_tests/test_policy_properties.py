@@ -21,7 +21,12 @@ from charter.core import (
     RequireApproval,
     glob_match,
 )
+from charter.core.conditions import Undetermined
+from charter.core.policy import ConditionalRule, Rule
 from charter.testing.strategies import (
+    calls,
+    conditional_rules,
+    conditions,
     evaluation_contexts,
     glob_patterns,
     names,
@@ -39,6 +44,12 @@ def regex_glob(pattern: str, value: str) -> bool:
         ".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in pattern
     )
     return re.fullmatch(translated, value, re.DOTALL) is not None
+
+
+def bare(rule: Rule) -> str:
+    """The pattern of an unconditional rule (the sets these oracles see have no others)."""
+    assert isinstance(rule, str)
+    return rule
 
 
 @given(glob_patterns(alphabet="ab.*?\\[]", max_size=10), names(alphabet="ab.*?\\[]\n", max_size=12))
@@ -74,7 +85,7 @@ def reference_evaluate(ctx: EvaluationContext, sets: list[PolicySet]) -> PolicyD
     for policy in reversed(sets):
         if ctx.node_kind_tag == "model" and policy.model_allowlist:
             if any(
-                regex_glob(p, name)
+                regex_glob(bare(p), name)
                 for p in policy.model_allowlist
                 for name in ctx.model_candidates()
             ):
@@ -82,10 +93,10 @@ def reference_evaluate(ctx: EvaluationContext, sets: list[PolicySet]) -> PolicyD
             return Block("model allowlist")
         if ctx.tool_name is not None:
             for p in policy.blocked_tools:
-                if regex_glob(p, ctx.tool_name):
+                if regex_glob(bare(p), ctx.tool_name):
                     return Block(f"tool '{ctx.tool_name}' matches blocked pattern '{p}'")
             for p in policy.require_approval_for:
-                if regex_glob(p, ctx.tool_name):
+                if regex_glob(bare(p), ctx.tool_name):
                     return RequireApproval("human")
     return Allow()
 
@@ -203,7 +214,7 @@ def test_deny_overrides_is_never_more_permissive_than_most_specific(
 
 
 @st.composite
-def reshuffled(draw: st.DrawFn, patterns: tuple[str, ...]) -> list[str]:
+def reshuffled(draw: st.DrawFn, patterns: tuple[Rule, ...]) -> list[Rule]:
     """The same patterns, permuted, with some duplicated."""
     items = list(patterns)
     extra = draw(st.lists(st.sampled_from(items), max_size=3)) if items else []
@@ -363,3 +374,124 @@ def test_sets_that_are_not_final_evaluate_as_upstream(
     assert MOST_SPECIFIC.explain(ctx, chain).overruled is None
     got = MOST_SPECIFIC.evaluate(ctx, chain)
     assert _kind(got) == _kind(reference_evaluate(ctx, _sets(chain)))
+
+
+# ── conditional rules (docs/semantics.md §2.6) ─────────────────────────────────────────
+
+#: A pattern no drawn name matches (names use the strategies' alphabet, never ``#``).
+NEVER = "#never"
+
+
+def resolved(policy: PolicySet, ctx: EvaluationContext, call: object) -> PolicySet:
+    """The unconditional set a conditional one amounts to on ``call``: a block or approval
+    rule whose condition holds or cannot be evaluated becomes its bare pattern, one whose
+    condition is false is dropped; an allowlist entry stays only when its condition holds
+    (otherwise it admits nothing, so it becomes a pattern that matches no name: the list
+    stays non-empty, as it was)."""
+
+    def tools(rules: tuple[Rule, ...]) -> list[str]:
+        out = []
+        for rule in rules:
+            if isinstance(rule, str):
+                out.append(rule)
+            elif rule.judge(call, ctx) is not False:
+                out.append(rule.pattern)
+        return out
+
+    def models(rules: tuple[Rule, ...]) -> list[str]:
+        return [
+            rule
+            if isinstance(rule, str)
+            else rule.pattern
+            if rule.judge(call, ctx) is True
+            else NEVER
+            for rule in rules
+        ]
+
+    return attrs.evolve(
+        policy,
+        blocked_tools=tools(policy.blocked_tools),
+        require_approval_for=tools(policy.require_approval_for),
+        model_allowlist=models(policy.model_allowlist),
+    )
+
+
+@given(
+    evaluation_contexts(),
+    policy_chains(conditional=True, tenant_final=None),
+    calls(),
+    st.sampled_from([MOST_SPECIFIC, DENY_OVERRIDES]),
+)
+def test_a_conditional_chain_decides_as_its_resolved_unconditional_chain(
+    ctx: EvaluationContext,
+    chain: tuple[PolicyLayer, ...],
+    call: object,
+    evaluator: PolicyEvaluator,
+) -> None:
+    # So a rule whose condition holds (or cannot be evaluated) acts exactly as its
+    # unconditional form, and one whose condition is false as if it were not there.
+    plain = tuple(PolicyLayer(layer.scope, resolved(layer.policy, ctx, call)) for layer in chain)
+    got = evaluator.explain(ctx, chain, call=call)
+    want = evaluator.explain(ctx, plain)
+    assert _kind(got.decision) == _kind(want.decision)
+    if isinstance(want.decision, RequireApproval):
+        assert got.decision == want.decision
+    assert (got.scope, got.rule, got.pattern, got.layer) == (
+        want.scope,
+        want.rule,
+        want.pattern,
+        want.layer,
+    )
+    assert (got.overruled is None) == (want.overruled is None)
+
+
+@given(
+    evaluation_contexts(kinds=("tool", "mcp_tool", "python_fn")),
+    conditional_rules(),
+    policy_sets(conditional=True),
+    calls(),
+    st.sampled_from([MOST_SPECIFIC, DENY_OVERRIDES]),
+)
+def test_a_conditional_block_never_allows_what_its_unconditional_form_blocks(
+    ctx: EvaluationContext,
+    rule: ConditionalRule,
+    rest: PolicySet,
+    call: object,
+    evaluator: PolicyEvaluator,
+) -> None:
+    judged = rule.judge(call, ctx)
+    assume(judged is not False)  # it holds, or cannot be evaluated
+    conditional = attrs.evolve(rest, blocked_tools=(rule, *rest.blocked_tools))
+    unconditional = attrs.evolve(rest, blocked_tools=(rule.pattern, *rest.blocked_tools))
+    layers = [PolicyLayer(PolicyScope.WORKFLOW, conditional)]
+    plain = [PolicyLayer(PolicyScope.WORKFLOW, unconditional)]
+    blocked = isinstance(evaluator.evaluate(ctx, plain, call=call), Block)
+    if blocked:
+        assert isinstance(evaluator.evaluate(ctx, layers, call=call), Block)
+    verdict = evaluator.explain(ctx, layers, call=call)
+    if verdict.condition == rule.when and isinstance(judged, Undetermined):
+        assert verdict.condition_problem == judged.problem
+
+
+@given(
+    evaluation_contexts(kinds=("tool", "mcp_tool", "python_fn")),
+    conditions(),
+    policy_chains(conditional=True, tenant_final=None),
+    calls(),
+    st.sampled_from([MOST_SPECIFIC, DENY_OVERRIDES]),
+)
+def test_an_unevaluable_condition_never_allows(
+    ctx: EvaluationContext,
+    when: str,
+    chain: tuple[PolicyLayer, ...],
+    call: object,
+    evaluator: PolicyEvaluator,
+) -> None:
+    rule = ConditionalRule("tool", "*", when)
+    assume(isinstance(rule.judge(call, ctx), Undetermined))
+    # The rule in the most specific layer, as a block and as an approval requirement.
+    block, approval = PolicySet(blocked_tools=[rule]), PolicySet(require_approval_for=[rule])
+    blocked = evaluator.evaluate(ctx, (*chain, PolicyLayer(PolicyScope.NODE, block)), call=call)
+    assert isinstance(blocked, Block)
+    held = evaluator.evaluate(ctx, (*chain, PolicyLayer(PolicyScope.NODE, approval)), call=call)
+    assert not isinstance(held, Allow)

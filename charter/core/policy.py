@@ -447,15 +447,15 @@ def _rules(value: object, where: str, subject: str) -> tuple[Rule, ...]:
     return _check.patterns(value, where, PolicyError)
 
 
-def _blocked_tools(value: Iterable[Rule]) -> tuple[Rule, ...]:
+def _blocked_tools(value: Iterable[Rule | Mapping[str, str]]) -> tuple[Rule, ...]:
     return _rules(value, "blocked_tools", "tool")
 
 
-def _require_approval_for(value: Iterable[Rule]) -> tuple[Rule, ...]:
+def _require_approval_for(value: Iterable[Rule | Mapping[str, str]]) -> tuple[Rule, ...]:
     return _rules(value, "require_approval_for", "tool")
 
 
-def _model_allowlist(value: Iterable[Rule]) -> tuple[Rule, ...]:
+def _model_allowlist(value: Iterable[Rule | Mapping[str, str]]) -> tuple[Rule, ...]:
     return _rules(value, "model_allowlist", "model")
 
 

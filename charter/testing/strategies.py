@@ -64,6 +64,7 @@ from charter.core.gate import GateRequest, request_digest
 from charter.core.nodes import NODE_KINDS
 from charter.core.policy import (
     CombiningMode,
+    ConditionalRule,
     EvaluationContext,
     PolicyLayer,
     PolicyScope,
@@ -77,7 +78,10 @@ __all__ = [
     "autonomy_contexts",
     "budget_limits",
     "budget_states",
+    "calls",
     "circuit_breakers",
+    "conditional_rules",
+    "conditions",
     "datetimes",
     "evaluation_contexts",
     "event_kinds",
@@ -115,6 +119,51 @@ def _flag(value: bool | None) -> st.SearchStrategy[bool]:
     return st.booleans() if value is None else st.just(value)
 
 
+#: Conditions of conditional rules, over the fields `calls` draws (``amount``, ``table``,
+#: ``urgent``) and the node: comparisons, ``in``, and the three boolean operators.
+_CONDITIONS = (
+    "call.args.amount > 100",
+    "call.args.amount <= 10",
+    "call.args.table == 'users'",
+    "call.args.table in ['users', 'secrets']",
+    "call.args.urgent",
+    "not call.args.urgent",
+    "call.args.amount > 100 and call.args.table != 'logs'",
+    "call.args.amount > 100 or call.args.urgent == true",
+    "node.kind == 'tool'",
+    "'amount' in call.args",
+)
+
+
+def conditions() -> st.SearchStrategy[str]:
+    """``when:`` conditions of policy rules over ``call`` and ``node``, of every shape the
+    language has (comparisons, ``in``, ``and``/``or``/``not``); judged on `calls` they hold,
+    fail or cannot be evaluated, all often."""
+    return st.sampled_from(_CONDITIONS)
+
+
+def calls() -> st.SearchStrategy[Any]:
+    """Calls as the gate passes them to policy: ``{"args": {…}, "state_digest": …}`` whose
+    ``amount``, ``table`` and ``urgent`` are each absent, of the expected type or of another
+    one; sometimes a call without ``args``, or none at all."""
+    amount = st.integers(min_value=-5, max_value=500) | st.sampled_from(["150", None, True])
+    table = st.sampled_from(["users", "secrets", "logs", 5, None])
+    urgent = st.sampled_from([True, False, "yes", None])
+    args = st.fixed_dictionaries({}, optional={"amount": amount, "table": table, "urgent": urgent})
+    digest = st.just("0" * 64)
+    workflow_call = st.fixed_dictionaries({"args": args, "state_digest": digest})
+    return workflow_call | st.just({"input_hash": "ab" * 32}) | st.none()
+
+
+def conditional_rules(
+    *, subject: str = "tool", alphabet: str = DEFAULT_ALPHABET
+) -> st.SearchStrategy[ConditionalRule]:
+    """``{tool: PATTERN, when: CONDITION}`` rules (``subject="model"``: allowlist entries),
+    the pattern non-empty and the condition drawn from `conditions`."""
+    pattern = st.text(alphabet=alphabet + "*?", min_size=1, max_size=8)
+    return st.builds(ConditionalRule, st.just(subject), pattern, conditions())
+
+
 def policy_sets(
     *,
     alphabet: str = DEFAULT_ALPHABET,
@@ -122,20 +171,35 @@ def policy_sets(
     patterns: st.SearchStrategy[str] | None = None,
     final: bool | None = False,
     approvers: st.SearchStrategy[str] | None = None,
+    conditional: bool = False,
 ) -> st.SearchStrategy[PolicySet]:
     """Policy sets whose three lists hold up to ``max_patterns`` patterns each.
 
     ``final`` fixes `PolicySet.final` (``None``: either). With ``approvers``, a set names an
-    approver drawn from it, or none (then approval is by ``"human"``).
+    approver drawn from it, or none (then approval is by ``"human"``). With ``conditional``,
+    any rule may be a `ConditionalRule` (`conditional_rules`) instead of a bare pattern.
     """
     pats = patterns if patterns is not None else glob_patterns(alphabet=alphabet)
-    lists = st.lists(pats, max_size=max_patterns)
     named = st.none() if approvers is None else st.none() | approvers
+    if not conditional:
+        lists = st.lists(pats, max_size=max_patterns)
+        return st.builds(
+            PolicySet,
+            blocked_tools=lists,
+            require_approval_for=lists,
+            model_allowlist=lists,
+            approver=named,
+            final=_flag(final),
+        )
+    tools = st.lists(pats | conditional_rules(alphabet=alphabet), max_size=max_patterns)
+    models = st.lists(
+        pats | conditional_rules(subject="model", alphabet=alphabet), max_size=max_patterns
+    )
     return st.builds(
         PolicySet,
-        blocked_tools=lists,
-        require_approval_for=lists,
-        model_allowlist=lists,
+        blocked_tools=tools,
+        require_approval_for=tools,
+        model_allowlist=models,
         approver=named,
         final=_flag(final),
     )
@@ -148,15 +212,25 @@ def policy_chains(
     scoped: bool = True,
     tenant_final: bool | None = False,
     approvers: st.SearchStrategy[str] | None = None,
+    conditional: bool = False,
 ) -> st.SearchStrategy[tuple[PolicyLayer, ...]]:
     """Chains of 0–3 layers, least specific first, each at its own scope (tenant, workflow,
     node), any of them possibly absent. ``tenant_final`` fixes whether the tenant layer is
-    final (``None``: either; workflow and node layers never are); ``approvers`` as in
-    `policy_sets`."""
+    final (``None``: either; workflow and node layers never are); ``approvers`` and
+    ``conditional`` as in `policy_sets`."""
     tenant = policy_sets(
-        alphabet=alphabet, max_patterns=max_patterns, final=tenant_final, approvers=approvers
+        alphabet=alphabet,
+        max_patterns=max_patterns,
+        final=tenant_final,
+        approvers=approvers,
+        conditional=conditional,
     )
-    sets = policy_sets(alphabet=alphabet, max_patterns=max_patterns, approvers=approvers)
+    sets = policy_sets(
+        alphabet=alphabet,
+        max_patterns=max_patterns,
+        approvers=approvers,
+        conditional=conditional,
+    )
     return st.tuples(st.none() | tenant, st.none() | sets, st.none() | sets).map(
         lambda layers: tuple(
             PolicyLayer(scope, policy)
