@@ -22,7 +22,8 @@ from charter.adapters import store_support as rules
 from charter.adapters.chain import canonical_text
 from charter.adapters.clock import SystemClock
 from charter.adapters.codec import dump
-from charter.adapters.transactions import PlannedStore, Tx, new_event_id
+from charter.adapters.transactions import PlannedStore
+from charter.adapters.tx import Tx, new_event_id
 from charter.core.budget import BudgetState
 from charter.core.commit import (
     ApprovalRow,

@@ -50,7 +50,8 @@ from charter.adapters.postgres_connection import (
     Row,
     is_postgres_url,
 )
-from charter.adapters.transactions import PlannedStore, Tx, new_event_id
+from charter.adapters.transactions import PlannedStore
+from charter.adapters.tx import Tx, new_event_id
 from charter.core import commit as plan
 from charter.core.approvals import ApprovalStatus, Pending
 from charter.core.budget import BudgetState

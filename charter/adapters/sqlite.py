@@ -39,7 +39,8 @@ from charter.adapters.sqlite_connection import (
 from charter.adapters.sqlite_rows import maybe_text as _maybe_text
 from charter.adapters.sqlite_rows import text as _text
 from charter.adapters.sqlite_rows import time as _time
-from charter.adapters.transactions import PlannedStore, Tx, new_event_id
+from charter.adapters.transactions import PlannedStore
+from charter.adapters.tx import Tx, new_event_id
 from charter.core import commit as plan
 from charter.core.approvals import ApprovalStatus, Pending
 from charter.core.budget import BudgetState
