@@ -30,6 +30,7 @@ from the execution's head as read.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final, TypeVar
@@ -111,16 +112,16 @@ class _Proof:
         }
 
 
-class PlannedStore:
+class PlannedStore(abc.ABC):
     """The writing half of the `Store` port, implemented once over a concrete store's `Tx`
     (see the module doc). A subclass provides `_transact` and the read-only queries."""
 
     clock: Clock
     _new_id: Callable[[], str]
 
+    @abc.abstractmethod
     def _transact(self, work: Callable[[Tx], T]) -> T:
         """Run ``work`` in one write transaction: all its writes or none."""
-        raise NotImplementedError  # pragma: no cover - every store overrides it
 
     # ── applying a plan ──
 
