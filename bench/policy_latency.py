@@ -35,6 +35,13 @@ cost totals reach the limits; the RUN query is allowed and the HOLD query denied
 approval policy (checked before timing). And **serialising each returned event** for the log
 (`charter.adapters.codec.event_text`: the canonical JSON text a store writes), per event.
 
+**Conditional rules** (``{tool: PATTERN, when: CONDITION}``, docs/semantics.md §2.6): a set of
+*k* conditional block rules (k = 0, 1, 10, 100), each ``when: call.args.amount > <1000 + i>``,
+decided for ``payments.refund`` on a call with ``amount: 120`` (so every condition is false and
+the node is allowed). *judged*: every rule's pattern is ``payments.*``, so every condition is
+evaluated; *skipped*: every pattern is ``ledger.*``, so only the glob is tried. The report
+gives the cost per conditional rule: (median at 100 − median at 0) / 100.
+
 Timing: each (engine, rule count, query) is a *probe*, timed in batches with `timeit` (garbage
 collection off, as timeit does). A batch repeats the call enough times to last at least a few
 milliseconds; the per-call average of each batch is one sample, and the report gives the median
@@ -69,6 +76,7 @@ from charter.core.gate import GateRequest, Outcome, gate_node
 from charter.core.policy import (
     Allow,
     Block,
+    ConditionalRule,
     EvaluationContext,
     PolicyEvaluator,
     PolicySet,
@@ -94,6 +102,12 @@ TARGET_GATE_CEDAR_RATIO = 10.0
 #: The whole-gate probes' pseudo rule count (three layers: tenant, workflow, budget).
 GATE_RULES = 3
 GATE_QUERIES: dict[str, str] = {"run": "orders.lookup", "hold": "payments.refund"}
+
+
+#: The conditional-rule probes: rule counts, and each query's rule pattern.
+CONDITIONAL_COUNTS: tuple[int, ...] = (0, 1, 10, 100)
+CONDITIONAL_QUERIES: dict[str, str] = {"judged": "payments.*", "skipped": "ledger.*"}
+CONDITIONAL_CALL: dict[str, Any] = {"args": {"order_id": "A-1042", "amount": 120}}
 
 
 class BenchmarkError(RuntimeError):
@@ -468,6 +482,68 @@ def gate_probes() -> dict[tuple[str, int, str], Probe]:
     return probes
 
 
+def conditional_probes() -> dict[tuple[str, int, str], Probe]:
+    """The conditional-rule probes (module doc), each verified to allow once."""
+    evaluator = PolicyEvaluator()
+    ctx = EvaluationContext("refund", "tool", tool_name="payments.refund")
+    probes: dict[tuple[str, int, str], Probe] = {}
+    for query, pattern in CONDITIONAL_QUERIES.items():
+        for count in CONDITIONAL_COUNTS:
+            rules = [
+                ConditionalRule("tool", pattern, f"call.args.amount > {1000 + i}")
+                for i in range(count)
+            ]
+            sets = (PolicySet(blocked_tools=rules),)
+            verdict = evaluator.explain(ctx, sets, call=CONDITIONAL_CALL)
+            if not isinstance(verdict.decision, Allow):
+                raise BenchmarkError(f"conditional rules ({query}, {count}): {verdict}")
+            probes[("conditional", count, query)] = Probe(
+                "evaluator.evaluate(ctx, sets, call=call)",
+                {"evaluator": evaluator, "ctx": ctx, "sets": sets, "call": CONDITIONAL_CALL},
+                _answer(False),
+            )
+    return probes
+
+
+def conditional_summary(report: Report) -> dict[str, Any]:
+    """Medians (µs) per rule count and the cost per conditional rule, for each query."""
+    out: dict[str, Any] = {}
+    low, high = CONDITIONAL_COUNTS[0], CONDITIONAL_COUNTS[-1]
+    for query in CONDITIONAL_QUERIES:
+        medians = {
+            count: _median(report, "conditional", count, query) for count in CONDITIONAL_COUNTS
+        }
+        first, last = medians[low], medians[high]
+        per_rule = (last - first) / (high - low) if first is not None and last is not None else None
+        out[query] = {"median_us": medians, "per_rule_us": per_rule}
+    return out
+
+
+def _conditional_markdown(report: Report) -> list[str]:
+    summary = conditional_summary(report)
+    by_key = {(m.engine, m.rules, m.query): m for m in report.measurements}
+    lines = [
+        "",
+        "#### Conditional rules (µs per decision: median, p90 in brackets)",
+        "",
+        "k conditional block rules `when: call.args.amount > …` (all false on the call);",
+        "*judged*: every pattern matches the tool, so every condition is evaluated; *skipped*:",
+        "no pattern matches, so only the glob is tried.",
+        "",
+        "| query | " + " | ".join(f"k = {k}" for k in CONDITIONAL_COUNTS) + " | per rule |",
+        "|:---|" + "---:|" * (len(CONDITIONAL_COUNTS) + 1),
+    ]
+    for query in CONDITIONAL_QUERIES:
+        cells = [query]
+        for count in CONDITIONAL_COUNTS:
+            found = by_key.get(("conditional", count, query))
+            cells.append("—" if found is None else f"{_us(found.median_us)} [{_us(found.p90_us)}]")
+        per_rule = summary[query]["per_rule_us"]
+        cells.append("—" if per_rule is None else f"{per_rule * 1e3:,.0f} ns")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 # ── measurement ────────────────────────────────────────────────────────────────────────
 
 
@@ -667,6 +743,8 @@ def run(settings: Settings, rule_counts: Sequence[int] = RULE_COUNTS) -> Report:
                 probes[(engine.key, rules, query)] = probe
     _progress("building the whole-gate probes")
     probes.update(gate_probes())
+    _progress("building the conditional-rule probes")
+    probes.update(conditional_probes())
     _progress(f"timing {len(probes)} probes, interleaved")
     measurements = _measure(probes, settings)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
@@ -961,6 +1039,7 @@ def render_markdown(report: Report) -> str:
                 cells.append(f"{_ms(build.median_ms)} (×{build.builds})")
         lines.append("| " + " | ".join(cells) + " |")
     lines += _gate_markdown(report)
+    lines += _conditional_markdown(report)
     lines += ["", "#### Targets (reported, not asserted)", "", "| target | measured | met |"]
     lines.append("|:---|:---|:---:|")
     for target in [*targets(report), *gate_targets(report)]:
@@ -981,6 +1060,7 @@ def report_json(report: Report) -> dict[str, Any]:
         "measurements": [asdict(m) for m in report.measurements],
         "builds": [asdict(b) for b in report.builds],
         "gate": gate_summary(report),
+        "conditional_rules": conditional_summary(report),
         "targets": [asdict(t) for t in [*targets(report), *gate_targets(report)]],
     }
 

@@ -35,7 +35,8 @@ leaves the whole undetermined.
 from __future__ import annotations
 
 import ast
-from collections.abc import Mapping
+import operator
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import attrs
@@ -167,6 +168,11 @@ class Condition:
 
     source: str
     _tree: ast.Expression = attrs.field(eq=False, repr=False)
+    # The strict evaluator (`judge`), compiled once into closures over the checked tree.
+    _strict: _Compiled = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "_strict", _compile(self._tree.body))
 
     def evaluate(self, *, state: Any = None, output: Any = None, inputs: Any = None) -> bool:
         """Whether the condition holds for these values (always a bool, never raises)."""
@@ -179,7 +185,7 @@ class Condition:
         ``False`` when it is determined, `Undetermined` when a field it needs is missing or
         a value has the wrong type for what is done with it. Never raises."""
         try:
-            value = _strict(self._tree.body, values)
+            value = self._strict(values)
         except _Unknown as unknown:
             return Undetermined(unknown.problem)
         if type(value) is bool:
@@ -343,72 +349,125 @@ def _family(value: Any) -> str:
     return "number" if _number(value) else _kind(value)
 
 
-def _strict(node: ast.expr, scope: Mapping[str, Any]) -> Any:
+#: A compiled part of a condition: its value over the names, or `_Unknown` raised.
+_Compiled = Callable[[Mapping[str, Any]], Any]
+
+
+def _compile(node: ast.expr) -> _Compiled:
+    """The strict evaluator of a checked tree, as closures (one per node), so that judging a
+    condition walks no tree and dispatches on no node type."""
     match node:
         case ast.Constant(value=value):
-            return value
+            return lambda _: value
+        case ast.Name(id=name) if name in _CONSTANTS:
+            constant = _CONSTANTS[name]
+            return lambda _: constant
         case ast.Name(id=name):
-            return _CONSTANTS[name] if name in _CONSTANTS else scope.get(name)
+            return lambda scope: scope.get(name)
         case ast.List(elts=items) | ast.Tuple(elts=items):
-            return [_strict(item, scope) for item in items]
+            parts = tuple(_compile(item) for item in items)
+            return lambda scope: [part(scope) for part in parts]
         case (
             ast.Attribute(value=base, attr=key)
             | ast.Subscript(value=base, slice=ast.Constant(value=key))
         ):
-            container = _strict(base, scope)
-            found = _lookup(container, key)
-            if found is _MISSING:
-                if isinstance(container, Mapping | list):
-                    raise _Unknown(f"{ast.unparse(node)} is missing")
-                raise _Unknown(
-                    f"{ast.unparse(node)} is missing ({ast.unparse(base)} is {_kind(container)})"
-                )
-            return found
+            return _reader(node, base, key)
         case ast.BoolOp(op=op, values=values):
-            decisive = isinstance(op, ast.Or)  # the value that settles it: true for or
-            problem: str | None = None
-            for part in values:
-                try:
-                    value = _truth(_strict(part, scope), part)
-                except _Unknown as unknown:
-                    problem = problem or unknown.problem
-                    continue
-                if value is decisive:
-                    return decisive
-            if problem is not None:
-                raise _Unknown(problem)
-            return not decisive
+            return _boolean(isinstance(op, ast.Or), values)
         case ast.UnaryOp(op=ast.Not(), operand=operand):
-            return not _truth(_strict(operand, scope), operand)
+            inner = _compile(operand)
+            return lambda scope: not _truth(inner(scope), operand)
         case ast.UnaryOp(op=ast.USub(), operand=ast.Constant(value=int() | float() as number)):
-            return -number
+            negative = -number
+            return lambda _: negative
         case ast.Compare(left=left, ops=ops, comparators=rights):
-            problem = None
-            current_node = left
+            return _comparison(left, ops, rights)
+    raise AssertionError(f"unchecked node {type(node).__name__}")  # pragma: no cover
+
+
+def _reader(node: ast.expr, base: ast.expr, key: object) -> _Compiled:
+    container_of = _compile(base)
+
+    def read(scope: Mapping[str, Any]) -> Any:
+        container = container_of(scope)
+        if type(container) is dict and type(key) is str:  # the common case, without ABCs
+            found = container.get(key, _MISSING)
+        else:
+            found = _lookup(container, key)
+        if found is _MISSING:
+            if isinstance(container, Mapping | list):
+                raise _Unknown(f"{ast.unparse(node)} is missing")
+            raise _Unknown(
+                f"{ast.unparse(node)} is missing ({ast.unparse(base)} is {_kind(container)})"
+            )
+        return found
+
+    return read
+
+
+def _boolean(is_or: bool, values: list[ast.expr]) -> _Compiled:
+    """``and`` / ``or`` in three-valued logic: the deciding value (false for ``and``, true for
+    ``or``) settles it whatever else is unknown; otherwise an unknown part makes it unknown."""
+    parts = tuple((_compile(value), value) for value in values)
+
+    def combine(scope: Mapping[str, Any]) -> bool:
+        problem: str | None = None
+        for part, node in parts:
             try:
-                current = _strict(left, scope)
+                value = _truth(part(scope), node)
             except _Unknown as unknown:
-                problem, current = unknown.problem, _MISSING
-            for comparison, right_node in zip(ops, rights, strict=True):
+                problem = problem or unknown.problem
+                continue
+            if value is is_or:
+                return is_or
+        if problem is not None:
+            raise _Unknown(problem)
+        return not is_or
+
+    return combine
+
+
+def _comparison(left: ast.expr, ops: list[ast.cmpop], rights: list[ast.expr]) -> _Compiled:
+    first = _compile(left)
+    steps = tuple(
+        (_compile(right), right, _strict_op(op)) for op, right in zip(ops, rights, strict=True)
+    )
+    if len(steps) == 1:  # the common case: one comparison
+        ((second, right_node, compare),) = steps
+
+        def single(scope: Mapping[str, Any]) -> bool:
+            return compare(first(scope), second(scope), left, right_node)
+
+        return single
+
+    def chain(scope: Mapping[str, Any]) -> bool:
+        # ``a < b < c``: false as soon as a determined step is false; else unknown if any was.
+        problem: str | None = None
+        current: Any = _MISSING
+        current_node = left
+        try:
+            current = first(scope)
+        except _Unknown as unknown:
+            problem = unknown.problem
+        for part, right_node, compare in steps:
+            try:
+                right = part(scope)
+            except _Unknown as unknown:
+                problem = problem or unknown.problem
+                current, current_node = _MISSING, right_node
+                continue
+            if current is not _MISSING:
                 try:
-                    right = _strict(right_node, scope)
+                    if not compare(current, right, current_node, right_node):
+                        return False
                 except _Unknown as unknown:
                     problem = problem or unknown.problem
-                    current, current_node = _MISSING, right_node
-                    continue
-                if current is not _MISSING:
-                    try:
-                        if not _strict_compare(
-                            comparison, current, right, current_node, right_node
-                        ):
-                            return False
-                    except _Unknown as unknown:
-                        problem = problem or unknown.problem
-                current, current_node = right, right_node
-            if problem is not None:
-                raise _Unknown(problem)
-            return True
-    raise AssertionError(f"unchecked node {type(node).__name__}")  # pragma: no cover
+            current, current_node = right, right_node
+        if problem is not None:
+            raise _Unknown(problem)
+        return True
+
+    return chain
 
 
 def _truth(value: Any, node: ast.expr) -> bool:
@@ -417,28 +476,65 @@ def _truth(value: Any, node: ast.expr) -> bool:
     raise _Unknown(f"{ast.unparse(node)} is {_kind(value)}, not true or false")
 
 
-def _strict_compare(
-    op: ast.cmpop, left: Any, right: Any, left_node: ast.expr, right_node: ast.expr
-) -> bool:
-    def mismatch(what: str) -> _Unknown:
-        return _Unknown(
-            f"{ast.unparse(left_node)} is {_kind(left)}, {what} {ast.unparse(right_node)} "
-            f"({_kind(right)})"
-        )
+_StrictOp = Callable[[Any, Any, ast.expr, ast.expr], bool]
 
+
+def _mismatch(
+    left: Any, right: Any, left_node: ast.expr, right_node: ast.expr, what: str
+) -> _Unknown:
+    return _Unknown(
+        f"{ast.unparse(left_node)} is {_kind(left)}, {what} {ast.unparse(right_node)} "
+        f"({_kind(right)})"
+    )
+
+
+def _strict_op(op: ast.cmpop) -> _StrictOp:
+    """One comparison operator, strictly: ``==``/``!=`` between values of different JSON
+    types (neither null), ``in`` on what is not a container of the item's kind, and ordering
+    of anything but two numbers or two strings are `_Unknown`."""
     match op:
         case ast.Eq() | ast.NotEq():
-            if left is not None and right is not None and _family(left) != _family(right):
-                raise mismatch("compared with")
-            return _same(left, right) is isinstance(op, ast.Eq)
+            wanted = isinstance(op, ast.Eq)
+
+            def equal(left: Any, right: Any, left_node: ast.expr, right_node: ast.expr) -> bool:
+                if left is not None and right is not None and _family(left) != _family(right):
+                    raise _mismatch(left, right, left_node, right_node, "compared with")
+                return _same(left, right) is wanted
+
+            return equal
         case ast.In() | ast.NotIn():
-            if isinstance(right, list):
-                found = any(_same(left, element) for element in right)
-            elif isinstance(right, str | Mapping) and isinstance(left, str):
-                found = left in right
-            else:
-                raise mismatch("looked up in")
-            return found is isinstance(op, ast.In)
-    if not _orderable(left, right):
-        raise mismatch("compared with")
-    return _compare(op, left, right)
+            inside = isinstance(op, ast.In)
+
+            def contains(left: Any, right: Any, left_node: ast.expr, right_node: ast.expr) -> bool:
+                if isinstance(right, list):
+                    found = any(_same(left, element) for element in right)
+                elif isinstance(right, str | Mapping) and isinstance(left, str):
+                    found = left in right
+                else:
+                    raise _mismatch(left, right, left_node, right_node, "looked up in")
+                return found is inside
+
+            return contains
+
+    order: Callable[[Any, Any], bool] = _ORDERS[type(op)]
+
+    def ordered(left: Any, right: Any, left_node: ast.expr, right_node: ast.expr) -> bool:
+        kinds = type(left), type(right)
+        if kinds in _ORDERABLE_TYPES:  # plain JSON numbers or strings: no ABC checks
+            return order(left, right)
+        if not _orderable(left, right):
+            raise _mismatch(left, right, left_node, right_node, "compared with")
+        return order(left, right)
+
+    return ordered
+
+
+_ORDERABLE_TYPES: Final = frozenset(
+    {(int, int), (int, float), (float, int), (float, float), (str, str)}
+)
+_ORDERS: Final[dict[type[ast.cmpop], Callable[[Any, Any], bool]]] = {
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+}

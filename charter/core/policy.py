@@ -273,8 +273,7 @@ class ConditionalRule(Mapping[str, str]):
 
     def judge(self, call: object, ctx: EvaluationContext) -> bool | Undetermined:
         """Whether the condition holds on ``call`` for the node of ``ctx`` (never raises)."""
-        node = {"id": ctx.node_id, "kind": ctx.node_kind_tag}
-        return self._condition.judge({"call": call, "node": node})
+        return self._condition.judge(_names(call, ctx))
 
     @classmethod
     def parse(cls, data: Mapping[str, object], subject: str, where: str) -> ConditionalRule:
@@ -298,6 +297,11 @@ class ConditionalRule(Mapping[str, str]):
                 child(where, "when"), f"expected a condition string, got {describe(when)}"
             )
         return cls(subject, pattern, when, where)
+
+
+def _names(call: object, ctx: EvaluationContext) -> dict[str, object]:
+    """What a rule's condition sees: ``call`` and ``node`` (``{id, kind}``)."""
+    return {"call": call, "node": {"id": ctx.node_id, "kind": ctx.node_kind_tag}}
 
 
 if TYPE_CHECKING:
@@ -365,11 +369,14 @@ class _RuleIndex:
         evaluated (fail-closed). With it, how its condition decided (``None``: no
         condition)."""
         best = self.first_match(name)
+        values: dict[str, object] | None = None  # built once, for the first rule judged
         for index, compiled, rule in self.conditional:
             if best is not None and index > best:
                 break
             if compiled.matches(name):
-                judged = rule.judge(call, ctx)
+                if values is None:
+                    values = _names(call, ctx)
+                judged = rule._condition.judge(values)
                 if judged is True:
                     return index, (rule.when, None)
                 if isinstance(judged, Undetermined):
