@@ -29,6 +29,7 @@ from charter.testing.strategies import (
     conditions,
     evaluation_contexts,
     glob_patterns,
+    json_values,
     names,
     policy_chains,
     policy_sets,
@@ -495,3 +496,13 @@ def test_an_unevaluable_condition_never_allows(
     assert isinstance(blocked, Block)
     held = evaluator.evaluate(ctx, (*chain, PolicyLayer(PolicyScope.NODE, approval)), call=call)
     assert not isinstance(held, Allow)
+
+
+@given(conditions(), json_values(), evaluation_contexts(kinds=("tool", "model")))
+def test_judging_a_condition_never_raises_and_gives_a_boolean_or_a_reason(
+    when: str, call: object, ctx: EvaluationContext
+) -> None:
+    judged = ConditionalRule("tool", "*", when).judge(call, ctx)
+    assert judged is True or judged is False or isinstance(judged, Undetermined)
+    if isinstance(judged, Undetermined):
+        assert judged.problem
