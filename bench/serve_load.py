@@ -1,6 +1,6 @@
 """`charter serve` under load: decisions per second over HTTP, and approvers racing.
 
-Run with ``python -m bench.serve_load [--quick] [--db PATH|URL]``; a Markdown report goes
+Run with ``python -m bench.serve_load [--quick] [--db PATH|URL] [--json PATH]``; a Markdown report goes
 to stdout, progress to stderr. See docs/service.md ("Load") for the numbers measured.
 
 * **Decisions over HTTP**: a ``charter serve`` process (a subprocess, on 127.0.0.1, on a
@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import platform
 import random
 import socket
 import subprocess
@@ -185,7 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="fewer requests")
     parser.add_argument("--db", help="a SQLite path or postgresql:// URL (default: a new file)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
+    run_started = datetime.now(UTC)
+    load_at_start = os.getloadavg()
     per_client = 50 if args.quick else 400
     runs = 20 if args.quick else 100
     folder = tempfile.mkdtemp(prefix="charter-serve-load-")
@@ -238,7 +243,41 @@ def main(argv: list[str] | None = None) -> int:
         f"(expected {len(run_ids)})"
     )
     ok = answers == len(run_ids) and statuses.get(200) == len(run_ids)
+    if args.json:
+        _write_json(
+            Path(args.json),
+            {
+                "benchmark": "serve_load",
+                "mode": "quick" if args.quick else "full",
+                "started": run_started.isoformat(timespec="seconds"),
+                "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+                "machine": {
+                    "cores": os.cpu_count(),
+                    "python": f"{platform.python_implementation()} {platform.python_version()}",
+                    "platform": platform.platform(),
+                    "load_average_at_start": list(load_at_start),
+                    "load_average_at_end": list(os.getloadavg()),
+                },
+                "db": "postgres" if db.startswith("postgresql") else "sqlite",
+                "requests_per_client": per_client,
+                "rows": [{"decider": name, **row} for name, row in rows],
+                "race": {
+                    "approvers": len(approvers),
+                    "requests": len(run_ids),
+                    "seconds": race_secs,
+                    "statuses": {str(k): v for k, v in sorted(statuses.items())},
+                    "answers_recorded": answers,
+                    "ok": ok,
+                },
+            },
+        )
     return 0 if ok else 1
+
+
+def _write_json(path: Path, data: dict[str, object]) -> None:
+    """Write ``data`` as indented JSON (the numbers a report and charts are drawn from)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 if __name__ == "__main__":
