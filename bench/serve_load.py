@@ -1,7 +1,8 @@
 """`charter serve` under load: decisions per second over HTTP, and approvers racing.
 
-Run with ``python -m bench.serve_load [--quick] [--db PATH|URL] [--json PATH]``; a Markdown report goes
-to stdout, progress to stderr. See docs/service.md ("Load") for the numbers measured.
+Run with ``python -m bench.serve_load [--quick] [--db PATH|URL] [--json PATH]``; a Markdown
+report goes to stdout, progress to stderr. See docs/service.md ("Load") for the numbers
+measured.
 
 * **Decisions over HTTP**: a ``charter serve`` process (a subprocess, on 127.0.0.1, on a
   fresh SQLite file by default) answers ``POST /v1/decisions`` (tenant ``acme``, the
