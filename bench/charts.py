@@ -150,9 +150,9 @@ def chart_gate(policy: dict[str, Any], caption: str, out: Path, png: bool) -> No
     left.set_xlim(1, max(values) * 12)
     left.set_xlabel("µs per call (median, log scale)")
     left.set_title("Whole gate: the call an embedder makes")
-    left.axvline(5, color=TARGET, linestyle="--", linewidth=1, label="target: RUN, event ≤ 5 µs")
-    left.axvline(15, color=TARGET, linestyle=":", linewidth=1.2, label="target: HOLD ≤ 15 µs")
-    left.legend(fontsize=7, loc="lower right", frameon=False)
+    left.axvline(5, color=TARGET, linestyle="--", linewidth=1, label="≤ 5 µs (RUN, event)")
+    left.axvline(15, color=TARGET, linestyle=":", linewidth=1.2, label="≤ 15 µs (HOLD)")
+    left.legend(fontsize=7, loc="lower right", frameon=False, title="targets", title_fontsize=7)
 
     # Right: the evaluator alone by rule count, beside cedarpy and pycasbin.
     rules = sorted({m["rules"] for m in measurements if m["engine"] == "charter"})
@@ -234,6 +234,20 @@ def chart_scale(curve: dict[str, Any], caption: str, out: Path, png: bool) -> No
                 ha="center",
                 fontsize=7,
             )
+        by_nodes = {p["nodes"]: p for p in mine}
+        if 1_000 in by_nodes and 10_000 in by_nodes:
+            # The target: at 10,000 nodes at most 1.1× the cost per node at 1,000.
+            limit = 1.1 * by_nodes[1_000]["us_per_node"]
+            left.plot([8_000, 12_500], [limit, limit], color=colour, linewidth=1, linestyle="--")
+            left.annotate(
+                f"1.1× its 1k: {limit:,.0f}",
+                (12_500, limit),
+                textcoords="offset points",
+                xytext=(2, 0),
+                va="center",
+                fontsize=6,
+                color=colour,
+            )
         right.plot(
             xs,
             [p["rss_per_node_bytes"] / 1024 for p in mine],
@@ -259,6 +273,7 @@ def chart_scale(curve: dict[str, Any], caption: str, out: Path, png: bool) -> No
         ax.legend(fontsize=7, frameon=False)
         ax.set_ylim(bottom=0)
     left.set_ylim(top=max(p["us_per_node"] for p in points) * 1.25)
+    left.set_xlim(min(sizes) * 0.6, max(sizes) * 4)  # room for the target's label
     left.set_ylabel("µs per node (median)")
     left.set_title("Time per node (target at 10k: ≤ 1.1× that at 1k)")
     right.set_ylabel("peak RSS growth per node (KiB)")
@@ -285,12 +300,14 @@ def _ratio_panel(
     colours = [
         CHARTER if t is None or v >= t else MISSED for v, t in zip(values, targets, strict=True)
     ]
-    bars = ax.barh(labels, values, color=colours)
-    _bar_labels(ax, bars, fmt)  # the value, right of its bar
-    for index, target in enumerate(targets):
+    ax.barh(labels, values, color=colours)
+    top = max([*values, *(t for t in targets if t is not None)])
+    for index, (value, target) in enumerate(zip(values, targets, strict=True)):
         if target is not None:
             ax.plot([target, target], [index - 0.42, index + 0.42], color=TARGET, linewidth=2)
-    top = max([*values, *(t for t in targets if t is not None)])
+        # The value, right of its bar and of its target tick.
+        right = value if target is None else max(value, target)
+        ax.text(right + top * 0.02, index, fmt(value), va="center", fontsize=8)
     ax.set_xlim(0, top * 1.3)
     if fmt is _pct:
         ax.xaxis.set_major_formatter(PercentFormatter(1.0))
@@ -327,7 +344,7 @@ def chart_ratios(
     if store is not None:
         target = store["target_store_over_baseline"]
         rows.extend(
-            (f"store / its sqlite3 loop, {r['synchronous']}", r["store_over_baseline"], target)
+            (f"store, {r['synchronous']}", r["store_over_baseline"], target)
             for r in store["ratios"]
         )
     if e2e is not None:
@@ -336,7 +353,7 @@ def chart_ratios(
             shape = "fan-out" if r["shape"] == "fanout" else r["shape"]
             rows.append(
                 (
-                    f"end-to-end / sqlite3 loop, {r['synchronous']} {shape}",
+                    f"end-to-end, {r['synchronous']} {shape}",
                     r["over_sqlite3"],
                     target,
                 )
@@ -345,7 +362,7 @@ def chart_ratios(
         _ratio_panel(
             vs_loop,
             rows,
-            "Against the hand-written sqlite3 loop",
+            "Store and end-to-end against the sqlite3 loop",
             "Charter's rate as a fraction of the loop's (ratio of medians)",
             _pct,
         )
