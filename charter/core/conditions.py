@@ -35,7 +35,6 @@ leaves the whole undetermined.
 from __future__ import annotations
 
 import ast
-import operator
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
@@ -533,8 +532,8 @@ _ORDERABLE_TYPES: Final = frozenset(
     {(int, int), (int, float), (float, int), (float, float), (str, str)}
 )
 _ORDERS: Final[dict[type[ast.cmpop], Callable[[Any, Any], bool]]] = {
-    ast.Lt: operator.lt,
-    ast.LtE: operator.le,
-    ast.Gt: operator.gt,
-    ast.GtE: operator.ge,
+    ast.Lt: lambda left, right: left < right,
+    ast.LtE: lambda left, right: left <= right,
+    ast.Gt: lambda left, right: left > right,
+    ast.GtE: lambda left, right: left >= right,
 }
