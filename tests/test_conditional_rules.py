@@ -412,3 +412,18 @@ def test_example_refund_the_condition_cannot_judge_waits(
     code, out = run_example(capsys, with_amount(tmp_path, amount), tmp_path / "c.db")
     assert code == 3
     assert "waiting for approval of refund (approver finance-lead)" in out
+
+
+def test_the_gate_names_an_overruled_conditional_rule() -> None:
+    tenant = PolicySet(blocked_tools=["payments.*"], final=True)
+    workflow = PolicySet(
+        require_approval_for=[{"tool": "payments.refund", "when": "call.args.amount < 1000"}]
+    )
+    layers = policy_chain(tenant=tenant, workflow=workflow)
+    failed = gate_node(GateRequest(context=REFUND, policies=layers, call=call(amount=5), now=NOW))
+    assert failed.outcome is Outcome.FAIL
+    assert failed.reason == (
+        "tool 'payments.refund' matches blocked pattern 'payments.*' (final tenant rule: the "
+        "workflow rule require_approval_for 'payments.refund' (when call.args.amount < 1000) "
+        "may not relax it)"
+    )

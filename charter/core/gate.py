@@ -414,6 +414,8 @@ def _overruled_note(verdict: PolicyVerdict) -> str:
     where = overruled.scope.value if overruled.scope is not None else "more specific"
     rule = overruled.rule.value if overruled.rule is not None else "rule"
     pattern = f" '{overruled.pattern}'" if overruled.pattern is not None else ""
+    if overruled.condition is not None:
+        pattern += f" (when {overruled.condition})"
     decision, now = overruled.decision, verdict.decision
     if isinstance(decision, RequireApproval) and isinstance(now, RequireApproval):
         what = f"may not replace its approver '{now.approver}' with '{decision.approver}'"
