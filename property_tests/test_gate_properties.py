@@ -34,6 +34,7 @@ from charter.core import (
     pending_approvals,
 )
 from charter.core.approvals import approver_allows
+from charter.core.policy import ConditionalRule
 from charter.testing.strategies import gate_requests
 
 NOW = datetime(2026, 11, 21, tzinfo=UTC)
@@ -52,6 +53,12 @@ def _glob(pattern: str, value: str) -> bool:
     return re.fullmatch(translated, value, re.DOTALL) is not None
 
 
+def _pattern(rule: str | ConditionalRule) -> str:
+    # The drawn requests carry unconditional rules only (`gate_requests`).
+    assert isinstance(rule, str), rule
+    return rule
+
+
 def _oracle(request: GateRequest) -> tuple[bool, bool]:
     """(refused, needs approval) for a request, transcribed from docs/semantics.md §2–§6
     without calling the code under test."""
@@ -62,7 +69,7 @@ def _oracle(request: GateRequest) -> tuple[bool, bool]:
         policy = layer.policy
         if ctx.node_kind_tag == "model" and policy.model_allowlist:
             names = ctx.model_candidates()
-            if any(_glob(p, n) for p in policy.model_allowlist for n in names):
+            if any(_glob(_pattern(p), n) for p in policy.model_allowlist for n in names):
                 if request.combining is CombiningMode.MOST_SPECIFIC:
                     break
                 continue
@@ -70,10 +77,10 @@ def _oracle(request: GateRequest) -> tuple[bool, bool]:
             break
         if ctx.tool_name is None:
             continue
-        if any(_glob(p, ctx.tool_name) for p in policy.blocked_tools):
+        if any(_glob(_pattern(p), ctx.tool_name) for p in policy.blocked_tools):
             refused = True
             break
-        if any(_glob(p, ctx.tool_name) for p in policy.require_approval_for):
+        if any(_glob(_pattern(p), ctx.tool_name) for p in policy.require_approval_for):
             needs_approval = True
             if request.combining is CombiningMode.MOST_SPECIFIC:
                 break
@@ -85,13 +92,13 @@ def _oracle(request: GateRequest) -> tuple[bool, bool]:
         if ctx.node_kind_tag == "model":
             names = ctx.model_candidates()
             if policy.model_allowlist and not any(
-                _glob(p, n) for p in policy.model_allowlist for n in names
+                _glob(_pattern(p), n) for p in policy.model_allowlist for n in names
             ):
                 refused = True
         elif ctx.tool_name is not None:
-            if any(_glob(p, ctx.tool_name) for p in policy.blocked_tools):
+            if any(_glob(_pattern(p), ctx.tool_name) for p in policy.blocked_tools):
                 refused = True
-            elif any(_glob(p, ctx.tool_name) for p in policy.require_approval_for):
+            elif any(_glob(_pattern(p), ctx.tool_name) for p in policy.require_approval_for):
                 needs_approval = True
     # autonomy
     card = request.agent

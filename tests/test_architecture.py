@@ -173,7 +173,8 @@ CORE_API = [
 
 STRATEGIES_API = [
     "agent_cards", "approval_statuses", "autonomy_constraints", "autonomy_contexts",
-    "budget_limits", "budget_states", "circuit_breakers", "datetimes", "evaluation_contexts",
+    "budget_limits", "budget_states", "calls", "circuit_breakers", "conditional_rules",
+    "conditions", "datetimes", "evaluation_contexts",
     "event_kinds", "events", "gate_requests", "glob_patterns", "json_values", "names",
     "policy_chains", "policy_sets", "usages", "worker_requests", "worker_responses",
     "workflow_documents",

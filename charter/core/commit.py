@@ -99,11 +99,28 @@ __all__ = [
     "plan_record_effect",
     "plan_reserve_effect",
     "same_item_content",
+    "snapshot_due",
 ]
 
-#: A snapshot is folded whenever a commit's events cross a multiple of this many events of
-#: the run (the scheduler folds the log itself; a snapshot serves readers and recovery).
+#: The shortest distance between two snapshots of a run, in events.
 SNAPSHOT_EVERY: Final = 256
+
+
+def snapshot_due(before: int, after: int) -> bool:
+    """Whether a commit that moves a run's log from sequence ``before`` to ``after`` folds
+    a snapshot: when it crosses a multiple of the run's snapshot interval, the largest power
+    of two that is at most an eighth of the log, and at least `SNAPSHOT_EVERY`.
+
+    A snapshot costs in proportion to the run (it holds every completed node), so the
+    interval grows with the log: the snapshots of a run of n events cost O(n) in all —
+    constant per event, whatever the run's size — while a reader never has more than an
+    eighth of the log (or 256 events) to fold on top of the latest one. (The scheduler folds
+    the log itself; snapshots serve readers and recovery.)"""
+    interval = SNAPSHOT_EVERY
+    while interval * 16 <= after:
+        interval *= 2
+    return after // interval > before // interval
+
 
 _APPROVAL_KINDS: Final = (ToolApprovalRequired, ApprovalReceived, ApprovalConsumed)
 
@@ -637,7 +654,7 @@ def plan_commit(spec: CommitSpec, reads: CommitReads, *, now: datetime) -> Plan:
         writes.append(ReleaseEffects(item_id=item.item_id, fence=spec.fence))
     snapshot = spec.write_snapshot
     if snapshot is None:
-        snapshot = log.last // SNAPSHOT_EVERY > head.last_sequence // SNAPSHOT_EVERY
+        snapshot = snapshot_due(head.last_sequence, log.last)
     if snapshot:
         writes.append(WriteSnapshot(execution_id=item.execution_id))
     if (spec.then_events or spec.then_items) and spec.then_if_last_sequence == head.last_sequence:

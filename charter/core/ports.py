@@ -149,7 +149,7 @@ class CommitRequest:
     the execution's budget ledger (``succeeded`` True resets the consecutive-error count, False
     extends it, None leaves it). ``write_snapshot`` folds the new events into the latest
     snapshot and stores the result at the last new sequence (``None``, the default: when
-    the commit's events cross a multiple of `charter.core.commit.SNAPSHOT_EVERY`).
+    the commit's events cross the run's snapshot interval: `charter.core.commit.snapshot_due`).
     ``effect`` records a tool side effect's result.
 
     ``then_events`` and ``then_items`` are what the caller plans to append and enqueue next

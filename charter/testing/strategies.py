@@ -78,7 +78,10 @@ __all__ = [
     "autonomy_contexts",
     "budget_limits",
     "budget_states",
+    "calls",
     "circuit_breakers",
+    "conditional_rules",
+    "conditions",
     "datetimes",
     "evaluation_contexts",
     "event_kinds",
@@ -94,9 +97,6 @@ __all__ = [
     "worker_responses",
     "workflow_documents",
 ]
-
-# `conditions`, `calls` and `conditional_rules` (conditional policy rules) are public too; they
-# join `__all__` when its pin in tests/test_architecture.py is updated with them.
 
 DEFAULT_ALPHABET = "ab._"
 _MAX_TOKENS = 10**12
