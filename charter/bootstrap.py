@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Final
 
 from charter.adapters.executors import ExecutorRegistry, default_registry, load_plugin
 from charter.adapters.memory import MemoryStore
+from charter.adapters.otel import Telemetry, default_telemetry
 from charter.adapters.sqlite import SqliteStore
 from charter.core.errors import CharterError, InvalidInput, NotFound
 from charter.core.events import Event
@@ -161,6 +162,7 @@ def build_worker(
     lease_secs: float = 30.0,
     effect_ttl_secs: float = 300.0,
     hooks: WorkerHooks | None = None,
+    telemetry: Telemetry | None = None,
 ) -> Worker:
     """A worker on ``store``, wired: ``executors`` (default: `build_registry`) and a
     ``scheduler`` — pass one to share it between the threads of one process (they then
@@ -179,4 +181,5 @@ def build_worker(
         lease_secs=lease_secs,
         effect_ttl_secs=effect_ttl_secs,
         hooks=hooks,
+        telemetry=telemetry if telemetry is not None else default_telemetry(),
     )

@@ -3,7 +3,7 @@
 * `charter.integrations.govern` — `govern` / `governed` / `Governor`: every call of a
   Python callable (sync or async) gated, recorded, executed and settled in a Charter run,
   replayable like the worker's; `Refused` and `Held` say why a call did not run.
-* `charter.integrations.otel` — OpenTelemetry spans for gate decisions and tool executions
+* `charter.adapters.otel` — OpenTelemetry spans for gate decisions and tool executions
   (GenAI semantic conventions plus ``charter.*`` attributes) and a decision counter; a no-op
   without ``opentelemetry-api``.
 """

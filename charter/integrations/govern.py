@@ -98,7 +98,7 @@ from charter.core.ports import NodeResult, Store
 from charter.core.records import DEFAULT_TENANT, Execution, Tenant, WorkflowDefinition
 from charter.core.scheduler import Progress, fold
 from charter.core.workflow import WorkflowDef, parse_workflow
-from charter.integrations.otel import DecisionSpan, Telemetry, ToolSpan, default_telemetry
+from charter.adapters.otel import DecisionSpan, Telemetry, ToolSpan, default_telemetry
 
 __all__ = [
     "DEFAULT_STORE",

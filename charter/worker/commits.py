@@ -13,10 +13,11 @@ from collections.abc import Sequence
 
 import attrs
 
+from charter.adapters.otel import Telemetry
 from charter.core.attempt import with_failure_usage
 from charter.core.budget import Usage
 from charter.core.errors import FenceLost, NotFound, StoreError, StoreUnavailable
-from charter.core.events import EventKind
+from charter.core.events import Event, EventKind, NodeGated
 from charter.core.ports import Clock, CommitRequest, Store
 from charter.core.records import Claim, WorkItemStatus
 from charter.worker.scheduling import RunView, Scheduler
@@ -69,13 +70,31 @@ class Writer:
     ``scheduler`` (`Scheduler.absorb`); ``worker_id`` names the worker in the log."""
 
     def __init__(
-        self, store: Store, scheduler: Scheduler, worker_id: str, *, patience_secs: float
+        self,
+        store: Store,
+        scheduler: Scheduler,
+        worker_id: str,
+        *,
+        patience_secs: float,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.store = store
         self.scheduler = scheduler
         self.clock = store.clock
         self.worker_id = worker_id
         self.patience_secs = patience_secs
+        self.telemetry = telemetry
+
+    def _written(self, execution_id: str, written: Sequence[Event]) -> bool:
+        """Report each recorded decision (a span and the counter, when telemetry is on) and
+        hand what was written to the scheduler."""
+        if self.telemetry is not None:
+            for event in written:
+                if isinstance(event.kind, NodeGated):
+                    self.telemetry.record_decision(
+                        event.kind, run_id=execution_id, sequence=event.sequence
+                    )
+        return self.scheduler.absorb(execution_id, written)
 
     def commit(self, claim: Claim, request: CommitRequest, view: RunView | None) -> bool:
         """Commit ``request`` (with its follow-up, planned from ``view``). The attempt's
@@ -96,7 +115,7 @@ class Writer:
                 log.warning("%s: commit of %s: %s; retrying", self.worker_id, item_id, error)
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
-        return self.scheduler.absorb(claim.item.execution_id, written)
+        return self._written(claim.item.execution_id, written)
 
     def fail(
         self,
@@ -128,4 +147,4 @@ class Writer:
         except StoreError as failure:
             log.warning("could not record the failure of %s: %s", item.item_id, failure)
             return False
-        return self.scheduler.absorb(item.execution_id, written)
+        return self._written(item.execution_id, written)

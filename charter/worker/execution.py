@@ -14,7 +14,9 @@ from typing import Any, Final
 import attrs
 
 from charter.adapters.executors import ExecutorRegistry, condition_executor
+from charter.adapters.otel import Telemetry
 from charter.core.attempt import result_from_json
+from charter.core.budget import Usage
 from charter.core.errors import ExecutorFailed
 from charter.core.events import JsonValue
 from charter.core.ports import Executor, NodeCall, NodeResult, Store
@@ -154,3 +156,25 @@ def outcome_of(
         return failure
     except Exception as failure:  # noqa: BLE001 - any executor exception fails the attempt
         return ExecutorFailed(f"{type(failure).__name__}: {failure}", retryable=True)
+
+
+def execute_traced(
+    executor: Executor, call: NodeCall, node: NodeDef, telemetry: Telemetry | None
+) -> NodeResult | ExecutorFailed:
+    """`outcome_of`, inside an OpenTelemetry ``execute_tool`` span when ``telemetry`` is
+    on (`charter.adapters.otel`): the tool, run, node, attempt, model and settled usage."""
+    if telemetry is None:
+        return outcome_of(executor, call, node.timeout_secs)
+    with telemetry.tool_span(
+        node.context.tool_name or node.tag,
+        run_id=call.execution_id,
+        node_id=call.node_id,
+        attempt=call.attempt,
+        model=call.resolved_model,
+    ) as span:
+        result = outcome_of(executor, call, node.timeout_secs)
+        if isinstance(result, NodeResult):
+            span.settled(result.usage, sequence=None, outcome="completed")
+        else:
+            span.settled(Usage(), sequence=None, outcome="failed")
+        return result

@@ -23,6 +23,7 @@ from typing import Final
 import attrs
 
 from charter.adapters.executors import ExecutorRegistry, default_registry
+from charter.adapters.otel import Telemetry
 from charter.core.attempt import (
     effect_key,
     executed_attempt,
@@ -38,16 +39,21 @@ from charter.core.errors import ExecutorFailed, FenceLost, InvalidInput, NotFoun
 from charter.core.events import EventKind, JsonValue, OutcomeUnknown
 from charter.core.gate import Outcome, gate_node
 from charter.core.nodes import NODE_KINDS
-from charter.core.ports import Clock, CommitRequest, EffectResult, Store
+from charter.core.ports import (
+    Clock,
+    CommitRequest,
+    EffectResult,
+    Store,
+)
 from charter.core.records import Claim, WorkItemStatus
 from charter.core.workflow import NodeDef, WorkflowInvalid
 from charter.worker.commits import Writer, commit_request
 from charter.worker.execution import (
     Lost,
     Refused,
+    execute_traced,
     executor_for,
     node_call,
-    outcome_of,
     reserve,
 )
 from charter.worker.heartbeats import Heartbeats
@@ -89,6 +95,7 @@ class Worker:
         lease_secs: float = 30.0,
         effect_ttl_secs: float = 300.0,
         hooks: WorkerHooks | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.store = store
         self.executors = executors if executors is not None else default_registry()
@@ -99,7 +106,10 @@ class Worker:
         self.effect_ttl_secs = effect_ttl_secs
         self.hooks = hooks or WorkerHooks()
         self._heartbeats = Heartbeats(store, lease_secs)
-        self._writer = Writer(store, self.scheduler, self.worker_id, patience_secs=lease_secs / 2)
+        self.telemetry = telemetry
+        self._writer = Writer(
+            store, self.scheduler, self.worker_id, patience_secs=lease_secs / 2, telemetry=telemetry
+        )
         self._absorbed = False  # whether the item in hand's own write was folded in
         self._view: RunView | None = None  # the view the item in hand is decided on
 
@@ -263,7 +273,11 @@ class Worker:
             self.hooks.before_execute(claim)
         started = time.monotonic()
         beat = self._heartbeats.start(claim)
-        result = replayed if replayed is not None else outcome_of(executor, call, node.timeout_secs)
+        result = (
+            replayed
+            if replayed is not None
+            else execute_traced(executor, call, node, self.telemetry)
+        )
         if isinstance(result, ExecutorFailed):
             self._heartbeats.stop(beat)
             failed = failed_attempt(workflow, node, item, gate_events=gated, budget=view.budget)

@@ -17,10 +17,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 from charter.adapters.memory import MemoryStore
+from charter.adapters.otel import DECISIONS_METRIC, Telemetry
 from charter.core.budget import Usage
 from charter.core.events import NodeGated
 from charter.integrations.govern import Governor, Held, Refused, report_usage
-from charter.integrations.otel import DECISIONS_METRIC, Telemetry
 
 
 class Recorded:
@@ -179,13 +179,49 @@ def test_the_worker_helper_records_a_committed_decision(recorded: Recorded) -> N
     assert recorded.decisions() == {("hold", "require_approval_for"): 1}
 
 
+def test_the_worker_reports_every_decision_and_execution(recorded: Recorded) -> None:
+    # The worker's own runs carry the same spans as governed calls (upstream's worker
+    # emitted them): a decision span per recorded node_gated, an execute_tool span per
+    # executed node, and the counter.
+    from pathlib import Path
+
+    from charter.adapters.files import load_policy_layer, load_workflow_file
+    from charter.adapters.memory import MemoryStore
+    from charter.bootstrap import build_worker
+    from charter.core.policy import PolicyScope
+    from charter.core.records import Tenant
+    from charter.worker import drive, start_run
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    store = MemoryStore()
+    now = store.clock.now()
+    policy = load_policy_layer(examples / "tenant-acme.yaml", PolicyScope.TENANT)
+    store.put_tenant(Tenant(tenant_id="acme", policy=policy, created_at=now, updated_at=now))
+    workflow, _ = load_workflow_file(examples / "research.yaml")
+    execution = start_run(store, workflow, tenant_id="acme")
+    worker = build_worker(store, telemetry=recorded.telemetry)
+    drive(worker, execution.execution_id)
+    events = store.read_events(execution.execution_id)
+    gated = [(e.sequence, e.kind) for e in events if isinstance(e.kind, NodeGated)]
+    spans = recorded.spans()
+    decisions = [s for s in spans if "charter.outcome" in _attributes(s)]
+    tools = [s for s in spans if _attributes(s).get("gen_ai.operation.name") == "execute_tool"]
+    assert sorted(_attributes(s)["charter.event.sequence"] for s in decisions) == sorted(
+        sequence for sequence, _ in gated
+    )
+    ran = [kind for _, kind in gated if kind.outcome == "run"]
+    assert len(tools) == len(ran) > 0
+    assert {_attributes(s)["charter.run_id"] for s in decisions} == {execution.execution_id}
+    assert sum(recorded.decisions().values()) == len(gated)
+
+
 def test_without_the_api_everything_is_a_no_op() -> None:
     """A process where ``opentelemetry`` cannot be imported still governs calls."""
     script = """
 import sys
 sys.modules["opentelemetry"] = None  # as if not installed
 from charter.adapters.memory import MemoryStore
-from charter.integrations import otel
+from charter.adapters import otel
 from charter.integrations.govern import govern
 assert not otel.AVAILABLE
 double = govern(lambda x: 2 * x, store=MemoryStore(), tool_name="double")
