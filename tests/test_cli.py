@@ -34,8 +34,28 @@ def test_check_prints_decision_rule_and_scope_for_a_block() -> None:
         "  reason: tool 'db.drop_prod' matches blocked pattern 'db.drop_*'",
         "  rule:   blocked_tools 'db.drop_*'",
         "  scope:  tenant",
+        "combining: most-specific (tenant: most-specific)",
     ]
     assert done.stderr == ""
+
+
+def test_check_says_which_combining_applies_and_what_a_final_tenant_overruled(
+    tmp_path: Path,
+) -> None:
+    policy = tmp_path / "layers.yaml"
+    policy.write_text(
+        "tenant: {blocked_tools: ['db.drop_*']}\n"
+        "workflow: {require_approval_for: ['db.drop_*'], approver: '*'}\n"
+    )
+    done = _run("check", str(policy), "--tool", "db.drop_prod")
+    assert done.returncode == EXIT_BLOCKED
+    lines = done.stdout.splitlines()
+    assert "  scope:  tenant" in lines
+    assert lines[-2] == (
+        "  overruled: the workflow require_approval_for 'db.drop_*' would have made it "
+        "REQUIRE APPROVAL (approver: *); the final tenant rule holds"
+    )
+    assert lines[-1] == "combining: most-specific (tenant: final)"
 
 
 def test_check_node_approval_overrides_tenant_block_by_default() -> None:

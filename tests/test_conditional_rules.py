@@ -320,13 +320,14 @@ def test_check_with_call_explains_which_condition_decided(
         "  scope:  workflow",
         "  when:   call.args.amount > 100",
         "          (holds on the call)",
+        "combining: most-specific",
     ]
     code, out, _ = cli(capsys, *args, '{"args": {"amount": 60}}')
     assert code == 0
     assert out.splitlines()[0] == "tool 'payments.refund': ALLOW"
     code, out, _ = cli(capsys, *args, '{"args": {}}')
     assert code == 3
-    assert out.splitlines()[-1] == (
+    assert out.splitlines()[-2] == (
         "          (could not be evaluated: call.args.amount is missing → treated as matching)"
     )
     code, out, _ = cli(capsys, *args, '{"args": {"amount": 250}}', "--json")

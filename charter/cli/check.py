@@ -15,6 +15,7 @@ from charter.core.policy import (
     Allow,
     Block,
     EvaluationContext,
+    PolicyDecision,
     PolicyEvaluator,
     PolicyScope,
     PolicyVerdict,
@@ -119,7 +120,26 @@ def _verdict_lines(subject: str, verdict: PolicyVerdict) -> list[str]:
                 )
     else:
         lines.append("  rule:   none matched (default allow)")
+    overruled = verdict.overruled
+    if overruled is not None:
+        scope = overruled.scope.value if overruled.scope is not None else "a lower scope"
+        rule = overruled.rule.value if overruled.rule is not None else "rule"
+        pattern = f" '{overruled.pattern}'" if overruled.pattern is not None else ""
+        lines.append(
+            f"  overruled: the {scope} {rule}{pattern} would have made it "
+            f"{_decision_text(overruled.decision)}; the final tenant rule holds"
+        )
     return lines
+
+
+def _decision_text(decision: PolicyDecision) -> str:
+    match decision:
+        case Allow():
+            return "ALLOW"
+        case Block():
+            return "BLOCK"
+        case RequireApproval(approver=approver):
+            return f"REQUIRE APPROVAL (approver: {approver})"
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -144,6 +164,7 @@ def _check(args: argparse.Namespace) -> int:
     if args.json:
         payload: dict[str, Any] = {
             "combining": policy.combining.value,
+            "tenant_combining": policy.tenant_combining,
             "results": [{"context": dump(ctx), "verdict": dump(v)} for _, ctx, v in results],
         }
         if args.call is not None:
@@ -152,6 +173,9 @@ def _check(args: argparse.Namespace) -> int:
     else:
         for subject, _, verdict in results:
             print("\n".join(_verdict_lines(subject, verdict)))
+        tenant = policy.tenant_combining
+        mode = policy.combining.value + (f" (tenant: {tenant})" if tenant is not None else "")
+        print(f"combining: {mode}")
     return max(_severity(verdict) for _, _, verdict in results)
 
 
