@@ -65,6 +65,7 @@ from typing import Any, Final, Generic, ParamSpec, TypeVar, cast, overload
 import attrs
 
 from charter.adapters.files import load_policy_layer
+from charter.adapters.otel import DecisionSpan, Telemetry, ToolSpan, default_telemetry
 from charter.audit.replay import invocation_request
 from charter.bootstrap import open_store, shown
 from charter.core.approvals import ANY_HUMAN, ApprovalStatus, NotRequested, Pending, approval_step
@@ -98,7 +99,6 @@ from charter.core.ports import NodeResult, Store
 from charter.core.records import DEFAULT_TENANT, Execution, Tenant, WorkflowDefinition
 from charter.core.scheduler import Progress, fold
 from charter.core.workflow import WorkflowDef, parse_workflow
-from charter.adapters.otel import DecisionSpan, Telemetry, ToolSpan, default_telemetry
 
 __all__ = [
     "DEFAULT_STORE",
