@@ -230,7 +230,7 @@ def chart_scale(curve: dict[str, Any], caption: str, out: Path, png: bool) -> No
                 f"{p['us_per_node']:,.0f}",
                 (p["nodes"], p["us_per_node"]),
                 textcoords="offset points",
-                xytext=(0, 6),
+                xytext=(0, 6 if shape == "chain" else -12),
                 ha="center",
                 fontsize=7,
             )
@@ -261,7 +261,7 @@ def chart_scale(curve: dict[str, Any], caption: str, out: Path, png: bool) -> No
                 f"{p['rss_per_node_bytes'] / 1024:.1f}",
                 (p["nodes"], p["rss_per_node_bytes"] / 1024),
                 textcoords="offset points",
-                xytext=(0, 6),
+                xytext=(0, -12 if shape == "chain" else 6),
                 ha="center",
                 fontsize=7,
             )
