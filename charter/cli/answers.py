@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from charter.adapters.executors import ExecutorRegistry
 from charter.adapters.keys import load_key, new_key, sign
 from charter.bootstrap import build_registry, build_worker
 from charter.cli.common import (
@@ -25,11 +26,13 @@ from charter.cli.common import (
     require_run,
 )
 from charter.cli.render import event_line
+from charter.cli.runs import _printer, _report
 from charter.core.answers import approval_statement, stamp
 from charter.core.approvals import ApprovalRefused, ApprovalRequest, Pending
 from charter.core.commit import ApprovalRow, Head
 from charter.core.errors import InvalidInput
 from charter.core.events import ApprovalDecision, Event, JsonValue
+from charter.core.records import Execution
 from charter.core.signing import Signature, Statement
 from charter.integrations.govern import is_governed
 from charter.worker import drive
@@ -37,7 +40,7 @@ from charter.worker import drive
 if TYPE_CHECKING:
     from charter.cli.common import CliStore
 
-__all__ = ["add_answer", "add_keys", "os_account", "signed"]
+__all__ = ["add_answer", "add_keys", "answered", "os_account", "signed"]
 
 
 def os_account() -> JsonValue:
@@ -155,9 +158,36 @@ def _statement(
     )
 
 
-def _answer(args: argparse.Namespace) -> int:
-    from charter.cli.runs import _printer, _report
+def answered(
+    store: CliStore,
+    execution: Execution,
+    answer: Event | ApprovalRefused,
+    registry: ExecutorRegistry,
+    args: argparse.Namespace,
+) -> int:
+    """After a person's answer (an approval or a resolution): refuse it as one line if the
+    store did, print it, then continue the run here unless ``--no-continue`` (a governed run
+    continues when its caller calls again), with `charter run`'s exit codes."""
+    if isinstance(answer, ApprovalRefused):
+        raise InvalidInput(f"{args.run_id} {args.node_id}", f"refused: {answer.reason}")
+    if not args.quiet:
+        print(event_line(answer))
+    if args.no_continue:
+        return EXIT_OK
+    stored = store.get_workflow(
+        execution.workflow_id, execution.workflow_version, execution.tenant_id
+    )
+    if stored is not None and is_governed(stored.ir):
+        return EXIT_OK
+    worker = build_worker(store, executors=registry)
+    worker.scheduler.progress(execution.execution_id)  # the events so far: not reprinted
+    total = len(worker.scheduler.definitions.for_execution(execution).nodes)
+    done = store.read_events(execution.execution_id)
+    worker.scheduler.on_events = _printer(args.quiet, total, done)
+    return _report(store, drive(worker, execution.execution_id), args.db)
 
+
+def _answer(args: argparse.Namespace) -> int:
     registry = build_registry(args.executors)
     store = open_db(args, must_exist=True)
     try:
@@ -176,22 +206,6 @@ def _answer(args: argparse.Namespace) -> int:
             decided_at=decided_at,
             recorded_by=os_account(),
         )
-        if isinstance(answer, ApprovalRefused):
-            raise InvalidInput(f"{args.run_id} {args.node_id}", f"refused: {answer.reason}")
-        if not args.quiet:
-            print(event_line(answer))
-        if args.no_continue:
-            return EXIT_OK
-        stored = store.get_workflow(
-            execution.workflow_id, execution.workflow_version, execution.tenant_id
-        )
-        if stored is not None and is_governed(stored.ir):
-            return EXIT_OK  # a governed run continues when its caller calls again
-        worker = build_worker(store, executors=registry)
-        worker.scheduler.progress(execution.execution_id)  # the events so far: not reprinted
-        total = len(worker.scheduler.definitions.for_execution(execution).nodes)
-        done = store.read_events(execution.execution_id)
-        worker.scheduler.on_events = _printer(args.quiet, total, done)
-        return _report(store, drive(worker, execution.execution_id), args.db)
+        return answered(store, execution, answer, registry, args)
     finally:
         store.close()

@@ -18,18 +18,15 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from charter.adapters.files import read_document
-from charter.bootstrap import build_registry, build_worker
-from charter.cli.answers import os_account, signed
+from charter.bootstrap import build_registry
+from charter.cli.answers import answered, os_account, signed
 from charter.cli.common import (
-    EXIT_OK,
     db_option,
     executors_option,
     open_db,
     require_node,
     require_run,
 )
-from charter.cli.render import event_line
-from charter.cli.runs import _printer, _report
 from charter.core.answers import open_outcome, resolution_statement, stamp
 from charter.core.approvals import ApprovalRefused
 from charter.core.commit import Head
@@ -37,8 +34,6 @@ from charter.core.errors import InvalidInput
 from charter.core.events import Event
 from charter.core.records import Execution
 from charter.core.signing import Statement
-from charter.integrations.govern import is_governed
-from charter.worker import drive
 
 if TYPE_CHECKING:
     from charter.cli.common import CliStore
@@ -170,22 +165,6 @@ def _resolve(args: argparse.Namespace) -> int:
             decided_at=decided_at,
             recorded_by=os_account(),
         )
-        if isinstance(answer, ApprovalRefused):
-            raise InvalidInput(f"{args.run_id} {args.node_id}", f"refused: {answer.reason}")
-        if not args.quiet:
-            print(event_line(answer))
-        if args.no_continue:
-            return EXIT_OK
-        stored = store.get_workflow(
-            execution.workflow_id, execution.workflow_version, execution.tenant_id
-        )
-        if stored is not None and is_governed(stored.ir):
-            return EXIT_OK  # a governed run continues when its caller calls again
-        worker = build_worker(store, executors=registry)
-        worker.scheduler.progress(execution.execution_id)  # the events so far: not reprinted
-        total = len(worker.scheduler.definitions.for_execution(execution).nodes)
-        done = store.read_events(execution.execution_id)
-        worker.scheduler.on_events = _printer(args.quiet, total, done)
-        return _report(store, drive(worker, execution.execution_id), args.db)
+        return answered(store, execution, answer, registry, args)
     finally:
         store.close()
