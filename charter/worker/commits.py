@@ -89,11 +89,16 @@ class Writer:
         """Report each recorded decision (a span and the counter, when telemetry is on) and
         hand what was written to the scheduler."""
         if self.telemetry is not None:
-            for event in written:
-                if isinstance(event.kind, NodeGated):
-                    self.telemetry.record_decision(
-                        event.kind, run_id=execution_id, sequence=event.sequence
-                    )
+            try:
+                for event in written:
+                    if isinstance(event.kind, NodeGated):
+                        self.telemetry.record_decision(
+                            event.kind, run_id=execution_id, sequence=event.sequence
+                        )
+            except Exception:  # reporting never undoes what was recorded
+                # The decision is already committed: a failing exporter must not turn into
+                # a failure of the attempt (and a re-run of its node).
+                log.warning("%s: could not report a decision span", self.worker_id, exc_info=True)
         return self.scheduler.absorb(execution_id, written)
 
     def commit(self, claim: Claim, request: CommitRequest, view: RunView | None) -> bool:

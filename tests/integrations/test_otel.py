@@ -8,6 +8,7 @@ import subprocess
 import sys
 from typing import Any
 
+import attrs
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -233,3 +234,36 @@ print("ok")
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_a_failing_exporter_never_fails_a_node(
+    recorded: Recorded, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Decisions are reported after they are committed: an exporter that raises must not
+    # turn into an error of the attempt (the worker would try to fail a settled claim).
+    from pathlib import Path
+
+    from charter.adapters.files import load_workflow_file
+    from charter.adapters.memory import MemoryStore
+    from charter.bootstrap import build_worker
+    from charter.worker import drive, start_run
+
+    class Broken(Telemetry):
+        def record_decision(self, gated: NodeGated, **fields: Any) -> None:
+            raise RuntimeError("exporter down")
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    store = MemoryStore()
+    workflow, _ = load_workflow_file(examples / "research.yaml")
+    workflow = attrs.evolve(workflow, tenant_id="default")
+    execution = start_run(store, workflow, tenant_id="default")
+    worker = build_worker(store, telemetry=Broken())
+    outcome = drive(worker, execution.execution_id)
+    clean = build_worker(MemoryStore(), telemetry=recorded.telemetry)
+    expected = drive(clean, start_run(clean.store, workflow, tenant_id="default").execution_id)
+    assert outcome.status == expected.status
+    events = store.read_events(execution.execution_id)
+    assert not any("exporter down" in str(event.kind) for event in events)
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == []
+    assert any("could not report a decision span" in r.getMessage() for r in caplog.records)
