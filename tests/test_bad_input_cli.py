@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from charter import __version__
 from charter.adapters.files import MAX_ALIAS_VALUES, MAX_FILE_BYTES, load_workflow_file
@@ -23,7 +25,8 @@ from charter.bootstrap import open_store
 from charter.cli import EXIT_USAGE, EXIT_WAITING, main
 from charter.cli.common import require_node, require_run
 from charter.core.errors import IncompatibleStore, InvalidInput, NotFound, StoreError
-from charter.core.records import DEFAULT_TENANT, Tenant
+from charter.core.records import DEFAULT_TENANT, MAX_ID_LENGTH, Tenant
+from charter.core.scheduler import item_id
 
 SIMPLE = """\
 workflow_id: simple
@@ -252,6 +255,40 @@ def test_a_node_id_over_the_id_limit_is_refused_by_validate(
     text = SIMPLE.replace("start_node: a", f"start_node: {node}").replace("  a:", f"  {node}:")
     (in_tmp / "node.yaml").write_text(text)
     _one_line(capsys, ["validate", "node.yaml"], "nodes.", "200 characters", "at most 128")
+
+
+def test_long_workflow_and_node_ids_that_validate_also_run(
+    in_tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A 100-character workflow id and a 110-character node id are each within the limit,
+    # but `<run>/<node>/<dispatch>` is not: the item id is shortened, not refused mid-run.
+    node = "n" * 110
+    text = (
+        SIMPLE.replace("start_node: a", f"start_node: {node}")
+        .replace("  a:", f"  {node}:")
+        .replace("workflow_id: simple", "workflow_id: " + "w" * 100)
+    )
+    (in_tmp / "long.yaml").write_text(text)
+    assert main(["validate", "long.yaml"]) == 0
+    assert main(["run", "long.yaml"]) == 0
+    assert "workflow_completed" in capsys.readouterr().out
+
+
+@given(
+    run=st.text(st.characters(codec="ascii", exclude_characters="/"), min_size=1, max_size=128),
+    node=st.text(st.characters(codec="ascii", exclude_characters="/"), min_size=1, max_size=128),
+    dispatch=st.integers(1, 10**9),
+)
+def test_item_ids_fit_the_limit_are_stable_and_keep_pairs_apart(
+    run: str, node: str, dispatch: int
+) -> None:
+    made = item_id(run, node, dispatch)
+    assert len(made) <= MAX_ID_LENGTH
+    assert made == item_id(run, node, dispatch)
+    assert made != item_id(run + "x" if len(run) < 128 else run[:-1], node, dispatch)
+    assert made != item_id(run, node, dispatch + 1)
+    if len(f"{run}/{node}/{dispatch}") <= MAX_ID_LENGTH:
+        assert made == f"{run}/{node}/{dispatch}"
 
 
 @pytest.mark.parametrize(

@@ -69,6 +69,7 @@ Rules of `plan`, in order:
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
@@ -101,7 +102,7 @@ from charter.core.events import (
 )
 from charter.core.gate import request_digest
 from charter.core.materialize import merge_patch
-from charter.core.records import NewWorkItem
+from charter.core.records import MAX_ID_LENGTH, NewWorkItem
 from charter.core.workflow import NodeDef, WorkflowDef
 
 __all__ = [
@@ -114,6 +115,7 @@ __all__ = [
     "fold",
     "fold_event",
     "fold_kinds",
+    "item_id",
     "plan",
 ]
 
@@ -724,9 +726,27 @@ def _edge_live(progress: Progress, source: str, target: str) -> bool:
     )
 
 
+#: How much of the run id and of the node id a shortened work item id keeps (see `item_id`).
+_KEEP: Final = 40
+
+
+def item_id(execution_id: str, node_id: str, dispatch: int) -> str:
+    """The work item id of ``node_id``'s ``dispatch``-th dispatch in ``execution_id``:
+    ``<run>/<node>/<dispatch>`` when that fits the identifier limit, otherwise the first 40
+    characters of each, a digest of the full pair and the dispatch
+    (``<run…>/<node…>/<sha256:32>/<dispatch>``) — deterministic, so a re-planned enqueue
+    finds the same item, and distinct for distinct (run, node) pairs (docs/store.md, limits
+    on input)."""
+    natural = f"{execution_id}/{node_id}/{dispatch}"
+    if len(natural) <= MAX_ID_LENGTH:
+        return natural
+    pair = hashlib.sha256(f"{execution_id}\x00{node_id}".encode()).hexdigest()[:32]
+    return f"{execution_id[:_KEEP]}/{node_id[:_KEEP]}/{pair}/{dispatch}"
+
+
 def _item_for(execution_id: str, node: NodeDef, dispatch: int, payload: Any) -> NewWorkItem:
     return NewWorkItem(
-        item_id=f"{execution_id}/{node.node_id}/{dispatch}",
+        item_id=item_id(execution_id, node.node_id, dispatch),
         execution_id=execution_id,
         node_id=node.node_id,
         queue=node.queue,
