@@ -667,9 +667,9 @@ class _Replayer:
             after = links[-1].sequence
 
     def run(self) -> None:
-        execution, workflow = self._execution()
         if self._compacted_away():
             return
+        execution, workflow = self._execution()
         if self.override is not None and self.override[0] is PolicyScope.WORKFLOW:
             workflow = attrs.evolve(workflow, policy=self.override[1])
         positions = self._positions()
