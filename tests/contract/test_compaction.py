@@ -95,9 +95,9 @@ def test_any_cut_of_a_finished_run_verifies_keeps_its_state_and_archives_exactly
         assert record.hash == original[record.through_sequence - 1].hash
         assert record.prev_hash == original[record.first_sequence - 1].prev_hash
     # The compacted log verifies and reports its prefix.
-    report = verify_log(store, runs=[run])
-    assert report.ok, report.problems
-    assert (run in report.compacted) == bool(history)
+    verified = verify_log(store, runs=[run])
+    assert verified.ok, verified.problems
+    assert (run in verified.compacted) == bool(history)
     # The snapshot holds the state the whole log gives.
     snapshot = store.latest_snapshot(run)
     if history:
@@ -231,7 +231,7 @@ def test_an_existing_archive_is_never_overwritten(
     run = finished_run(store, clock, 2)
     path = tmp_path / "archive.jsonl"
     path.write_text("keep me")
-    with pytest.raises(InvalidInput, match="--archive.*already exists"):
+    with pytest.raises(InvalidInput, match=r"--archive.*already exists"):
         compact_log(store, before=3, runs=[run], archive=path)
     assert path.read_text() == "keep me"
     assert store.compactions(run) == ()
