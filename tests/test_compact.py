@@ -170,3 +170,19 @@ def test_cli_compact_bad_input_is_one_line_and_exit_2(
     code, _, err = cli(capsys, "compact", "--db", str(db), "--before", "5", "--run", "nope")
     assert code == 2
     assert "--run" in err
+
+
+def test_cli_events_of_a_compacted_run_says_what_was_removed(
+    db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    anchor = tmp_path / "anchor.json"
+    assert cli(capsys, "audit", "anchor", "--db", str(db), "-o", str(anchor))[0] == 0
+    assert cli(capsys, "compact", "--db", str(db), "--before", "6")[0] == 0
+    code, out, _ = cli(capsys, "events", "refund", "--db", str(db))
+    assert code == 0
+    assert out.splitlines()[0].startswith("(events 1–5 were compacted")
+    # The anchor taken before compaction still verifies: its heads are the runs' last
+    # events, which compaction never removes.
+    code, out, _ = cli(capsys, "audit", "verify", "--db", str(db), "--anchor", str(anchor))
+    assert code == 0, out
+    assert "4 against the anchor" in out
