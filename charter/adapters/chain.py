@@ -150,6 +150,12 @@ class ChainVerifier:
         self._anchored: dict[int, str] = {}
         self._watch: int | None = None
 
+    def resume(self, sequence: int, hash_: str) -> None:
+        """Start after event ``sequence`` whose hash was ``hash_`` (a compacted prefix,
+        docs/semantics.md §10: the next event must continue from it)."""
+        self.last_sequence = sequence
+        self.head = hash_
+
     def expect(self, sequence: int, hash_: str) -> None:
         """Ask `finish` to check that event ``sequence`` is still there with ``hash_``."""
         self._watch = sequence

@@ -35,6 +35,7 @@ from charter.core.commit import (
     SetStatus,
     UpdateItem,
 )
+from charter.core.compaction import Compaction
 from charter.core.errors import NotFound
 from charter.core.events import Event, JsonValue, event_type
 from charter.core.policy import PolicySet
@@ -78,6 +79,7 @@ class _Tables:
     approvals: dict[tuple[str, str], _Approval] = attrs.Factory(dict)
     effects: dict[str, EffectRow] = attrs.Factory(dict)
     policy_sets: dict[str, PolicySet] = attrs.Factory(dict)
+    compactions: dict[str, tuple[Compaction, ...]] = attrs.Factory(dict)
     enqueued: int = 0
 
     def copy(self) -> _Tables:
@@ -95,6 +97,7 @@ class _Tables:
             approvals=self.approvals.copy(),
             effects=self.effects.copy(),
             policy_sets=self.policy_sets.copy(),
+            compactions=self.compactions.copy(),
             enqueued=self.enqueued,
         )
 
@@ -213,7 +216,14 @@ class _MemoryTx:
 
     def events_after(self, execution_id: str, after: int) -> tuple[list[Event], int]:
         log = self.t.events[execution_id]
-        return list(log[after:]), self.t.executions[execution_id].last_sequence
+        return list(_after(log, after)), self.t.executions[execution_id].last_sequence
+
+    def compactions(self, execution_id: str) -> list[Compaction]:
+        return list(self.t.compactions.get(execution_id, ()))
+
+    def event_hash_at(self, execution_id: str, sequence: int) -> str | None:
+        found = _after(self.t.events[execution_id], sequence - 1)[:1]
+        return found[0].hash if found and found[0].sequence == sequence else None
 
     # ── writes ──
 
@@ -275,6 +285,20 @@ class _MemoryTx:
 
     def put_snapshot(self, snapshot: Snapshot) -> None:
         self.t.snapshots[snapshot.execution_id] = snapshot
+
+    def delete_events(self, execution_id: str, through_sequence: int) -> None:
+        self.t.events[execution_id] = _after(self.t.events[execution_id], through_sequence)
+
+    def put_compaction(self, record: Compaction) -> None:
+        history = self.t.compactions.get(record.execution_id, ())
+        self.t.compactions[record.execution_id] = (*history, record)
+
+
+def _after(log: tuple[Event, ...], after: int) -> tuple[Event, ...]:
+    """The events of ``log`` (gapless, perhaps compacted: docs/semantics.md §10) whose
+    sequence is greater than ``after``."""
+    offset = log[0].sequence - 1 if log else 0
+    return log[max(0, after - offset) :]
 
 
 class MemoryStore(PlannedStore):
@@ -350,7 +374,7 @@ class MemoryStore(PlannedStore):
         log = self._tables.events.get(execution_id)
         if log is None:
             raise NotFound(f"execution {execution_id!r} does not exist")
-        chosen = log[after:]
+        chosen = _after(log, after)
         return chosen if limit is None else chosen[:limit]
 
     def read_chain(
@@ -375,6 +399,11 @@ class MemoryStore(PlannedStore):
 
     def latest_snapshot(self, execution_id: str) -> Snapshot | None:
         return self._tables.snapshots.get(execution_id)
+
+    def compactions(self, execution_id: str) -> tuple[Compaction, ...]:
+        if execution_id not in self._tables.executions:
+            raise NotFound(f"execution {execution_id!r} does not exist")
+        return self._tables.compactions.get(execution_id, ())
 
     def get_ledger(self, execution_id: str) -> BudgetState:
         state = self._tables.ledger.get(execution_id)

@@ -55,6 +55,7 @@ from charter.adapters.tx import Tx, new_event_id
 from charter.core import commit as plan
 from charter.core.approvals import ApprovalStatus, Pending
 from charter.core.budget import BudgetState
+from charter.core.compaction import Compaction
 from charter.core.errors import NotFound
 from charter.core.events import Event, JsonValue, event_type
 from charter.core.policy import PolicySet
@@ -254,7 +255,34 @@ class _PgTx:
         rows, last = q.log(self._cursor, execution_id, after, None)
         return [q.event(execution_id, row) for row in rows], last
 
+    def compactions(self, execution_id: str) -> list[Compaction]:
+        rows = self._execute(q.COMPACTIONS, (execution_id,)).fetchall()
+        return [_compaction(execution_id, row) for row in rows]
+
+    def event_hash_at(self, execution_id: str, sequence: int) -> str | None:
+        row = self._one(
+            "SELECT hash FROM events WHERE execution_id = %s AND sequence = %s",
+            (execution_id, sequence),
+        )
+        return None if row is None else str(row[0])
+
     # ── writes ──
+
+    def delete_events(self, execution_id: str, through_sequence: int) -> None:
+        self._execute(
+            "DELETE FROM events WHERE execution_id = %s AND sequence <= %s",
+            (execution_id, through_sequence),
+        )
+
+    def put_compaction(self, record: Compaction) -> None:
+        self._execute(
+            q.PUT_COMPACTION,
+            (
+                record.execution_id, record.first_sequence, record.through_sequence,
+                record.events, record.prev_hash, record.hash, record.snapshot_sequence,
+                record.compacted_at,
+            ),
+        )  # fmt: skip
 
     def put_tenant(self, tenant: Tenant, keep_policy: bool) -> None:
         policy = tenant.policy if keep_policy else None
@@ -553,6 +581,20 @@ class PostgresStore(PlannedStore):
             created_at=created_at,
         )
 
+    def compactions(self, execution_id: str) -> tuple[Compaction, ...]:
+        def read(cur: Cursor) -> tuple[Compaction, ...]:
+            if (
+                cur.execute(
+                    "SELECT 1 FROM executions WHERE execution_id = %s", (execution_id,)
+                ).fetchone()
+                is None
+            ):
+                raise NotFound(f"execution {execution_id!r} does not exist")
+            rows = cur.execute(q.COMPACTIONS, (execution_id,)).fetchall()
+            return tuple(_compaction(execution_id, row) for row in rows)
+
+        return self._db.read(read)
+
     def get_ledger(self, execution_id: str) -> BudgetState:
         row = self._row(q.LEDGER, (execution_id,))
         if row is None:
@@ -589,3 +631,12 @@ class PostgresStore(PlannedStore):
             for execution_id, node_id, tenant_id, text, at in rows
         )
         return tuple(record for record in found if record is not None)
+
+
+def _compaction(execution_id: str, row: Row) -> Compaction:
+    first, through, events, prev_hash, hash_, snapshot_sequence, compacted_at = row
+    return Compaction(
+        execution_id=execution_id, first_sequence=first, through_sequence=through,
+        events=events, prev_hash=prev_hash, hash=hash_, snapshot_sequence=snapshot_sequence,
+        compacted_at=compacted_at,
+    )  # fmt: skip

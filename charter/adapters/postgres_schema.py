@@ -205,7 +205,23 @@ UPDATE work_items SET reserved = true
  WHERE item_id IN (SELECT item_id FROM effects WHERE NOT recorded);
 """
 
-MIGRATIONS: Final[dict[int, str]] = {1: _V1, 2: _V2, 3: _V3}
+# Version 4: compaction (docs/semantics.md §10): one row per compaction of a finished run's
+# log, summarising the events it removed (their range, count, first prev_hash, last hash).
+_V4 = """
+CREATE TABLE compactions (
+    execution_id      text NOT NULL,
+    through_sequence  bigint NOT NULL,
+    first_sequence    bigint NOT NULL,
+    events            bigint NOT NULL,
+    prev_hash         text NOT NULL,
+    hash              text NOT NULL,
+    snapshot_sequence bigint NOT NULL,
+    compacted_at      timestamptz NOT NULL,
+    PRIMARY KEY (execution_id, through_sequence)
+);
+"""
+
+MIGRATIONS: Final[dict[int, str]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
 #: The schema version this code reads and writes.
 LATEST: Final = max(MIGRATIONS)
 

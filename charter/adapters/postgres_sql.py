@@ -276,6 +276,14 @@ PUT_EFFECT: Final = (
     f"VALUES ({_placeholders(EFFECT_COLUMNS)}) ON CONFLICT (key) DO UPDATE SET "
     f"{_excluded(EFFECT_COLUMNS[1:])} WHERE %(replace)s RETURNING 1"
 )
+COMPACTIONS: Final = (
+    "SELECT first_sequence, through_sequence, events, prev_hash, hash, snapshot_sequence, "
+    "compacted_at FROM compactions WHERE execution_id = %s ORDER BY through_sequence"
+)
+PUT_COMPACTION: Final = (
+    "INSERT INTO compactions (execution_id, first_sequence, through_sequence, events, "
+    "prev_hash, hash, snapshot_sequence, compacted_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+)
 PUT_SNAPSHOT: Final = (
     "INSERT INTO snapshots (execution_id, at_sequence, state_json, created_at) "
     "VALUES (%s, %s, %s, %s) ON CONFLICT (execution_id) DO UPDATE SET "

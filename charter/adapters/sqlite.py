@@ -44,6 +44,7 @@ from charter.adapters.tx import Tx, new_event_id
 from charter.core import commit as plan
 from charter.core.approvals import ApprovalStatus, Pending
 from charter.core.budget import BudgetState
+from charter.core.compaction import Compaction
 from charter.core.errors import NotFound, StoreError
 from charter.core.events import Event, EventKind, JsonValue
 from charter.core.materialize import MATERIALIZED_TYPES
@@ -138,6 +139,14 @@ _PUT_EFFECT: Final = (
     "recorded, result_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _RELEASE_EFFECTS: Final = "DELETE FROM effects WHERE item_id = ? AND fence = ? AND recorded = 0"
+_COMPACTIONS: Final = (
+    "SELECT first_sequence, through_sequence, events, prev_hash, hash, snapshot_sequence, "
+    "compacted_at FROM compactions WHERE execution_id = ? ORDER BY through_sequence"
+)
+_PUT_COMPACTION: Final = (
+    "INSERT INTO compactions (execution_id, first_sequence, through_sequence, events, "
+    "prev_hash, hash, snapshot_sequence, compacted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
 _PUT_SNAPSHOT: Final = (
     "INSERT OR REPLACE INTO snapshots (execution_id, at_sequence, state_json, created_at) "
     "VALUES (?, ?, ?, ?)"
@@ -197,6 +206,21 @@ class _Rows:
         if row is None:
             raise NotFound(f"execution {execution_id!r} does not exist")
         return stored.ledger(row)
+
+    def compactions(self, execution_id: str) -> list[Compaction]:
+        return [
+            Compaction(
+                execution_id=execution_id,
+                first_sequence=row[0],
+                through_sequence=row[1],
+                events=row[2],
+                prev_hash=row[3],
+                hash=row[4],
+                snapshot_sequence=row[5],
+                compacted_at=_time(row[6]),
+            )
+            for row in self.all(_COMPACTIONS, (execution_id,))
+        ]
 
     def log(self, execution_id: str, after: int, limit: int | None) -> list[Any]:
         """Rows of `sqlite_rows.LOG_SELECT`; `NotFound` if the execution does not exist."""
@@ -386,6 +410,29 @@ class _SqliteTx(_Rows):
     def release_effects(self, write: plan.ReleaseEffects) -> None:
         self._conn.execute(_RELEASE_EFFECTS, (write.item_id, write.fence))
 
+    def event_hash_at(self, execution_id: str, sequence: int) -> str | None:
+        row = self.one(
+            "SELECT hash FROM events WHERE execution_id = ? AND sequence = ?",
+            (execution_id, sequence),
+        )
+        return None if row is None else str(row[0])
+
+    def delete_events(self, execution_id: str, through_sequence: int) -> None:
+        self._conn.execute(
+            "DELETE FROM events WHERE execution_id = ? AND sequence <= ?",
+            (execution_id, through_sequence),
+        )
+
+    def put_compaction(self, record: Compaction) -> None:
+        self._conn.execute(
+            _PUT_COMPACTION,
+            (
+                record.execution_id, record.first_sequence, record.through_sequence,
+                record.events, record.prev_hash, record.hash, record.snapshot_sequence,
+                _text(record.compacted_at),
+            ),
+        )  # fmt: skip
+
     def put_snapshot(self, snapshot: Snapshot) -> None:
         state = json.dumps(snapshot.state, ensure_ascii=False, separators=(",", ":"))
         row = (snapshot.execution_id, snapshot.at_sequence, state, _text(snapshot.created_at))
@@ -549,6 +596,12 @@ class SqliteStore(PlannedStore):
             execution_id=execution_id, at_sequence=row[0], state=json.loads(row[1]),
             created_at=_time(row[2]),
         )  # fmt: skip
+
+    def compactions(self, execution_id: str) -> tuple[Compaction, ...]:
+        with self._read() as rows:
+            if rows.one(_EXISTS, (execution_id,)) is None:
+                raise NotFound(f"execution {execution_id!r} does not exist")
+            return tuple(rows.compactions(execution_id))
 
     def get_ledger(self, execution_id: str) -> BudgetState:
         with self._read() as rows:

@@ -158,8 +158,24 @@ UPDATE work_items SET reserved = 1
  WHERE item_id IN (SELECT item_id FROM effects WHERE recorded = 0);
 """
 
+# Version 4: compaction (docs/semantics.md §10): one row per compaction of a finished run's
+# log, summarising the events it removed (their range, count, first prev_hash, last hash).
+_V4 = """
+CREATE TABLE compactions (
+    execution_id      TEXT NOT NULL REFERENCES executions(execution_id),
+    through_sequence  INTEGER NOT NULL,
+    first_sequence    INTEGER NOT NULL,
+    events            INTEGER NOT NULL,
+    prev_hash         TEXT NOT NULL,
+    hash              TEXT NOT NULL,
+    snapshot_sequence INTEGER NOT NULL,
+    compacted_at      TEXT NOT NULL,
+    PRIMARY KEY (execution_id, through_sequence)
+) WITHOUT ROWID;
+"""
+
 #: Schema migrations by the version they produce; applied in order, one transaction each.
-MIGRATIONS: Final[dict[int, str]] = {1: _V1, 2: _V2, 3: _V3}
+MIGRATIONS: Final[dict[int, str]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
 #: The schema version this code reads and writes.
 LATEST: Final = max(MIGRATIONS)
 

@@ -41,7 +41,7 @@ from charter.adapters import store_support as checks
 from charter.adapters.chain import GENESIS, link_hashes
 from charter.adapters.keys import verify
 from charter.adapters.tx import Tx
-from charter.core import answers
+from charter.core import answers, compaction
 from charter.core import commit as planner
 from charter.core.approvals import ApprovalRefused
 from charter.core.budget import Usage
@@ -60,6 +60,7 @@ from charter.core.commit import (
     UpdateItem,
     WriteSnapshot,
 )
+from charter.core.compaction import Compaction
 from charter.core.events import ApprovalDecision, Event, EventKind, JsonValue
 from charter.core.materialize import Materialized, apply_events
 from charter.core.policy import PolicySet
@@ -593,5 +594,36 @@ class PlannedStore(abc.ABC):
             )
             self._apply(tx, plan, {})
             return recorded
+
+        return self._transact(work)
+
+    # ── compaction ──
+
+    def compact(self, execution_id: str, *, through: int, expect_hash: str) -> Compaction:
+        """Remove a finished execution's events up to ``through`` (whose stored hash must be
+        ``expect_hash``), in one transaction: the snapshot brought to the run's end, the
+        events deleted, the `Compaction` record written (`charter.core.compaction`)."""
+        check_identifier(execution_id, "execution_id")
+
+        def work(tx: Tx) -> Compaction:
+            head = tx.head(execution_id)
+            history = tx.compactions(execution_id) if head is not None else []
+            snapshot = tx.snapshot_base(execution_id)[0] if head is not None else None
+            stored = tx.event_hash_at(execution_id, through) if head is not None else None
+            plan = compaction.plan_compact(
+                execution_id,
+                head,
+                history,
+                snapshot_sequence=snapshot.at_sequence if snapshot is not None else None,
+                through=through,
+                expect_hash=expect_hash,
+                stored_hash=stored,
+                now=tx.now,
+            )
+            if plan.write_snapshot:
+                self._snapshot(tx, execution_id)
+            tx.delete_events(execution_id, plan.record.through_sequence)
+            tx.put_compaction(plan.record)
+            return plan.record
 
         return self._transact(work)

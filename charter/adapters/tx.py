@@ -23,6 +23,7 @@ from charter.core.commit import (
     SetStatus,
     UpdateItem,
 )
+from charter.core.compaction import Compaction
 from charter.core.events import Event, JsonValue
 from charter.core.records import (
     Execution,
@@ -107,6 +108,14 @@ class Tx(Protocol):
         out) and the execution's latest sequence."""
         ...
 
+    def compactions(self, execution_id: str) -> list[Compaction]:
+        """The execution's compactions, oldest first (docs/semantics.md §10)."""
+        ...
+
+    def event_hash_at(self, execution_id: str, sequence: int) -> str | None:
+        """The stored hash of the execution's event ``sequence`` (``None``: not stored)."""
+        ...
+
     # ── writes ──
     def put_tenant(self, tenant: Tenant, keep_policy: bool) -> None:
         """Create or replace the tenant; with ``keep_policy``, also keep its policy set by
@@ -140,6 +149,11 @@ class Tx(Protocol):
 
     def release_effects(self, write: ReleaseEffects) -> None: ...
     def put_snapshot(self, snapshot: Snapshot) -> None: ...
+    def delete_events(self, execution_id: str, through_sequence: int) -> None:
+        """Remove the execution's events up to ``through_sequence`` (a compaction)."""
+        ...
+
+    def put_compaction(self, record: Compaction) -> None: ...
 
 
 def new_event_id() -> str:

@@ -39,13 +39,14 @@ from typing import Any, Final
 
 import attrs
 
-from charter.adapters.chain import ChainProblem, ChainVerifier, canonical_text
+from charter.adapters.chain import GENESIS, ChainProblem, ChainVerifier, canonical_text
 from charter.adapters.codec import dump
 from charter.adapters.keys import verify
 from charter.core.approvals import ApprovalStatus, NotRequested, Pending, approval_step
 from charter.core.attempt import node_gate_request
 from charter.core.budget import BudgetState, Usage, budget_after
 from charter.core.canonical import content_digest
+from charter.core.compaction import Compaction
 from charter.core.errors import InvalidInput, NotFound, StoreError
 from charter.core.events import (
     AgentToolInvoked,
@@ -91,6 +92,7 @@ __all__ = [
     "OUTCOME_NAMES",
     "Anchor",
     "Change",
+    "CompactedPrefix",
     "Divergence",
     "ReplayReport",
     "VerifyReport",
@@ -163,15 +165,30 @@ class Anchor:
 
 
 @attrs.frozen(kw_only=True)
+class CompactedPrefix:
+    """A run's compacted prefix as `verify_log` found it (docs/semantics.md §10): events
+    1–``through`` were removed by ``compactions`` compaction(s), the last of them had
+    ``hash``; ``archived`` is the number of those events checked from archives."""
+
+    through: int
+    hash: str
+    compactions: int
+    archived: int
+
+
+@attrs.frozen(kw_only=True)
 class VerifyReport:
     """What `verify_log` checked and found. ``heads`` is each verified run's head (what an
-    anchor of this log would hold)."""
+    anchor of this log would hold); ``compacted`` each compacted run's removed prefix;
+    ``notes`` what could not be checked and why (not problems)."""
 
     executions: int
     events: int
     problems: tuple[ChainProblem, ...]
     heads: Mapping[str, Anchor]
     anchored: int = 0
+    compacted: Mapping[str, CompactedPrefix] = attrs.Factory(dict)
+    notes: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -194,6 +211,8 @@ def verify_log(
     anchors = anchors or {}
     problems: list[ChainProblem] = []
     heads: dict[str, Anchor] = {}
+    compacted: dict[str, CompactedPrefix] = {}
+    notes: list[str] = []
     events = 0
     wanted = execution_ids(store) if runs is None else iter(runs)
     seen: set[str] = set()
@@ -203,10 +222,14 @@ def verify_log(
         seen.add(execution_id)
         verifier = ChainVerifier(execution_id, strict=strict)
         anchor = anchors.get(execution_id)
-        if anchor is not None:
-            verifier.expect(anchor.sequence, anchor.hash)
         try:
-            _feed_all(store, verifier, page)
+            history = store.compactions(execution_id)
+            watch = _resume_compacted(store, verifier, history, compacted, problems)
+            if anchor is not None and anchor.sequence <= verifier.last_sequence:
+                _anchor_in_prefix(execution_id, anchor, history, problems, notes)
+            elif anchor is not None:
+                verifier.expect(anchor.sequence, anchor.hash)
+            _feed_all(store, verifier, page, watch)
         except NotFound:
             problems.append(ChainProblem(execution_id, 0, None, "the run does not exist"))
             continue
@@ -241,11 +264,89 @@ def verify_log(
         problems=tuple(problems),
         heads=heads,
         anchored=sum(1 for execution_id in heads if execution_id in anchors),
+        compacted=compacted,
+        notes=tuple(notes),
     )
 
 
-def _feed_all(store: Store, verifier: ChainVerifier, page: int) -> None:
-    after = 0
+def _resume_compacted(
+    store: Store,
+    verifier: ChainVerifier,
+    history: Sequence[Compaction],
+    compacted: dict[str, CompactedPrefix],
+    problems: list[ChainProblem],
+) -> dict[int, Compaction]:
+    """For a compacted run: check that its compaction records follow one another (each
+    starts after the previous one, from its hash), and start ``verifier`` after the last
+    compacted event not served from an archive — from the record's hash, which the next
+    event must continue. Returns the records by their last sequence: an archived event
+    there must have the record's hash."""
+    if not history:
+        return {}
+    run = verifier.execution_id
+    expected_first, expected_prev = 1, GENESIS
+    for record in history:
+        if (
+            record.first_sequence != expected_first
+            or record.prev_hash != expected_prev
+            or record.events != record.through_sequence - record.first_sequence + 1
+        ):
+            problems.append(
+                ChainProblem(
+                    run,
+                    record.first_sequence,
+                    None,
+                    f"the compaction record of events {record.first_sequence}–"
+                    f"{record.through_sequence} does not follow the one before it (expected "
+                    f"it to start at {expected_first} from hash {expected_prev[:12]}…)",
+                )
+            )
+        expected_first, expected_prev = record.through_sequence + 1, record.hash
+    first = store.read_chain(run, after=0, limit=1)
+    start = first[0].sequence - 1 if first else history[-1].through_sequence
+    base = next((r for r in history if r.through_sequence == start), None)
+    if base is not None:
+        verifier.resume(base.through_sequence, base.hash)
+    last = history[-1]
+    compacted[run] = CompactedPrefix(
+        through=last.through_sequence,
+        hash=last.hash,
+        compactions=len(history),
+        archived=max(0, last.through_sequence - start),
+    )
+    return {record.through_sequence: record for record in history}
+
+
+def _anchor_in_prefix(
+    run: str,
+    anchor: Anchor,
+    history: Sequence[Compaction],
+    problems: list[ChainProblem],
+    notes: list[str],
+) -> None:
+    """An anchored event that was compacted away: checked against the compaction record
+    that ends at it, if any; otherwise it cannot be checked without the archive (a note)."""
+    record = next((r for r in history if r.through_sequence == anchor.sequence), None)
+    if record is None:
+        notes.append(
+            f"{run}: the anchored event {anchor.sequence} was compacted away; give the "
+            "archive (--archive FILE) to check it"
+        )
+    elif record.hash != anchor.hash:
+        problems.append(
+            ChainProblem(
+                run,
+                anchor.sequence,
+                None,
+                "differs from the anchored event (the compaction record names another hash)",
+            )
+        )
+
+
+def _feed_all(
+    store: Store, verifier: ChainVerifier, page: int, watch: Mapping[int, Compaction] = {}
+) -> None:
+    after = verifier.last_sequence
     while True:
         try:
             links = store.read_chain(verifier.execution_id, after=after, limit=page)
@@ -259,6 +360,18 @@ def _feed_all(store: Store, verifier: ChainVerifier, page: int) -> None:
         if not links:
             return
         verifier.feed(links)
+        for link in links:
+            record = watch.get(link.sequence)
+            if record is not None and record.hash != link.hash:
+                verifier.problems.append(
+                    ChainProblem(
+                        verifier.execution_id,
+                        link.sequence,
+                        link.event_id,
+                        "the archived event is not the one its compaction record summarises "
+                        "(another hash)",
+                    )
+                )
         after = links[-1].sequence
         if len(links) < page:
             return
@@ -511,7 +624,51 @@ class _Replayer:
 
     # -- the walk --
 
+    def _compacted_away(self) -> bool:
+        """Whether events at the start of the run were compacted and no archive supplies
+        them (docs/semantics.md §10): then no decision of the run is recomputed — the
+        removed ones are not there, and every later one folds the run's budget, approvals
+        and progress from the whole log — and one divergence says so."""
+        first = self.store.read_chain(self.execution_id, after=0, limit=1)
+        if not first or first[0].sequence == 1:
+            return False
+        history = self.store.compactions(self.execution_id)
+        removed = first[0].sequence - 1
+        gates = len(self._positions_count())
+        summary = (
+            f"events 1–{removed} were compacted"
+            if history and history[-1].through_sequence >= removed
+            else f"events 1–{removed} are missing (and no compaction record covers them)"
+        )
+        self.divergences.append(
+            Divergence(
+                execution_id=self.execution_id,
+                sequence=first[0].sequence,
+                node_id=None,
+                problem=(
+                    f"cannot recompute: {summary}; the decisions recorded in them, and the "
+                    f"{gates} recorded after them (which fold the run's budget, approvals "
+                    "and progress from the whole log), are not recomputed; give the archive "
+                    "(--archive FILE) to replay the whole run"
+                ),
+            )
+        )
+        return True
+
+    def _positions_count(self) -> list[int]:
+        """The sequences of the retained ``node_gated`` events."""
+        found = []
+        after = 0
+        while True:
+            links = self.store.read_chain(self.execution_id, after=after, limit=self.page)
+            found += [link.sequence for link in links if '"type":"node_gated"' in link.kind_text]
+            if len(links) < self.page:
+                return found
+            after = links[-1].sequence
+
     def run(self) -> None:
+        if self._compacted_away():
+            return
         execution, workflow = self._execution()
         if self.override is not None and self.override[0] is PolicyScope.WORKFLOW:
             workflow = attrs.evolve(workflow, policy=self.override[1])

@@ -29,6 +29,7 @@ from charter.audit import (
     verify_log,
     what_if,
 )
+from charter.audit.compaction import read_archive, with_archives
 from charter.bootstrap import open_store
 from charter.core.errors import InvalidInput, NotFound
 from charter.core.policy import PolicyScope
@@ -79,6 +80,7 @@ def register(commands: Any, *, db_option: Callable[[argparse.ArgumentParser], No
         "--strict", action="store_true", help="also require each event in canonical JSON form"
     )
     verify.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _archive_option(verify)
     verify.set_defaults(handler=_verify)
 
     anchor = sub.add_parser(
@@ -115,6 +117,7 @@ def register(commands: Any, *, db_option: Callable[[argparse.ArgumentParser], No
     replay.add_argument("--all", action="store_true", help="every run in the database")
     db_option(replay)
     replay.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _archive_option(replay)
     replay.set_defaults(handler=_replay)
 
     whatif = sub.add_parser(
@@ -139,18 +142,33 @@ def register(commands: Any, *, db_option: Callable[[argparse.ArgumentParser], No
     )
     db_option(whatif)
     whatif.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _archive_option(whatif)
     whatif.set_defaults(handler=_what_if)
+
+
+def _archive_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--archive",
+        metavar="FILE",
+        action="append",
+        default=[],
+        help="an archive written by `charter compact --archive` (repeatable): its events "
+        "are checked against the compaction record and read as part of the log",
+    )
 
 
 def _open(args: argparse.Namespace) -> Store:
     """The store ``--db`` names, which must exist, opened read-only: auditing never creates
-    or changes one (a read-only copy of the database can be audited)."""
+    or changes one (a read-only copy of the database can be audited). With ``--archive``,
+    compacted runs read their removed events from the archives (docs/audit.md §6)."""
+    archives = read_archive(args.archive) if getattr(args, "archive", None) else None
     try:
-        return open_store(args.db, read_only=True)
+        store = open_store(args.db, read_only=True)
     except NotFound as missing:
         raise InvalidInput(
             "--db", f"{missing} (run a workflow first, or pass another --db)"
         ) from None
+    return with_archives(store, archives) if archives is not None else store
 
 
 def _runs(args: argparse.Namespace, store: Store) -> list[str]:
@@ -180,6 +198,16 @@ def _verify(args: argparse.Namespace) -> int:
                     "runs": report.executions,
                     "events": report.events,
                     "anchored": report.anchored,
+                    "compacted": {
+                        run: {
+                            "through": prefix.through,
+                            "hash": prefix.hash,
+                            "compactions": prefix.compactions,
+                            "archived": prefix.archived,
+                        }
+                        for run, prefix in report.compacted.items()
+                    },
+                    "notes": list(report.notes),
                     "problems": [
                         {
                             "run": p.execution_id,
@@ -196,6 +224,18 @@ def _verify(args: argparse.Namespace) -> int:
         )
     else:
         anchored = f", {report.anchored} against the anchor" if anchors is not None else ""
+        for run, prefix in report.compacted.items():
+            seen = (
+                f"{prefix.archived} checked from the archive"
+                if prefix.archived
+                else "archive not given"
+            )
+            print(
+                f"COMPACTED  {run} events 1–{prefix.through} ({prefix.compactions} "
+                f"compaction(s), summarised by #{prefix.through} {prefix.hash[:12]}…; {seen})"
+            )
+        for note in report.notes:
+            print(f"UNCHECKED  {note}")
         for problem in report.problems:
             print(f"ALTERED  {problem}")
         verdict = "the chain holds" if report.ok else f"{len(report.problems)} problem(s)"

@@ -34,6 +34,7 @@ from collections.abc import Iterator, Sequence
 from charter import __version__
 from charter.cli import answers, check, resolve, runs, serve, store, tokens
 from charter.cli import audit as audit_cli
+from charter.cli import compact as compact_cli
 from charter.cli import mcp as mcp_cli
 from charter.cli.common import (
     EXIT_APPROVAL,
@@ -89,6 +90,7 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_serve(commands)
     tokens.add_tokens(commands)
     audit_cli.register(commands, db_option=db_option)
+    compact_cli.add_compact(commands, db_option=db_option)
     mcp_cli.add_mcp_gateway(commands)
     return parser
 

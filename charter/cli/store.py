@@ -115,6 +115,13 @@ def _events(args: argparse.Namespace) -> int:
     store = open_db(args, read_only=True)
     try:
         execution = require_run(store, args.run_id)
+        compacted = store.compactions(execution.execution_id)
+        if compacted and not args.json:
+            last = compacted[-1]
+            print(
+                f"(events 1–{last.through_sequence} were compacted: summarised by "
+                f"#{last.through_sequence} {last.hash[:12]}…; see `charter audit verify`)"
+            )
         for event in store.read_events(execution.execution_id):
             if args.json:
                 print(json.dumps(dump(event), ensure_ascii=False))

@@ -47,6 +47,7 @@ import attrs
 
 from charter.core.approvals import ApprovalRefused
 from charter.core.budget import BudgetState, Usage
+from charter.core.compaction import Compaction
 from charter.core.events import ApprovalDecision, Event, EventKind, JsonValue
 from charter.core.policy import PolicySet
 from charter.core.records import (
@@ -271,6 +272,20 @@ class Store(Protocol):
         ...
 
     def latest_snapshot(self, execution_id: str) -> Snapshot | None: ...
+
+    # ── compaction (docs/semantics.md §10) ──
+    def compactions(self, execution_id: str) -> tuple[Compaction, ...]:
+        """The execution's compactions, oldest first (empty: its log is whole). Unknown
+        execution: `NotFound`."""
+        ...
+
+    def compact(self, execution_id: str, *, through: int, expect_hash: str) -> Compaction:
+        """Remove a finished execution's events up to ``through`` — whose stored hash must
+        be ``expect_hash`` — in one transaction: its snapshot brought to its end, the events
+        deleted, a `Compaction` record summarising them written. Not finished, nothing to
+        remove, or another event at the cut: `Conflict`, nothing written. The last event is
+        never removed (`charter.core.compaction`)."""
+        ...
 
     def get_ledger(self, execution_id: str) -> BudgetState:
         """The execution's budget ledger (`NotFound` for an unknown execution)."""
