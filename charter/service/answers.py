@@ -178,7 +178,7 @@ def answer_approval(
 ) -> AnswerResult:
     """Record ``principal``'s answer to the node's open request (see the module doc)."""
     execution = store.get_execution(execution_id)
-    if execution is None:
+    if execution is None or not principal.sees(execution.tenant_id):
         return AnswerResult(status=404, error=f"no run {execution_id!r}", code="not_found")
     user = principal.user_id
     record = pending_for(store, execution_id, node_id)

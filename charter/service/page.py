@@ -250,7 +250,7 @@ def cli_command_for(item: dict[str, Any], user_id: str) -> str:
 def _pending_html(service: Service, principal: Principal, csrf: str) -> str:
     store = service.store
     cards = []
-    for record in store.pending_approvals():
+    for record in store.pending_approvals(tenant_id=principal.tenant_id):
         if not approver_allows(record.approver, principal.user_id):
             continue
         events = store.read_events(record.execution_id)
@@ -347,7 +347,9 @@ async def runs_page(request: Request) -> Response:
     cursor = request.query_params.get("cursor") or None
 
     def work() -> str:
-        page = service.store.list_executions(status=status, limit=50, cursor=cursor)
+        page = service.store.list_executions(
+            tenant_id=principal.tenant_id, status=status, limit=50, cursor=cursor
+        )
         rows = "".join(
             f'<tr><td><a href="/runs/{h(quote(e.execution_id, safe=""))}">'
             f"{h(e.execution_id)}</a></td><td>{h(e.workflow_id)}</td><td>{h(e.tenant_id)}</td>"
@@ -440,7 +442,7 @@ async def run_page(request: Request) -> Response:
     def work() -> str | None:
         store = service.store
         execution = store.get_execution(run_id)
-        if execution is None:
+        if execution is None or not principal.sees(execution.tenant_id):
             return None
         events = store.read_events(run_id)
         steps = run_steps(run_id, events)
