@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from charter.core.answers import RESOLUTIONS, open_outcome
 from charter.core.approvals import approver_allows
 from charter.core.errors import InvalidInput
 from charter.core.events import ApprovalDecision, JsonValue
@@ -32,6 +33,13 @@ from charter.service.context import (
     text_field,
 )
 from charter.service.decisions import decide_in_run
+from charter.service.resolutions import (
+    answer_resolution,
+    lost_outcomes,
+    resolution_json,
+    resolver_of,
+)
+from charter.service.resolutions import statement_for as resolution_statement_for
 from charter.service.tokens import Principal
 from charter.service.views import approval_json, event_json, execution_json, run_json
 
@@ -388,6 +396,107 @@ def _answer_handler(decision: ApprovalDecision) -> Any:
     return answer
 
 
+# ── resolutions of lost outcomes ─────────────────────────────────────────────────────────
+
+
+async def list_resolutions(request: Request) -> JSONResponse:
+    service = _service(request)
+    principal = await service.bearer(request)
+    user = request.query_params.get("resolver") or None
+    tenant = _tenant_filter(request, principal)
+
+    def work() -> dict[str, JsonValue]:
+        store = service.store
+        shown: list[JsonValue] = []
+        for execution, event, events in lost_outcomes(store, tenant):
+            resolver = resolver_of(store, execution.tenant_id)
+            if user is not None and not approver_allows(resolver, user):
+                continue
+            needed = user is not None and keys_required(store, execution.tenant_id, user)
+            shown.append(resolution_json(store, execution, event, events, keys_needed=needed))
+        return {"resolutions": shown}
+
+    return JSONResponse(await run_in_threadpool(work))
+
+
+def _resolution(text: object) -> str:
+    if text not in RESOLUTIONS:
+        bad("resolution", f"expected one of {', '.join(RESOLUTIONS)}, got {text!r}")
+    assert isinstance(text, str)
+    return text
+
+
+async def resolution_statement(request: Request) -> JSONResponse:
+    service = _service(request)
+    principal = await service.bearer(request)
+    run_id, node_id = request.path_params["run_id"], request.path_params["node_id"]
+    resolution = _resolution(request.query_params.get("resolution"))
+    comment = request.query_params.get("comment")
+
+    def work() -> dict[str, JsonValue]:
+        execution = _visible(service, principal, run_id)
+        waiting = open_outcome(service.store.read_events(run_id), node_id)
+        if waiting is None:
+            raise ApiError(409, "nothing_open", f"no lost outcome of node {node_id!r} waits")
+        made = resolution_statement_for(
+            service.store,
+            execution,
+            waiting,
+            user_id=principal.user_id,
+            resolution=resolution,
+            comment=comment,
+            now=service.clock.now(),
+        )
+        return {
+            "statement": made.to_json(),
+            "message": made.message().decode("utf-8"),
+            "decided_at": made.decided_at,
+        }
+
+    return JSONResponse(await run_in_threadpool(work))
+
+
+async def resolve(request: Request) -> JSONResponse:
+    service = _service(request)
+    principal = await service.bearer(request)
+    body = await json_body(request)
+    check_fields(body, ("resolution", "output", "reason", "comment", "signature", "decided_at"))
+    resolution = _resolution(body.get("resolution"))
+    if "output" in body and resolution != "succeeded":
+        bad("output", "only taken with resolution succeeded")
+    reason = text_field(body, "reason")
+    if reason is not None and resolution != "failed":
+        bad("reason", "only taken with resolution failed")
+    comment = text_field(body, "comment")
+    signature = _signature(body)
+    decided_at = text_field(body, "decided_at")
+    if signature is not None and decided_at is None:
+        bad("decided_at", "required with a signature (the statement's decided_at)")
+    run_id, node_id = request.path_params["run_id"], request.path_params["node_id"]
+    try:
+        result = await run_in_threadpool(
+            answer_resolution,
+            service.store,
+            principal,
+            run_id,
+            node_id,
+            resolution=resolution,
+            output=body.get("output"),
+            reason=reason,
+            comment=comment,
+            signature=signature,
+            decided_at=decided_at,
+            remote=service.remote(request),
+        )
+    except InvalidInput as error:
+        raise invalid(error) from None
+    if result.status != 200:
+        raise ApiError(
+            result.status, result.code or "refused", result.error or "", answer=result.answer
+        )
+    return JSONResponse({"answer": result.answer, "repeated": result.repeated})
+
+
 async def healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
@@ -417,6 +526,11 @@ def routes() -> list[Route]:
         Route("/v1/runs/{run_id}", get_run, methods=["GET"]),
         Route("/v1/runs/{run_id}/events", run_events, methods=["GET"]),
         Route("/v1/approvals", list_approvals, methods=["GET"]),
+        Route("/v1/resolutions", list_resolutions, methods=["GET"]),
+        Route(
+            "/v1/resolutions/{run_id}/{node_id}/statement", resolution_statement, methods=["GET"]
+        ),
+        Route("/v1/resolutions/{run_id}/{node_id}", resolve, methods=["POST"]),
         Route("/v1/approvals/{run_id}/{node_id}/statement", statement, methods=["GET"]),
         Route(
             "/v1/approvals/{run_id}/{node_id}/approve",
