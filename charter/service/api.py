@@ -20,8 +20,10 @@ from charter.core.signing import Signature
 from charter.service.answers import (
     answer_approval,
     keys_required,
+    may_answer_record,
     pending_for,
     statement_for,
+    tenant_groups,
 )
 from charter.service.context import (
     ApiError,
@@ -301,7 +303,7 @@ async def list_approvals(request: Request) -> JSONResponse:
         store = service.store
         shown: list[JsonValue] = []
         for record in store.pending_approvals(tenant_id=tenant):
-            if approver is not None and not approver_allows(record.approver, approver):
+            if approver is not None and not may_answer_record(store, record, approver):
                 continue
             needed = approver is not None and keys_required(store, record.tenant_id, approver)
             shown.append(approval_json(store, record, keys_needed=needed))
@@ -410,7 +412,8 @@ async def list_resolutions(request: Request) -> JSONResponse:
         shown: list[JsonValue] = []
         for execution, event, events in lost_outcomes(store, tenant):
             resolver = resolver_of(store, execution.tenant_id)
-            if user is not None and not approver_allows(resolver, user):
+            groups = tenant_groups(store, execution.tenant_id)
+            if user is not None and not approver_allows(resolver, user, groups):
                 continue
             needed = user is not None and keys_required(store, execution.tenant_id, user)
             shown.append(resolution_json(store, execution, event, events, keys_needed=needed))

@@ -33,7 +33,12 @@ from charter.core.errors import InvalidInput
 from charter.core.events import ApprovalDecision, Event, JsonValue
 from charter.core.records import ExecutionStatus
 from charter.core.runs import StepStatus, run_steps
-from charter.service.answers import answer_approval, keys_required
+from charter.service.answers import (
+    answer_approval,
+    keys_required,
+    may_answer_record,
+    tenant_groups,
+)
 from charter.service.context import COOKIE, Service
 from charter.service.resolutions import (
     answer_resolution,
@@ -261,14 +266,17 @@ def _pending_html(service: Service, principal: Principal, csrf: str) -> str:
     store = service.store
     cards = []
     for record in store.pending_approvals(tenant_id=principal.tenant_id):
-        if not approver_allows(record.approver, principal.user_id):
+        if not may_answer_record(store, record, principal.user_id):
             continue
         events = store.read_events(record.execution_id)
         needed = keys_required(store, record.tenant_id, principal.user_id)
         item = approval_json(store, record, events=events, keys_needed=needed)
         cards.append(_approval_card(service, principal, item, events, csrf))
     for execution, event, lost_events in lost_outcomes(store, principal.tenant_id):
-        if not approver_allows(resolver_of(store, execution.tenant_id), principal.user_id):
+        resolver = resolver_of(store, execution.tenant_id)
+        if not approver_allows(
+            resolver, principal.user_id, tenant_groups(store, execution.tenant_id)
+        ):
             continue
         needed = keys_required(store, execution.tenant_id, principal.user_id)
         item = resolution_json(store, execution, event, lost_events, keys_needed=needed)

@@ -23,7 +23,7 @@ from charter.core.commit import Head
 from charter.core.events import Event, JsonValue, OutcomeResolved, OutcomeUnknown
 from charter.core.records import Execution, ExecutionStatus
 from charter.core.signing import Signature, Statement
-from charter.service.answers import AnswerResult, keys_required, recorded_by
+from charter.service.answers import AnswerResult, keys_required, recorded_by, tenant_groups
 from charter.service.backend import ServiceBackend
 from charter.service.tokens import Principal
 from charter.service.views import time_text, workflow_of
@@ -183,7 +183,7 @@ def answer_resolution(
     refused: str | None = None
     if waiting is not None:
         resolver = resolver_of(store, execution.tenant_id)
-        if not approver_allows(resolver, user):
+        if not approver_allows(resolver, user, tenant_groups(store, execution.tenant_id)):
             return AnswerResult(
                 status=403,
                 error=f"only {resolver!r} may resolve this lost outcome, not {user!r}",
