@@ -118,15 +118,17 @@ def held_run(
     *,
     args: str = '{to: "ACME-1", amount: 120}',
     approver: str = "finance-lead",
+    tenant: str | None = None,
 ) -> None:
-    """A run of the payout workflow, driven until its payment waits for ``approver``."""
+    """A run of the payout workflow (of ``tenant``, default the workflow's ``acme``), driven
+    until its payment waits for ``approver``."""
     version = str(int(hashlib.sha256(f"{args}|{approver}".encode()).hexdigest()[:8], 16))
     text = WORKFLOW.replace("ARGS", args).replace("APPROVER", approver)
     text = text.replace("VERSION", version)
     path = tmp_path / f"{run_id}.yaml"
     path.write_text(text)
     workflow, _ = load_workflow_file(path)
-    start_run(store, workflow, execution_id=run_id)
+    start_run(store, workflow, execution_id=run_id, tenant_id=tenant)
     outcome = drive(build_worker(store), run_id)
     assert outcome.status == "waiting", outcome
 
