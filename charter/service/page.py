@@ -310,7 +310,7 @@ def _lost_card(
             f'<label for="o-{h(anchor)}">Output, if it happened (JSON, optional)</label>'
             f'<textarea id="o-{h(anchor)}" name="output" rows="2"></textarea>'
             f'<label for="r-{h(anchor)}">Reason, if it did not happen</label>'
-            f'<input id="r-{h(anchor)}" name="reason">'
+            f'<input id="r-{h(anchor)}" name="reason" type="text">'
             f'<label for="c-{h(anchor)}">Comment</label>'
             f'<textarea id="c-{h(anchor)}" name="comment" rows="2"></textarea>'
             '<button class="approve" name="resolution" value="succeeded">It happened</button>'
