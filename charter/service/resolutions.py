@@ -13,7 +13,7 @@ it (200), another answer already recorded is a 409.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 
 from charter.adapters.codec import dump
@@ -21,12 +21,13 @@ from charter.core.answers import RESOLUTIONS, open_outcome, resolution_statement
 from charter.core.approvals import ANY_HUMAN, approver_allows
 from charter.core.commit import Head
 from charter.core.events import Event, JsonValue, OutcomeResolved, OutcomeUnknown
-from charter.core.records import Execution, ExecutionStatus
+from charter.core.records import Execution
 from charter.core.signing import Signature, Statement
 from charter.service.answers import AnswerResult, keys_required, recorded_by, tenant_groups
 from charter.service.backend import ServiceBackend
 from charter.service.tokens import Principal
 from charter.service.views import time_text, workflow_of
+from charter.worker.lost import LostOutcome, lost_outcomes
 
 __all__ = [
     "LostOutcome",
@@ -37,34 +38,6 @@ __all__ = [
     "resolver_of",
     "statement_for",
 ]
-
-#: The statuses a run waiting on a lost outcome can have.
-_OPEN: tuple[ExecutionStatus, ...] = (ExecutionStatus.RUNNING, ExecutionStatus.PAUSED)
-
-LostOutcome = tuple[Execution, Event, Sequence[Event]]
-
-
-def lost_outcomes(store: ServiceBackend, tenant_id: str | None = None) -> Iterator[LostOutcome]:
-    """Every lost outcome waiting for an answer: the run, its ``outcome_unknown`` event and
-    the run's log, runs in creation order (each open run's log is read: fine for hundreds
-    of open runs, not for many thousands)."""
-    for status in _OPEN:
-        cursor = None
-        while True:
-            page = store.list_executions(
-                tenant_id=tenant_id, status=status, limit=200, cursor=cursor
-            )
-            for execution in page.items:
-                events = store.read_events(execution.execution_id)
-                for event in events:
-                    kind = event.kind
-                    if isinstance(kind, OutcomeUnknown) and open_outcome(events, kind.node_id) is (
-                        kind
-                    ):
-                        yield execution, event, events
-            cursor = page.next_cursor
-            if cursor is None:
-                break
 
 
 def resolver_of(store: ServiceBackend, tenant_id: str) -> str:
