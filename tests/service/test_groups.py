@@ -9,6 +9,7 @@ from pathlib import Path
 from starlette.testclient import TestClient
 
 from charter.adapters.service_store import ServiceStore
+from charter.audit.replay import replay_run
 from charter.core.events import ApprovalReceived
 from charter.service import create_app
 from charter.service.backend import ServiceBackend
@@ -54,6 +55,8 @@ def test_members_of_the_named_group_answer_and_no_one_else(
     (answer,) = _answers(store, "g1")
     assert answer.user_id == "bob"
     assert finish(store, "g1") == "completed"
+    replay = replay_run(store, "g1")  # the request's recorded groups are recomputed
+    assert replay.ok, replay.divergences
 
 
 def test_a_member_removed_before_answering_cannot_answer(backend: Backend, tmp_path: Path) -> None:
