@@ -23,7 +23,7 @@ def test_approvals_lists_a_lost_outcome_until_it_is_resolved(
     try:
         now = store.clock.now()
         store.put_tenant(Tenant(tenant_id="acme", created_at=now, updated_at=now))
-        lost_run(store, tmp_path, "l1")  # type: ignore[arg-type]
+        lost_run(store, tmp_path, "l1")
     finally:
         store.close()
     assert main(["approvals", "--db", str(db)]) == 0
