@@ -22,6 +22,7 @@ _ERRORS = {
     "400": _json(_ref("Error"), "Bad input: the error names the field"),
     "401": _json(_ref("Error"), "No token, or an unknown, revoked or expired one"),
 }
+_SCOPED = {"403": _json(_ref("Error"), "A tenant filter outside the token's scope")}
 
 
 def _query(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -347,6 +348,7 @@ def openapi_document() -> dict[str, Any]:
                             }
                         ),
                         **_ERRORS,
+                        **_SCOPED,
                     },
                 }
             },
@@ -401,6 +403,7 @@ def openapi_document() -> dict[str, Any]:
                             }
                         ),
                         **_ERRORS,
+                        **_SCOPED,
                     },
                 }
             },
@@ -443,6 +446,7 @@ def openapi_document() -> dict[str, Any]:
                             }
                         ),
                         **_ERRORS,
+                        **_SCOPED,
                     },
                 }
             },
