@@ -44,7 +44,9 @@ _POSTGRES_SCHEMES: Final = ("postgresql://", "postgres://")
 @attrs.frozen(kw_only=True)
 class TokenRecord:
     """An API token as stored: ``digest`` is the SHA-256 (hex) of the token's text, which
-    is never stored. ``user_id`` is the principal every request made with it acts as."""
+    is never stored. ``user_id`` is the principal every request made with it acts as;
+    ``tenant_id``, when set, the only tenant whose runs, approvals and decisions it may see
+    and answer (docs/service.md, "Tokens")."""
 
     token_id: str
     user_id: str
@@ -52,6 +54,7 @@ class TokenRecord:
     created_at: datetime
     expires_at: datetime | None = None
     revoked_at: datetime | None = None
+    tenant_id: str | None = None
 
     def usable(self, now: datetime) -> bool:
         """Neither revoked nor expired at ``now``."""
@@ -141,6 +144,7 @@ def _token(row: Any) -> TokenRecord:
         created_at=_must(row[3]),
         expires_at=_time(row[4]),
         revoked_at=_time(row[5]),
+        tenant_id=row[6],
     )
 
 
@@ -157,7 +161,7 @@ def _entry(row: Any) -> OutboxEntry:
     )
 
 
-_TOKEN_COLUMNS: Final = "token_id, user_id, digest, created_at, expires_at, revoked_at"
+_TOKEN_COLUMNS: Final = "token_id, user_id, digest, created_at, expires_at, revoked_at, tenant_id"
 _ENTRY_COLUMNS: Final = (
     "entry_id, url, body, created_at, attempts, next_attempt_at, delivered_at, last_error"
 )
@@ -168,7 +172,8 @@ _TABLES: Final = (
         digest TEXT NOT NULL UNIQUE,
         created_at TEXT NOT NULL,
         expires_at TEXT,
-        revoked_at TEXT
+        revoked_at TEXT,
+        tenant_id TEXT
     )""",
     """CREATE TABLE IF NOT EXISTS webhook_outbox (
         entry_id TEXT PRIMARY KEY,
@@ -184,6 +189,9 @@ _TABLES: Final = (
     "WHERE delivered_at IS NULL",
 )
 
+#: Tables made before tokens could be scoped to a tenant get the column (NULL: unscoped).
+_ADD_TENANT: Final = "ALTER TABLE service_tokens ADD COLUMN tenant_id TEXT"
+
 
 def _token_values(record: TokenRecord) -> tuple[Any, ...]:
     return (
@@ -193,6 +201,7 @@ def _token_values(record: TokenRecord) -> tuple[Any, ...]:
         _text(record.created_at),
         _text(record.expires_at),
         _text(record.revoked_at),
+        record.tenant_id,
     )
 
 
@@ -317,6 +326,9 @@ class SqliteServiceStore:
             with self._write() as conn:
                 for statement in _TABLES:
                     conn.execute(statement)
+                columns = {row[1] for row in conn.execute("PRAGMA table_info(service_tokens)")}
+                if "tenant_id" not in columns:  # a table made before tokens had a tenant
+                    conn.execute(_ADD_TENANT)
         except sqlite3.Error as error:
             raise StoreError(f"{self.path}: {error}") from None
 
@@ -346,7 +358,7 @@ class SqliteServiceStore:
     def add_token(self, record: TokenRecord) -> None:
         with self._write() as conn:
             conn.execute(
-                f"INSERT INTO service_tokens ({_TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO service_tokens ({_TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 _token_values(record),
             )
 
@@ -467,6 +479,7 @@ class PostgresServiceStore:
             )
             for statement in _TABLES:
                 conn.execute(statement)
+            conn.execute(_ADD_TENANT.replace("ADD COLUMN", "ADD COLUMN IF NOT EXISTS"))
 
     @contextmanager
     def _tx(self) -> Iterator[Any]:
@@ -483,7 +496,8 @@ class PostgresServiceStore:
     def add_token(self, record: TokenRecord) -> None:
         with self._tx() as conn:
             conn.execute(
-                f"INSERT INTO service_tokens ({_TOKEN_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)",
+                f"INSERT INTO service_tokens ({_TOKEN_COLUMNS}) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s)",
                 _token_values(record),
             )
 

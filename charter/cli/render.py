@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from charter.core.events import (
@@ -146,6 +146,22 @@ def run_lines(run: WorkflowRun, steps: Sequence[WorkflowRunStep]) -> list[str]:
             f"attempt {step.retry_count}  {short(extra, 60)}".rstrip()
         )
     return lines
+
+
+def lost_lines(lost: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Lost outcomes waiting for a person (`charter.worker.lost`), and how to answer."""
+    header = f"{'RUN':<28} {'NODE':<14} {'RESOLVER':<12} {'ATTEMPT':<8} LOST"
+    rows = [
+        f"{item['execution_id']:<28} {item['node_id']:<14} {item['resolver']:<12} "
+        f"{item['attempt']:<8} {str(item['lost_at'])[:19]}"
+        for item in lost
+    ]
+    return [
+        "lost outcomes waiting for a person:",
+        header,
+        *rows,
+        "answer with: charter resolve RUN NODE --user USER (--succeeded | --failed | --retry)",
+    ]
 
 
 def approval_lines(records: Sequence[PendingApprovalRecord]) -> list[str]:

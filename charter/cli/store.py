@@ -10,12 +10,14 @@ from typing import Any
 from charter.adapters.codec import dump
 from charter.adapters.files import load_policy_layer
 from charter.cli.common import EXIT_OK, db_option, open_db, require_run
-from charter.cli.render import approval_lines, event_line, run_lines
+from charter.cli.render import approval_lines, event_line, lost_lines, run_lines
+from charter.core.approvals import ANY_HUMAN
 from charter.core.errors import InvalidInput
-from charter.core.events import WorkflowCancelled
+from charter.core.events import OutcomeUnknown, WorkflowCancelled
 from charter.core.policy import PolicyScope, PolicySet
 from charter.core.records import Execution, Tenant
 from charter.core.runs import run_record, run_steps
+from charter.worker.lost import lost_outcomes
 
 __all__ = ["add_approvals", "add_cancel", "add_events", "add_status", "add_tenant"]
 
@@ -44,7 +46,9 @@ def add_events(commands: Any) -> None:
 
 def add_approvals(commands: Any) -> None:
     approvals = commands.add_parser(
-        "approvals", help="list open approval requests", description="List open approvals."
+        "approvals",
+        help="list open approval requests and lost outcomes waiting for a person",
+        description="List open approvals, then lost outcomes waiting for `charter resolve`.",
     )
     db_option(approvals)
     approvals.add_argument("--json", action="store_true")
@@ -132,14 +136,44 @@ def _events(args: argparse.Namespace) -> int:
         store.close()
 
 
+def _lost(store: Any) -> list[dict[str, Any]]:
+    """The lost outcomes waiting for a person, with who may resolve them."""
+    shown = []
+    for execution, event, _ in lost_outcomes(store):
+        kind = event.kind
+        assert isinstance(kind, OutcomeUnknown)
+        tenant = store.get_tenant(execution.tenant_id)
+        policy = tenant.policy if tenant is not None else None
+        shown.append(
+            {
+                "type": "lost_outcome",
+                "execution_id": execution.execution_id,
+                "tenant_id": execution.tenant_id,
+                "node_id": kind.node_id,
+                "attempt": kind.attempt,
+                "idempotency_key": kind.idempotency_key,
+                "reason": kind.reason,
+                "resolver": (policy.resolver if policy is not None else None) or ANY_HUMAN,
+                "sequence": event.sequence,
+                "lost_at": event.created_at.isoformat(),
+            }
+        )
+    return shown
+
+
 def _approvals(args: argparse.Namespace) -> int:
     store = open_db(args, read_only=True)
     try:
         pending = store.pending_approvals()
+        lost = _lost(store)
         if args.json:
-            print(json.dumps([dump(p) for p in pending], indent=2, ensure_ascii=False))
+            items = [dump(p) for p in pending] + lost
+            print(json.dumps(items, indent=2, ensure_ascii=False))
         else:
-            print("\n".join(approval_lines(pending)))
+            lines = approval_lines(pending) if pending or not lost else []
+            if lost:
+                lines += lost_lines(lost)
+            print("\n".join(lines))
         return EXIT_OK
     finally:
         store.close()

@@ -34,6 +34,11 @@ def add_tokens(commands: Any) -> None:
     made.add_argument(
         "--expires", metavar="DURATION", help="e.g. 30m, 12h, 7d, 2w (default: never)"
     )
+    made.add_argument(
+        "--tenant",
+        metavar="TENANT",
+        help="scope the token to this tenant's runs, approvals and decisions (default: all)",
+    )
     db_option(made)
     made.set_defaults(handler=_new)
     listed = verbs.add_parser("list", help="list tokens (never their text)")
@@ -60,13 +65,18 @@ def _new(args: argparse.Namespace) -> int:
     expires = parse_duration(args.expires) if args.expires else None
     store, tokens = _open(args)
     try:
-        text, record = issue_token(tokens, args.user, now=store.clock.now(), expires_in=expires)
+        if args.tenant is not None and store.get_tenant(args.tenant) is None:
+            raise InvalidInput("--tenant", f"no tenant {args.tenant!r}")
+        text, record = issue_token(
+            tokens, args.user, now=store.clock.now(), expires_in=expires, tenant_id=args.tenant
+        )
     finally:
         tokens.close()
         store.close()
     print(text)
     until = f", expires {record.expires_at.isoformat()}" if record.expires_at else ""
-    print(f"token {record.token_id} for {record.user_id}{until} (shown once)", flush=True)
+    scope = f" of tenant {record.tenant_id}" if record.tenant_id is not None else ""
+    print(f"token {record.token_id} for {record.user_id}{scope}{until} (shown once)", flush=True)
     return EXIT_OK
 
 
@@ -87,7 +97,11 @@ def _list(args: argparse.Namespace) -> int:
             state = f"active until {record.expires_at.isoformat()}"
         else:
             state = "active"
-        print(f"{record.token_id}  {record.user_id}  {record.created_at.isoformat()}  {state}")
+        tenant = record.tenant_id if record.tenant_id is not None else "*"
+        print(
+            f"{record.token_id}  {record.user_id}  {tenant}  "
+            f"{record.created_at.isoformat()}  {state}"
+        )
     return EXIT_OK
 
 

@@ -117,7 +117,12 @@ def plan_decision(
         return ApprovalRefused(f"execution {execution_id!r} is {head.status.value}")
     status = row.status if row is not None else NotRequested()
     answer = decide_approval(
-        status, user_id=user_id, decision=decision, comment=comment, state_patch=state_patch
+        status,
+        user_id=user_id,
+        decision=decision,
+        comment=comment,
+        state_patch=state_patch,
+        groups=policy.groups if policy is not None else {},
     )
     if isinstance(answer, ApprovalRefused):
         return answer
@@ -222,7 +227,7 @@ def plan_resolution(
     if waiting is None:
         return ApprovalRefused(f"no lost outcome of node {node_id!r} is waiting for an answer")
     resolver = (policy.resolver if policy is not None else None) or ANY_HUMAN
-    if not approver_allows(resolver, user_id):
+    if not approver_allows(resolver, user_id, policy.groups if policy is not None else None):
         return ApprovalRefused(f"user {user_id!r} may not resolve it (resolver: {resolver!r})")
     when = decided_at if decided_at is not None else stamp(now)
     digest = policy.digest if policy is not None else None

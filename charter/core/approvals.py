@@ -16,7 +16,7 @@ Charter keeps the fold and binds each approval to one exact request (ARCHITECTUR
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import attrs
 
@@ -34,6 +34,7 @@ from charter.core.glob import glob_match
 
 __all__ = [
     "ANY_HUMAN",
+    "GROUP_PREFIX",
     "ApprovalRefused",
     "ApprovalRequest",
     "ApprovalStatus",
@@ -46,13 +47,18 @@ __all__ = [
     "approval_step",
     "approver_allows",
     "decide_approval",
+    "may_answer",
+    "named_groups",
     "node_approval_status",
     "pending_approvals",
     "rejection_reason",
+    "request_groups",
 ]
 
 #: The approver that any identified person satisfies.
 ANY_HUMAN = "human"
+#: How an approver names a group the tenant defines (``group:finance``).
+GROUP_PREFIX = "group:"
 
 _ANONYMOUS = frozenset({"", "anonymous"})
 
@@ -129,14 +135,18 @@ ApprovalStatus = NotRequested | Pending | Approved | Rejected | Consumed
 _NOT_REQUESTED = NotRequested()
 
 
-def approver_allows(approver: object, user_id: object) -> bool:
+def approver_allows(
+    approver: object, user_id: object, groups: Mapping[str, Iterable[str]] | None = None
+) -> bool:
     """Whether ``user_id`` may answer a request addressed to ``approver``.
 
-    ``approver`` is ``"human"`` (any identified person) or a comma-separated list of user-id
-    globs (``"alice"``, ``"finance-*,bob"``; note that ``"alice*"`` also admits
-    ``"alice.evil"`` — write exact ids when that matters). A person is identified when the
-    user id still has visible characters once whitespace and invisible format characters are
-    removed, and is not ``"anonymous"`` in any letter case. The id is matched as given.
+    ``approver`` is ``"human"`` (any identified person) or a comma-separated list of options,
+    each a user-id glob (``"alice"``, ``"finance-*,bob"``; note that ``"alice*"`` also admits
+    ``"alice.evil"`` — write exact ids when that matters) or ``group:NAME``, which admits
+    exactly the user ids ``groups`` lists for ``NAME`` (none when ``groups`` does not define
+    it; a ``group:`` option is never a glob). A person is identified when the user id still
+    has visible characters once whitespace and invisible format characters are removed, and
+    is not ``"anonymous"`` in any letter case. The id is matched as given.
     """
     if not isinstance(approver, str) or not isinstance(user_id, str):
         return False
@@ -144,9 +154,62 @@ def approver_allows(approver: object, user_id: object) -> bool:
         return False
     for option in approver.split(","):
         option = option.strip()
+        if option.startswith(GROUP_PREFIX):
+            members = (groups or {}).get(option[len(GROUP_PREFIX) :], ())
+            if not isinstance(members, str) and user_id in members:
+                return True
+            continue
         if option == ANY_HUMAN or (option and glob_match(option, user_id)):
             return True
     return False
+
+
+def named_groups(approver: object, groups: Mapping[str, Iterable[str]]) -> dict[str, list[str]]:
+    """The members of each group ``approver`` names (``group:NAME``; ``[]`` for a group
+    ``groups`` does not define), sorted: what a request for approval records of them
+    (``context.approver_groups``), so the log alone says who could answer it."""
+    if not isinstance(approver, str):
+        return {}
+    named: dict[str, list[str]] = {}
+    for option in approver.split(","):
+        option = option.strip()
+        if option.startswith(GROUP_PREFIX):
+            name = option[len(GROUP_PREFIX) :]
+            named[name] = sorted(groups.get(name, ()))
+    return named
+
+
+def request_groups(context: object) -> dict[str, tuple[str, ...]]:
+    """The groups a request recorded (``context.approver_groups``); a malformed record
+    admits nobody through a group."""
+    recorded = context.get("approver_groups") if isinstance(context, Mapping) else None
+    if not isinstance(recorded, Mapping):
+        return {}
+    return {
+        str(name): tuple(m for m in members if isinstance(m, str))
+        for name, members in recorded.items()
+        if isinstance(members, list | tuple)
+    }
+
+
+def may_answer(
+    approver: object,
+    context: object,
+    user_id: object,
+    groups_now: Mapping[str, Iterable[str]] | None = None,
+) -> bool:
+    """The one rule for who may answer a request (CLI, service, govern and the fold alike):
+    ``approver_allows``, where a ``group:NAME`` admits a user who was a member when the
+    request was made (``context.approver_groups``) and — when ``groups_now`` (the tenant's
+    groups at the answer) is given — still is one. The fold, which sees only the log,
+    passes no ``groups_now``; the store's planner passes the tenant's."""
+    recorded = request_groups(context)
+    if groups_now is not None:
+        recorded = {
+            name: tuple(m for m in members if m in tuple(groups_now.get(name, ())))
+            for name, members in recorded.items()
+        }
+    return approver_allows(approver, user_id, recorded)
 
 
 def _binds(request: ApprovalRequest, digest: str | None) -> bool:
@@ -179,7 +242,7 @@ def approval_after(status: ApprovalStatus, kind: EventKind, sequence: int) -> Ap
         request = status.request
         if not _binds(request, kind.request_digest):
             return status
-        if not approver_allows(request.approver, kind.user_id):
+        if not may_answer(request.approver, request.context, kind.user_id):
             return status
         if kind.decision is ApprovalDecision.APPROVED:
             return Approved(
@@ -248,11 +311,12 @@ def decide_approval(
     decision: ApprovalDecision,
     comment: str | None = None,
     state_patch: JsonValue = None,
+    groups: Mapping[str, Iterable[str]] | None = None,
 ) -> ApprovalReceived | ApprovalRefused:
     """The ``approval_received`` event to record for a person's decision on a node, bound to
     the node's open request; or the reason it is refused (nothing open, wrong approver, no
-    identified user). A malformed call (a decision that is not an `ApprovalDecision`) raises
-    `InvalidInput`."""
+    identified user). ``groups`` are the tenant's approver groups now (`may_answer`). A
+    malformed call (a decision that is not an `ApprovalDecision`) raises `InvalidInput`."""
     if not isinstance(decision, ApprovalDecision):
         raise InvalidInput("decision", f"expected ApprovalDecision, got {describe(decision)}")
     if comment is not None and not isinstance(comment, str):
@@ -262,7 +326,7 @@ def decide_approval(
     if not isinstance(status, Pending):
         return ApprovalRefused(f"no approval is pending (status: {_status_name(status)})")
     request = status.request
-    if not approver_allows(request.approver, user_id):
+    if not may_answer(request.approver, request.context, user_id, groups):
         return ApprovalRefused(
             f"user {user_id!r} may not answer this request (approver: {request.approver!r})"
         )

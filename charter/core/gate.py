@@ -34,12 +34,14 @@ import attrs
 from charter.core import _check
 from charter.core.approvals import (
     ANY_HUMAN,
+    GROUP_PREFIX,
     ApprovalStatus,
     Approved,
     Consumed,
     NotRequested,
     Pending,
     Rejected,
+    named_groups,
     rejection_reason,
 )
 from charter.core.autonomy import (
@@ -92,6 +94,7 @@ from charter.core.policy import (
     EvaluationContext,
     Overruled,
     PolicyLayer,
+    PolicyScope,
     PolicyVerdict,
     RequireApproval,
     layer_verdict,
@@ -667,17 +670,23 @@ def gate_node(request: GateRequest) -> GateResult:
         return _result(request, verdict, Outcome.HOLD, reason, (), autonomy, digest)
     if type(status) is not NotRequested:
         reason = f"{reason} (a new request: the earlier one does not cover this call)"
+    context: dict[str, JsonValue] = {
+        "node_id": node_id,
+        "node_kind": ctx.node_kind_tag,
+        "attempt": request.attempt,
+        "reasons": approval_reasons,
+        "call": request.call,
+    }
+    if GROUP_PREFIX in approver:
+        # Who the groups it names hold now (the tenant's), so the log says who may answer.
+        tenant = next((x.policy for x in request.policies if x.scope is PolicyScope.TENANT), None)
+        groups = named_groups(approver, tenant.groups if tenant is not None else {})
+        context["approver_groups"] = {name: list(users) for name, users in groups.items()}
     ask = ToolApprovalRequired(
         node_id=node_id,
         tool_name=ctx.tool_name or ctx.model_ref or node_id,
         approver=approver,
-        context={
-            "node_id": node_id,
-            "node_kind": ctx.node_kind_tag,
-            "attempt": request.attempt,
-            "reasons": approval_reasons,
-            "call": request.call,
-        },
+        context=context,
         request_digest=digest,
         attempt=request.attempt,
     )

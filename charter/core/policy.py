@@ -33,6 +33,7 @@ or approval rule applies, an allowlist entry admits nothing (docs/semantics.md �
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias, assert_never
 
@@ -510,6 +511,55 @@ def _approver_keys(value: object) -> tuple[tuple[str, tuple[str, ...]], ...] | N
     return tuple(sorted(out.items()))
 
 
+_GROUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _approver_groups(value: object) -> tuple[tuple[str, tuple[str, ...]], ...] | None:
+    """``{group: [user id, …]}`` (or its pairs) as sorted pairs of a group name (letters,
+    digits, ``_.-``) and its members, exact user ids (no globs, commas or ``group:``), sorted
+    and without repeats; none is kept as ``None`` (a set without groups encodes and digests
+    as before the field)."""
+    if value is None or value == () or value == {} or value == []:
+        return None
+    shape = f"expected a mapping of group names to lists of user ids, got {describe(value)}"
+    if isinstance(value, Mapping):
+        items: list[object] = list(value.items())
+    elif isinstance(value, tuple | list):
+        items = list(value)
+    else:
+        raise PolicyError("approver_groups", shape)
+    out: dict[str, tuple[str, ...]] = {}
+    for item in items:
+        if not (isinstance(item, tuple | list) and len(item) == 2):
+            raise PolicyError("approver_groups", shape)
+        name, members = item
+        where = child("approver_groups", str(name))
+        if not isinstance(name, str) or not _GROUP_NAME.match(name):
+            raise PolicyError(
+                where, "expected a group name of letters, digits, '_', '.' or '-' (at most 64)"
+            )
+        if isinstance(members, str) or not isinstance(members, Iterable):
+            raise PolicyError(where, f"expected a list of user ids, got {describe(members)}")
+        checked: set[str] = set()
+        for index, member in enumerate(members):
+            if (
+                not isinstance(member, str)
+                or not member.strip()
+                or member != member.strip()
+                or any(c in member for c in ",*?[")
+                or member.startswith("group:")
+            ):
+                raise PolicyError(
+                    f"{where}[{index}]",
+                    f"expected an exact user id (no globs or commas), got {describe(member)}",
+                )
+            checked.add(member)
+        if not checked:
+            raise PolicyError(where, "expected at least one member (or leave the group out)")
+        out[name] = tuple(sorted(checked))
+    return tuple(sorted(out.items()))
+
+
 def _deadline(value: object) -> float | None:
     """A lost outcome's deadline: seconds, positive and finite (at most a year)."""
     if value is None:
@@ -545,7 +595,9 @@ class PolicySet:
       public keys whose signature an answer by that approver must carry (a list, for
       rotation; docs/semantics.md §5); ``resolver``: who may resolve a lost outcome (same
       form as ``approver``; default any identified person); ``resolution_deadline_secs``:
-      how long a lost outcome may wait for an answer before its node fails.
+      how long a lost outcome may wait for an answer before its node fails;
+      ``approver_groups``: named groups of user ids an approver or resolver may name as
+      ``group:NAME`` (docs/semantics.md §5).
     * ``final`` (Charter's): when true, more specific layers may add restrictions to this
       set's rules but never remove one (docs/semantics.md §2.5). Tenant policy files are
       final by default; in code the default is upstream's (not final). ``False`` is kept as
@@ -570,6 +622,9 @@ class PolicySet:
     resolver: str | None = attrs.field(default=None, kw_only=True, converter=_approver)
     resolution_deadline_secs: float | None = attrs.field(
         default=None, kw_only=True, converter=_deadline
+    )
+    approver_groups: tuple[tuple[str, tuple[str, ...]], ...] | None = attrs.field(
+        default=None, kw_only=True, converter=_approver_groups
     )
     _blocked: _RuleIndex = attrs.field(init=False, eq=False, repr=False, hash=False)
     _approval: _RuleIndex = attrs.field(init=False, eq=False, repr=False, hash=False)
@@ -598,6 +653,8 @@ class PolicySet:
             shape["resolver"] = self.resolver
         if self.resolution_deadline_secs is not None:
             shape["resolution_deadline_secs"] = self.resolution_deadline_secs
+        if self.approver_groups:
+            shape["approver_groups"] = {name: list(users) for name, users in self.approver_groups}
         setter(self, "_digest", content_digest(shape))
 
     @property
@@ -606,13 +663,19 @@ class PolicySet:
         return dict(self.approver_keys or ())
 
     @property
+    def groups(self) -> dict[str, tuple[str, ...]]:
+        """The approver groups the set defines, by name (``group:NAME`` in an approver;
+        docs/semantics.md §5)."""
+        return dict(self.approver_groups or ())
+
+    @property
     def digest(self) -> str:
         """SHA-256 (hex) of the set's canonical JSON: what an audit records to say which
         policy decided."""
         return self._digest
 
     #: Keys only a tenant's set may have (who may answer, and with which keys).
-    TENANT_KEYS = ("approvers", "resolver", "resolution_deadline_secs")
+    TENANT_KEYS = ("approvers", "resolver", "resolution_deadline_secs", "approver_groups")
 
     @classmethod
     def from_dict(cls, data: object, where: str = "policy", *, tenant: bool = False) -> PolicySet:
@@ -643,6 +706,7 @@ class PolicySet:
                 approver_keys=data.get("approvers"),
                 resolver=data.get("resolver"),
                 resolution_deadline_secs=data.get("resolution_deadline_secs"),
+                approver_groups=data.get("approver_groups"),
             )
         except PolicyError as error:
             raise error.within(where) from None

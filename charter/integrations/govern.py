@@ -874,7 +874,7 @@ class Governor:
 
     def _command(self, node_id: str, approver: str) -> tuple[str, str]:
         user = approver
-        if approver == ANY_HUMAN or "," in approver or any(c in approver for c in "*?["):
+        if approver == ANY_HUMAN or any(c in approver for c in ",*?[:"):  # globs, group:NAME
             user = "USER"
         db = ""
         if self._target is not None and self._target not in (DEFAULT_STORE, f"./{DEFAULT_STORE}"):

@@ -1,7 +1,8 @@
 """Answering a request for approval over HTTP: who may, what is recorded, and repeats.
 
 The answering user is the principal of the request's token, never a name from the body.
-Only a user the request's approver admits (`approver_allows`) may answer; anyone else is
+Only a user the request's approver admits (`may_answer`: a ``group:NAME`` admits the
+tenant's members of that group) may answer; anyone else is
 refused (403) and nothing is recorded. The answer is recorded by the store's
 `decide_approval`, whose transaction records at most one answer per open request: of two
 approvers racing, one is recorded and the other is told who answered (409). A repeat of the
@@ -26,7 +27,7 @@ import attrs
 
 from charter.adapters.codec import dump
 from charter.core.answers import approval_statement, stamp
-from charter.core.approvals import ApprovalRefused, ApprovalRequest, Pending, approver_allows
+from charter.core.approvals import ApprovalRefused, ApprovalRequest, Pending, may_answer
 from charter.core.commit import ApprovalRow, Head
 from charter.core.events import ApprovalDecision, ApprovalReceived, Event, JsonValue
 from charter.core.records import Execution, PendingApprovalRecord
@@ -40,9 +41,11 @@ __all__ = [
     "answer_approval",
     "cli_command",
     "keys_required",
+    "may_answer_record",
     "pending_for",
     "recorded_by",
     "statement_for",
+    "tenant_groups",
 ]
 
 _HOST: Final = socket.gethostname()
@@ -79,6 +82,20 @@ def pending_for(
     return next(
         (p for p in store.pending_approvals(execution_id=execution_id) if p.node_id == node_id),
         None,
+    )
+
+
+def tenant_groups(store: ServiceBackend, tenant_id: str) -> dict[str, tuple[str, ...]]:
+    """The tenant's approver groups now (``approver_groups`` of its policy)."""
+    tenant = store.get_tenant(tenant_id)
+    return tenant.policy.groups if tenant is not None and tenant.policy is not None else {}
+
+
+def may_answer_record(store: ServiceBackend, record: PendingApprovalRecord, user_id: str) -> bool:
+    """Whether ``user_id`` may answer the open request (`may_answer`, the one rule: the
+    request's approver, a ``group:`` by its members then and now)."""
+    return may_answer(
+        record.approver, record.context, user_id, tenant_groups(store, record.tenant_id)
     )
 
 
@@ -178,13 +195,13 @@ def answer_approval(
 ) -> AnswerResult:
     """Record ``principal``'s answer to the node's open request (see the module doc)."""
     execution = store.get_execution(execution_id)
-    if execution is None:
+    if execution is None or not principal.sees(execution.tenant_id):
         return AnswerResult(status=404, error=f"no run {execution_id!r}", code="not_found")
     user = principal.user_id
     record = pending_for(store, execution_id, node_id)
     refused: str | None = None
     if record is not None:
-        if not approver_allows(record.approver, user):
+        if not may_answer_record(store, record, user):
             return AnswerResult(
                 status=403,
                 error=f"only {record.approver!r} may answer this request, not {user!r}",

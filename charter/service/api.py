@@ -9,18 +9,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from charter.core.answers import RESOLUTIONS, open_outcome
 from charter.core.approvals import approver_allows
 from charter.core.errors import InvalidInput
 from charter.core.events import ApprovalDecision, JsonValue
 from charter.core.gate import GateRequest, Outcome, gate_node
 from charter.core.policy import EvaluationContext, RequireApproval, policy_chain
-from charter.core.records import ExecutionStatus
+from charter.core.records import Execution, ExecutionStatus
 from charter.core.signing import Signature
 from charter.service.answers import (
     answer_approval,
     keys_required,
+    may_answer_record,
     pending_for,
     statement_for,
+    tenant_groups,
 )
 from charter.service.context import (
     ApiError,
@@ -31,6 +34,15 @@ from charter.service.context import (
     json_body,
     text_field,
 )
+from charter.service.decisions import decide_in_run
+from charter.service.resolutions import (
+    answer_resolution,
+    lost_outcomes,
+    resolution_json,
+    resolver_of,
+)
+from charter.service.resolutions import statement_for as resolution_statement_for
+from charter.service.tokens import Principal
 from charter.service.views import approval_json, event_json, execution_json, run_json
 
 __all__ = ["routes"]
@@ -64,7 +76,60 @@ _DECISION_FIELDS: Final = (
     "resolved_model",
     "call",
     "attempt",
+    "run_id",
+    "tools",
+    "models",
 )
+#: What a decision in a run does not take: the run decides them (docs/service.md).
+_NOT_IN_RUN: Final = ("node_id", "attempt", "resolved_model")
+
+
+def _names(body: dict[str, Any], field: str) -> list[str]:
+    value = body.get(field, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        bad(field, f"expected a list of names, got {value!r}")
+    return list(value)
+
+
+def _decide_in_run(
+    service: Service, principal: Principal, body: dict[str, Any], run_id: str
+) -> dict[str, JsonValue]:
+    tenant_id = text_field(body, "tenant_id") or "default"
+    for name in _NOT_IN_RUN:
+        if name in body:
+            bad(name, "not taken with run_id: the run decides it")
+    kind = text_field(body, "node_kind", required=True)
+    tool, model = text_field(body, "tool"), text_field(body, "model")
+    if kind == "tool" and (tool is None or model is not None):
+        bad("tool", "a tool call in a run names its tool (and no model)")
+    elif kind == "model" and (model is None or tool is not None):
+        bad("model", "a model call in a run names its model (and no tool)")
+    elif kind not in ("tool", "model"):
+        bad("node_kind", f"a decision in a run is of a tool or model call, got {kind!r}")
+    tools, models = _names(body, "tools"), _names(body, "models")
+    if service.store.get_tenant(tenant_id) is None:
+        raise ApiError(404, "not_found", f"tenant_id: no tenant {tenant_id!r}", field="tenant_id")
+    execution = service.store.get_execution(run_id)
+    if execution is not None and not principal.sees(execution.tenant_id):
+        raise ApiError(404, "not_found", f"no run {run_id!r}", field="run_id")
+    try:
+        result = decide_in_run(
+            service.store,
+            run_id=run_id,
+            tenant_id=tenant_id,
+            tool=tool,
+            model=model,
+            tools=tools,
+            models=models,
+            call=body.get("call"),
+        )
+    except InvalidInput as error:
+        if error.where in ("run_id", "tenant", "tool_name"):
+            raise ApiError(409, "conflict", str(error), field="run_id") from None
+        raise invalid(error) from None
+    tenant = service.store.get_tenant(tenant_id)
+    policy = tenant.policy if tenant is not None else None
+    return {**result, "policy_digest": policy.digest if policy is not None else None}
 
 
 def _decide(service: Service, body: dict[str, Any]) -> dict[str, JsonValue]:
@@ -110,18 +175,59 @@ def _decide(service: Service, body: dict[str, Any]) -> dict[str, JsonValue]:
 
 async def decisions(request: Request) -> JSONResponse:
     service = _service(request)
-    await service.bearer(request)
+    principal = await service.bearer(request)
     body = await json_body(request)
     check_fields(body, _DECISION_FIELDS)
+    tenant_id = text_field(body, "tenant_id") or "default"
+    if not principal.sees(tenant_id):
+        raise ApiError(
+            403,
+            "wrong_tenant",
+            f"tenant_id: this token is scoped to tenant {principal.tenant_id!r}",
+            field="tenant_id",
+        )
+    run_id = text_field(body, "run_id")
+    if run_id is not None:
+        if not run_id.strip():
+            bad("run_id", "expected a run id, got an empty one")
+        return JSONResponse(
+            await run_in_threadpool(_decide_in_run, service, principal, body, run_id)
+        )
+    for name in ("tools", "models"):
+        if name in body:
+            bad(name, "only taken with run_id")
     return JSONResponse(await run_in_threadpool(_decide, service, body))
 
 
 # ── runs ───────────────────────────────────────────────────────────────────────────────
 
 
+def _tenant_filter(request: Request, principal: Principal) -> str | None:
+    """The ``tenant`` filter of a listing: a scoped token sees its tenant only."""
+    tenant = request.query_params.get("tenant") or None
+    if principal.tenant_id is None:
+        return tenant
+    if tenant is not None and tenant != principal.tenant_id:
+        raise ApiError(
+            403,
+            "wrong_tenant",
+            f"tenant: this token is scoped to tenant {principal.tenant_id!r}",
+            field="tenant",
+        )
+    return principal.tenant_id
+
+
+def _visible(service: Service, principal: Principal, run_id: str) -> Execution:
+    """The run, if it exists and the principal's scope covers it (404 otherwise)."""
+    execution = service.store.get_execution(run_id)
+    if execution is None or not principal.sees(execution.tenant_id):
+        raise ApiError(404, "not_found", f"no run {run_id!r}")
+    return execution
+
+
 async def list_runs(request: Request) -> JSONResponse:
     service = _service(request)
-    await service.bearer(request)
+    principal = await service.bearer(request)
     status_text = request.query_params.get("status")
     status = None
     if status_text is not None:
@@ -130,7 +236,7 @@ async def list_runs(request: Request) -> JSONResponse:
         except ValueError:
             names = ", ".join(s.value for s in ExecutionStatus)
             bad("status", f"expected one of {names}, got {status_text!r}")
-    tenant = request.query_params.get("tenant") or None
+    tenant = _tenant_filter(request, principal)
     limit = _limit(request)
     cursor = request.query_params.get("cursor") or None
 
@@ -151,13 +257,11 @@ async def list_runs(request: Request) -> JSONResponse:
 
 async def get_run(request: Request) -> JSONResponse:
     service = _service(request)
-    await service.bearer(request)
+    principal = await service.bearer(request)
     run_id = request.path_params["run_id"]
 
     def work() -> dict[str, JsonValue]:
-        execution = service.store.get_execution(run_id)
-        if execution is None:
-            raise ApiError(404, "not_found", f"no run {run_id!r}")
+        execution = _visible(service, principal, run_id)
         return run_json(service.store, execution, service.store.read_events(run_id))
 
     return JSONResponse(await run_in_threadpool(work))
@@ -165,7 +269,7 @@ async def get_run(request: Request) -> JSONResponse:
 
 async def run_events(request: Request) -> JSONResponse:
     service = _service(request)
-    await service.bearer(request)
+    principal = await service.bearer(request)
     run_id = request.path_params["run_id"]
     after_text = request.query_params.get("after", "0")
     if not after_text.isdigit():
@@ -174,8 +278,7 @@ async def run_events(request: Request) -> JSONResponse:
     limit = _limit(request)
 
     def work() -> dict[str, JsonValue]:
-        if service.store.get_execution(run_id) is None:
-            raise ApiError(404, "not_found", f"no run {run_id!r}")
+        _visible(service, principal, run_id)
         events = service.store.read_events(run_id, after=after, limit=limit + 1)
         more = len(events) > limit
         shown = events[:limit]
@@ -192,15 +295,15 @@ async def run_events(request: Request) -> JSONResponse:
 
 async def list_approvals(request: Request) -> JSONResponse:
     service = _service(request)
-    await service.bearer(request)
+    principal = await service.bearer(request)
     approver = request.query_params.get("approver") or None
-    tenant = request.query_params.get("tenant") or None
+    tenant = _tenant_filter(request, principal)
 
     def work() -> dict[str, JsonValue]:
         store = service.store
         shown: list[JsonValue] = []
         for record in store.pending_approvals(tenant_id=tenant):
-            if approver is not None and not approver_allows(record.approver, approver):
+            if approver is not None and not may_answer_record(store, record, approver):
                 continue
             needed = approver is not None and keys_required(store, record.tenant_id, approver)
             shown.append(approval_json(store, record, keys_needed=needed))
@@ -225,9 +328,7 @@ async def statement(request: Request) -> JSONResponse:
 
     def work() -> dict[str, JsonValue]:
         store = service.store
-        execution = store.get_execution(run_id)
-        if execution is None:
-            raise ApiError(404, "not_found", f"no run {run_id!r}")
+        execution = _visible(service, principal, run_id)
         record = pending_for(store, run_id, node_id)
         if record is None:
             raise ApiError(409, "nothing_open", f"no open request of node {node_id!r}")
@@ -297,6 +398,108 @@ def _answer_handler(decision: ApprovalDecision) -> Any:
     return answer
 
 
+# ── resolutions of lost outcomes ─────────────────────────────────────────────────────────
+
+
+async def list_resolutions(request: Request) -> JSONResponse:
+    service = _service(request)
+    principal = await service.bearer(request)
+    user = request.query_params.get("resolver") or None
+    tenant = _tenant_filter(request, principal)
+
+    def work() -> dict[str, JsonValue]:
+        store = service.store
+        shown: list[JsonValue] = []
+        for execution, event, events in lost_outcomes(store, tenant):
+            resolver = resolver_of(store, execution.tenant_id)
+            groups = tenant_groups(store, execution.tenant_id)
+            if user is not None and not approver_allows(resolver, user, groups):
+                continue
+            needed = user is not None and keys_required(store, execution.tenant_id, user)
+            shown.append(resolution_json(store, execution, event, events, keys_needed=needed))
+        return {"resolutions": shown}
+
+    return JSONResponse(await run_in_threadpool(work))
+
+
+def _resolution(text: object) -> str:
+    if text not in RESOLUTIONS:
+        bad("resolution", f"expected one of {', '.join(RESOLUTIONS)}, got {text!r}")
+    assert isinstance(text, str)
+    return text
+
+
+async def resolution_statement(request: Request) -> JSONResponse:
+    service = _service(request)
+    principal = await service.bearer(request)
+    run_id, node_id = request.path_params["run_id"], request.path_params["node_id"]
+    resolution = _resolution(request.query_params.get("resolution"))
+    comment = request.query_params.get("comment")
+
+    def work() -> dict[str, JsonValue]:
+        execution = _visible(service, principal, run_id)
+        waiting = open_outcome(service.store.read_events(run_id), node_id)
+        if waiting is None:
+            raise ApiError(409, "nothing_open", f"no lost outcome of node {node_id!r} waits")
+        made = resolution_statement_for(
+            service.store,
+            execution,
+            waiting,
+            user_id=principal.user_id,
+            resolution=resolution,
+            comment=comment,
+            now=service.clock.now(),
+        )
+        return {
+            "statement": made.to_json(),
+            "message": made.message().decode("utf-8"),
+            "decided_at": made.decided_at,
+        }
+
+    return JSONResponse(await run_in_threadpool(work))
+
+
+async def resolve(request: Request) -> JSONResponse:
+    service = _service(request)
+    principal = await service.bearer(request)
+    body = await json_body(request)
+    check_fields(body, ("resolution", "output", "reason", "comment", "signature", "decided_at"))
+    resolution = _resolution(body.get("resolution"))
+    if "output" in body and resolution != "succeeded":
+        bad("output", "only taken with resolution succeeded")
+    reason = text_field(body, "reason")
+    if reason is not None and resolution != "failed":
+        bad("reason", "only taken with resolution failed")
+    comment = text_field(body, "comment")
+    signature = _signature(body)
+    decided_at = text_field(body, "decided_at")
+    if signature is not None and decided_at is None:
+        bad("decided_at", "required with a signature (the statement's decided_at)")
+    run_id, node_id = request.path_params["run_id"], request.path_params["node_id"]
+    try:
+        result = await run_in_threadpool(
+            answer_resolution,
+            service.store,
+            principal,
+            run_id,
+            node_id,
+            resolution=resolution,
+            output=body.get("output"),
+            reason=reason,
+            comment=comment,
+            signature=signature,
+            decided_at=decided_at,
+            remote=service.remote(request),
+        )
+    except InvalidInput as error:
+        raise invalid(error) from None
+    if result.status != 200:
+        raise ApiError(
+            result.status, result.code or "refused", result.error or "", answer=result.answer
+        )
+    return JSONResponse({"answer": result.answer, "repeated": result.repeated})
+
+
 async def healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
@@ -326,6 +529,11 @@ def routes() -> list[Route]:
         Route("/v1/runs/{run_id}", get_run, methods=["GET"]),
         Route("/v1/runs/{run_id}/events", run_events, methods=["GET"]),
         Route("/v1/approvals", list_approvals, methods=["GET"]),
+        Route("/v1/resolutions", list_resolutions, methods=["GET"]),
+        Route(
+            "/v1/resolutions/{run_id}/{node_id}/statement", resolution_statement, methods=["GET"]
+        ),
+        Route("/v1/resolutions/{run_id}/{node_id}", resolve, methods=["POST"]),
         Route("/v1/approvals/{run_id}/{node_id}/statement", statement, methods=["GET"]),
         Route(
             "/v1/approvals/{run_id}/{node_id}/approve",

@@ -22,6 +22,7 @@ _ERRORS = {
     "400": _json(_ref("Error"), "Bad input: the error names the field"),
     "401": _json(_ref("Error"), "No token, or an unknown, revoked or expired one"),
 }
+_SCOPED = {"403": _json(_ref("Error"), "A tenant filter outside the token's scope")}
 
 
 def _query(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -72,7 +73,8 @@ def openapi_document() -> dict[str, Any]:
             "title": "Charter service",
             "version": __version__,
             "description": (
-                "Gate decisions, runs and approvals of a Charter store. Every /v1 request "
+                "Gate decisions, runs, approvals and lost outcomes of a Charter store. "
+                "Every /v1 request "
                 "needs `Authorization: Bearer <token>` (charter tokens new), except this "
                 "document."
             ),
@@ -112,6 +114,24 @@ def openapi_document() -> dict[str, Any]:
                         "resolved_model": {"type": ["string", "null"]},
                         "call": {"description": "the call's arguments (any JSON)"},
                         "attempt": {"type": "integer", "minimum": 0, "default": 0},
+                        "run_id": {
+                            "type": ["string", "null"],
+                            "description": (
+                                "record the decision in this run (a governed session, made "
+                                "by the first decision naming it); node_id, attempt and "
+                                "resolved_model are then refused"
+                            ),
+                        },
+                        "tools": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "description": "with run_id: the session's other tools",
+                        },
+                        "models": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "description": "with run_id: the session's other models",
+                        },
                     },
                 },
                 "Decision": {
@@ -126,6 +146,62 @@ def openapi_document() -> dict[str, Any]:
                         "approver": {"type": ["string", "null"]},
                         "request_digest": {"type": ["string", "null"]},
                         "policy_digest": {"type": ["string", "null"]},
+                        "run_id": {"type": "string", "description": "with run_id"},
+                        "node_id": {"type": "string", "description": "with run_id"},
+                        "sequence": {
+                            "type": "integer",
+                            "description": "with run_id: the node_gated event's sequence",
+                        },
+                        "events": {
+                            "type": "array",
+                            "items": _ref("Event"),
+                            "description": "with run_id: the events recorded",
+                        },
+                    },
+                },
+                "Resolution": {
+                    "type": "object",
+                    "properties": {
+                        name: {}
+                        for name in (
+                            "run_id",
+                            "tenant_id",
+                            "workflow_id",
+                            "node_id",
+                            "tool",
+                            "arguments",
+                            "attempt",
+                            "idempotency_key",
+                            "reason",
+                            "sequence",
+                            "lost_at",
+                            "resolver",
+                            "resolutions",
+                            "signature_required",
+                        )
+                    },
+                },
+                "ResolutionBody": {
+                    "type": "object",
+                    "required": ["resolution"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "resolution": {"enum": ["succeeded", "failed", "retry"]},
+                        "output": {"description": "with succeeded: the node's output (JSON)"},
+                        "reason": {
+                            "type": ["string", "null"],
+                            "description": "with failed: why",
+                        },
+                        "comment": {"type": ["string", "null"]},
+                        "signature": {
+                            "type": "object",
+                            "required": ["key", "value"],
+                            "properties": {
+                                "key": {"type": "string", "description": "ed25519:<base64>"},
+                                "value": {"type": "string", "description": "base64"},
+                            },
+                        },
+                        "decided_at": {"type": "string"},
                     },
                 },
                 "Run": {
@@ -242,7 +318,13 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {
                         "200": _json(_ref("Decision")),
                         **_ERRORS,
-                        "404": _json(_ref("Error"), "No such tenant"),
+                        "403": _json(_ref("Error"), "The token is scoped to another tenant"),
+                        "404": _json(_ref("Error"), "No such tenant (or run, with run_id)"),
+                        "409": _json(
+                            _ref("Error"),
+                            "run_id names a run that is not this tenant's governed session "
+                            "of the tool",
+                        ),
                     },
                 }
             },
@@ -266,6 +348,7 @@ def openapi_document() -> dict[str, Any]:
                             }
                         ),
                         **_ERRORS,
+                        **_SCOPED,
                     },
                 }
             },
@@ -320,6 +403,7 @@ def openapi_document() -> dict[str, Any]:
                             }
                         ),
                         **_ERRORS,
+                        **_SCOPED,
                     },
                 }
             },
@@ -342,6 +426,73 @@ def openapi_document() -> dict[str, Any]:
             },
             "/v1/approvals/{run_id}/{node_id}/approve": {"post": _answer("approve")},
             "/v1/approvals/{run_id}/{node_id}/reject": {"post": _answer("reject")},
+            "/v1/resolutions": {
+                "get": {
+                    "summary": "Lost outcomes waiting for a person",
+                    "parameters": [
+                        _query("resolver", "only those this user may resolve"),
+                        _query("tenant", "only this tenant's"),
+                    ],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "resolutions": {
+                                        "type": "array",
+                                        "items": _ref("Resolution"),
+                                    }
+                                },
+                            }
+                        ),
+                        **_ERRORS,
+                        **_SCOPED,
+                    },
+                }
+            },
+            "/v1/resolutions/{run_id}/{node_id}/statement": {
+                "get": {
+                    "summary": "The statement a signed resolution signs",
+                    "parameters": [
+                        _path("run_id"),
+                        _path("node_id"),
+                        _query("resolution", "succeeded, failed or retry"),
+                        _query("comment", "the answer's comment"),
+                    ],
+                    "responses": {
+                        "200": _json(_ref("Statement")),
+                        **_ERRORS,
+                        "404": _json(_ref("Error"), "No such run"),
+                        "409": _json(_ref("Error"), "Nothing waits"),
+                    },
+                }
+            },
+            "/v1/resolutions/{run_id}/{node_id}": {
+                "post": {
+                    "summary": "Say what became of a lost outcome",
+                    "description": (
+                        "The answering user is the token's principal. Only a user the "
+                        "tenant's resolver admits may answer (403 otherwise, nothing "
+                        "recorded). A repeat of the recorded answer returns it (200, repeated: "
+                        "true); another answer already recorded is 409. When the tenant names "
+                        "keys for the user, `signature` and `decided_at` are required."
+                    ),
+                    "parameters": [_path("run_id"), _path("node_id")],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("ResolutionBody")}},
+                    },
+                    "responses": {
+                        "200": _json(_ref("AnswerResult")),
+                        **_ERRORS,
+                        "403": _json(
+                            _ref("Error"), "Not the tenant's resolver, or a signature required"
+                        ),
+                        "404": _json(_ref("Error"), "No such run"),
+                        "409": _json(_ref("Error"), "Nothing waits, or already resolved"),
+                    },
+                }
+            },
             "/healthz": {
                 "get": {
                     "summary": "The process is up (no token needed)",

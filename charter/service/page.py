@@ -4,7 +4,8 @@ Sign in with a token (a form that sets an HttpOnly, SameSite=Strict cookie holdi
 the pending approvals the signed-in user may answer, each with the workflow, node, tool,
 model, the call's arguments exactly as they will run, the rule and scope that asked, the
 budget spent and the run's timeline; approve or reject with a comment (a CSRF token in
-each form); the runs, each with its timeline and its workflow drawn with node states. The
+each form); the lost outcomes the user may resolve (it happened, it did not, run it
+again); the runs, each with its timeline and its workflow drawn with node states. The
 pending list is refreshed by polling a fragment (``/ui/pending``) every few seconds.
 
 Everything shown is escaped (`html.escape`): arguments, comments and names are attacker-
@@ -13,6 +14,7 @@ controlled. The Content-Security-Policy allows scripts and styles from this serv
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import secrets
@@ -25,13 +27,26 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from charter.core.answers import RESOLUTIONS
 from charter.core.approvals import approver_allows
 from charter.core.errors import InvalidInput
 from charter.core.events import ApprovalDecision, Event, JsonValue
 from charter.core.records import ExecutionStatus
 from charter.core.runs import StepStatus, run_steps
-from charter.service.answers import answer_approval, keys_required
+from charter.service.answers import (
+    answer_approval,
+    keys_required,
+    may_answer_record,
+    tenant_groups,
+)
 from charter.service.context import COOKIE, Service
+from charter.service.resolutions import (
+    answer_resolution,
+    lost_outcomes,
+    resolution_json,
+    resolver_of,
+)
+from charter.service.resolutions import cli_command as resolution_command
 from charter.service.tokens import Principal
 from charter.service.views import approval_json, workflow_of
 
@@ -250,16 +265,74 @@ def cli_command_for(item: dict[str, Any], user_id: str) -> str:
 def _pending_html(service: Service, principal: Principal, csrf: str) -> str:
     store = service.store
     cards = []
-    for record in store.pending_approvals():
-        if not approver_allows(record.approver, principal.user_id):
+    for record in store.pending_approvals(tenant_id=principal.tenant_id):
+        if not may_answer_record(store, record, principal.user_id):
             continue
         events = store.read_events(record.execution_id)
         needed = keys_required(store, record.tenant_id, principal.user_id)
         item = approval_json(store, record, events=events, keys_needed=needed)
         cards.append(_approval_card(service, principal, item, events, csrf))
+    for execution, event, lost_events in lost_outcomes(store, principal.tenant_id):
+        resolver = resolver_of(store, execution.tenant_id)
+        if not approver_allows(
+            resolver, principal.user_id, tenant_groups(store, execution.tenant_id)
+        ):
+            continue
+        needed = keys_required(store, execution.tenant_id, principal.user_id)
+        item = resolution_json(store, execution, event, lost_events, keys_needed=needed)
+        cards.append(_lost_card(principal, item, lost_events, csrf))
     if not cards:
         return '<p class="card muted" id="none">Nothing is waiting for you.</p>'
     return "".join(cards)
+
+
+def _lost_card(
+    principal: Principal, item: dict[str, Any], events: Sequence[Event], csrf: str
+) -> str:
+    """A lost outcome waiting for the signed-in resolver: what may or may not have happened,
+    and the three answers."""
+    run, node = str(item["run_id"]), str(item["node_id"])
+    anchor = f"lost-{run}-{node}"
+    if item.get("signature_required"):
+        command = resolution_command(run, node, principal.user_id)
+        answer = (
+            '<p class="note">This tenant requires a signed answer from your key: a token '
+            "alone cannot answer it. Run:</p>"
+            f'<pre class="command">{h(command)}</pre>'
+            '<p class="muted">(or POST a signature over the statement from '
+            f"<code>/v1/resolutions/{h(quote(run))}/{h(quote(node))}/statement</code>)</p>"
+        )
+    else:
+        action = f"/ui/resolutions/{quote(run, safe='')}/{quote(node, safe='')}"
+        answer = (
+            f'<form method="post" action="{h(action)}">'
+            f'<input type="hidden" name="csrf" value="{h(csrf)}">'
+            f'<label for="o-{h(anchor)}">Output, if it happened (JSON, optional)</label>'
+            f'<textarea id="o-{h(anchor)}" name="output" rows="2"></textarea>'
+            f'<label for="r-{h(anchor)}">Reason, if it did not happen</label>'
+            f'<input id="r-{h(anchor)}" name="reason" type="text">'
+            f'<label for="c-{h(anchor)}">Comment</label>'
+            f'<textarea id="c-{h(anchor)}" name="comment" rows="2"></textarea>'
+            '<button class="approve" name="resolution" value="succeeded">It happened</button>'
+            '<button class="reject" name="resolution" value="failed">It did not happen</button>'
+            '<button class="plain" name="resolution" value="retry">Run it again</button></form>'
+        )
+    return (
+        f'<section class="card lost" id="{h(anchor)}" data-run="{h(run)}" '
+        f'data-node="{h(node)}"><h2>Lost outcome: {h(item.get("tool"))} in '
+        f"{h(item.get('workflow_id'))}</h2><dl>"
+        f'<dt>run</dt><dd><a href="/runs/{h(quote(run, safe=""))}">{h(run)}</a></dd>'
+        f"<dt>node</dt><dd>{h(node)} (attempt {h(item.get('attempt'))})</dd>"
+        f"<dt>tool</dt><dd>{h(item.get('tool'))}</dd>"
+        f"<dt>resolver</dt><dd>{h(item.get('resolver'))}</dd>"
+        f"<dt>why unknown</dt><dd>{h(item.get('reason'))}</dd>"
+        f"<dt>idempotency key</dt><dd><code>{h(item.get('idempotency_key'))}</code></dd>"
+        f"<dt>lost</dt><dd>{h(item.get('lost_at'))}</dd>"
+        "</dl><h3>Arguments of the call that may have happened</h3>"
+        f'<pre class="arguments">{h(_json_text(item.get("arguments")))}</pre>'
+        f"<details><summary>Timeline</summary>{_timeline(events, run)}</details>"
+        f"{answer}</section>"
+    )
 
 
 async def home(request: Request) -> Response:
@@ -330,6 +403,58 @@ async def answer(request: Request) -> Response:
     return RedirectResponse(f"/?m={quote(message)}&ok={ok}", status_code=303)
 
 
+async def resolve(request: Request) -> Response:
+    service = _service(request)
+    session = await service.session(request)
+    if session is None:
+        return RedirectResponse("/", status_code=303)
+    principal, csrf = session
+    form = await request.form()
+    if not secrets.compare_digest(str(form.get("csrf") or ""), csrf):
+        return _page(
+            "Refused", '<p class="note err">Bad or missing CSRF token.</p>', principal, 403
+        )
+    resolution = str(form.get("resolution") or "")
+    if resolution not in RESOLUTIONS:
+        return _page(
+            "Refused",
+            '<p class="note err">resolution: it happened, it did not, or run it again.</p>',
+            principal,
+            400,
+        )
+    comment = str(form.get("comment") or "").strip() or None
+    reason = str(form.get("reason") or "").strip() or None
+    output_text = str(form.get("output") or "").strip()
+    run_id, node_id = request.path_params["run_id"], request.path_params["node_id"]
+    result = None
+    try:
+        output = json.loads(output_text) if output_text and resolution == "succeeded" else None
+        result = await run_in_threadpool(
+            functools.partial(
+                answer_resolution,
+                service.store,
+                principal,
+                run_id,
+                node_id,
+                resolution=resolution,
+                output=output,
+                reason=reason if resolution == "failed" else None,
+                comment=comment,
+                remote=service.remote(request),
+            )
+        )
+    except ValueError as error:
+        message, ok = f"output: not JSON ({error})", "0"
+    except InvalidInput as error:
+        message, ok = str(error), "0"
+    if result is not None:
+        if result.status == 200:
+            message, ok = f"Recorded: the outcome of {node_id} in {run_id}: {resolution}.", "1"
+        else:
+            message, ok = result.error or "refused", "0"
+    return RedirectResponse(f"/?m={quote(message)}&ok={ok}", status_code=303)
+
+
 # ── runs ───────────────────────────────────────────────────────────────────────────────
 
 
@@ -347,7 +472,9 @@ async def runs_page(request: Request) -> Response:
     cursor = request.query_params.get("cursor") or None
 
     def work() -> str:
-        page = service.store.list_executions(status=status, limit=50, cursor=cursor)
+        page = service.store.list_executions(
+            tenant_id=principal.tenant_id, status=status, limit=50, cursor=cursor
+        )
         rows = "".join(
             f'<tr><td><a href="/runs/{h(quote(e.execution_id, safe=""))}">'
             f"{h(e.execution_id)}</a></td><td>{h(e.workflow_id)}</td><td>{h(e.tenant_id)}</td>"
@@ -440,7 +567,7 @@ async def run_page(request: Request) -> Response:
     def work() -> str | None:
         store = service.store
         execution = store.get_execution(run_id)
-        if execution is None:
+        if execution is None or not principal.sees(execution.tenant_id):
             return None
         events = store.read_events(run_id)
         steps = run_steps(run_id, events)
@@ -479,6 +606,7 @@ def routes() -> list[Route]:
         Route("/signout", signout, methods=["POST"]),
         Route("/ui/pending", pending_fragment, methods=["GET"]),
         Route("/ui/approvals/{run_id}/{node_id}", answer, methods=["POST"]),
+        Route("/ui/resolutions/{run_id}/{node_id}", resolve, methods=["POST"]),
         Route("/runs", runs_page, methods=["GET"]),
         Route("/runs/{run_id}", run_page, methods=["GET"]),
         Route("/static/page.css", css, methods=["GET"]),

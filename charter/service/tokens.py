@@ -4,7 +4,8 @@ A token's text is ``charter_<id>_<secret>``: ``id`` names it in listings, logs a
 record of every answer it gives (``recorded_by.token``), ``secret`` is 32 random bytes. The
 server keeps ``sha256(text)`` only, so a copy of the database does not hold a usable
 token. Each token acts as one principal (``--user``): the person every request made with it
-answers as, whatever a request's body says.
+answers as, whatever a request's body says. A token made with ``--tenant`` is scoped to that
+tenant (`Principal.sees`): it sees, answers and records into that tenant's runs only.
 """
 
 from __future__ import annotations
@@ -31,10 +32,16 @@ _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 @attrs.frozen(kw_only=True)
 class Principal:
-    """Who a request acts as: the token's user and the token's id."""
+    """Who a request acts as: the token's user and the token's id, and the tenant the token
+    is scoped to (``None``: every tenant)."""
 
     user_id: str
     token_id: str
+    tenant_id: str | None = None
+
+    def sees(self, tenant_id: str | None) -> bool:
+        """Whether this principal may see and act on ``tenant_id``'s runs and approvals."""
+        return self.tenant_id is None or tenant_id == self.tenant_id
 
 
 def token_digest(text: str) -> str:
@@ -53,13 +60,21 @@ def parse_duration(text: str) -> timedelta:
 
 
 def issue_token(
-    tokens: ServiceStore, user_id: str, *, now: datetime, expires_in: timedelta | None = None
+    tokens: ServiceStore,
+    user_id: str,
+    *,
+    now: datetime,
+    expires_in: timedelta | None = None,
+    tenant_id: str | None = None,
 ) -> tuple[str, TokenRecord]:
-    """Make a token for ``user_id``: its text (to show once) and the stored record."""
+    """Make a token for ``user_id`` (scoped to ``tenant_id`` when given): its text (to show
+    once) and the stored record."""
     if not approver_allows("human", user_id):
         raise InvalidInput("--user", f"expected an identified person's id, got {user_id!r}")
     if len(user_id) > 128:
         raise InvalidInput("--user", "at most 128 characters")
+    if tenant_id is not None and not tenant_id.strip():
+        raise InvalidInput("--tenant", "expected a tenant id, got an empty one")
     token_id = secrets.token_hex(6)
     text = f"{PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
     record = TokenRecord(
@@ -68,6 +83,7 @@ def issue_token(
         digest=token_digest(text),
         created_at=now,
         expires_at=now + expires_in if expires_in is not None else None,
+        tenant_id=tenant_id,
     )
     tokens.add_token(record)
     return text, record
@@ -83,4 +99,4 @@ def authenticate(tokens: ServiceStore, text: str | None, now: datetime) -> Princ
         return None
     if not secrets.compare_digest(record.digest, token_digest(text)):  # pragma: no cover
         return None
-    return Principal(user_id=record.user_id, token_id=record.token_id)
+    return Principal(user_id=record.user_id, token_id=record.token_id, tenant_id=record.tenant_id)

@@ -32,11 +32,10 @@ from urllib.parse import quote
 import attrs
 
 from charter.adapters.service_store import OutboxEntry, ServiceStore
-from charter.core.answers import open_outcome
 from charter.core.events import JsonValue, OutcomeUnknown
 from charter.core.ports import Clock
-from charter.core.records import ExecutionStatus
 from charter.service.backend import ServiceBackend
+from charter.service.resolutions import lost_outcomes
 
 __all__ = ["Notifier", "Webhook", "signature_header"]
 
@@ -143,47 +142,31 @@ class Notifier:
 
     def _scan_lost(self) -> int:
         added = 0
-        cursor = None
-        while True:
-            page = self.store.list_executions(
-                status=ExecutionStatus.RUNNING, limit=200, cursor=cursor
+        for execution, event, _ in lost_outcomes(self.store):
+            kind = event.kind
+            assert isinstance(kind, OutcomeUnknown)
+            hooks = [h for h in self.webhooks if h.wants(execution.tenant_id)]
+            run = execution.execution_id
+            link = f"{self.public_url}/#lost-{quote(run)}-{quote(kind.node_id)}"
+            text = (
+                f"Charter: the outcome of node {kind.node_id} in run {run} (tenant "
+                f"{execution.tenant_id}) is unknown and waits for a person: "
+                f"<{link}|open the page>"
             )
-            for execution in page.items:
-                hooks = [h for h in self.webhooks if h.wants(execution.tenant_id)]
-                if not hooks:
-                    continue
-                events = self.store.read_events(execution.execution_id)
-                for event in events:
-                    kind = event.kind
-                    if not isinstance(kind, OutcomeUnknown):
-                        continue
-                    if open_outcome(events, kind.node_id) is not kind:
-                        continue
-                    run = execution.execution_id
-                    link = f"{self.public_url}/runs/{quote(run)}"
-                    text = (
-                        f"Charter: the outcome of node {kind.node_id} in run {run} (tenant "
-                        f"{execution.tenant_id}) is unknown and waits for a person: "
-                        f"<{link}|open the run>"
-                    )
-                    for hook in hooks:
-                        body: dict[str, JsonValue] = {
-                            "event": "outcome_unknown",
-                            "tenant_id": execution.tenant_id,
-                            "run_id": run,
-                            "node_id": kind.node_id,
-                            "attempt": kind.attempt,
-                            "reason": kind.reason,
-                            "link": link,
-                            "text": text,
-                        }
-                        entry = _entry_id(
-                            hook, "outcome_unknown", run, kind.node_id, event.sequence
-                        )
-                        added += self._enqueue(hook, entry, body)
-            cursor = page.next_cursor
-            if cursor is None:
-                return added
+            for hook in hooks:
+                body: dict[str, JsonValue] = {
+                    "event": "outcome_unknown",
+                    "tenant_id": execution.tenant_id,
+                    "run_id": run,
+                    "node_id": kind.node_id,
+                    "attempt": kind.attempt,
+                    "reason": kind.reason,
+                    "link": link,
+                    "text": text,
+                }
+                entry = _entry_id(hook, "outcome_unknown", run, kind.node_id, event.sequence)
+                added += self._enqueue(hook, entry, body)
+        return added
 
     def deliver(self, limit: int = 50) -> tuple[int, int]:
         """Deliver the due notifications; (delivered, failed)."""

@@ -118,15 +118,17 @@ def held_run(
     *,
     args: str = '{to: "ACME-1", amount: 120}',
     approver: str = "finance-lead",
+    tenant: str | None = None,
 ) -> None:
-    """A run of the payout workflow, driven until its payment waits for ``approver``."""
+    """A run of the payout workflow (of ``tenant``, default the workflow's ``acme``), driven
+    until its payment waits for ``approver``."""
     version = str(int(hashlib.sha256(f"{args}|{approver}".encode()).hexdigest()[:8], 16))
     text = WORKFLOW.replace("ARGS", args).replace("APPROVER", approver)
     text = text.replace("VERSION", version)
     path = tmp_path / f"{run_id}.yaml"
     path.write_text(text)
     workflow, _ = load_workflow_file(path)
-    start_run(store, workflow, execution_id=run_id)
+    start_run(store, workflow, execution_id=run_id, tenant_id=tenant)
     outcome = drive(build_worker(store), run_id)
     assert outcome.status == "waiting", outcome
 
@@ -139,3 +141,49 @@ def token(tokens: ServiceStore, store: ServiceBackend, user: str) -> str:
 def finish(store: ServiceBackend, run_id: str) -> str:
     """Drive the run after an answer; its final status."""
     return drive(build_worker(store), run_id).status
+
+
+LEDGER = """
+workflow_id: ledger
+version: "1"
+tenant_id: TENANT
+start_node: post
+tools:
+  ledger.post:
+    idempotent: false
+    executor: echo
+nodes:
+  post:
+    kind: {type: tool, tool_ref: ledger.post, args: ARGS}
+"""
+
+
+def lost_run(
+    store: ServiceBackend,
+    tmp_path: Path,
+    run_id: str,
+    *,
+    args: str = '{amount: 5, memo: "rent"}',
+    tenant: str = "acme",
+) -> None:
+    """A run whose only node posts to a ledger that is not idempotent, and whose worker
+    abandons its first call after reserving the effect: once the claim's lease runs out the
+    node's outcome is lost and waits for a person (``outcome_unknown``)."""
+    from charter.core.errors import FenceLost
+    from charter.worker import WorkerHooks
+
+    path = tmp_path / f"{run_id}.yaml"
+    path.write_text(LEDGER.replace("ARGS", args).replace("TENANT", tenant))
+    workflow, _ = load_workflow_file(path)
+    start_run(store, workflow, execution_id=run_id)
+    abandoned: list[str] = []
+
+    def abandon_first(claim: Any) -> None:
+        if not abandoned:
+            abandoned.append(claim.item.item_id)
+            raise FenceLost("the worker died here")
+
+    worker = build_worker(store, lease_secs=0.2, hooks=WorkerHooks(before_execute=abandon_first))
+    outcome = drive(worker, run_id)
+    assert outcome.status == "waiting", outcome
+    assert outcome.lost_outcomes == ("post",), outcome

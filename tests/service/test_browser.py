@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 
 from charter.adapters.service_store import ServiceStore
+from charter.core.events import OutcomeResolved
 from charter.service import create_app
 from charter.service.backend import ServiceBackend
-from tests.service.helpers import ROOT, finish, held_run, token
+from tests.service.helpers import ROOT, finish, held_run, lost_run, token
 from tests.service.server import serving
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -135,3 +136,39 @@ def test_an_approval_needs_the_csrf_token(
         page.locator("button.approve").click()
         assert "CSRF" in page.inner_text("main")
     assert store.pending_approvals()  # nothing recorded
+
+
+def test_resolve_a_lost_outcome_on_the_page(
+    memory: tuple[ServiceBackend, ServiceStore], tmp_path: Path, browser_context: Any
+) -> None:
+    store, tokens = memory
+    lost_run(
+        store, tmp_path, "ledger-1", args='{amount: 5, memo: "<script>window.pwned = 1</script>"}'
+    )
+    app = create_app(store, tokens, poll_secs=0.2)
+    with serving(app) as base:
+        page = browser_context.new_page()
+        page.goto(base + "/")
+        page.fill("#token", token(tokens, store, "ops"))
+        page.click("button[type=submit]")
+        card = page.locator("section.lost[data-run='ledger-1']")
+        card.wait_for()
+        assert (
+            '"memo": "<script>window.pwned = 1</script>"'
+            in card.locator("pre.arguments").inner_text()
+        )
+        assert page.evaluate("window.pwned") is None
+        assert "ledger.post" in card.inner_text()
+        _shot(page, tmp_path, "lost-outcome")
+        card.locator("textarea[name=output]").fill('{"posted": true}')
+        card.locator("textarea[name=comment]").fill("the bank shows it")
+        card.locator("button[value=succeeded]").click()
+        page.locator("#message").wait_for()
+        assert "Recorded" in page.inner_text("#message")
+        assert page.locator("section.lost[data-run='ledger-1']").count() == 0
+    assert finish(store, "ledger-1") == "completed"
+    (resolved,) = [
+        e.kind for e in store.read_events("ledger-1") if isinstance(e.kind, OutcomeResolved)
+    ]
+    assert resolved.user_id == "ops"
+    assert resolved.output == {"posted": True}

@@ -17,9 +17,10 @@ import pytest
 
 from charter.adapters.clock import ManualClock
 from charter.adapters.service_store import ServiceStore
+from charter.core.approvals import ApprovalRefused
 from charter.service.backend import ServiceBackend
 from charter.service.webhooks import Notifier, Webhook
-from tests.service.helpers import held_run
+from tests.service.helpers import held_run, lost_run
 
 SECRET = "s3cret"
 
@@ -121,3 +122,47 @@ def test_an_unreachable_receiver_keeps_the_notification(
     assert entry.attempts == 3
     assert entry.delivered_at is None
     assert entry.last_error
+
+
+def test_a_lost_outcome_is_notified_signed_and_not_again_once_resolved(
+    backend: tuple[ServiceBackend, ServiceStore], tmp_path: Path
+) -> None:
+    store, outbox = backend
+    lost_run(store, tmp_path, "l1")
+    receiver = Receiver([])
+    try:
+        clock = ManualClock()
+        hooks = [
+            Webhook(url=receiver.url, secret=SECRET, tenant_id="acme"),
+            Webhook(url=receiver.url + "/other", secret=SECRET, tenant_id="globex"),
+        ]
+        notifier = Notifier(store, outbox, hooks, clock=clock, public_url="https://c.example")
+        assert notifier.tick() == (1, 1, 0)  # one notification (acme's hook), delivered
+        assert notifier.tick() == (0, 0, 0)  # never written twice
+        (entry,) = outbox.outbox()
+        assert entry.delivered_at is not None
+        ((headers, body),) = receiver.received
+        assert headers["X-Charter-Event"] == "outcome_unknown"
+        assert headers["X-Charter-Delivery"] == entry.entry_id
+        parts = dict(p.split("=", 1) for p in headers["X-Charter-Signature"].split(","))
+        expected = hmac.new(
+            SECRET.encode(), f"{parts['t']}.".encode() + body, hashlib.sha256
+        ).hexdigest()
+        assert hmac.compare_digest(parts["v1"], expected)
+        payload = json.loads(body)
+        assert payload["event"] == "outcome_unknown"
+        assert (payload["run_id"], payload["node_id"], payload["tenant_id"]) == (
+            "l1",
+            "post",
+            "acme",
+        )
+        assert payload["attempt"] == 1  # the second attempt found the first one lost
+        assert payload["reason"]
+        assert payload["link"] == "https://c.example/#lost-l1-post"
+        assert "<https://c.example/#lost-l1-post|" in payload["text"]
+        # Resolved: nothing more to tell.
+        answer = store.resolve_outcome("l1", "post", user_id="ops", resolution="retry")
+        assert not isinstance(answer, ApprovalRefused)
+        assert notifier.tick() == (0, 0, 0)
+    finally:
+        receiver.close()
