@@ -43,6 +43,7 @@ from charter.core.canonical import content_digest
 from charter.core.conditions import POLICY_NAMES, Condition, Undetermined, parse_condition
 from charter.core.errors import InvalidInput, PolicyError, child, describe
 from charter.core.glob import GlobPattern
+from charter.core.limits import RateLimit, parse_rate_limits
 from charter.core.nodes import NODE_KINDS, node_kind_info, policy_names, resolve_model
 from charter.core.signing import decode_key
 
@@ -545,7 +546,8 @@ class PolicySet:
       public keys whose signature an answer by that approver must carry (a list, for
       rotation; docs/semantics.md §5); ``resolver``: who may resolve a lost outcome (same
       form as ``approver``; default any identified person); ``resolution_deadline_secs``:
-      how long a lost outcome may wait for an answer before its node fails.
+      how long a lost outcome may wait for an answer before its node fails;
+      ``rate_limits`` (`charter.core.limits`): the tenant's windowed limits.
     * ``final`` (Charter's): when true, more specific layers may add restrictions to this
       set's rules but never remove one (docs/semantics.md §2.5). Tenant policy files are
       final by default; in code the default is upstream's (not final). ``False`` is kept as
@@ -570,6 +572,9 @@ class PolicySet:
     resolver: str | None = attrs.field(default=None, kw_only=True, converter=_approver)
     resolution_deadline_secs: float | None = attrs.field(
         default=None, kw_only=True, converter=_deadline
+    )
+    rate_limits: tuple[RateLimit, ...] | None = attrs.field(
+        default=None, kw_only=True, converter=parse_rate_limits
     )
     _blocked: _RuleIndex = attrs.field(init=False, eq=False, repr=False, hash=False)
     _approval: _RuleIndex = attrs.field(init=False, eq=False, repr=False, hash=False)
@@ -598,6 +603,8 @@ class PolicySet:
             shape["resolver"] = self.resolver
         if self.resolution_deadline_secs is not None:
             shape["resolution_deadline_secs"] = self.resolution_deadline_secs
+        if self.rate_limits:
+            shape["rate_limits"] = [limit.to_json() for limit in self.rate_limits]
         setter(self, "_digest", content_digest(shape))
 
     @property
@@ -612,7 +619,7 @@ class PolicySet:
         return self._digest
 
     #: Keys only a tenant's set may have (who may answer, and with which keys).
-    TENANT_KEYS = ("approvers", "resolver", "resolution_deadline_secs")
+    TENANT_KEYS = ("approvers", "resolver", "resolution_deadline_secs", "rate_limits")
 
     @classmethod
     def from_dict(cls, data: object, where: str = "policy", *, tenant: bool = False) -> PolicySet:
@@ -625,7 +632,9 @@ class PolicySet:
         allowed = (*cls.KEYS, *cls.TENANT_KEYS) if tenant else cls.KEYS
         for key in data:
             if key not in allowed:
-                extra = "; approvers and resolver belong to a tenant" if not tenant else ""
+                extra = (
+                    "; approvers, resolver and rate_limits belong to a tenant" if not tenant else ""
+                )
                 raise PolicyError(
                     child(where, str(key)),
                     f"unknown policy key (expected one of: {', '.join(allowed)}){extra}",
@@ -643,6 +652,7 @@ class PolicySet:
                 approver_keys=data.get("approvers"),
                 resolver=data.get("resolver"),
                 resolution_deadline_secs=data.get("resolution_deadline_secs"),
+                rate_limits=data.get("rate_limits"),
             )
         except PolicyError as error:
             raise error.within(where) from None
