@@ -28,7 +28,7 @@ import attrs
 from charter.core import _check
 from charter.core.budget import MAX_COST_USD, Usage, nanos
 from charter.core.errors import InvalidInput, PolicyError, child, describe
-from charter.core.events import JsonValue, LimitCharged, RateLimitExceeded
+from charter.core.events import JsonValue, LimitCharged, NodeGated, RateLimitExceeded
 from charter.core.glob import glob_match
 
 if TYPE_CHECKING:
@@ -45,6 +45,7 @@ __all__ = [
     "charge_event",
     "charge_writes",
     "epoch_us",
+    "expected_charge",
     "from_epoch_us",
     "limit_refusal",
     "matching_limits",
@@ -535,3 +536,28 @@ def usage_from_record(limits: Sequence[RateLimit], record: object) -> tuple[Wind
         if isinstance(entry, Mapping)
     }
     return tuple(WindowUsage.from_record(limit, seen.get(limit.name)) for limit in limits)
+
+
+def expected_charge(
+    gated: NodeGated, usage: Usage | None, node_id: str, attempt: int
+) -> LimitCharged | None:
+    """The ``limit_charged`` event a recorded run decision owes once its attempt ran with
+    ``usage``: what replay recomputes each recorded charge from (``None``: the decision
+    matched no limit)."""
+    entries = gated.rate_limits if isinstance(gated.rate_limits, list) else []
+    if not entries or gated.decided_at is None:
+        return None
+    spent = usage if usage is not None else Usage()
+    return LimitCharged(
+        node_id=node_id,
+        attempt=attempt,
+        at=gated.decided_at,
+        limits=[
+            {"name": entry.get("name"), "window": entry.get("window")}
+            for entry in entries
+            if isinstance(entry, Mapping)
+        ],
+        calls=1,
+        tokens=spent.input_tokens + spent.output_tokens,
+        usd_nanos=nanos(spent.cost_usd),
+    )
