@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from charter.adapters.clock import ManualClock
+from charter.adapters.executors import default_registry
 from charter.audit.replay import replay_run, what_if
 from charter.core.budget import Usage
 from charter.core.events import LimitCharged, NodeGated, RateLimitExceeded
@@ -21,7 +22,6 @@ from charter.core.ports import NodeCall, NodeResult, Store
 from charter.core.records import Tenant
 from charter.core.workflow import parse_workflow
 from charter.integrations.govern import Governor, Refused
-from charter.adapters.executors import default_registry
 from charter.worker import Worker, drive, start_run
 from tests.stores import STORE_KINDS, make_store
 
@@ -89,12 +89,15 @@ def test_worker_nodes_are_refused_past_a_per_hour_limit_and_charged_exactly(stor
         status, kinds = _run(store, worker, f"run-{n}")
         assert status == "completed"
         (charge,) = [k for k in kinds if isinstance(k, LimitCharged)]
-        assert charge.calls == 1 and charge.tokens == 3 and charge.usd_nanos == 100_000_000
+        assert charge.calls == 1
+        assert charge.tokens == 3
+        assert charge.usd_nanos == 100_000_000
         clock.advance(60)
     status, kinds = _run(store, worker, "run-2")
     assert status == "failed"
     (exceeded,) = [k for k in kinds if isinstance(k, RateLimitExceeded)]
-    assert exceeded.limit == "refunds" and exceeded.used == 2
+    assert exceeded.limit == "refunds"
+    assert exceeded.used == 2
     assert exceeded.frees_at == START + timedelta(hours=1)  # when the first charge leaves
     gated = next(k for k in kinds if isinstance(k, NodeGated))
     assert gated.reason == (
