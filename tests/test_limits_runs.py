@@ -180,3 +180,61 @@ def test_a_governed_session_policy_may_not_carry_limits() -> None:
     policy = PolicySet(rate_limits=[{"name": "x", "window": 60, "max_calls": 1}])
     with pytest.raises(Exception, match="rate_limits"):
         Governor(policy=policy, store=":memory:")
+
+
+def test_workers_in_threads_charge_every_node_that_ran_and_nothing_twice(store: Store) -> None:
+    import threading
+
+    _tenant(store, {"name": "refunds", "tool": "payments.*", "window": "1d", "max_calls": 1000})
+    runs = [f"run-{n}" for n in range(8)]
+    for run in runs:
+        start_run(store, _workflow(), execution_id=run, tenant_id=TENANT)
+    errors: list[BaseException] = []
+
+    def work(mine: list[str]) -> None:
+        worker = _worker(store)
+        try:
+            for run in mine:
+                assert drive(worker, run, sleep=lambda _: None).status == "completed"
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+        finally:
+            worker.close()
+
+    threads = [threading.Thread(target=work, args=(runs[n::2],)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == []
+    charges = store.limit_charges(TENANT, "refunds", since=START - timedelta(days=1))
+    assert len(charges) == len(runs)
+    assert sum(c.usd_nanos for c in charges) == 100_000_000 * len(runs)  # exactly 0.8 USD
+    for run in runs:
+        assert replay_run(store, run).ok
+
+
+def test_a_failed_attempt_is_charged_and_its_retry_is_charged_again(store: Store) -> None:
+    _tenant(store, {"name": "refunds", "tool": "payments.*", "window": "1h", "max_calls": 10})
+    registry = default_registry()
+    calls: list[int] = []
+
+    def flaky(call: NodeCall) -> NodeResult:
+        calls.append(call.attempt)
+        if call.attempt == 0:
+            raise RuntimeError("gateway timeout")
+        return NodeResult(output={"ok": True}, usage=Usage(output_tokens=4))
+
+    registry.register_tool("payments.*", flaky)
+    worker = Worker(store, executors=registry, lease_secs=30.0)
+    run = start_run(store, _workflow(), execution_id="r", tenant_id=TENANT).execution_id
+
+    def wait(secs: float) -> None:
+        _clock(store).advance(secs)
+
+    assert drive(worker, run, sleep=wait).status == "completed"
+    assert calls == [0, 1]
+    charged = [e.kind for e in store.read_events(run) if isinstance(e.kind, LimitCharged)]
+    assert [(k.attempt, k.calls, k.tokens) for k in charged] == [(0, 1, 0), (1, 1, 4)]
+    assert len(store.limit_charges(TENANT, "refunds", since=START - timedelta(hours=1))) == 2
+    assert replay_run(store, run).ok
