@@ -171,6 +171,7 @@ def test_governed_calls_past_the_limit_are_refused_and_charged_with_their_usage(
     assert done == [5, 7]
     assert "rate limit 'refunds' reached: 2 used of max_calls 2" in refused.value.reason
     assert "frees up at 2026-12-07T13:00:00+00:00" in refused.value.reason
+    assert (refused.value.rule, refused.value.scope) == ("rate_limit:refunds", "tenant")
     charges = store.limit_charges(TENANT, "refunds", since=START - timedelta(hours=1))
     assert [(c.calls, c.tokens, c.usd_nanos) for c in charges] == [(1, 12, 250_000_000)] * 2
     assert replay_run(store, "session").divergences == ()

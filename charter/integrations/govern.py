@@ -28,7 +28,9 @@ Each call of a governed function:
    decision saw): ``usage_recorded`` and ``node_completed`` — or, if the function raised, a
    ``usage_recorded{succeeded: false}`` and ``node_failed`` before the exception is
    re-raised; if the usage trips a budget, the trip's events and `Refused` (the call ran:
-   its value is on the exception).
+   its value is on the exception). When the tenant's windowed limits counted the call (their
+   usage is read at the decision's ``now`` and recorded with it), the settlement also
+   charges them: ``limit_charged``, in the same append (docs/semantics.md §4.1).
 
 The attempt of a call is how many calls of its tool the run has run before it, so a held
 call asked again (same arguments, nothing else of its tool run meanwhile) is the same
@@ -82,6 +84,7 @@ from charter.core.events import (
     EventKind,
     NodeGated,
     NodeStarted,
+    RateLimitExceeded,
     ToolApprovalRequired,
     UsageRecorded,
 )
@@ -965,6 +968,9 @@ def _deciding_rule(result: GateResult) -> tuple[str | None, str | None, str | No
             return f"autonomy_limit:{limit_type}", None, None
     if result.budget_trip is not None:
         return f"budget:{result.budget_trip.dimension.value}", None, None
+    for event in result.events:
+        if isinstance(event, RateLimitExceeded):  # a tenant's windowed limit
+            return f"rate_limit:{event.limit}", "tenant", None
     return "approval_rejected", None, None
 
 
