@@ -239,3 +239,32 @@ def test_a_failed_attempt_is_charged_and_its_retry_is_charged_again(store: Store
     assert [(k.attempt, k.calls, k.tokens) for k in charged] == [(0, 1, 0), (1, 1, 4)]
     assert len(store.limit_charges(TENANT, "refunds", since=START - timedelta(hours=1))) == 2
     assert replay_run(store, run).ok
+
+
+def test_the_services_decision_endpoint_reads_the_limits_and_charges_nothing(
+    tmp_path: Path,
+) -> None:
+    from starlette.testclient import TestClient
+
+    from charter.service import create_app
+    from tests.service import helpers
+
+    with helpers.backend("memory", tmp_path) as (backend, tokens):
+        _tenant(backend, {"name": "refunds", "tool": "payments.*", "window": "1h", "max_calls": 1})
+        now = backend.clock.now()
+        run = start_run(backend, _workflow(), execution_id="r", tenant_id=TENANT).execution_id
+        limits = [{"name": "refunds", "window": 3600}]
+        backend.append_events(
+            run, [LimitCharged(node_id="refund", attempt=0, at=now, limits=limits)]
+        )
+        auth = {"Authorization": f"Bearer {helpers.token(tokens, backend, 'svc')}"}
+        body = {"tenant_id": TENANT, "node_kind": "tool", "tool": "payments.refund"}
+        with TestClient(create_app(backend, tokens)) as client:
+            refused = client.post("/v1/decisions", headers=auth, json=body).json()
+            other = client.post(
+                "/v1/decisions", headers=auth, json={**body, "tool": "crm.a"}
+            ).json()
+        assert refused["decision"] == "refuse"
+        assert "rate limit 'refunds' reached: 1 used of max_calls 1" in refused["reason"]
+        assert other["decision"] == "run"
+        assert len(backend.limit_charges(TENANT, "refunds", since=now)) == 1  # nothing added

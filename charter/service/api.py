@@ -32,6 +32,7 @@ from charter.service.context import (
     text_field,
 )
 from charter.service.views import approval_json, event_json, execution_json, run_json
+from charter.worker.limits import with_limit_usage
 
 __all__ = ["routes"]
 
@@ -83,15 +84,16 @@ def _decide(service: Service, body: dict[str, Any]) -> dict[str, JsonValue]:
             text_field(body, "model"),
             resolved_model=text_field(body, "resolved_model"),
         )
-        result = gate_node(
-            GateRequest(
-                context=context,
-                attempt=attempt,
-                policies=policy_chain(tenant.policy),
-                call=body.get("call"),
-                now=service.clock.now(),
-            )
+        request = GateRequest(
+            context=context,
+            attempt=attempt,
+            policies=policy_chain(tenant.policy),
+            call=body.get("call"),
+            now=service.clock.now(),
         )
+        # The tenant's windowed limits are read (a reached one refuses), never charged:
+        # this endpoint records nothing (docs/service.md).
+        result = gate_node(with_limit_usage(service.store, tenant_id, tenant.policy, request))
     except InvalidInput as error:
         raise invalid(error) from None
     verdict = result.policy
