@@ -120,3 +120,16 @@ def test_check_lists_the_limits_a_tool_counts_toward(capsys: pytest.CaptureFixtu
     code, out, _ = cli(capsys, "check", str(TENANT), "--scope", "tenant", "--tool", "crm.lookup")
     assert "'refunds'" not in out
     assert "'daily-tokens'" in out
+
+
+def test_a_tenant_file_of_limits_alone_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    only = tmp_path / "limits.yaml"
+    only.write_text("rate_limits:\n  - {name: r, tool: 'payments.*', window: 1h, max_calls: 3}\n")
+    code, out, err = cli(capsys, "check", str(only), "--scope", "tenant", "--tool", "payments.x")
+    assert (code, err) == (0, "")
+    assert "  limit:  'r': max_calls 3 in a sliding 1h window (counts this call)" in out
+    code, _, err = cli(capsys, "check", str(only), "--tool", "payments.x")  # a workflow's set
+    assert code == 2
+    assert "rate_limits" in err
