@@ -124,12 +124,15 @@ def _layers(value: Iterable[PolicyLayer]) -> tuple[PolicyLayer, ...]:
     return tuple(value)
 
 
-def _usages(value: Iterable[WindowUsage]) -> tuple[WindowUsage, ...]:
+def _usages(value: Iterable[WindowUsage] | None) -> tuple[WindowUsage, ...] | None:
+    # None when empty, so a request without limits encodes exactly as before the field.
+    if value is None:
+        return None
     if not isinstance(value, list | tuple):
         raise GateInputError(
             "rate_limits", f"expected a list of WindowUsage, got {describe(value)}"
         )
-    return tuple(value)
+    return tuple(value) or None
 
 
 # Frozen, hence safe to share as defaults.
@@ -169,7 +172,7 @@ class GateRequest:
     as_of: int | None = None
     #: The usage of each of the tenant's windowed limits that matches the node, in its
     #: window at ``now`` (read by the caller: `charter.core.limits`).
-    rate_limits: tuple[WindowUsage, ...] = attrs.field(default=(), converter=_usages)
+    rate_limits: tuple[WindowUsage, ...] | None = attrs.field(default=None, converter=_usages)
 
     # The call's canonical text and digest, computed once when the request is built (the
     # check that the call is JSON is the same work); every digest of the gate reuses them.
@@ -205,7 +208,7 @@ class GateRequest:
             raise GateInputError(
                 "approval", f"expected an approval status, got {describe(self.approval)}"
             )
-        for index, usage in enumerate(self.rate_limits):
+        for index, usage in enumerate(self.rate_limits or ()):
             if type(usage) is not WindowUsage:
                 _expect(usage, WindowUsage, f"rate_limits[{index}]")
         for index, layer in enumerate(self.policies):
@@ -505,7 +508,7 @@ def _gated(
         request_digest=digest,
         decided_at=request.now,
         as_of=request.as_of,
-        rate_limits=[usage.record() for usage in request.rate_limits] or None,
+        rate_limits=[usage.record() for usage in request.rate_limits or ()] or None,
     )
 
 

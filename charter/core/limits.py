@@ -465,7 +465,7 @@ def _amount(key: str, value: int) -> str:
 def charge_event(
     node_id: str,
     attempt: int,
-    usages: Sequence[WindowUsage],
+    usages: Sequence[WindowUsage] | None,
     usage: Usage | None,
     at: datetime,
 ) -> LimitCharged | None:
