@@ -268,3 +268,18 @@ def test_the_services_decision_endpoint_reads_the_limits_and_charges_nothing(
         assert "rate limit 'refunds' reached: 1 used of max_calls 1" in refused["reason"]
         assert other["decision"] == "run"
         assert len(backend.limit_charges(TENANT, "refunds", since=now)) == 1  # nothing added
+
+
+def test_replay_flags_a_completed_attempt_that_was_never_charged(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import charter.worker.worker as worker_module
+
+    _tenant(store, {"name": "refunds", "window": 60, "max_calls": 5})
+    monkeypatch.setattr(worker_module, "_charged", lambda *_: ())  # a worker that forgets
+    assert _run(store, _worker(store), "r")[0] == "completed"
+    problems = [d.problem for d in replay_run(store, "r").divergences]
+    assert problems == [
+        "the attempt ran under windowed limits and was never charged "
+        "(no limit_charged after its usage)"
+    ]

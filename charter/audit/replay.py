@@ -460,6 +460,9 @@ class _Replayer:
         # (node, attempt) → its run decision that matched windowed limits, and its usage
         self._charging: dict[tuple[str, int], NodeGated] = {}
         self._spent: dict[tuple[str, int], UsageRecorded] = {}
+        # attempts under limits that completed (usage recorded as succeeded), by the event
+        # that says so, until their charge comes by
+        self._owed: dict[tuple[str, int], Event] = {}
 
     # -- inputs --
 
@@ -575,6 +578,8 @@ class _Replayer:
                 elif isinstance(kind, UsageRecorded):
                     settled[kind.node_id] = kind.attempt
                     self._spent[(kind.node_id, kind.attempt)] = kind
+                    if kind.succeeded and (kind.node_id, kind.attempt) in self._charging:
+                        self._owed[(kind.node_id, kind.attempt)] = event
                     seen = runs.pop((kind.node_id, kind.attempt), None)
                     if seen is not None:
                         self._settle(event, kind, workflow, seen, expected)
@@ -625,6 +630,14 @@ class _Replayer:
             after = page[-1].sequence
         for missing in expected:
             self._missing(missing)
+        if self.override is None:
+            for (node_id, _attempt), event in self._owed.items():
+                self._diverge(
+                    event,
+                    node_id,
+                    "the attempt ran under windowed limits and was never charged "
+                    "(no limit_charged after its usage)",
+                )
 
     # -- answers: who answered is proven by the keys the tenant named --
 
@@ -906,6 +919,7 @@ class _Replayer:
         if self.override is not None:
             return
         key = (charged.node_id, charged.attempt)
+        self._owed.pop(key, None)
         gated = self._charging.get(key)
         spent = self._spent.get(key)
         usage = None
