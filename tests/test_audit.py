@@ -585,6 +585,7 @@ def _downgrade_to_v1(tamper: Tamper) -> None:
     tamper.sql("ALTER TABLE events DROP COLUMN hash")
     tamper.sql("DROP TABLE policy_sets")
     tamper.sql("DROP TABLE compactions")  # (schema version 4)
+    tamper.sql("DROP TABLE limit_charges")  # (schema version 5)
     if tamper.kind == "sqlite":
         tamper.sql("PRAGMA user_version = 1")
     else:

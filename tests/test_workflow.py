@@ -29,7 +29,7 @@ from charter.core.workflow import (
 )
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-POLICY_FILES = {"policy.yaml", "tenant-acme.yaml"}
+POLICY_FILES = {"policy.yaml", "tenant-acme.yaml", "tenant-acme-rates.yaml"}
 WORKFLOW_EXAMPLES = sorted(p for p in EXAMPLES.glob("*.yaml") if p.name not in POLICY_FILES)
 
 TOOL = {"kind": {"type": "tool", "tool_ref": "t.do"}}

@@ -284,9 +284,11 @@ def _layer(scope: PolicyScope, data: object, where: str) -> PolicyLayer:
 def _is_bare(keys: set[object], scope: PolicyScope) -> bool:
     rules = set(PolicySet.KEYS)
     if scope is PolicyScope.TENANT:
-        # A bare tenant set may say how it combines; it must still hold a rule list, so
-        # that a layered file's top-level `combining:` alone is not taken for one.
-        return bool(keys & rules) and keys <= rules | {"combining", *PolicySet.TENANT_KEYS}
+        # A bare tenant set may say how it combines; it must still hold a rule list or a
+        # tenant key (a file of rate limits alone, say), so that a layered file's top-level
+        # `combining:` alone is not taken for one.
+        tenant_keys = set(PolicySet.TENANT_KEYS)
+        return bool(keys & (rules | tenant_keys)) and keys <= rules | {"combining", *tenant_keys}
     return keys <= rules
 
 

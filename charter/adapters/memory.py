@@ -27,6 +27,7 @@ from charter.adapters.tx import Tx, new_event_id
 from charter.core.budget import BudgetState
 from charter.core.commit import (
     ApprovalRow,
+    ChargeLimits,
     EffectRow,
     Head,
     PutApproval,
@@ -38,6 +39,7 @@ from charter.core.commit import (
 from charter.core.compaction import Compaction
 from charter.core.errors import NotFound
 from charter.core.events import Event, JsonValue, event_type
+from charter.core.limits import LimitCharge, from_epoch_us
 from charter.core.policy import PolicySet
 from charter.core.ports import Clock
 from charter.core.records import (
@@ -80,6 +82,8 @@ class _Tables:
     effects: dict[str, EffectRow] = attrs.Factory(dict)
     policy_sets: dict[str, PolicySet] = attrs.Factory(dict)
     compactions: dict[str, tuple[Compaction, ...]] = attrs.Factory(dict)
+    # (tenant, limit) → its charges as (at µs, calls, tokens, nano-dollars), oldest first
+    charges: dict[tuple[str, str], tuple[tuple[int, int, int, int], ...]] = attrs.Factory(dict)
     enqueued: int = 0
 
     def copy(self) -> _Tables:
@@ -98,6 +102,7 @@ class _Tables:
             effects=self.effects.copy(),
             policy_sets=self.policy_sets.copy(),
             compactions=self.compactions.copy(),
+            charges=self.charges.copy(),
             enqueued=self.enqueued,
         )
 
@@ -286,6 +291,16 @@ class _MemoryTx:
     def put_snapshot(self, snapshot: Snapshot) -> None:
         self.t.snapshots[snapshot.execution_id] = snapshot
 
+    def charge_limits(self, write: ChargeLimits) -> None:
+        row = (write.at_us, write.calls, write.tokens, write.usd_nanos)
+        for name, window in write.names:
+            key = (write.tenant_id, name)
+            oldest = write.at_us - window * 1_000_000
+            kept = [r for r in self.t.charges.get(key, ()) if r[0] >= oldest]
+            kept.append(row)
+            kept.sort(key=lambda r: r[0])
+            self.t.charges[key] = tuple(kept)
+
     def delete_events(self, execution_id: str, through_sequence: int) -> None:
         self.t.events[execution_id] = _after(self.t.events[execution_id], through_sequence)
 
@@ -413,6 +428,17 @@ class MemoryStore(PlannedStore):
 
     def get_item(self, item_id: str) -> WorkItem | None:
         return self._tables.items.get(item_id)
+
+    def limit_charges(
+        self, tenant_id: str, limit: str, *, since: datetime
+    ) -> tuple[LimitCharge, ...]:
+        low = rules.check_since(since, tenant_id, limit)
+        rows = self._tables.charges.get((tenant_id, limit), ())
+        return tuple(
+            LimitCharge(at=from_epoch_us(at), calls=calls, tokens=tokens, usd_nanos=usd)
+            for at, calls, tokens, usd in rows
+            if at >= low
+        )
 
     def get_effect(self, key: str) -> JsonValue | None:
         effect = self._tables.effects.get(key)

@@ -39,6 +39,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
+from charter.adapters import limit_rows
 from charter.adapters import postgres_sql as q
 from charter.adapters import store_support as rules
 from charter.adapters.codec import dumps, loads
@@ -58,6 +59,8 @@ from charter.core.budget import BudgetState
 from charter.core.compaction import Compaction
 from charter.core.errors import NotFound
 from charter.core.events import Event, JsonValue, event_type
+from charter.core.limits import ChargeLimits as LimitWrite
+from charter.core.limits import LimitCharge
 from charter.core.policy import PolicySet
 from charter.core.ports import Clock
 from charter.core.records import (
@@ -76,6 +79,9 @@ from charter.core.records import (
 __all__ = ["DatabaseClock", "PostgresStore", "is_postgres_url"]
 
 T = TypeVar("T")
+
+
+_LIMIT_SQL = limit_rows.postgres_statements()
 
 
 class _PgTx:
@@ -391,6 +397,13 @@ class _PgTx:
             (snapshot.execution_id, snapshot.at_sequence, state, snapshot.created_at),
         )
 
+    def charge_limits(self, write: LimitWrite) -> None:
+        insert, prune, _select = _LIMIT_SQL
+        for args in limit_rows.prune_args(write):
+            self._execute(prune, args)
+        for args in limit_rows.insert_args(write):
+            self._execute(insert, args)
+
 
 class PostgresStore(PlannedStore):
     """A `Store` on a Postgres database, in one schema of it (see the module doc).
@@ -600,6 +613,12 @@ class PostgresStore(PlannedStore):
         if row is None:
             raise NotFound(f"execution {execution_id!r} does not exist")
         return q.ledger(row)
+
+    def limit_charges(
+        self, tenant_id: str, limit: str, *, since: datetime
+    ) -> tuple[LimitCharge, ...]:
+        low = rules.check_since(since, tenant_id, limit)
+        return limit_rows.charges(self._rows(_LIMIT_SQL[2], (tenant_id, limit, low)))
 
     def get_item(self, item_id: str) -> WorkItem | None:
         row = self._row(q.ITEM, (item_id,))

@@ -28,6 +28,7 @@ from psycopg import sql
 
 from charter.adapters.chain import GENESIS, canonical_text, event_hash
 from charter.adapters.codec import dumps, loads
+from charter.adapters.limit_rows import POSTGRES_TABLE
 from charter.adapters.store_support import utc_text
 from charter.core.errors import IncompatibleStore, NotFound
 from charter.core.records import Tenant
@@ -221,7 +222,10 @@ CREATE TABLE compactions (
 );
 """
 
-MIGRATIONS: Final[dict[int, str]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
+# Version 5: the charges of the tenants' windowed limits (`charter.adapters.limit_rows`).
+_V5 = POSTGRES_TABLE
+
+MIGRATIONS: Final[dict[int, str]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5}
 #: The schema version this code reads and writes.
 LATEST: Final = max(MIGRATIONS)
 

@@ -26,6 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from charter.adapters import limit_rows
 from charter.adapters import sqlite_rows as stored
 from charter.adapters import store_support as rules
 from charter.adapters.clock import SystemClock
@@ -47,6 +48,8 @@ from charter.core.budget import BudgetState
 from charter.core.compaction import Compaction
 from charter.core.errors import NotFound, StoreError
 from charter.core.events import Event, EventKind, JsonValue
+from charter.core.limits import ChargeLimits as LimitWrite
+from charter.core.limits import LimitCharge
 from charter.core.materialize import MATERIALIZED_TYPES
 from charter.core.policy import PolicySet
 from charter.core.ports import Clock
@@ -172,6 +175,9 @@ def _claim_sql(queues: int, one_execution: bool) -> str:
         f"{stored.ITEM_HEAD_SELECT} WHERE w.ordinal = (SELECT ordinal FROM ({heads}) "
         "ORDER BY available_at, ordinal LIMIT 1)"
     )
+
+
+_LIMIT_SQL = limit_rows.sqlite_statements()
 
 
 class _Rows:
@@ -438,6 +444,11 @@ class _SqliteTx(_Rows):
         row = (snapshot.execution_id, snapshot.at_sequence, state, _text(snapshot.created_at))
         self._conn.execute(_PUT_SNAPSHOT, row)
 
+    def charge_limits(self, write: LimitWrite) -> None:
+        insert, prune, _select = _LIMIT_SQL
+        self._conn.executemany(prune, limit_rows.prune_args(write))
+        self._conn.executemany(insert, limit_rows.insert_args(write))
+
 
 class SqliteStore(PlannedStore):
     """A `Store` on one SQLite file (see the module doc).
@@ -610,6 +621,13 @@ class SqliteStore(PlannedStore):
     def get_item(self, item_id: str) -> WorkItem | None:
         with self._read() as rows:
             return rows.item(item_id)
+
+    def limit_charges(
+        self, tenant_id: str, limit: str, *, since: datetime
+    ) -> tuple[LimitCharge, ...]:
+        low = rules.check_since(since, tenant_id, limit)
+        with self._read() as rows:
+            return limit_rows.charges(rows.all(_LIMIT_SQL[2], (tenant_id, limit, low)))
 
     def get_effect(self, key: str) -> JsonValue | None:
         with self._read() as rows:

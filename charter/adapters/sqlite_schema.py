@@ -22,6 +22,7 @@ from typing import Final
 
 from charter.adapters.chain import GENESIS, canonical_text, link_hashes
 from charter.adapters.codec import dumps, loads
+from charter.adapters.limit_rows import SQLITE_TABLE
 from charter.core.errors import IncompatibleStore
 from charter.core.records import Tenant
 
@@ -174,8 +175,11 @@ CREATE TABLE compactions (
 ) WITHOUT ROWID;
 """
 
+# Version 5: the charges of the tenants' windowed limits (`charter.adapters.limit_rows`).
+_V5 = SQLITE_TABLE
+
 #: Schema migrations by the version they produce; applied in order, one transaction each.
-MIGRATIONS: Final[dict[int, str]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
+MIGRATIONS: Final[dict[int, str]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5}
 #: The schema version this code reads and writes.
 LATEST: Final = max(MIGRATIONS)
 

@@ -29,6 +29,7 @@ from charter.core.events import (
     JsonValue,
     event_type,
 )
+from charter.core.limits import epoch_us
 from charter.core.ports import CommitRequest
 from charter.core.queue import MAX_ATTEMPTS, MAX_BACKOFF_MS
 from charter.core.records import (
@@ -56,6 +57,7 @@ __all__ = [
     "check_read",
     "check_seconds",
     "check_signature",
+    "check_since",
     "check_tenant",
     "check_workflow",
     "commit_spec",
@@ -175,6 +177,15 @@ def check_moment(value: object, field: str) -> datetime:
     if not isinstance(value, datetime) or value.tzinfo is None:
         raise InvalidInput(field, f"expected a timezone-aware datetime, got {value!r}")
     return value
+
+
+def check_since(since: object, tenant_id: object = "", limit: object = "") -> int:
+    """The arguments of `Store.limit_charges`: names as text, ``since`` a timezone-aware
+    datetime, returned as epoch microseconds (how charges are kept)."""
+    for value, name in ((tenant_id, "tenant_id"), (limit, "limit")):
+        if not isinstance(value, str):
+            raise InvalidInput(name, f"expected a string, got {value!r}")
+    return epoch_us(check_moment(since, "since"))
 
 
 def check_seconds(value: object, field: str) -> float:

@@ -47,6 +47,7 @@ from charter.core.approvals import ApprovalRefused
 from charter.core.budget import Usage
 from charter.core.commit import (
     AppendEvents,
+    ChargeLimits,
     CommitReads,
     Head,
     InsertExecution,
@@ -153,6 +154,8 @@ class PlannedStore(abc.ABC):
                     tx.release_effects(write)
                 case WriteSnapshot():
                     self._snapshot(tx, write.execution_id)
+                case ChargeLimits():
+                    tx.charge_limits(write)
                 case InsertExecution():
                     execution = write.execution
                     tx.insert_execution(

@@ -15,6 +15,7 @@ from typing import Protocol
 from charter.core.budget import BudgetState
 from charter.core.commit import (
     ApprovalRow,
+    ChargeLimits,
     EffectRow,
     Head,
     PutApproval,
@@ -154,6 +155,10 @@ class Tx(Protocol):
         ...
 
     def put_compaction(self, record: Compaction) -> None: ...
+    def charge_limits(self, write: ChargeLimits) -> None:
+        """Insert one charge row per limit named, and delete that limit's rows older than
+        its window before the charge (insert-only: concurrent charges never overwrite)."""
+        ...
 
 
 def new_event_id() -> str:

@@ -58,12 +58,14 @@ from charter.core.events import (
     EscalationRequired,
     Event,
     EventKind,
+    LimitCharged,
     NodeCompleted,
     NodeFailed,
     NodeGated,
     OutcomeResolved,
     OutcomeUnknown,
     PolicyViolation,
+    RateLimitExceeded,
     TokenBudgetExceeded,
     ToolApprovalRequired,
     UsageRecorded,
@@ -78,6 +80,7 @@ from charter.core.gate import (
     gate_node,
     settle_node,
 )
+from charter.core.limits import expected_charge, matching_limits, usage_from_record
 from charter.core.policy import PolicyScope, PolicySet
 from charter.core.ports import Store
 from charter.core.records import Execution
@@ -127,6 +130,7 @@ GOVERNANCE_KINDS: Final = (
     EscalationRequired,
     TokenBudgetExceeded,
     CostBudgetExceeded,
+    RateLimitExceeded,
     ApprovalConsumed,
 )
 
@@ -566,6 +570,12 @@ class _Replayer:
         # answer to it must be signed with); node → its lost outcome waiting for an answer
         self._held_under: dict[str, str | None] = {}
         self._lost: dict[str, OutcomeUnknown] = {}
+        # (node, attempt) → its run decision that matched windowed limits, and its usage
+        self._charging: dict[tuple[str, int], NodeGated] = {}
+        self._spent: dict[tuple[str, int], UsageRecorded] = {}
+        # attempts under limits that completed (usage recorded as succeeded), by the event
+        # that says so, until their charge comes by
+        self._owed: dict[tuple[str, int], Event] = {}
 
     # -- inputs --
 
@@ -716,10 +726,17 @@ class _Replayer:
                     self._gate(event, kind, execution, workflow, inputs, expected, runs)
                     if kind.outcome == "run":
                         running.setdefault(kind.node_id, []).append(kind.attempt)
+                        if kind.rate_limits:
+                            self._charging[(kind.node_id, kind.attempt)] = kind
                 elif isinstance(kind, GOVERNANCE_KINDS) and not matched:
                     self._unexplained(event, kind)
+                elif isinstance(kind, LimitCharged):
+                    self._charge(event, kind)
                 elif isinstance(kind, UsageRecorded):
                     settled[kind.node_id] = kind.attempt
+                    self._spent[(kind.node_id, kind.attempt)] = kind
+                    if kind.succeeded and (kind.node_id, kind.attempt) in self._charging:
+                        self._owed[(kind.node_id, kind.attempt)] = event
                     seen = runs.pop((kind.node_id, kind.attempt), None)
                     if seen is not None:
                         self._settle(event, kind, workflow, seen, expected)
@@ -770,6 +787,14 @@ class _Replayer:
             after = page[-1].sequence
         for missing in expected:
             self._missing(missing)
+        if self.override is None:
+            for (node_id, _attempt), event in self._owed.items():
+                self._diverge(
+                    event,
+                    node_id,
+                    "the attempt ran under windowed limits and was never charged "
+                    "(no limit_charged after its usage)",
+                )
 
     # -- answers: who answered is proven by the keys the tenant named --
 
@@ -998,6 +1023,14 @@ class _Replayer:
             )
             if seen.invoked is not None and seen.invoked.node_id == gated.node_id:
                 request = invocation_request(request, seen.invoked)
+            # Windowed limits are charged by every run of the tenant: the usage the decision
+            # saw is taken from its record, for the limits the policy says match the node.
+            limits = matching_limits(
+                tenant_policy.rate_limits if tenant_policy is not None else None, request.context
+            )
+            if limits:
+                usage = usage_from_record(limits, gated.rate_limits)
+                request = attrs.evolve(request, rate_limits=usage)
             return gate_node(request)
         except (GateInputError, InvalidInput) as error:
             self._diverge(event, gated.node_id, f"cannot recompute: {error}")
@@ -1036,6 +1069,40 @@ class _Replayer:
             return
         self._expect(expected, event.sequence, settlement.events, recorded.node_id, "settlement")
         self._check(event, expected)
+
+    def _charge(self, event: Event, charged: LimitCharged) -> None:
+        """A recorded ``limit_charged`` must be what its attempt's run decision and usage
+        imply (`charter.core.limits.expected_charge`)."""
+        if self.override is not None:
+            return
+        key = (charged.node_id, charged.attempt)
+        self._owed.pop(key, None)
+        gated = self._charging.get(key)
+        spent = self._spent.get(key)
+        usage = None
+        if spent is not None:
+            usage = Usage(
+                input_tokens=spent.input_tokens,
+                output_tokens=spent.output_tokens,
+                cost_usd=spent.cost_usd,
+            )
+        want = None if gated is None else expected_charge(gated, usage, *key)
+        if want is None:
+            self._diverge(
+                event,
+                charged.node_id,
+                "a windowed-limit charge without a decision to run this attempt under limits",
+            )
+            return
+        recorded, recomputed = dump(charged), dump(want)
+        if canonical_text(recorded) != canonical_text(recomputed):
+            self._diverge(
+                event,
+                charged.node_id,
+                "limit charge: the recorded event differs from the recomputed one",
+                recorded=recorded,
+                recomputed=recomputed,
+            )
 
     def _completed(
         self,

@@ -11,6 +11,7 @@ from charter.adapters.codec import CodecError, dump, parse_json
 from charter.adapters.files import PolicyFile, load_policy_file, load_workflow_file
 from charter.cli.common import EXIT_APPROVAL, EXIT_BLOCKED, EXIT_OK
 from charter.core.errors import CharterError
+from charter.core.limits import RateLimit, matching_limits, window_text
 from charter.core.policy import (
     Allow,
     Block,
@@ -161,22 +162,52 @@ def _check(args: argparse.Namespace) -> int:
         )
         verdict = evaluator.explain(ctx, policy.layers, call=call)
         results.append((f"model '{args.model}'", ctx, verdict))
+    rate_limits = tuple(
+        limit
+        for layer in policy.layers
+        if layer.scope is PolicyScope.TENANT
+        for limit in layer.policy.rate_limits or ()
+    )
     if args.json:
         payload: dict[str, Any] = {
             "combining": policy.combining.value,
             "tenant_combining": policy.tenant_combining,
-            "results": [{"context": dump(ctx), "verdict": dump(v)} for _, ctx, v in results],
+            "results": [
+                {
+                    "context": dump(ctx),
+                    "verdict": dump(v),
+                    "rate_limits": [lim.to_json() for lim in matching_limits(rate_limits, ctx)],
+                }
+                for _, ctx, v in results
+            ],
         }
         if args.call is not None:
             payload["call"] = call
         print(json.dumps(payload, indent=2, ensure_ascii=False))
     else:
-        for subject, _, verdict in results:
+        for subject, ctx, verdict in results:
             print("\n".join(_verdict_lines(subject, verdict)))
+            for limit in matching_limits(rate_limits, ctx):
+                print(f"  limit:  {_limit_text(limit)} (counts this call)")
         tenant = policy.tenant_combining
         mode = policy.combining.value + (f" (tenant: {tenant})" if tenant is not None else "")
         print(f"combining: {mode}")
     return max(_severity(verdict) for _, _, verdict in results)
+
+
+def _limit_text(limit: RateLimit) -> str:
+    """``'refunds': max_calls 2 in a sliding 1h window``."""
+    maxima = [
+        f"{key} {value}"
+        for key, value in (
+            ("max_calls", limit.max_calls),
+            ("max_tokens", limit.max_tokens),
+            ("max_usd", limit.max_usd),
+        )
+        if value is not None
+    ]
+    window = f"a {limit.mode} {window_text(limit.window)} window"
+    return f"'{limit.name}': {', '.join(maxima)} in {window}"
 
 
 def _call(text: str | None) -> object:

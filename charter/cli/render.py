@@ -13,6 +13,7 @@ from charter.core.events import (
     CircuitBreakerTripped,
     CostBudgetExceeded,
     Event,
+    LimitCharged,
     NodeCompleted,
     NodeFailed,
     NodeGated,
@@ -22,6 +23,7 @@ from charter.core.events import (
     OutcomeResolved,
     OutcomeUnknown,
     PolicyViolation,
+    RateLimitExceeded,
     RetryScheduled,
     TokenBudgetExceeded,
     ToolApprovalRequired,
@@ -94,6 +96,16 @@ def _detail(event: Event) -> str:
             return f"${current:g} / limit ${limit:g}"
         case AutonomyLimitReached(limit_type=limit_type, limit_value=limit, actual_value=actual):
             return f"{limit_type}: {short(actual, 20)} / limit {short(limit, 20)}"
+        case LimitCharged(limits=limits, calls=calls, tokens=tokens, usd_nanos=usd):
+            names = (
+                ", ".join(str(entry.get("name")) for entry in limits if isinstance(entry, dict))
+                if isinstance(limits, list)
+                else ""
+            )
+            spent = f"{calls} call{'s' if calls != 1 else ''}, {tokens} tokens, {usd} nano-USD"
+            return f"{names}: {spent}"
+        case RateLimitExceeded(limit=name, dimension=key, maximum=maximum, used=used):
+            return f"{name}: {key} {used} / limit {maximum}"
         case CircuitBreakerTripped(consecutive_errors=errors, threshold=threshold):
             return f"{errors} consecutive errors (threshold {threshold})"
         case WorkflowCompleted(final_state=state):

@@ -42,11 +42,13 @@ from charter.core.events import (
     ApprovalReceived,
     EventKind,
     JsonValue,
+    LimitCharged,
     NodeStarted,
     OutcomeUnknown,
     ToolApprovalRequired,
 )
 from charter.core.lifecycle import COMMIT_ACTIONS, ItemAction, apply_action, check_fence
+from charter.core.limits import ChargeLimits, charge_writes
 from charter.core.materialize import STATUS_KINDS, status_after
 from charter.core.queue import LEASE_EXPIRED, plan_failure, plan_park
 from charter.core.records import (
@@ -67,6 +69,7 @@ __all__ = [
     "SNAPSHOT_EVERY",
     "AppendEvents",
     "ApprovalRow",
+    "ChargeLimits",
     "CommitReads",
     "CommitSpec",
     "EffectRow",
@@ -267,6 +270,7 @@ Write: TypeAlias = (
     | PutEffect
     | ReleaseEffects
     | WriteSnapshot
+    | ChargeLimits
 )
 
 
@@ -342,6 +346,8 @@ class LogDraft:
                 status = status_after(status, kind)
             if isinstance(kind, _APPROVAL_KINDS):
                 writes.append(self._approval(kind, sequence, now))
+            elif type(kind) is LimitCharged:  # the tenant's windowed limits (charter.core.limits)
+                writes.append(charge_writes(head.tenant_id, head.execution_id, kind))
         self.last += len(kinds)
         if status is not self.status:
             self.status = status

@@ -66,6 +66,7 @@ __all__ = [
     "IterationCompleted",
     "IterationStarted",
     "JsonValue",
+    "LimitCharged",
     "NodeCancelled",
     "NodeCompleted",
     "NodeFailed",
@@ -79,6 +80,7 @@ __all__ = [
     "PlanGenerated",
     "PolicyViolation",
     "ProvenanceMetadata",
+    "RateLimitExceeded",
     "RetryScheduled",
     "SegmentBoundary",
     "StrategyCompleted",
@@ -474,7 +476,10 @@ class NodeGated:
     going in), ``call_digest`` (of the call's arguments), ``request_digest`` (when approval
     was involved), ``decided_at`` (the clock value given) and ``as_of`` (the sequence of the
     last event of the log the caller read its inputs from — state, approvals, budget — so a
-    replay can rebuild them from the log).
+    replay can rebuild them from the log). ``rate_limits`` (omitted when no windowed limit
+    matched) lists each matching limit of the tenant with the usage the decision saw in its
+    window (``calls``, ``tokens``, ``usd_nanos``, ``frees_at``): other runs charge those
+    limits too, so a replay takes the usage from here (docs/semantics.md, "Windowed limits").
     """
 
     node_id: str
@@ -500,6 +505,7 @@ class NodeGated:
     request_digest: str | None = None
     decided_at: datetime | None = None
     as_of: int | None = None
+    rate_limits: JsonValue = None
 
 
 @attrs.frozen(kw_only=True)
@@ -514,6 +520,40 @@ class UsageRecorded:
     tool_calls: int = 0
     iterations: int = 0
     succeeded: bool = True
+
+
+@attrs.frozen(kw_only=True)
+class LimitCharged:
+    """Charter: an admitted attempt charged to the tenant's windowed limits its decision
+    matched (docs/semantics.md, "Windowed limits"): ``limits`` lists ``{name, window}``;
+    one call, ``tokens`` (input + output) and ``usd_nanos`` (cost in 1e-9 USD), at ``at``
+    (the decision's time). The store keeps the charge per tenant and limit, written in the
+    same transaction as this event."""
+
+    node_id: str
+    attempt: int
+    at: datetime
+    limits: JsonValue
+    calls: int = 1
+    tokens: int = 0
+    usd_nanos: int = 0
+
+
+@attrs.frozen(kw_only=True)
+class RateLimitExceeded:
+    """Charter: the gate refused a node because a windowed limit was reached: which limit,
+    its window and mode, the maximum (``dimension``: ``max_calls``, ``max_tokens`` or
+    ``max_usd``, USD in nano-dollars), what was used, and when the window frees up
+    (``None``: a maximum of 0 admits nothing)."""
+
+    node_id: str
+    limit: str
+    window_secs: int
+    mode: str
+    dimension: str
+    maximum: int
+    used: int
+    frees_at: datetime | None = None
 
 
 # ── reasoning strategies ───────────────────────────────────────────────────────────────
@@ -697,6 +737,8 @@ EventKind = (
     | PolicyViolation
     | NodeGated
     | UsageRecorded
+    | LimitCharged
+    | RateLimitExceeded
     | StrategyStarted
     | PlanGenerated
     | IterationStarted

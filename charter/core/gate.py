@@ -7,7 +7,9 @@
    overruled is recorded: docs/semantics.md §2.5);
 2. **autonomy** (when an agent card applies) — a circuit-breaker trip or an escalated limit
    fails the node; RequireToolApproval marks it as needing approval;
-3. **budget, before** (``>=``) — a spent budget fails the node;
+3. **budget, before** (``>=``) — a spent budget fails the node; then **windowed limits**
+   (``>=``) — a reached limit of the tenant's fails the node, naming the limit, its window
+   and when it frees up (`charter.core.limits`);
 4. **approvals** — a node that needs approval runs only with an unused approval of this
    exact request (same digest), is failed if that request was rejected, and is otherwise
    held, raising a new request unless the same one is already pending.
@@ -87,6 +89,7 @@ from charter.core.events import (
     ToolApprovalRequired,
     UsageRecorded,
 )
+from charter.core.limits import WindowUsage, limit_refusal
 from charter.core.policy import (
     Allow,
     Block,
@@ -124,6 +127,17 @@ def _layers(value: Iterable[PolicyLayer]) -> tuple[PolicyLayer, ...]:
     return tuple(value)
 
 
+def _usages(value: Iterable[WindowUsage] | None) -> tuple[WindowUsage, ...] | None:
+    # None when empty, so a request without limits encodes exactly as before the field.
+    if value is None:
+        return None
+    if not isinstance(value, list | tuple):
+        raise GateInputError(
+            "rate_limits", f"expected a list of WindowUsage, got {describe(value)}"
+        )
+    return tuple(value) or None
+
+
 # Frozen, hence safe to share as defaults.
 _NO_BUDGET = BudgetState()
 _NO_LIMITS = BudgetLimits()
@@ -159,6 +173,9 @@ class GateRequest:
     now: datetime
     run_started_at: datetime | None = None
     as_of: int | None = None
+    #: The usage of each of the tenant's windowed limits that matches the node, in its
+    #: window at ``now`` (read by the caller: `charter.core.limits`).
+    rate_limits: tuple[WindowUsage, ...] | None = attrs.field(default=None, converter=_usages)
 
     # The call's canonical text and digest, computed once when the request is built (the
     # check that the call is JSON is the same work); every digest of the gate reuses them.
@@ -194,6 +211,9 @@ class GateRequest:
             raise GateInputError(
                 "approval", f"expected an approval status, got {describe(self.approval)}"
             )
+        for index, usage in enumerate(self.rate_limits or ()):
+            if type(usage) is not WindowUsage:
+                _expect(usage, WindowUsage, f"rate_limits[{index}]")
         for index, layer in enumerate(self.policies):
             if type(layer) is not PolicyLayer:
                 _expect(layer, PolicyLayer, f"policies[{index}]")
@@ -491,6 +511,7 @@ def _gated(
         request_digest=digest,
         decided_at=request.now,
         as_of=request.as_of,
+        rate_limits=[usage.record() for usage in request.rate_limits or ()] or None,
     )
 
 
@@ -651,6 +672,21 @@ def gate_node(request: GateRequest) -> GateResult:
             _bound_digest(request, approver),
             trip,
         )
+
+    # 3b. windowed limits (docs/semantics.md, "Windowed limits")
+    if request.rate_limits:
+        refusal = limit_refusal(request.rate_limits, node_id)
+        if refusal is not None:
+            reason, exceeded = refusal
+            return _fail(
+                request,
+                verdict,
+                reason,
+                reason,
+                (exceeded,),
+                autonomy,
+                _bound_digest(request, approver),
+            )
 
     # 4. approvals
     if approver is None:

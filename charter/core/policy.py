@@ -44,6 +44,7 @@ from charter.core.canonical import content_digest
 from charter.core.conditions import POLICY_NAMES, Condition, Undetermined, parse_condition
 from charter.core.errors import InvalidInput, PolicyError, child, describe
 from charter.core.glob import GlobPattern
+from charter.core.limits import RateLimit, parse_rate_limits
 from charter.core.nodes import NODE_KINDS, node_kind_info, policy_names, resolve_model
 from charter.core.signing import decode_key
 
@@ -598,6 +599,7 @@ class PolicySet:
       how long a lost outcome may wait for an answer before its node fails;
       ``approver_groups``: named groups of user ids an approver or resolver may name as
       ``group:NAME`` (docs/semantics.md §5).
+      ``rate_limits`` (`charter.core.limits`): the tenant's windowed limits.
     * ``final`` (Charter's): when true, more specific layers may add restrictions to this
       set's rules but never remove one (docs/semantics.md §2.5). Tenant policy files are
       final by default; in code the default is upstream's (not final). ``False`` is kept as
@@ -625,6 +627,9 @@ class PolicySet:
     )
     approver_groups: tuple[tuple[str, tuple[str, ...]], ...] | None = attrs.field(
         default=None, kw_only=True, converter=_approver_groups
+    )
+    rate_limits: tuple[RateLimit, ...] | None = attrs.field(
+        default=None, kw_only=True, converter=parse_rate_limits
     )
     _blocked: _RuleIndex = attrs.field(init=False, eq=False, repr=False, hash=False)
     _approval: _RuleIndex = attrs.field(init=False, eq=False, repr=False, hash=False)
@@ -655,6 +660,8 @@ class PolicySet:
             shape["resolution_deadline_secs"] = self.resolution_deadline_secs
         if self.approver_groups:
             shape["approver_groups"] = {name: list(users) for name, users in self.approver_groups}
+        if self.rate_limits:
+            shape["rate_limits"] = [limit.to_json() for limit in self.rate_limits]
         setter(self, "_digest", content_digest(shape))
 
     @property
@@ -675,7 +682,13 @@ class PolicySet:
         return self._digest
 
     #: Keys only a tenant's set may have (who may answer, and with which keys).
-    TENANT_KEYS = ("approvers", "resolver", "resolution_deadline_secs", "approver_groups")
+    TENANT_KEYS = (
+        "approvers",
+        "resolver",
+        "resolution_deadline_secs",
+        "approver_groups",
+        "rate_limits",
+    )
 
     @classmethod
     def from_dict(cls, data: object, where: str = "policy", *, tenant: bool = False) -> PolicySet:
@@ -688,7 +701,11 @@ class PolicySet:
         allowed = (*cls.KEYS, *cls.TENANT_KEYS) if tenant else cls.KEYS
         for key in data:
             if key not in allowed:
-                extra = "; approvers and resolver belong to a tenant" if not tenant else ""
+                extra = (
+                    "; approvers, resolver, approver_groups and rate_limits belong to a tenant"
+                    if not tenant
+                    else ""
+                )
                 raise PolicyError(
                     child(where, str(key)),
                     f"unknown policy key (expected one of: {', '.join(allowed)}){extra}",
@@ -707,6 +724,7 @@ class PolicySet:
                 resolver=data.get("resolver"),
                 resolution_deadline_secs=data.get("resolution_deadline_secs"),
                 approver_groups=data.get("approver_groups"),
+                rate_limits=data.get("rate_limits"),
             )
         except PolicyError as error:
             raise error.within(where) from None

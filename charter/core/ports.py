@@ -49,6 +49,7 @@ from charter.core.approvals import ApprovalRefused
 from charter.core.budget import BudgetState, Usage
 from charter.core.compaction import Compaction
 from charter.core.events import ApprovalDecision, Event, EventKind, JsonValue
+from charter.core.limits import LimitCharge
 from charter.core.policy import PolicySet
 from charter.core.records import (
     ChainLink,
@@ -289,6 +290,13 @@ class Store(Protocol):
 
     def get_ledger(self, execution_id: str) -> BudgetState:
         """The execution's budget ledger (`NotFound` for an unknown execution)."""
+        ...
+
+    def limit_charges(
+        self, tenant_id: str, limit: str, *, since: datetime
+    ) -> tuple[LimitCharge, ...]:
+        """The tenant's charges of the windowed limit ``limit`` made at or after ``since``,
+        oldest first (each written by a ``limit_charged`` event: `charter.core.limits`)."""
         ...
 
     # ── the work queue ──

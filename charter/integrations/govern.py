@@ -28,7 +28,9 @@ Each call of a governed function:
    decision saw): ``usage_recorded`` and ``node_completed`` — or, if the function raised, a
    ``usage_recorded{succeeded: false}`` and ``node_failed`` before the exception is
    re-raised; if the usage trips a budget, the trip's events and `Refused` (the call ran:
-   its value is on the exception).
+   its value is on the exception). When the tenant's windowed limits counted the call (their
+   usage is read at the decision's ``now`` and recorded with it), the settlement also
+   charges them: ``limit_charged``, in the same append (docs/semantics.md §4.1).
 
 The attempt of a call is how many calls of its tool the run has run before it, so a held
 call asked again (same arguments, nothing else of its tool run meanwhile) is the same
@@ -82,10 +84,12 @@ from charter.core.events import (
     EventKind,
     NodeGated,
     NodeStarted,
+    RateLimitExceeded,
     ToolApprovalRequired,
     UsageRecorded,
 )
 from charter.core.gate import (
+    GateRequest,
     GateResult,
     Outcome,
     Settlement,
@@ -94,11 +98,13 @@ from charter.core.gate import (
     gate_node,
     settle_node,
 )
+from charter.core.limits import charge_event
 from charter.core.policy import Block, PolicyScope, PolicySet
 from charter.core.ports import NodeResult, Store
 from charter.core.records import DEFAULT_TENANT, Execution, Tenant, WorkflowDefinition
 from charter.core.scheduler import Progress, fold
 from charter.core.workflow import WorkflowDef, parse_workflow
+from charter.worker.limits import with_limit_usage
 
 __all__ = [
     "DEFAULT_STORE",
@@ -398,6 +404,7 @@ class _Decision:
     gated: Event  # the recorded node_gated
     budget: BudgetState  # what the decision saw (its settlement applies usage to it)
     approval: ApprovalStatus
+    request: GateRequest | None = None  # what it was decided on (its limits are charged)
 
 
 def _policy_set(policy: PolicyArg) -> PolicySet | None:
@@ -409,6 +416,12 @@ def _policy_set(policy: PolicyArg) -> PolicySet | None:
                 "policy",
                 "a governed policy is the session's workflow layer, which cannot be final; "
                 "put final rules in the tenant's policy",
+            )
+        if policy.rate_limits:
+            raise InvalidInput(
+                "policy.rate_limits",
+                "windowed limits are the tenant's (they count every run of it): put them in "
+                "the tenant's policy",
             )
         return policy
     if isinstance(policy, Mapping):
@@ -806,7 +819,10 @@ class Governor:
                     now=store.clock.now(),
                     as_of=view.last + 2,  # the agent_tool_invoked below
                 )
-                result = gate_node(invocation_request(request, invoked))
+                # The tenant's windowed limits that count this tool, read at `now`.
+                request = with_limit_usage(store, view.execution.tenant_id, tenant.policy, request)
+                request = invocation_request(request, invoked)
+                result = gate_node(request)
                 budget = view.budget
                 try:
                     written = store.append_events(
@@ -826,6 +842,7 @@ class Governor:
                     gated=written[2],
                     budget=budget,
                     approval=approval,
+                    request=request,
                 )
         raise CharterError(
             f"run {self._run_id!r}: could not record a decision for {tool.tool_name!r}: "
@@ -865,6 +882,11 @@ class Governor:
         elif settlement.outcome is SettlementOutcome.ERRORED and error is not None:
             why = f"{type(error).__qualname__}: {error}"
             events.append(terminal_failure(tool.node_id, attempt, why))
+        request = decision.request
+        if request is not None:  # the call ran: charge the limits its decision matched
+            charge = charge_event(tool.node_id, attempt, request.rate_limits, usage, request.now)
+            if charge is not None:
+                events.append(charge)
         written = self.store.append_events(self._run_id, events)
         with self._lock:
             view = self._view
@@ -946,6 +968,9 @@ def _deciding_rule(result: GateResult) -> tuple[str | None, str | None, str | No
             return f"autonomy_limit:{limit_type}", None, None
     if result.budget_trip is not None:
         return f"budget:{result.budget_trip.dimension.value}", None, None
+    for event in result.events:
+        if isinstance(event, RateLimitExceeded):  # a tenant's windowed limit
+            return f"rate_limit:{event.limit}", "tenant", None
     return "approval_rejected", None, None
 
 

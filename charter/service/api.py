@@ -44,6 +44,7 @@ from charter.service.resolutions import (
 from charter.service.resolutions import statement_for as resolution_statement_for
 from charter.service.tokens import Principal
 from charter.service.views import approval_json, event_json, execution_json, run_json
+from charter.worker.limits import with_limit_usage
 
 __all__ = ["routes"]
 
@@ -148,15 +149,16 @@ def _decide(service: Service, body: dict[str, Any]) -> dict[str, JsonValue]:
             text_field(body, "model"),
             resolved_model=text_field(body, "resolved_model"),
         )
-        result = gate_node(
-            GateRequest(
-                context=context,
-                attempt=attempt,
-                policies=policy_chain(tenant.policy),
-                call=body.get("call"),
-                now=service.clock.now(),
-            )
+        request = GateRequest(
+            context=context,
+            attempt=attempt,
+            policies=policy_chain(tenant.policy),
+            call=body.get("call"),
+            now=service.clock.now(),
         )
+        # The tenant's windowed limits are read (a reached one refuses), never charged:
+        # this endpoint records nothing (docs/service.md).
+        result = gate_node(with_limit_usage(service.store, tenant_id, tenant.policy, request))
     except InvalidInput as error:
         raise invalid(error) from None
     verdict = result.policy

@@ -34,10 +34,12 @@ from charter.core.attempt import (
     result_to_json,
     terminal_failure,
 )
+from charter.core.budget import Usage
 from charter.core.canonical import content_digest
 from charter.core.errors import ExecutorFailed, FenceLost, InvalidInput, NotFound, StoreError
 from charter.core.events import EventKind, JsonValue, OutcomeUnknown
-from charter.core.gate import Outcome, gate_node
+from charter.core.gate import GateRequest, Outcome, gate_node
+from charter.core.limits import charge_event
 from charter.core.nodes import NODE_KINDS
 from charter.core.ports import (
     Clock,
@@ -57,6 +59,7 @@ from charter.worker.execution import (
     reserve,
 )
 from charter.worker.heartbeats import Heartbeats
+from charter.worker.limits import with_limit_usage
 from charter.worker.scheduling import RunView, Scheduler
 
 __all__ = ["ALL_QUEUES", "Worker", "WorkerHooks"]
@@ -73,6 +76,13 @@ class WorkerHooks:
 
     before_execute: Callable[[Claim], None] | None = None
     before_commit: Callable[[Claim], None] | None = None
+
+
+def _charged(request: GateRequest, attempt: int, usage: Usage | None) -> tuple[EventKind, ...]:
+    """The ``limit_charged`` event of an attempt that ran, when limits matched its node: it
+    is committed with the attempt's end, in the same transaction (`charter.core.limits`)."""
+    charge = charge_event(request.node_id, attempt, request.rate_limits, usage, request.now)
+    return () if charge is None else (charge,)
 
 
 def _default_worker_id() -> str:
@@ -216,31 +226,38 @@ class Worker:
         # The budget is the fold of the same log the rest was read from (`as_of`), which
         # is what the store's ledger holds at that point: a replay can recompute it.
         digest = content_digest(view.progress.state)
-        gate = gate_node(
-            node_gate_request(
-                execution,
-                view.workflow,
-                node,
-                tenant.policy,
-                attempt=item.attempt,
-                budget=view.budget,
-                approval=view.approval(node.node_id),
-                state_digest=digest,
-                now=self.clock.now(),
-                as_of=view.progress.last_sequence,
-            )
+        request = node_gate_request(
+            execution,
+            view.workflow,
+            node,
+            tenant.policy,
+            attempt=item.attempt,
+            budget=view.budget,
+            approval=view.approval(node.node_id),
+            state_digest=digest,
+            now=self.clock.now(),
+            as_of=view.progress.last_sequence,
         )
+        # The tenant's windowed limits that count this node, read at the decision's `now`.
+        request = with_limit_usage(self.store, execution.tenant_id, tenant.policy, request)
+        gate = gate_node(request)
         match gate.outcome:
             case Outcome.FAIL:
                 self._settle(claim, *gate.events)
             case Outcome.HOLD:
                 self._commit(claim, commit_request(claim, WorkItemStatus.HELD, gate.events))
             case Outcome.RUN:
-                self._run(claim, view, node, gate.events, digest)
+                self._run(claim, view, node, gate.events, digest, request)
         return None
 
     def _run(
-        self, claim: Claim, view: RunView, node: NodeDef, gated: Sequence[EventKind], digest: str
+        self,
+        claim: Claim,
+        view: RunView,
+        node: NodeDef,
+        gated: Sequence[EventKind],
+        digest: str,
+        request: GateRequest,
     ) -> None:
         item, workflow = claim.item, view.workflow
         executor = executor_for(self.executors, workflow, node)
@@ -265,8 +282,7 @@ class Worker:
                 idempotency_key=key,
                 reason=replayed.reason,
             )
-            request = commit_request(claim, WorkItemStatus.HELD, (*gated, lost))
-            return self._commit(claim, request)
+            return self._commit(claim, commit_request(claim, WorkItemStatus.HELD, (*gated, lost)))
         chunks: list[JsonValue] = []
         call = node_call(view, node, attempt=item.attempt, idempotency_key=key, emit=chunks.append)
         if self.hooks.before_execute is not None:
@@ -282,8 +298,9 @@ class Worker:
             self._heartbeats.stop(beat)
             failed = failed_attempt(workflow, node, item, gate_events=gated, budget=view.budget)
             error, retryable = str(result), result.retryable
+            events = (*failed.events, *_charged(request, item.attempt, None))
             self._absorbed = self._writer.fail(
-                claim, error, retryable=retryable, events=failed.events, delay_ms=failed.delay_ms
+                claim, error, retryable=retryable, events=events, delay_ms=failed.delay_ms
             )
             return None
         if effectful and replayed is None:
@@ -302,12 +319,13 @@ class Worker:
             idempotency_key=key if effectful else None,
         )
         outcome = WorkItemStatus.COMPLETED if end.completed else WorkItemStatus.FAILED
-        request = commit_request(claim, outcome, end.events, usage=result.usage, succeeded=True)
+        events = (*end.events, *_charged(request, item.attempt, result.usage))
+        commit = commit_request(claim, outcome, events, usage=result.usage, succeeded=True)
         if end.completed:
             # (When to fold a snapshot is the commit planner's rule: charter.core.commit.)
             effect = EffectResult(key=key, result=result_to_json(result)) if effectful else None
-            request = attrs.evolve(request, effect=effect)
-        return self._commit(claim, request)
+            commit = attrs.evolve(commit, effect=effect)
+        return self._commit(claim, commit)
 
     # ── writing the outcome (`charter.worker.commits`) ──
 
