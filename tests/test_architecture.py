@@ -123,7 +123,7 @@ def test_installed_package_exposes_core_only_as_charter_core(tmp_path: Path) -> 
 CORE_API = [
     "ALLOW", "ANY_HUMAN", "AgentCard", "AgentToolCompleted", "AgentToolFailed",
     "AgentToolInvoked", "AgentToolProgress", "AgentToolTerminated", "AgentToolTurn", "Allow",
-    "ApprovalConsumed", "ApprovalDecision", "ApprovalReceived", "ApprovalRefused",
+    "ApprovalConsumed", "ApprovalDecision", "ApprovalExpired", "ApprovalReceived", "ApprovalRefused",
     "ApprovalRequest", "ApprovalStatus", "Approved", "AutonomyConstraints", "AutonomyContext",
     "AutonomyDecision", "AutonomyEnforcer", "AutonomyError", "AutonomyLevel",
     "AutonomyLimitReached", "BUDGET_KEY", "Block", "BlockedOn", "Branch", "BreakerEvent",
@@ -133,7 +133,7 @@ CORE_API = [
     "CharterError", "ChildWorkflowCompleted", "ChildWorkflowFailed", "ChildWorkflowStarted",
     "CircuitBreaker", "CircuitBreakerClosed", "CircuitBreakerCounted",
     "CircuitBreakerHalfOpened", "CircuitBreakerOpened", "CircuitBreakerTripped", "Claim",
-    "Clock", "CombiningMode", "CommitRequest", "Condition", "Conflict", "Consumed",
+    "Clock", "CombiningMode", "CommitRequest", "Condition", "Conflict", "Consumed", "Expired",
     "CoordinatorDecision", "CoordinatorDiscovery", "CoordinatorScoring", "CostBudgetExceeded",
     "CriticVerdict", "DEFAULT_RETRY_POLICIES", "DEFAULT_TENANT", "EVENT_KINDS", "EdgeDef",
     "EffectAbandoned", "EffectAcquired", "EffectHeld", "EffectRecorded", "EffectReservation",

@@ -77,6 +77,7 @@ from charter.core.errors import CharterError, Conflict, InvalidInput, UnknownTen
 from charter.core.events import (
     AgentToolInvoked,
     ApprovalConsumed,
+    ApprovalExpired,
     ApprovalReceived,
     Event,
     EventKind,
@@ -129,7 +130,12 @@ _WORKFLOW_ID: Final = "governed"
 #: How often a decision is re-made because another writer appended first, before giving up.
 _MAX_CONFLICTS: Final = 200
 _NOT_REQUESTED: Final = NotRequested()
-_APPROVAL_KINDS: Final = (ToolApprovalRequired, ApprovalReceived, ApprovalConsumed)
+_APPROVAL_KINDS: Final = (
+    ToolApprovalRequired,
+    ApprovalReceived,
+    ApprovalConsumed,
+    ApprovalExpired,
+)
 
 PolicyArg = PolicySet | Mapping[str, Any] | str | Path | None
 StoreArg = Store | str | Path | None
