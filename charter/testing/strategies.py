@@ -41,6 +41,7 @@ from charter.core.approvals import (
     ApprovalStatus,
     Approved,
     Consumed,
+    Expired,
     NotRequested,
     Pending,
     Rejected,
@@ -465,6 +466,7 @@ def _approval_requests(node_id: str) -> st.SearchStrategy[ApprovalRequest]:
         request_digest=st.none() | st.text(alphabet="0123456789abcdef", min_size=64, max_size=64),
         attempt=st.none() | st.integers(min_value=0, max_value=3),
         sequence=st.integers(min_value=1, max_value=1000),
+        expires_after_secs=st.none() | st.integers(min_value=1, max_value=86_400).map(float),
     )
 
 
@@ -477,9 +479,17 @@ def approval_statuses(*, node_id: str = "n") -> st.SearchStrategy[ApprovalStatus
     return st.one_of(
         st.just(NotRequested()),
         st.builds(Pending, requests),
-        st.builds(Approved, request=requests, user_id=users, comment=comments, sequence=seqs),
+        st.builds(
+            Approved,
+            request=requests,
+            user_id=users,
+            comment=comments,
+            sequence=seqs,
+            expires_at=st.none() | datetimes(),
+        ),
         st.builds(Rejected, request=requests, user_id=users, comment=comments, sequence=seqs),
         st.builds(Consumed, request=requests, user_id=users, sequence=seqs),
+        st.builds(Expired, request=requests, user_id=users, expires_at=datetimes(), sequence=seqs),
     )
 
 
@@ -520,11 +530,16 @@ def _gate_requests(draw: st.DrawFn, alphabet: str) -> GateRequest:
             sequence=1,
         )
         user = draw(st.sampled_from(("alice", "bob")))
+        # An approval that expires a little before, at or after the gate's clock reading
+        # (docs/semantics.md §5.2), as well as one that never does.
+        expires_at = now + timedelta(seconds=draw(st.integers(min_value=-5, max_value=5)))
         choices: tuple[ApprovalStatus, ...] = (
             Pending(ask),
             Approved(request=ask, user_id=user, comment=None, sequence=2),
+            Approved(request=ask, user_id=user, comment=None, sequence=2, expires_at=expires_at),
             Rejected(request=ask, user_id=user, comment="no", sequence=2),
             Consumed(request=ask, user_id=user, sequence=3),
+            Expired(request=ask, user_id=user, expires_at=expires_at, sequence=3),
         )
         status = draw(st.sampled_from(choices))
     else:
