@@ -761,10 +761,20 @@ def _policy(value: PolicySet) -> PolicySet:
 
 @attrs.frozen
 class PolicyLayer:
-    """A policy set with the scope it comes from."""
+    """A policy set with the scope it comes from. Only a tenant's set may carry the default
+    approval expiry (``approval_expiry_secs``): elsewhere it would be ignored, so it is
+    refused (a rule says ``expires_after_secs`` instead; docs/semantics.md §5.2)."""
 
     scope: PolicyScope = attrs.field(converter=_scope)
     policy: PolicySet = attrs.field(converter=_policy)
+
+    def __attrs_post_init__(self) -> None:
+        if self.policy.approval_expiry_secs is not None and self.scope is not PolicyScope.TENANT:
+            raise PolicyError(
+                "approval_expiry_secs",
+                f"the default approval expiry belongs to the tenant's policy, not a "
+                f"{self.scope.value}'s (a require_approval_for rule may say expires_after_secs)",
+            )
 
 
 def policy_chain(
