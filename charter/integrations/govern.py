@@ -424,11 +424,17 @@ def _policy_set(policy: PolicyArg) -> PolicySet | None:
     raise InvalidInput("policy", "expected a PolicySet, a mapping, a policy file path or None")
 
 
+def _rules_ir(rules: Iterable[Any]) -> list[Any]:
+    """A policy list as plain JSON: a rule object (a condition, an approval expiry) is a
+    read-only mapping, stored as the object it stands for."""
+    return [rule if isinstance(rule, str) else dict(rule) for rule in rules]
+
+
 def _policy_ir(policy: PolicySet) -> dict[str, Any]:
     shape: dict[str, Any] = {
-        "blocked_tools": list(policy.blocked_tools),
-        "require_approval_for": list(policy.require_approval_for),
-        "model_allowlist": list(policy.model_allowlist),
+        "blocked_tools": _rules_ir(policy.blocked_tools),
+        "require_approval_for": _rules_ir(policy.require_approval_for),
+        "model_allowlist": _rules_ir(policy.model_allowlist),
     }
     if policy.approver is not None:
         shape["approver"] = policy.approver
