@@ -536,7 +536,7 @@ def _blocked_tools(value: Iterable[Rule | Mapping[str, str]]) -> tuple[Rule, ...
     return _rules(value, "blocked_tools", "tool")
 
 
-def _require_approval_for(value: Iterable[Rule | Mapping[str, str]]) -> tuple[Rule, ...]:
+def _require_approval_for(value: Iterable[Rule | Mapping[str, str | float]]) -> tuple[Rule, ...]:
     return _rules(value, "require_approval_for", "tool", approval=True)
 
 
