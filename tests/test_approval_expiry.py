@@ -410,3 +410,69 @@ def test_a_workflow_file_cannot_set_the_tenants_default(tmp_path: Path) -> None:
     with pytest.raises(WorkflowInvalid) as caught:
         parse_workflow(bad)
     assert "approval_expiry_secs" in str(caught.value)
+
+
+# ── the CLI ────────────────────────────────────────────────────────────────────────────
+
+
+def test_the_cli_shows_each_approvals_expiry(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from charter.cli import main
+
+    db = tmp_path / "charter.db"
+    clock = ManualClock()
+    store = SqliteStore(db, clock=clock)
+    _tenant(store, PolicySet(approval_expiry_secs=90))
+    start_run(store, _workflow(), execution_id="r")
+    drive(_worker(store, []), "r", sleep=_no_sleep)
+    _approve(store)
+    clock.advance(90)
+    drive(_worker(store, []), "r", sleep=_no_sleep)
+    capsys.readouterr()
+
+    assert main(["approvals", "--db", str(db)]) == 0
+    header, row = capsys.readouterr().out.strip().splitlines()
+    assert header.endswith("VALID FOR")
+    assert row.startswith("r ")
+    assert row.endswith(" 1m30s")
+
+    assert main(["events", "r", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert "usable until 2026-01-01T00:01:30+00:00" in out
+    assert "approval by lead expired at 2026-01-01T00:01:30+00:00: not used, asked again" in out
+
+    assert main(["status", "r", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert "approvals:" in out
+    assert (
+        "refund         approved by lead at 2026-01-01T00:00:00+00:00; "
+        "expired at 2026-01-01T00:01:30+00:00, not used"
+    ) in out
+
+    _approve(store)
+    clock.advance(30)
+    assert main(["status", "r", "--db", str(db)]) == 0
+    assert "usable until 2026-01-01T00:03:00+00:00" in capsys.readouterr().out
+    assert drive(_worker(store, []), "r", sleep=_no_sleep).status == "completed"
+    assert main(["status", "r", "--db", str(db)]) == 0
+    assert "; used at 2026-01-01T00:02:00+00:00" in capsys.readouterr().out
+    store.close()
+
+
+def test_charter_tenant_says_when_approvals_expire(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from charter.cli import main
+
+    policy = tmp_path / "acme.yaml"
+    policy.write_text("require_approval_for: ['payments.*']\napproval_expiry_secs: 3600\n")
+    db = str(tmp_path / "charter.db")
+    assert main(["tenant", "acme", "--policy", str(policy), "--db", db]) == 0
+    assert "approvals expire 1h after they are given" in capsys.readouterr().out
+    workflow = tmp_path / "w.yaml"
+    workflow.write_text("approval_expiry_secs: 60\nrequire_approval_for: ['x']\n")
+    assert main(["check", str(workflow), "--tool", "x"]) == 2
+    err = capsys.readouterr().err
+    assert f"{workflow}: approval_expiry_secs: unknown" in err, err
+    assert "approval_expiry_secs belongs to a tenant's policy" in err
