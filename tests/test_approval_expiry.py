@@ -5,6 +5,7 @@ caught. Also the configuration's errors, each naming its field."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from datetime import timedelta
@@ -458,6 +459,9 @@ def test_the_cli_shows_each_approvals_expiry(
     assert main(["status", "r", "--db", str(db)]) == 0
     assert "; used at 2026-01-01T00:02:00+00:00" in capsys.readouterr().out
     store.close()
+    # The log with its approval_expired verifies and replays clean through the CLI too.
+    assert main(["audit", "verify", "--db", str(db)]) == 0
+    assert main(["audit", "replay", "r", "--db", str(db)]) == 0
 
 
 def test_charter_tenant_says_when_approvals_expire(
@@ -476,3 +480,28 @@ def test_charter_tenant_says_when_approvals_expire(
     err = capsys.readouterr().err
     assert f"{workflow}: approval_expiry_secs: unknown" in err, err
     assert "approval_expiry_secs belongs to a tenant's policy" in err
+
+
+def test_charter_check_says_how_long_an_approval_stays_usable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from charter.cli import main
+
+    policy = tmp_path / "layers.yaml"
+    policy.write_text(
+        "tenant:\n"
+        "  approval_expiry_secs: 3600\n"
+        "  require_approval_for: ['payments.*']\n"
+        "workflow:\n"
+        "  require_approval_for:\n"
+        "    - {tool: payments.refund, when: 'call.args.amount > 100', expires_after_secs: 600}\n"
+    )
+    big = ["--call", '{"args": {"amount": 500}}']
+    assert main(["check", str(policy), "--tool", "payments.refund", *big]) == 3
+    assert "  expiry: an approval stays usable 10m once given" in capsys.readouterr().out
+    small = ["--call", '{"args": {"amount": 5}}', "--json"]
+    assert main(["check", str(policy), "--tool", "payments.refund", *small]) == 3
+    (result,) = json.loads(capsys.readouterr().out)["results"]
+    assert result["expires_after_secs"] == 3600.0  # the tenant's rule decided: its default
+    assert main(["check", str(policy), "--tool", "search.web"]) == 0
+    assert "expiry" not in capsys.readouterr().out
