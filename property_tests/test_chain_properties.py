@@ -122,7 +122,9 @@ def test_a_chain_commits_to_every_earlier_event(kinds: list[Any]) -> None:
 
 #: Kinds any caller may append (approvals are consumed and answered only under the store's
 #: rules, which refuse arbitrary ones).
-_FREE_KINDS = tuple(sorted(set(EVENT_KINDS) - {"approval_consumed", "approval_received"}))
+_FREE_KINDS = tuple(
+    sorted(set(EVENT_KINDS) - {"approval_consumed", "approval_expired", "approval_received"})
+)
 
 
 @settings(max_examples=40, deadline=None)

@@ -74,6 +74,7 @@ from charter.core.policy import (
 
 __all__ = [
     "agent_cards",
+    "approval_rules",
     "approval_statuses",
     "autonomy_constraints",
     "autonomy_contexts",
@@ -165,6 +166,19 @@ def conditional_rules(
     return st.builds(ConditionalRule, st.just(subject), pattern, conditions())
 
 
+def approval_rules(*, alphabet: str = DEFAULT_ALPHABET) -> st.SearchStrategy[ConditionalRule]:
+    """``require_approval_for`` rule objects with an approval expiry
+    (``expires_after_secs``, docs/semantics.md §5.2), with or without a condition."""
+    pattern = st.text(alphabet=alphabet + "*?", min_size=1, max_size=8)
+    seconds = st.integers(min_value=1, max_value=86_400).map(float)
+    return st.builds(
+        lambda p, when, secs: ConditionalRule("tool", p, when, expires_after_secs=secs),
+        pattern,
+        st.none() | conditions(),
+        seconds,
+    )
+
+
 def policy_sets(
     *,
     alphabet: str = DEFAULT_ALPHABET,
@@ -193,13 +207,17 @@ def policy_sets(
             final=_flag(final),
         )
     tools = st.lists(pats | conditional_rules(alphabet=alphabet), max_size=max_patterns)
+    asks = st.lists(
+        pats | conditional_rules(alphabet=alphabet) | approval_rules(alphabet=alphabet),
+        max_size=max_patterns,
+    )
     models = st.lists(
         pats | conditional_rules(subject="model", alphabet=alphabet), max_size=max_patterns
     )
     return st.builds(
         PolicySet,
         blocked_tools=tools,
-        require_approval_for=tools,
+        require_approval_for=asks,
         model_allowlist=models,
         approver=named,
         final=_flag(final),
@@ -231,6 +249,11 @@ def policy_chains(
         max_patterns=max_patterns,
         approvers=approvers,
         conditional=conditional,
+    )
+    # The tenant's default approval expiry (docs/semantics.md §5.2), a tenant-only setting.
+    expiry = st.none() | st.integers(min_value=1, max_value=86_400).map(float)
+    tenant = st.tuples(tenant, expiry).map(
+        lambda drawn: attrs.evolve(drawn[0], approval_expiry_secs=drawn[1])
     )
     return st.tuples(st.none() | tenant, st.none() | sets, st.none() | sets).map(
         lambda layers: tuple(
