@@ -172,7 +172,7 @@ CORE_API = [
 ]  # fmt: skip
 
 STRATEGIES_API = [
-    "agent_cards", "approval_statuses", "autonomy_constraints", "autonomy_contexts",
+    "agent_cards", "approval_rules", "approval_statuses", "autonomy_constraints", "autonomy_contexts",
     "budget_limits", "budget_states", "calls", "circuit_breakers", "conditional_rules",
     "conditions", "datetimes", "evaluation_contexts",
     "event_kinds", "events", "gate_requests", "glob_patterns", "json_values", "names",
