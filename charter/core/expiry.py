@@ -46,14 +46,11 @@ def _shorter(a: float | None, b: float | None) -> float | None:
 def rule_expiry(policy: PolicySet, pattern: str | None, condition: str | None) -> float | None:
     """The ``expires_after_secs`` of the ``require_approval_for`` rule of ``policy`` that
     decided with ``pattern`` and ``condition`` (the first such rule in list order, which
-    is the one the index chose); ``None`` when it has none."""
-    for rule in policy.require_approval_for:
-        if isinstance(rule, str):
-            if rule == pattern and condition is None:
-                return None
-        elif rule.pattern == pattern and rule.when == condition:
-            return rule.expires_after_secs
-    return None
+    is the one the index chose); ``None`` when it has none. A lookup in the table the set
+    built with its index."""
+    if pattern is None:
+        return None
+    return policy._expiries.get((pattern, condition))
 
 
 def approval_validity(
@@ -64,6 +61,8 @@ def approval_validity(
 ) -> float | None:
     """How long an approval of a request raised under ``verdict`` stays usable once
     recorded (seconds; ``None``: it does not expire)."""
+    if not any(layer.policy.approval_expiry_secs or layer.policy._expiries for layer in layers):
+        return None  # nothing in the chain expires: the common case, decided at once
     default: float | None = None
     for layer in layers:
         if layer.scope is PolicyScope.TENANT:

@@ -601,6 +601,17 @@ def _deadline(value: object) -> float | None:
     return float(value)
 
 
+def _expiries(rules: Sequence[Rule]) -> dict[tuple[str, str | None], float | None]:
+    """`PolicySet._expiries`: the first rule per (pattern, condition), as the index picks it."""
+    if all(isinstance(rule, str) or rule.expires_after_secs is None for rule in rules):
+        return {}
+    found: dict[tuple[str, str | None], float | None] = {}
+    for rule in rules:
+        key = (rule, None) if isinstance(rule, str) else (rule.pattern, rule.when)
+        found.setdefault(key, None if isinstance(rule, str) else rule.expires_after_secs)
+    return found
+
+
 def _approval_expiry(value: object) -> float | None:
     """The tenant's default approval expiry: seconds, positive and finite (at most a year)."""
     return _seconds(value, "approval_expiry_secs")
@@ -665,9 +676,16 @@ class PolicySet:
     _allow: _RuleIndex = attrs.field(init=False, eq=False, repr=False, hash=False)
     _digest: str = attrs.field(init=False, eq=False, repr=False, hash=False)
     _requires: RequireApproval = attrs.field(init=False, eq=False, repr=False, hash=False)
+    #: ``(pattern, condition) -> expires_after_secs`` of the first ``require_approval_for``
+    #: rule with that pattern and condition (``charter.core.expiry``); empty when no rule
+    #: of the set carries an expiry.
+    _expiries: Mapping[tuple[str, str | None], float | None] = attrs.field(
+        init=False, eq=False, repr=False, hash=False
+    )
 
     def __attrs_post_init__(self) -> None:
         setter = object.__setattr__
+        setter(self, "_expiries", _expiries(self.require_approval_for))
         setter(self, "_blocked", _RuleIndex.build(self.blocked_tools))
         setter(self, "_approval", _RuleIndex.build(self.require_approval_for))
         setter(self, "_allow", _RuleIndex.build(self.model_allowlist))
