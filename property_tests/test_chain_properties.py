@@ -120,10 +120,13 @@ def test_a_chain_commits_to_every_earlier_event(kinds: list[Any]) -> None:
     assert all(a != b for a, b in zip(original, changed, strict=True))  # …changes every hash
 
 
-#: Kinds any caller may append (approvals are consumed and answered, and windowed limits
-#: charged, only under the store's rules, which refuse arbitrary ones).
+#: Kinds any caller may append (approvals are consumed, expired and answered, and windowed
+#: limits charged, only under the store's rules, which refuse arbitrary ones).
 _FREE_KINDS = tuple(
-    sorted(set(EVENT_KINDS) - {"approval_consumed", "approval_received", "limit_charged"})
+    sorted(
+        set(EVENT_KINDS)
+        - {"approval_consumed", "approval_expired", "approval_received", "limit_charged"}
+    )
 )
 
 

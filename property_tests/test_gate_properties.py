@@ -167,8 +167,11 @@ def test_the_gate_never_runs_a_node_any_component_refuses_or_holds(request: Gate
     result = gate_node(request)
     refused, needs_approval = _oracle(request)
     status = request.approval
+    # An approval counts only strictly before its expiry (docs/semantics.md §5.2).
     approved_this_call = (
-        isinstance(status, Approved) and status.request.request_digest == result.request_digest
+        isinstance(status, Approved)
+        and status.request.request_digest == result.request_digest
+        and (status.expires_at is None or request.now < status.expires_at)
     )
     if refused:
         assert result.outcome is Outcome.FAIL

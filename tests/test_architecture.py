@@ -123,7 +123,8 @@ def test_installed_package_exposes_core_only_as_charter_core(tmp_path: Path) -> 
 CORE_API = [
     "ALLOW", "ANY_HUMAN", "AgentCard", "AgentToolCompleted", "AgentToolFailed",
     "AgentToolInvoked", "AgentToolProgress", "AgentToolTerminated", "AgentToolTurn", "Allow",
-    "ApprovalConsumed", "ApprovalDecision", "ApprovalReceived", "ApprovalRefused",
+    "ApprovalConsumed", "ApprovalDecision", "ApprovalExpired", "ApprovalReceived",
+    "ApprovalRefused",
     "ApprovalRequest", "ApprovalStatus", "Approved", "AutonomyConstraints", "AutonomyContext",
     "AutonomyDecision", "AutonomyEnforcer", "AutonomyError", "AutonomyLevel",
     "AutonomyLimitReached", "BUDGET_KEY", "Block", "BlockedOn", "Branch", "BreakerEvent",
@@ -133,7 +134,7 @@ CORE_API = [
     "CharterError", "ChildWorkflowCompleted", "ChildWorkflowFailed", "ChildWorkflowStarted",
     "CircuitBreaker", "CircuitBreakerClosed", "CircuitBreakerCounted",
     "CircuitBreakerHalfOpened", "CircuitBreakerOpened", "CircuitBreakerTripped", "Claim",
-    "Clock", "CombiningMode", "CommitRequest", "Condition", "Conflict", "Consumed",
+    "Clock", "CombiningMode", "CommitRequest", "Condition", "Conflict", "Consumed", "Expired",
     "CoordinatorDecision", "CoordinatorDiscovery", "CoordinatorScoring", "CostBudgetExceeded",
     "CriticVerdict", "DEFAULT_RETRY_POLICIES", "DEFAULT_TENANT", "EVENT_KINDS", "EdgeDef",
     "EffectAbandoned", "EffectAcquired", "EffectHeld", "EffectRecorded", "EffectReservation",
@@ -172,7 +173,8 @@ CORE_API = [
 ]  # fmt: skip
 
 STRATEGIES_API = [
-    "agent_cards", "approval_statuses", "autonomy_constraints", "autonomy_contexts",
+    "agent_cards", "approval_rules", "approval_statuses", "autonomy_constraints",
+    "autonomy_contexts",
     "budget_limits", "budget_states", "calls", "circuit_breakers", "conditional_rules",
     "conditions", "datetimes", "evaluation_contexts",
     "event_kinds", "events", "gate_requests", "glob_patterns", "json_values", "names",

@@ -330,11 +330,14 @@ def parse_policy_document(
         tenant = scope is PolicyScope.TENANT
         allowed = (*PolicySet.KEYS, *PolicySet.TENANT_KEYS) if tenant else PolicySet.KEYS
         strange = [key for key in unknown if key not in allowed] or unknown
+        owner = ""
+        if not tenant and strange[0] in PolicySet.TENANT_KEYS:
+            owner = f"; {strange[0]} belongs to a tenant's policy"
         raise PolicyError(
             child(where, strange[0]),
             "unknown key (expected tenant, workflow, node and combining, "
             f"or a bare set with {', '.join(allowed)}"
-            f"{' and combining' if tenant else ''})",
+            f"{' and combining' if tenant else ''}){owner}",
         )
     combining = CombiningMode.MOST_SPECIFIC
     if "combining" in data:

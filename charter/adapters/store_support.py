@@ -311,4 +311,5 @@ def pending_record(
         context=request.context,
         sequence=request.sequence,
         requested_at=requested_at,
+        expires_after_secs=request.expires_after_secs,
     )

@@ -554,7 +554,11 @@ class PlannedStore(abc.ABC):
 
         def work(tx: Tx) -> Event | ApprovalRefused:
             head = tx.head(execution_id)
-            planned = plan(tx, head, tx.now)
+            # The answer is planned at the time its event will carry (on Postgres the
+            # execution's lock time), so an approval's expires_at is exactly that time
+            # plus its validity, as replay recomputes it (docs/semantics.md §5.2).
+            moment = tx.event_time(execution_id) if head is not None else tx.now
+            planned = plan(tx, head, moment)
             if isinstance(planned, ApprovalRefused):
                 return planned
             assert head is not None

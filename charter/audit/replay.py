@@ -51,6 +51,8 @@ from charter.core.errors import InvalidInput, NotFound, StoreError
 from charter.core.events import (
     AgentToolInvoked,
     ApprovalConsumed,
+    ApprovalDecision,
+    ApprovalExpired,
     ApprovalReceived,
     AutonomyLimitReached,
     CircuitBreakerTripped,
@@ -71,6 +73,7 @@ from charter.core.events import (
     UsageRecorded,
     event_type,
 )
+from charter.core.expiry import expiry_of
 from charter.core.gate import (
     GateInputError,
     GateRequest,
@@ -132,7 +135,12 @@ GOVERNANCE_KINDS: Final = (
     CostBudgetExceeded,
     RateLimitExceeded,
     ApprovalConsumed,
+    ApprovalExpired,
 )
+
+
+def _when(moment: datetime | None) -> str:
+    return "never" if moment is None else moment.isoformat()
 
 
 def invocation_request(request: GateRequest, invoked: AgentToolInvoked) -> GateRequest:
@@ -770,7 +778,10 @@ class _Replayer:
                     self._lost[kind.node_id] = kind
                 elif isinstance(kind, OutcomeResolved):
                     self._resolved(event, kind, execution)
-                if isinstance(kind, ToolApprovalRequired | ApprovalReceived | ApprovalConsumed):
+                if isinstance(
+                    kind,
+                    ToolApprovalRequired | ApprovalReceived | ApprovalConsumed | ApprovalExpired,
+                ):
                     node = kind.node_id
                     approvals[node] = approval_step(approvals.get(node, _NOT_REQUESTED), event)
                 if event.sequence in positions:
@@ -818,6 +829,7 @@ class _Replayer:
     ) -> None:
         if not isinstance(status, Pending):
             return  # an answer to nothing open changes nothing (the fold ignores it)
+        self._expiry(event, kind, status)
         statement = Statement(
             purpose="approval",
             tenant_id=execution.tenant_id,
@@ -833,6 +845,20 @@ class _Replayer:
         )
         keys = self._keys(self._held_under.get(kind.node_id), kind.policy_digest)
         self._check_signed(event, kind.node_id, statement, kind.key, kind.signature, keys)
+
+    def _expiry(self, event: Event, kind: ApprovalReceived, status: Pending) -> None:
+        """An approval's ``expires_at`` is its event's time plus the validity its request
+        carries (docs/semantics.md §5.2); a rejection carries none."""
+        expected = None
+        if kind.decision is ApprovalDecision.APPROVED:
+            expected = expiry_of(status.request, event.created_at)
+        if kind.expires_at != expected:
+            self._diverge(
+                event,
+                kind.node_id,
+                f"the approval by {kind.user_id!r} expires at {_when(kind.expires_at)}; its "
+                f"request and its time give {_when(expected)}",
+            )
 
     def _resolved(self, event: Event, kind: OutcomeResolved, execution: Execution) -> None:
         waiting = self._lost.pop(kind.node_id, None)

@@ -10,7 +10,9 @@ from typing import Any
 from charter.adapters.codec import CodecError, dump, parse_json
 from charter.adapters.files import PolicyFile, load_policy_file, load_workflow_file
 from charter.cli.common import EXIT_APPROVAL, EXIT_BLOCKED, EXIT_OK
+from charter.cli.render import duration
 from charter.core.errors import CharterError
+from charter.core.expiry import approval_validity
 from charter.core.limits import RateLimit, matching_limits, window_text
 from charter.core.policy import (
     Allow,
@@ -168,16 +170,20 @@ def _check(args: argparse.Namespace) -> int:
         if layer.scope is PolicyScope.TENANT
         for limit in layer.policy.rate_limits or ()
     )
+    # How long an approval it asks for stays usable once given (docs/semantics.md §5.2).
+    validity = {
+        id(verdict): approval_validity(policy.layers, verdict, ctx, call)
+        for _, ctx, verdict in results
+        if isinstance(verdict.decision, RequireApproval)
+    }
     if args.json:
         payload: dict[str, Any] = {
             "combining": policy.combining.value,
             "tenant_combining": policy.tenant_combining,
             "results": [
-                {
-                    "context": dump(ctx),
-                    "verdict": dump(v),
-                    "rate_limits": [lim.to_json() for lim in matching_limits(rate_limits, ctx)],
-                }
+                {"context": dump(ctx), "verdict": dump(v)}
+                | {"rate_limits": [lim.to_json() for lim in matching_limits(rate_limits, ctx)]}
+                | ({"expires_after_secs": validity[id(v)]} if validity.get(id(v)) else {})
                 for _, ctx, v in results
             ],
         }
@@ -186,7 +192,13 @@ def _check(args: argparse.Namespace) -> int:
         print(json.dumps(payload, indent=2, ensure_ascii=False))
     else:
         for subject, ctx, verdict in results:
-            print("\n".join(_verdict_lines(subject, verdict)))
+            lines = _verdict_lines(subject, verdict)
+            if validity.get(id(verdict)) is not None:
+                lines.append(
+                    f"  expiry: an approval stays usable {duration(validity[id(verdict)])} "
+                    "once given"
+                )
+            print("\n".join(lines))
             for limit in matching_limits(rate_limits, ctx):
                 print(f"  limit:  {_limit_text(limit)} (counts this call)")
         tenant = policy.tenant_combining

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from charter.core.events import (
     ApprovalConsumed,
+    ApprovalDecision,
+    ApprovalExpired,
     ApprovalReceived,
     AutonomyLimitReached,
     CircuitBreakerTripped,
@@ -37,7 +40,14 @@ from charter.core.events import (
 from charter.core.records import PendingApprovalRecord
 from charter.core.runs import LostOutcome, WorkflowRun, WorkflowRunStep
 
-__all__ = ["approval_lines", "event_line", "run_lines", "short"]
+__all__ = [
+    "answer_lines",
+    "approval_lines",
+    "duration",
+    "event_line",
+    "run_lines",
+    "short",
+]
 
 
 def short(value: Any, limit: int = 70) -> str:
@@ -63,11 +73,14 @@ def _detail(event: Event) -> str:
             return f"{scope}: {rule}"
         case ToolApprovalRequired(approver=approver, tool_name=tool):
             return f"waiting for {approver} to approve {tool}"
-        case ApprovalReceived(user_id=user, decision=decision, comment=comment):
+        case ApprovalReceived(user_id=user, decision=decision, comment=comment, expires_at=end):
             note = f" ({comment})" if comment else ""
-            return f"{decision.value} by {user}{note}"
+            until = f", usable until {_moment(end)}" if end is not None else ""
+            return f"{decision.value} by {user}{note}{until}"
         case ApprovalConsumed():
             return "approval used"
+        case ApprovalExpired(user_id=user, expires_at=end):
+            return f"approval by {user} expired at {_moment(end)}: not used, asked again"
         case OutcomeUnknown(attempt=attempt, idempotency_key=key):
             return f"attempt {attempt}: outcome unknown (key {key[:12]}…); waiting for a person"
         case OutcomeResolved(resolution=resolution, user_id=user, reason=reason, comment=note):
@@ -177,11 +190,67 @@ def lost_lines(lost: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def approval_lines(records: Sequence[PendingApprovalRecord]) -> list[str]:
+    """Open requests; ``VALID FOR`` is how long an approval of each will stay usable once
+    given (``-``: it does not expire; docs/semantics.md §5.2)."""
     if not records:
         return ["no approvals pending"]
-    header = f"{'RUN':<28} {'NODE':<14} {'APPROVER':<12} {'TOOL':<20} REQUESTED"
+    header = f"{'RUN':<28} {'NODE':<14} {'APPROVER':<12} {'TOOL':<20} {'REQUESTED':<25} VALID FOR"
     return [header] + [
         f"{record.execution_id:<28} {record.node_id:<14} {record.approver:<12} "
-        f"{record.tool_name:<20} {record.requested_at.isoformat(timespec='seconds')}"
+        f"{record.tool_name:<20} {record.requested_at.isoformat(timespec='seconds'):<25} "
+        f"{duration(record.expires_after_secs)}"
         for record in records
     ]
+
+
+def duration(seconds: float | None) -> str:
+    """``90s``, ``10m``, ``1h30m``, ``2d``…; ``-`` for none."""
+    if seconds is None:
+        return "-"
+    whole = int(seconds)
+    if whole != seconds or whole < 60:
+        return f"{seconds:g}s"
+    parts = []
+    for unit, size in (("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)):
+        count, whole = divmod(whole, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts)
+
+
+def _moment(moment: datetime) -> str:
+    return moment.isoformat(timespec="seconds")
+
+
+def answer_lines(events: Sequence[Event]) -> list[str]:
+    """Each approval answer of a run with what became of it (``charter status RUN``): used,
+    expired unused (and when), still usable until its expiry, or rejected. Empty when the
+    run has no answer."""
+    answers: list[tuple[Event, ApprovalReceived]] = []
+    fate: dict[int, str] = {}  # index in answers → what became of it
+    open_answer: dict[str, int] = {}  # node → its latest approval not used or expired yet
+    for event in events:
+        kind = event.kind
+        if isinstance(kind, ApprovalReceived):
+            answers.append((event, kind))
+            if kind.decision is ApprovalDecision.APPROVED:
+                open_answer[kind.node_id] = len(answers) - 1
+        elif isinstance(kind, ApprovalConsumed) and kind.node_id in open_answer:
+            fate[open_answer.pop(kind.node_id)] = f"used at {_moment(event.created_at)}"
+        elif isinstance(kind, ApprovalExpired) and kind.node_id in open_answer:
+            fate[open_answer.pop(kind.node_id)] = f"expired at {_moment(kind.expires_at)}, not used"
+    if not answers:
+        return []
+    lines = ["approvals:"]
+    for index, (event, kind) in enumerate(answers):
+        what = f"{kind.decision.value} by {kind.user_id} at {_moment(event.created_at)}"
+        if kind.decision is not ApprovalDecision.APPROVED:
+            outcome = "(rejections do not expire)"
+        elif index in fate:
+            outcome = fate[index]
+        elif kind.expires_at is not None:
+            outcome = f"usable until {_moment(kind.expires_at)}"
+        else:
+            outcome = "usable, no expiry"
+        lines.append(f"  {kind.node_id:<14} {what}; {outcome}")
+    return lines

@@ -10,7 +10,14 @@ from typing import Any
 from charter.adapters.codec import dump
 from charter.adapters.files import load_policy_layer
 from charter.cli.common import EXIT_OK, db_option, open_db, require_run
-from charter.cli.render import approval_lines, event_line, lost_lines, run_lines
+from charter.cli.render import (
+    answer_lines,
+    approval_lines,
+    duration,
+    event_line,
+    lost_lines,
+    run_lines,
+)
 from charter.core.approvals import ANY_HUMAN
 from charter.core.errors import InvalidInput
 from charter.core.events import OutcomeUnknown, WorkflowCancelled
@@ -109,7 +116,7 @@ def _status(args: argparse.Namespace) -> int:
             payload = {"run": dump(record), "steps": [dump(s) for s in steps]}
             print(json.dumps(payload, indent=2, ensure_ascii=False))
         else:
-            print("\n".join(run_lines(record, steps)))
+            print("\n".join([*run_lines(record, steps), *answer_lines(events)]))
         return EXIT_OK
     finally:
         store.close()
@@ -206,6 +213,8 @@ def tenant_policy_summary(policy: PolicySet) -> str:
             f"{name} ({len(k)} key{'s' if len(k) > 1 else ''})" for name, k in keys.items()
         )
         line += f"; signed answers required from {named}"
+    if policy.approval_expiry_secs is not None:
+        line += f"; approvals expire {duration(policy.approval_expiry_secs)} after they are given"
     return line
 
 

@@ -35,6 +35,7 @@ from charter.core.events import (
     OutcomeResolved,
     OutcomeUnknown,
 )
+from charter.core.expiry import expiry_of
 from charter.core.policy import PolicySet
 from charter.core.signing import Signature, Statement, Verifier, check_signed_answer
 
@@ -110,7 +111,9 @@ def plan_decision(
 ) -> Plan | ApprovalRefused:
     """Record a person's decision on the node's open request, or say why it cannot be
     (nothing open, not the request's approver, a signature missing, by another key or over
-    another statement). ``policy`` is the tenant's policy in force."""
+    another statement). ``policy`` is the tenant's policy in force. ``now`` is the time the
+    answer is recorded at (the event's time): an approval of a request that carries
+    ``expires_after_secs`` gets its ``expires_at`` from it (docs/semantics.md §5.2)."""
     if head is None:
         raise NotFound(f"execution {execution_id!r} does not exist")
     if head.status.terminal:
@@ -143,8 +146,12 @@ def plan_decision(
     refused = check_signed_answer(statement, signature, keys, verify=verify)
     if refused is not None:
         return ApprovalRefused(refused)
+    expires_at = None
+    if decision is ApprovalDecision.APPROVED and isinstance(status, Pending):
+        expires_at = expiry_of(status.request, now)
     answer = attrs.evolve(
         answer,
+        expires_at=expires_at,
         attempt=statement.attempt,
         decided_at=when,
         policy_digest=digest,

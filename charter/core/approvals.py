@@ -10,13 +10,17 @@ Charter keeps the fold and binds each approval to one exact request (ARCHITECTUR
 * a decision counts only if its ``user_id`` satisfies the request's ``approver``
   (`approver_allows`); anything else is ignored by the fold, exactly like an orphan;
 * an approval is single-use: ``approval_consumed`` (written in the same commit as the run it
-  authorised) turns ``Approved`` into ``Consumed``, and the next run needs a new request.
+  authorised) turns ``Approved`` into ``Consumed``, and the next run needs a new request;
+* an approval may expire (docs/semantics.md §5.2): a request carries ``expires_after_secs``,
+  an approval of it ``expires_at`` (fixed when recorded), and ``approval_expired`` (written
+  by the gate that found it past that time) turns ``Approved`` into ``Expired``.
 """
 
 from __future__ import annotations
 
 import unicodedata
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 
 import attrs
 
@@ -24,6 +28,7 @@ from charter.core.errors import InvalidInput, describe
 from charter.core.events import (
     ApprovalConsumed,
     ApprovalDecision,
+    ApprovalExpired,
     ApprovalReceived,
     Event,
     EventKind,
@@ -40,10 +45,12 @@ __all__ = [
     "ApprovalStatus",
     "Approved",
     "Consumed",
+    "Expired",
     "NotRequested",
     "Pending",
     "Rejected",
     "approval_after",
+    "approval_expired",
     "approval_step",
     "approver_allows",
     "decide_approval",
@@ -87,6 +94,8 @@ class ApprovalRequest:
     request_digest: str | None
     attempt: int | None
     sequence: int
+    #: How long an approval of this request stays usable once recorded (``None``: always).
+    expires_after_secs: float | None = None
 
 
 @attrs.frozen
@@ -109,6 +118,8 @@ class Approved:
     user_id: str
     comment: str | None
     sequence: int
+    #: When the approval stops counting (``None``: never); see `approval_expired`.
+    expires_at: datetime | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -130,7 +141,18 @@ class Consumed:
     sequence: int
 
 
-ApprovalStatus = NotRequested | Pending | Approved | Rejected | Consumed
+@attrs.frozen(kw_only=True)
+class Expired:
+    """The approval passed its ``expires_at`` before a run used it; the gate that found it
+    so recorded ``approval_expired`` and asked again (docs/semantics.md §5.2)."""
+
+    request: ApprovalRequest
+    user_id: str
+    expires_at: datetime
+    sequence: int
+
+
+ApprovalStatus = NotRequested | Pending | Approved | Rejected | Consumed | Expired
 
 _NOT_REQUESTED = NotRequested()
 
@@ -234,6 +256,7 @@ def approval_after(status: ApprovalStatus, kind: EventKind, sequence: int) -> Ap
                 request_digest=kind.request_digest,
                 attempt=kind.attempt,
                 sequence=sequence,
+                expires_after_secs=kind.expires_after_secs,
             )
         )
     if isinstance(kind, ApprovalReceived):
@@ -246,7 +269,11 @@ def approval_after(status: ApprovalStatus, kind: EventKind, sequence: int) -> Ap
             return status
         if kind.decision is ApprovalDecision.APPROVED:
             return Approved(
-                request=request, user_id=kind.user_id, comment=kind.comment, sequence=sequence
+                request=request,
+                user_id=kind.user_id,
+                comment=kind.comment,
+                sequence=sequence,
+                expires_at=kind.expires_at,
             )
         # Only the other enum member is left; anything else (a string smuggled into a
         # hand-built event) must not count as either answer.
@@ -262,7 +289,25 @@ def approval_after(status: ApprovalStatus, kind: EventKind, sequence: int) -> Ap
         and kind.request_digest == status.request.request_digest
     ):
         return Consumed(request=status.request, user_id=status.user_id, sequence=sequence)
+    if (
+        isinstance(kind, ApprovalExpired)
+        and isinstance(status, Approved)
+        and kind.request_digest == status.request.request_digest
+    ):
+        return Expired(
+            request=status.request,
+            user_id=status.user_id,
+            expires_at=kind.expires_at,
+            sequence=sequence,
+        )
     return status
+
+
+def approval_expired(status: Approved, now: datetime) -> bool:
+    """Whether the approval no longer counts at ``now``: it has an ``expires_at`` and
+    ``now`` is at or past it (the instant of expiry is already too late)."""
+    expires_at = status.expires_at
+    return expires_at is not None and now >= expires_at
 
 
 def _in_order(events: Iterable[Event]) -> list[Event]:
@@ -289,7 +334,9 @@ def pending_approvals(events: Iterable[Event]) -> tuple[ApprovalRequest, ...]:
     statuses: dict[str, ApprovalStatus] = {}
     for event in _in_order(events):
         kind = event.kind
-        if isinstance(kind, ToolApprovalRequired | ApprovalReceived | ApprovalConsumed):
+        if isinstance(
+            kind, ToolApprovalRequired | ApprovalReceived | ApprovalConsumed | ApprovalExpired
+        ):
             node = kind.node_id
             statuses[node] = approval_step(statuses.get(node, _NOT_REQUESTED), event)
     return tuple(
@@ -353,4 +400,5 @@ def _status_name(status: ApprovalStatus) -> str:
         Approved: "approved",
         Rejected: "rejected",
         Consumed: "consumed",
+        Expired: "expired",
     }[type(status)]

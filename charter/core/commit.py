@@ -39,6 +39,7 @@ from charter.core.budget import BudgetState, Usage
 from charter.core.errors import Conflict, InvalidInput, NotFound, UnknownTenant
 from charter.core.events import (
     ApprovalConsumed,
+    ApprovalExpired,
     ApprovalReceived,
     EventKind,
     JsonValue,
@@ -125,7 +126,12 @@ def snapshot_due(before: int, after: int) -> bool:
     return after // interval > before // interval
 
 
-_APPROVAL_KINDS: Final = (ToolApprovalRequired, ApprovalReceived, ApprovalConsumed)
+_APPROVAL_KINDS: Final = (
+    ToolApprovalRequired,
+    ApprovalReceived,
+    ApprovalConsumed,
+    ApprovalExpired,
+)
 
 
 # ── what a store reads ─────────────────────────────────────────────────────────────────
@@ -360,12 +366,13 @@ class LogDraft:
             raise AssertionError(f"the approval record of node {node_id!r} was not read")
         row = self.approvals[node_id]
         current = row.status if row is not None else NotRequested()
-        if isinstance(kind, ApprovalConsumed) and not (
+        if isinstance(kind, ApprovalConsumed | ApprovalExpired) and not (
             isinstance(current, Approved) and current.request.request_digest == kind.request_digest
         ):
             raise Conflict(
                 f"approval for node {node_id!r} (request {kind.request_digest[:12]}…) "
-                "is not available to use: it was never given, was rejected or is already used"
+                "is not available to use: it was never given, was rejected, is already used "
+                "or has expired"
             )
         fresh = row is None or isinstance(kind, ToolApprovalRequired)
         updated = ApprovalRow(

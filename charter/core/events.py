@@ -11,6 +11,8 @@ reader of a kind it knows is unaffected:
 * ``tool_approval_required.request_digest`` / ``.attempt`` and
   ``approval_received.request_digest``: an approval binds to one exact request (fix 7);
 * ``approval_consumed``: an approval is single-use;
+* ``approval_expired``, ``approval_received.expires_at`` and
+  ``tool_approval_required.expires_after_secs``: an approval stops counting after a while;
 * ``node_gated``: every gate decision, with what it saw, so audits can recompute it;
 * ``usage_recorded``: what one settled attempt consumed, so the budget ledger is the sum of
   recorded usage, including the usage of the attempt that tripped a budget (fix 5);
@@ -42,6 +44,7 @@ __all__ = [
     "AgentToolTurn",
     "ApprovalConsumed",
     "ApprovalDecision",
+    "ApprovalExpired",
     "ApprovalReceived",
     "AutonomyLimitReached",
     "BudgetExceeded",
@@ -250,6 +253,10 @@ class ApprovalReceived:
     #: Charter: the operating-system account that recorded the answer (``{user, uid,
     #: host}``): evidence of who typed it, not proof of who approved.
     recorded_by: JsonValue = None
+    #: Charter, approval expiry (docs/semantics.md §5.2): when an approval stops counting,
+    #: fixed when it is recorded (the event's time plus the request's
+    #: ``expires_after_secs``); ``None``: it never expires. Rejections carry none.
+    expires_at: datetime | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -295,6 +302,10 @@ class ToolApprovalRequired:
     request_digest: str | None = None
     #: Charter: the attempt the request was raised for.
     attempt: int | None = None
+    #: Charter, approval expiry (docs/semantics.md §5.2): how long an approval of this
+    #: request stays usable once recorded, from the policy in force when it was raised
+    #: (``None``: no expiry).
+    expires_after_secs: float | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -304,6 +315,19 @@ class ApprovalConsumed:
     node_id: str
     request_digest: str
     attempt: int
+
+
+@attrs.frozen(kw_only=True)
+class ApprovalExpired:
+    """Charter: the gate found an approval of this request past its ``expires_at`` and did
+    not use it; the node is held anew (a fresh ``tool_approval_required`` follows in the
+    same commit). ``user_id`` is who had approved."""
+
+    node_id: str
+    request_digest: str
+    attempt: int
+    user_id: str
+    expires_at: datetime
 
 
 # ── timers, external events, child workflows ───────────────────────────────────────────
@@ -716,6 +740,7 @@ EventKind = (
     | ApprovalReceived
     | ToolApprovalRequired
     | ApprovalConsumed
+    | ApprovalExpired
     | OutcomeUnknown
     | OutcomeResolved
     | TimerCreated

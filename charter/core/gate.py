@@ -10,9 +10,11 @@
 3. **budget, before** (``>=``) — a spent budget fails the node; then **windowed limits**
    (``>=``) — a reached limit of the tenant's fails the node, naming the limit, its window
    and when it frees up (`charter.core.limits`);
-4. **approvals** — a node that needs approval runs only with an unused approval of this
-   exact request (same digest), is failed if that request was rejected, and is otherwise
-   held, raising a new request unless the same one is already pending.
+4. **approvals** — a node that needs approval runs only with an unused, unexpired approval
+   of this exact request (same digest), is failed if that request was rejected, and is
+   otherwise held, raising a new request unless the same one is already pending. An
+   approval past its ``expires_at`` is not used: ``approval_expired`` records it and a new
+   request is raised (docs/semantics.md §5.2).
 
 Every denial is terminal: the events end with ``node_failed{retryable: false}`` (fix 4), to
 be committed in the same transaction as the governance events before it. Every call emits
@@ -40,9 +42,11 @@ from charter.core.approvals import (
     ApprovalStatus,
     Approved,
     Consumed,
+    Expired,
     NotRequested,
     Pending,
     Rejected,
+    approval_expired,
     named_groups,
     rejection_reason,
 )
@@ -76,6 +80,7 @@ from charter.core.canonical import (
 from charter.core.errors import InvalidInput, child, describe
 from charter.core.events import (
     ApprovalConsumed,
+    ApprovalExpired,
     AutonomyLimitReached,
     CircuitBreakerTripped,
     CostBudgetExceeded,
@@ -89,6 +94,7 @@ from charter.core.events import (
     ToolApprovalRequired,
     UsageRecorded,
 )
+from charter.core.expiry import approval_validity
 from charter.core.limits import WindowUsage, limit_refusal
 from charter.core.policy import (
     Allow,
@@ -206,7 +212,7 @@ class GateRequest:
         if self.agent is not None:
             _expect(self.agent, AgentCard, "agent")
         if type(self.approval) not in _STATUS_NOTES and not isinstance(
-            self.approval, NotRequested | Pending | Approved | Rejected | Consumed
+            self.approval, NotRequested | Pending | Approved | Rejected | Consumed | Expired
         ):
             raise GateInputError(
                 "approval", f"expected an approval status, got {describe(self.approval)}"
@@ -467,6 +473,7 @@ _STATUS_NOTES: dict[type, str] = {
     Approved: "approved",
     Rejected: "rejected",
     Consumed: "consumed",
+    Expired: "expired",
 }
 
 
@@ -694,6 +701,22 @@ def gate_node(request: GateRequest) -> GateResult:
     digest = _request_digest(ctx, request.attempt, request._call_text, approver)
     status = request.approval
     same = not isinstance(status, NotRequested) and status.request.request_digest == digest
+    if type(status) is Approved and same and approval_expired(status, request.now):
+        assert status.expires_at is not None  # approval_expired says it has one
+        expired = ApprovalExpired(
+            node_id=node_id,
+            request_digest=digest,
+            attempt=request.attempt,
+            user_id=status.user_id,
+            expires_at=status.expires_at,
+        )
+        reason = "; ".join(approval_reasons)
+        reason = (
+            f"{reason} (a new request: the approval by {status.user_id} expired at "
+            f"{status.expires_at.isoformat()})"
+        )
+        ask = _ask(request, verdict, approver, approval_reasons, digest)
+        return _result(request, verdict, Outcome.HOLD, reason, (expired, ask), autonomy, digest)
     if type(status) is Approved and same:
         reason = f"approved by {status.user_id}"
         consumed = ApprovalConsumed(node_id=node_id, request_digest=digest, attempt=request.attempt)
@@ -706,11 +729,27 @@ def gate_node(request: GateRequest) -> GateResult:
         return _result(request, verdict, Outcome.HOLD, reason, (), autonomy, digest)
     if type(status) is not NotRequested:
         reason = f"{reason} (a new request: the earlier one does not cover this call)"
+    ask = _ask(request, verdict, approver, approval_reasons, digest)
+    return _result(request, verdict, Outcome.HOLD, reason, (ask,), autonomy, digest)
+
+
+def _ask(
+    request: GateRequest,
+    verdict: PolicyVerdict,
+    approver: str,
+    reasons: list[str],
+    digest: str,
+) -> ToolApprovalRequired:
+    """The request for approval the gate raises, with how long an approval of it will
+    stay usable (docs/semantics.md §5.2) and, when its approver names groups, who they
+    hold now (docs/semantics.md §5)."""
+    ctx = request.context
+    node_id = ctx.node_id
     context: dict[str, JsonValue] = {
         "node_id": node_id,
         "node_kind": ctx.node_kind_tag,
         "attempt": request.attempt,
-        "reasons": approval_reasons,
+        "reasons": reasons,
         "call": request.call,
     }
     if GROUP_PREFIX in approver:
@@ -718,15 +757,15 @@ def gate_node(request: GateRequest) -> GateResult:
         tenant = next((x.policy for x in request.policies if x.scope is PolicyScope.TENANT), None)
         groups = named_groups(approver, tenant.groups if tenant is not None else {})
         context["approver_groups"] = {name: list(users) for name, users in groups.items()}
-    ask = ToolApprovalRequired(
+    return ToolApprovalRequired(
         node_id=node_id,
         tool_name=ctx.tool_name or ctx.model_ref or node_id,
         approver=approver,
         context=context,
         request_digest=digest,
         attempt=request.attempt,
+        expires_after_secs=approval_validity(request.policies, verdict, ctx, request.call),
     )
-    return _result(request, verdict, Outcome.HOLD, reason, (ask,), autonomy, digest)
 
 
 def _bound_digest(request: GateRequest, approver: str | None) -> str | None:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeAlias, assert_never
+from typing import TYPE_CHECKING, Any, TypeAlias, assert_never, cast
 
 import attrs
 
@@ -205,25 +205,38 @@ class EvaluationContext:
         return ()
 
 
-class ConditionalRule(Mapping[str, str]):
-    """A rule that applies only when its condition holds on the call: ``{tool: PATTERN,
-    when: CONDITION}`` (``subject`` ``"tool"``, in ``blocked_tools`` and
-    ``require_approval_for``) or ``{model: PATTERN, when: CONDITION}`` (``subject``
-    ``"model"``, in ``model_allowlist``).
+class ConditionalRule(Mapping[str, str | float]):
+    """A rule object: a pattern with a condition on the call, an approval expiry, or both.
 
-    It is its own JSON shape (a read-only mapping of those two keys), so it encodes, digests
+    ``{tool: PATTERN, when: CONDITION}`` (``subject`` ``"tool"``, in ``blocked_tools`` and
+    ``require_approval_for``) or ``{model: PATTERN, when: CONDITION}`` (``subject``
+    ``"model"``, in ``model_allowlist``) applies only when its condition holds on the call.
+    In ``require_approval_for`` an entry may also say ``expires_after_secs: SECONDS``: how
+    long an approval given under this rule stays usable (docs/semantics.md §5.2); ``when``
+    is then optional (``{tool: PATTERN, expires_after_secs: 600}`` is an unconditional rule).
+
+    It is its own JSON shape (a read-only mapping of those keys), so it encodes, digests
     and compares as that object. The condition is parsed once, when the rule is built.
     """
 
-    __slots__ = ("_condition", "_hash", "pattern", "subject", "when")
+    __slots__ = ("_condition", "_hash", "expires_after_secs", "pattern", "subject", "when")
 
     subject: str
     pattern: str
-    when: str
-    _condition: Condition
+    when: str | None
+    expires_after_secs: float | None
+    _condition: Condition | None
     _hash: int
 
-    def __init__(self, subject: str, pattern: str, when: str, where: str = "rule") -> None:
+    def __init__(
+        self,
+        subject: str,
+        pattern: str,
+        when: str | None,
+        where: str = "rule",
+        *,
+        expires_after_secs: float | None = None,
+    ) -> None:
         if subject not in ("tool", "model"):
             raise PolicyError(where, f"expected 'tool' or 'model', got {describe(subject)}")
         (checked,) = _check.patterns([pattern], child(where, subject), PolicyError)
@@ -231,74 +244,129 @@ class ConditionalRule(Mapping[str, str]):
             raise PolicyError(
                 f"{child(where, subject)}[0]", "an empty pattern matches no name (write the name)"
             )
-        try:
-            condition = parse_condition(when, child(where, "when"), names=POLICY_NAMES)
-        except InvalidInput as error:
-            raise PolicyError(error.where, error.problem) from None
+        expiry = _seconds(expires_after_secs, child(where, "expires_after_secs"))
+        if expiry is not None and subject != "tool":
+            raise PolicyError(
+                child(where, "expires_after_secs"),
+                "an approval expiry belongs on a require_approval_for rule",
+            )
+        condition: Condition | None = None
+        if when is not None:
+            try:
+                condition = parse_condition(when, child(where, "when"), names=POLICY_NAMES)
+            except InvalidInput as error:
+                raise PolicyError(error.where, error.problem) from None
+        elif expiry is None:
+            raise PolicyError(
+                where,
+                f"expected {{{subject}: PATTERN, when: CONDITION}}: missing key 'when'",
+            )
         setter = object.__setattr__
         setter(self, "subject", subject)
         setter(self, "pattern", checked)
         setter(self, "when", when)
+        setter(self, "expires_after_secs", expiry)
         setter(self, "_condition", condition)
-        setter(self, "_hash", hash((subject, checked, when)))
+        setter(self, "_hash", hash((subject, checked, when, expiry)))
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"a ConditionalRule is immutable (cannot set {name})")
 
-    def __getitem__(self, key: str) -> str:
+    def __getitem__(self, key: str) -> str | float:
         if key == self.subject:
             return self.pattern
-        if key == "when":
+        if key == "when" and self.when is not None:
             return self.when
+        if key == "expires_after_secs" and self.expires_after_secs is not None:
+            return self.expires_after_secs
         raise KeyError(key)
 
+    def _keys(self) -> tuple[str, ...]:
+        keys = [self.subject]
+        if self.when is not None:
+            keys.append("when")
+        if self.expires_after_secs is not None:
+            keys.append("expires_after_secs")
+        return tuple(keys)
+
     def __iter__(self) -> Iterator[str]:
-        return iter((self.subject, "when"))
+        return iter(self._keys())
 
     def __len__(self) -> int:
-        return 2
+        return len(self._keys())
 
     def __hash__(self) -> int:
         return self._hash
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, ConditionalRule):
-            return (self.subject, self.pattern, self.when) == (
+            return (self.subject, self.pattern, self.when, self.expires_after_secs) == (
                 other.subject,
                 other.pattern,
                 other.when,
+                other.expires_after_secs,
             )
         return Mapping.__eq__(self, other)
 
     def __repr__(self) -> str:
-        return f"ConditionalRule({self.subject}={self.pattern!r}, when={self.when!r})"
+        expiry = ""
+        if self.expires_after_secs is not None:
+            expiry = f", expires_after_secs={self.expires_after_secs!r}"
+        return f"ConditionalRule({self.subject}={self.pattern!r}, when={self.when!r}{expiry})"
 
     def judge(self, call: object, ctx: EvaluationContext) -> bool | Undetermined:
-        """Whether the condition holds on ``call`` for the node of ``ctx`` (never raises)."""
+        """Whether the condition holds on ``call`` for the node of ``ctx`` (never raises;
+        a rule without a condition always holds)."""
+        if self._condition is None:
+            return True
         return self._condition.judge(_names(call, ctx))
 
     @classmethod
-    def parse(cls, data: Mapping[str, object], subject: str, where: str) -> ConditionalRule:
-        """A rule from its JSON shape, every key checked (errors name ``where``)."""
+    def parse(
+        cls, data: Mapping[str, object], subject: str, where: str, *, approval: bool = False
+    ) -> ConditionalRule:
+        """A rule from its JSON shape, every key checked (errors name ``where``).
+        ``approval``: the rule is a ``require_approval_for`` entry (it may carry
+        ``expires_after_secs``)."""
         keys = set(data)
-        if keys != {subject, "when"}:
-            unknown = sorted(str(key) for key in keys - {subject, "when"})
-            missing = sorted({subject, "when"} - keys)
+        allowed = {subject, "when", "expires_after_secs"} if approval else {subject, "when"}
+        required = {subject} if approval and "expires_after_secs" in keys else {subject, "when"}
+        if not (required <= keys <= allowed):
+            unknown = sorted(str(key) for key in keys - allowed)
+            missing = sorted(required - keys)
             problem = f"unknown key {unknown[0]!r}" if unknown else f"missing key {missing[0]!r}"
-            raise PolicyError(
-                where,
-                f"expected {{{subject}: PATTERN, when: CONDITION}}: {problem}",
-            )
-        pattern, when = data[subject], data["when"]
+            if unknown == ["expires_after_secs"]:
+                problem += " (an approval expiry belongs on a require_approval_for rule)"
+            shape = f"{{{subject}: PATTERN, when: CONDITION"
+            shape += ", expires_after_secs: SECONDS}" if approval else "}"
+            raise PolicyError(where, f"expected {shape}: {problem}")
+        pattern, when = data[subject], data.get("when")
         if not isinstance(pattern, str):
             raise PolicyError(
                 child(where, subject), f"expected a string pattern, got {describe(pattern)}"
             )
-        if not isinstance(when, str):
+        if (when is not None and not isinstance(when, str)) or ("when" in keys and when is None):
             raise PolicyError(
                 child(where, "when"), f"expected a condition string, got {describe(when)}"
             )
-        return cls(subject, pattern, when, where)
+        expiry = data.get("expires_after_secs")
+        # `_seconds` (called by the constructor) checks the value and names the field.
+        return cls(subject, pattern, when, where, expires_after_secs=cast("float | None", expiry))
+
+
+#: The longest approval expiry: a year (as ``resolution_deadline_secs``).
+_MAX_SECONDS = 366 * 86_400
+
+
+def _seconds(value: object, where: str) -> float | None:
+    """A duration in seconds: a positive, finite number of at most a year; ``None`` kept."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PolicyError(where, f"expected seconds (a number), got {describe(value)}")
+    if not 0 < value <= _MAX_SECONDS:
+        raise PolicyError(where, f"expected 0 < seconds <= one year, got {value!r}")
+    return float(value)
 
 
 def _names(call: object, ctx: EvaluationContext) -> dict[str, object]:
@@ -339,21 +407,24 @@ class _RuleIndex:
     prefixes: Mapping[str, int]
     prefix_lengths: tuple[int, ...]
     general: tuple[tuple[int, GlobPattern], ...]
-    #: Conditional rules in list order, each with its compiled pattern; checked one by one,
-    #: and their conditions judged only for a name the pattern matches.
-    conditional: tuple[tuple[int, GlobPattern, ConditionalRule], ...] = ()
+    #: Conditional rules in list order, each with its compiled pattern, its condition and
+    #: the condition's text; checked one by one, and their conditions judged only for a
+    #: name the pattern matches. (A rule object without a condition is indexed by pattern.)
+    conditional: tuple[tuple[int, GlobPattern, Condition, str], ...] = ()
 
     @classmethod
     def build(cls, rules: Sequence[Rule]) -> _RuleIndex:
         literals: dict[str, int] = {}
         prefixes: dict[str, int] = {}
         general: list[tuple[int, GlobPattern]] = []
-        conditional: list[tuple[int, GlobPattern, ConditionalRule]] = []
+        conditional: list[tuple[int, GlobPattern, Condition, str]] = []
         for index, rule in enumerate(rules):
             if not isinstance(rule, str):
-                conditional.append((index, GlobPattern(rule.pattern), rule))
-                continue
-            compiled = GlobPattern(rule)
+                condition, when = rule._condition, rule.when
+                if condition is not None and when is not None:
+                    conditional.append((index, GlobPattern(rule.pattern), condition, when))
+                    continue
+            compiled = GlobPattern(_pattern_of(rule))
             if compiled.kind == "literal":
                 literals.setdefault(compiled.literal, index)
             elif compiled.kind == "prefix":
@@ -372,17 +443,17 @@ class _RuleIndex:
         condition)."""
         best = self.first_match(name)
         values: dict[str, object] | None = None  # built once, for the first rule judged
-        for index, compiled, rule in self.conditional:
+        for index, compiled, condition, when in self.conditional:
             if best is not None and index > best:
                 break
             if compiled.matches(name):
                 if values is None:
                     values = _names(call, ctx)
-                judged = rule._condition.judge(values)
+                judged = condition.judge(values)
                 if judged is True:
-                    return index, (rule.when, None)
+                    return index, (when, None)
                 if isinstance(judged, Undetermined):
-                    return index, (rule.when, judged.problem)
+                    return index, (when, judged.problem)
         return None if best is None else (best, None)
 
     def first_admitting(
@@ -395,12 +466,12 @@ class _RuleIndex:
         if not self.conditional:
             return None if best is None else (best, None)
         candidates = tuple(names)
-        for index, compiled, rule in self.conditional:
+        for index, compiled, condition, when in self.conditional:
             if best is not None and index > best:
                 break
             matches = any(compiled.matches(name) for name in candidates)
-            if matches and rule.judge(call, ctx) is True:
-                return index, (rule.when, None)
+            if matches and condition.judge(_names(call, ctx)) is True:
+                return index, (when, None)
         return None if best is None else (best, None)
 
     def first_match(self, name: str) -> int | None:
@@ -430,9 +501,11 @@ class _RuleIndex:
         return found
 
 
-def _rules(value: object, where: str, subject: str) -> tuple[Rule, ...]:
+def _rules(value: object, where: str, subject: str, *, approval: bool = False) -> tuple[Rule, ...]:
     """A list of rules: glob patterns (checked as before) and ``{subject: PATTERN, when:
-    CONDITION}`` objects, each condition parsed (an error names ``where[i].when``)."""
+    CONDITION}`` objects, each condition parsed (an error names ``where[i].when``).
+    ``approval``: the list is ``require_approval_for`` (its rules may carry
+    ``expires_after_secs``; any other list refuses it, naming it)."""
     if isinstance(value, list | tuple) and any(not isinstance(item, str) for item in value):
         # Strings are checked exactly as a list of patterns is (same paths and messages);
         # a mapping stands in as a placeholder and is checked as a rule below.
@@ -447,9 +520,14 @@ def _rules(value: object, where: str, subject: str) -> tuple[Rule, ...]:
                     raise PolicyError(
                         at, f"expected {{{subject}: PATTERN, when: …}}, got a {item.subject} rule"
                     )
+                if item.expires_after_secs is not None and not approval:
+                    raise PolicyError(
+                        child(at, "expires_after_secs"),
+                        "an approval expiry belongs on a require_approval_for rule",
+                    )
                 out.append(item)
             elif isinstance(item, Mapping):
-                out.append(ConditionalRule.parse(item, subject, at))
+                out.append(ConditionalRule.parse(item, subject, at, approval=approval))
             else:
                 out.append(item)
         return tuple(out)
@@ -460,8 +538,8 @@ def _blocked_tools(value: Iterable[Rule | Mapping[str, str]]) -> tuple[Rule, ...
     return _rules(value, "blocked_tools", "tool")
 
 
-def _require_approval_for(value: Iterable[Rule | Mapping[str, str]]) -> tuple[Rule, ...]:
-    return _rules(value, "require_approval_for", "tool")
+def _require_approval_for(value: Iterable[Rule | Mapping[str, str | float]]) -> tuple[Rule, ...]:
+    return _rules(value, "require_approval_for", "tool", approval=True)
 
 
 def _model_allowlist(value: Iterable[Rule | Mapping[str, str]]) -> tuple[Rule, ...]:
@@ -574,6 +652,22 @@ def _deadline(value: object) -> float | None:
     return float(value)
 
 
+def _expiries(rules: Sequence[Rule]) -> dict[tuple[str, str | None], float | None]:
+    """`PolicySet._expiries`: the first rule per (pattern, condition), as the index picks it."""
+    if all(isinstance(rule, str) or rule.expires_after_secs is None for rule in rules):
+        return {}
+    found: dict[tuple[str, str | None], float | None] = {}
+    for rule in rules:
+        key = (rule, None) if isinstance(rule, str) else (rule.pattern, rule.when)
+        found.setdefault(key, None if isinstance(rule, str) else rule.expires_after_secs)
+    return found
+
+
+def _approval_expiry(value: object) -> float | None:
+    """The tenant's default approval expiry: seconds, positive and finite (at most a year)."""
+    return _seconds(value, "approval_expiry_secs")
+
+
 def _approver(value: str | None) -> str | None:
     if value is None:
         return None
@@ -600,6 +694,9 @@ class PolicySet:
       ``approver_groups``: named groups of user ids an approver or resolver may name as
       ``group:NAME`` (docs/semantics.md §5).
       ``rate_limits`` (`charter.core.limits`): the tenant's windowed limits.
+      ``approval_expiry_secs``: how long an approval stays usable once recorded, unless the
+      rule that asked for it says otherwise (``expires_after_secs`` on a
+      ``require_approval_for`` entry; docs/semantics.md §5.2).
     * ``final`` (Charter's): when true, more specific layers may add restrictions to this
       set's rules but never remove one (docs/semantics.md §2.5). Tenant policy files are
       final by default; in code the default is upstream's (not final). ``False`` is kept as
@@ -631,14 +728,24 @@ class PolicySet:
     rate_limits: tuple[RateLimit, ...] | None = attrs.field(
         default=None, kw_only=True, converter=parse_rate_limits
     )
+    approval_expiry_secs: float | None = attrs.field(
+        default=None, kw_only=True, converter=_approval_expiry
+    )
     _blocked: _RuleIndex = attrs.field(init=False, eq=False, repr=False, hash=False)
     _approval: _RuleIndex = attrs.field(init=False, eq=False, repr=False, hash=False)
     _allow: _RuleIndex = attrs.field(init=False, eq=False, repr=False, hash=False)
     _digest: str = attrs.field(init=False, eq=False, repr=False, hash=False)
     _requires: RequireApproval = attrs.field(init=False, eq=False, repr=False, hash=False)
+    #: ``(pattern, condition) -> expires_after_secs`` of the first ``require_approval_for``
+    #: rule with that pattern and condition (``charter.core.expiry``); empty when no rule
+    #: of the set carries an expiry.
+    _expiries: Mapping[tuple[str, str | None], float | None] = attrs.field(
+        init=False, eq=False, repr=False, hash=False
+    )
 
     def __attrs_post_init__(self) -> None:
         setter = object.__setattr__
+        setter(self, "_expiries", _expiries(self.require_approval_for))
         setter(self, "_blocked", _RuleIndex.build(self.blocked_tools))
         setter(self, "_approval", _RuleIndex.build(self.require_approval_for))
         setter(self, "_allow", _RuleIndex.build(self.model_allowlist))
@@ -662,6 +769,8 @@ class PolicySet:
             shape["approver_groups"] = {name: list(users) for name, users in self.approver_groups}
         if self.rate_limits:
             shape["rate_limits"] = [limit.to_json() for limit in self.rate_limits]
+        if self.approval_expiry_secs is not None:
+            shape["approval_expiry_secs"] = self.approval_expiry_secs
         setter(self, "_digest", content_digest(shape))
 
     @property
@@ -687,6 +796,7 @@ class PolicySet:
         "resolver",
         "resolution_deadline_secs",
         "approver_groups",
+        "approval_expiry_secs",
         "rate_limits",
     )
 
@@ -701,18 +811,18 @@ class PolicySet:
         allowed = (*cls.KEYS, *cls.TENANT_KEYS) if tenant else cls.KEYS
         for key in data:
             if key not in allowed:
-                extra = (
-                    "; approvers, resolver, approver_groups and rate_limits belong to a tenant"
-                    if not tenant
-                    else ""
-                )
+                extra = ""
+                if not tenant:
+                    extra = f"; {', '.join(cls.TENANT_KEYS)} belong to a tenant"
                 raise PolicyError(
                     child(where, str(key)),
                     f"unknown policy key (expected one of: {', '.join(allowed)}){extra}",
                 )
         blocked, approval, allow = (
-            _rules(data.get(key, ()), child(where, key), subject)
-            for key, subject in zip(cls.KEYS[:3], ("tool", "tool", "model"), strict=True)
+            _rules(data.get(key, ()), child(where, key), subject, approval=asks)
+            for key, subject, asks in zip(
+                cls.KEYS[:3], ("tool", "tool", "model"), (False, True, False), strict=True
+            )
         )
         try:
             return cls(
@@ -725,6 +835,7 @@ class PolicySet:
                 resolution_deadline_secs=data.get("resolution_deadline_secs"),
                 approver_groups=data.get("approver_groups"),
                 rate_limits=data.get("rate_limits"),
+                approval_expiry_secs=data.get("approval_expiry_secs"),
             )
         except PolicyError as error:
             raise error.within(where) from None
@@ -747,10 +858,20 @@ def _policy(value: PolicySet) -> PolicySet:
 
 @attrs.frozen
 class PolicyLayer:
-    """A policy set with the scope it comes from."""
+    """A policy set with the scope it comes from. Only a tenant's set may carry the default
+    approval expiry (``approval_expiry_secs``): elsewhere it would be ignored, so it is
+    refused (a rule says ``expires_after_secs`` instead; docs/semantics.md §5.2)."""
 
     scope: PolicyScope = attrs.field(converter=_scope)
     policy: PolicySet = attrs.field(converter=_policy)
+
+    def __attrs_post_init__(self) -> None:
+        if self.policy.approval_expiry_secs is not None and self.scope is not PolicyScope.TENANT:
+            raise PolicyError(
+                "approval_expiry_secs",
+                f"the default approval expiry belongs to the tenant's policy, not a "
+                f"{self.scope.value}'s (a require_approval_for rule may say expires_after_secs)",
+            )
 
 
 def policy_chain(
@@ -829,7 +950,9 @@ def _condition_note(condition: str | None, problem: str | None) -> str:
 
 
 def _rule_text(rule: Rule) -> str:
-    return repr(rule) if isinstance(rule, str) else f"{rule.pattern!r} when {rule.when}"
+    if isinstance(rule, str) or rule.when is None:
+        return repr(_pattern_of(rule))
+    return f"{rule.pattern!r} when {rule.when}"
 
 
 def _allowlist_text(patterns: Sequence[Rule]) -> str:

@@ -341,6 +341,9 @@ class PendingApprovalRecord:
     context: JsonValue
     sequence: int
     requested_at: datetime
+    #: How long an approval of it will stay usable once given (docs/semantics.md §5.2;
+    #: ``None``: it does not expire).
+    expires_after_secs: float | None = None
 
 
 @attrs.frozen(kw_only=True)

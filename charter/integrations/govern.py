@@ -79,6 +79,7 @@ from charter.core.errors import CharterError, Conflict, InvalidInput, UnknownTen
 from charter.core.events import (
     AgentToolInvoked,
     ApprovalConsumed,
+    ApprovalExpired,
     ApprovalReceived,
     Event,
     EventKind,
@@ -135,7 +136,12 @@ _WORKFLOW_ID: Final = "governed"
 #: How often a decision is re-made because another writer appended first, before giving up.
 _MAX_CONFLICTS: Final = 200
 _NOT_REQUESTED: Final = NotRequested()
-_APPROVAL_KINDS: Final = (ToolApprovalRequired, ApprovalReceived, ApprovalConsumed)
+_APPROVAL_KINDS: Final = (
+    ToolApprovalRequired,
+    ApprovalReceived,
+    ApprovalConsumed,
+    ApprovalExpired,
+)
 
 PolicyArg = PolicySet | Mapping[str, Any] | str | Path | None
 StoreArg = Store | str | Path | None
@@ -431,11 +437,17 @@ def _policy_set(policy: PolicyArg) -> PolicySet | None:
     raise InvalidInput("policy", "expected a PolicySet, a mapping, a policy file path or None")
 
 
+def _rules_ir(rules: Iterable[Any]) -> list[Any]:
+    """A policy list as plain JSON: a rule object (a condition, an approval expiry) is a
+    read-only mapping, stored as the object it stands for."""
+    return [rule if isinstance(rule, str) else dict(rule) for rule in rules]
+
+
 def _policy_ir(policy: PolicySet) -> dict[str, Any]:
     shape: dict[str, Any] = {
-        "blocked_tools": list(policy.blocked_tools),
-        "require_approval_for": list(policy.require_approval_for),
-        "model_allowlist": list(policy.model_allowlist),
+        "blocked_tools": _rules_ir(policy.blocked_tools),
+        "require_approval_for": _rules_ir(policy.require_approval_for),
+        "model_allowlist": _rules_ir(policy.model_allowlist),
     }
     if policy.approver is not None:
         shape["approver"] = policy.approver

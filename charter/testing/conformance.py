@@ -35,6 +35,7 @@ from charter.core.canonical import canonical_json
 from charter.core.errors import InvalidInput, describe
 from charter.core.events import (
     ApprovalConsumed,
+    ApprovalExpired,
     ApprovalReceived,
     Event,
     JsonValue,
@@ -190,7 +191,7 @@ def encode_input(kind: str, value: Any) -> JsonObject:
     return {"initial_input": initial, "events": [_event_json(event) for event in events]}
 
 
-_APPROVAL_KINDS = (ToolApprovalRequired, ApprovalReceived, ApprovalConsumed)
+_APPROVAL_KINDS = (ToolApprovalRequired, ApprovalReceived, ApprovalConsumed, ApprovalExpired)
 
 
 def replay_log(initial_input: JsonValue, events: Iterable[Event]) -> JsonObject:

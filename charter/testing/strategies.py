@@ -41,6 +41,7 @@ from charter.core.approvals import (
     ApprovalStatus,
     Approved,
     Consumed,
+    Expired,
     NotRequested,
     Pending,
     Rejected,
@@ -73,6 +74,7 @@ from charter.core.policy import (
 
 __all__ = [
     "agent_cards",
+    "approval_rules",
     "approval_statuses",
     "autonomy_constraints",
     "autonomy_contexts",
@@ -164,6 +166,19 @@ def conditional_rules(
     return st.builds(ConditionalRule, st.just(subject), pattern, conditions())
 
 
+def approval_rules(*, alphabet: str = DEFAULT_ALPHABET) -> st.SearchStrategy[ConditionalRule]:
+    """``require_approval_for`` rule objects with an approval expiry
+    (``expires_after_secs``, docs/semantics.md §5.2), with or without a condition."""
+    pattern = st.text(alphabet=alphabet + "*?", min_size=1, max_size=8)
+    seconds = st.integers(min_value=1, max_value=86_400).map(float)
+    return st.builds(
+        lambda p, when, secs: ConditionalRule("tool", p, when, expires_after_secs=secs),
+        pattern,
+        st.none() | conditions(),
+        seconds,
+    )
+
+
 def policy_sets(
     *,
     alphabet: str = DEFAULT_ALPHABET,
@@ -192,13 +207,17 @@ def policy_sets(
             final=_flag(final),
         )
     tools = st.lists(pats | conditional_rules(alphabet=alphabet), max_size=max_patterns)
+    asks = st.lists(
+        pats | conditional_rules(alphabet=alphabet) | approval_rules(alphabet=alphabet),
+        max_size=max_patterns,
+    )
     models = st.lists(
         pats | conditional_rules(subject="model", alphabet=alphabet), max_size=max_patterns
     )
     return st.builds(
         PolicySet,
         blocked_tools=tools,
-        require_approval_for=tools,
+        require_approval_for=asks,
         model_allowlist=models,
         approver=named,
         final=_flag(final),
@@ -230,6 +249,11 @@ def policy_chains(
         max_patterns=max_patterns,
         approvers=approvers,
         conditional=conditional,
+    )
+    # The tenant's default approval expiry (docs/semantics.md §5.2), a tenant-only setting.
+    expiry = st.none() | st.integers(min_value=1, max_value=86_400).map(float)
+    tenant = st.tuples(tenant, expiry).map(
+        lambda drawn: attrs.evolve(drawn[0], approval_expiry_secs=drawn[1])
     )
     return st.tuples(st.none() | tenant, st.none() | sets, st.none() | sets).map(
         lambda layers: tuple(
@@ -465,6 +489,7 @@ def _approval_requests(node_id: str) -> st.SearchStrategy[ApprovalRequest]:
         request_digest=st.none() | st.text(alphabet="0123456789abcdef", min_size=64, max_size=64),
         attempt=st.none() | st.integers(min_value=0, max_value=3),
         sequence=st.integers(min_value=1, max_value=1000),
+        expires_after_secs=st.none() | st.integers(min_value=1, max_value=86_400).map(float),
     )
 
 
@@ -477,9 +502,17 @@ def approval_statuses(*, node_id: str = "n") -> st.SearchStrategy[ApprovalStatus
     return st.one_of(
         st.just(NotRequested()),
         st.builds(Pending, requests),
-        st.builds(Approved, request=requests, user_id=users, comment=comments, sequence=seqs),
+        st.builds(
+            Approved,
+            request=requests,
+            user_id=users,
+            comment=comments,
+            sequence=seqs,
+            expires_at=st.none() | datetimes(),
+        ),
         st.builds(Rejected, request=requests, user_id=users, comment=comments, sequence=seqs),
         st.builds(Consumed, request=requests, user_id=users, sequence=seqs),
+        st.builds(Expired, request=requests, user_id=users, expires_at=datetimes(), sequence=seqs),
     )
 
 
@@ -520,11 +553,16 @@ def _gate_requests(draw: st.DrawFn, alphabet: str) -> GateRequest:
             sequence=1,
         )
         user = draw(st.sampled_from(("alice", "bob")))
+        # An approval that expires a little before, at or after the gate's clock reading
+        # (docs/semantics.md §5.2), as well as one that never does.
+        expires_at = now + timedelta(seconds=draw(st.integers(min_value=-5, max_value=5)))
         choices: tuple[ApprovalStatus, ...] = (
             Pending(ask),
             Approved(request=ask, user_id=user, comment=None, sequence=2),
+            Approved(request=ask, user_id=user, comment=None, sequence=2, expires_at=expires_at),
             Rejected(request=ask, user_id=user, comment="no", sequence=2),
             Consumed(request=ask, user_id=user, sequence=3),
+            Expired(request=ask, user_id=user, expires_at=expires_at, sequence=3),
         )
         status = draw(st.sampled_from(choices))
     else:

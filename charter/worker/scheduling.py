@@ -24,6 +24,7 @@ from charter.core.budget import BudgetState, budget_after
 from charter.core.errors import Conflict, InvalidInput, NotFound, StoreError
 from charter.core.events import (
     ApprovalConsumed,
+    ApprovalExpired,
     ApprovalReceived,
     Event,
     EventKind,
@@ -217,7 +218,10 @@ class Scheduler:
         for event in events:
             if isinstance(event.kind, STATUS_KINDS):
                 tracked.status = status_after(tracked.status, event.kind)
-            if isinstance(event.kind, ToolApprovalRequired | ApprovalReceived | ApprovalConsumed):
+            if isinstance(
+                event.kind,
+                ToolApprovalRequired | ApprovalReceived | ApprovalConsumed | ApprovalExpired,
+            ):
                 node = event.kind.node_id
                 current = tracked.approvals.get(node, _NOT_REQUESTED)
                 tracked.approvals[node] = approval_step(current, event)
