@@ -63,9 +63,12 @@ from charter.core.budget import (
     check_before,
 )
 from charter.core.canonical import (
+    NeedsExact,
     canonical_json,
     content_digest,
+    evict_oldest,
     fast_text,
+    json_text,
     string_text,
     text_digest,
 )
@@ -288,7 +291,10 @@ _NULL_DIGEST = text_digest("null")
 def _call_digest(call: JsonValue) -> tuple[str, str]:
     """The call's canonical text and its digest; a call that is not JSON is refused naming
     the place (``call.args[2]``) the exact encoder names."""
-    text = fast_text(call)
+    try:
+        text: str | None = json_text(call)
+    except NeedsExact:
+        text = None
     try:
         if text is None:
             text = canonical_json(call)  # the exact encoder names what is wrong
@@ -599,20 +605,29 @@ def _policy_facts(request: GateRequest) -> _PolicyFacts:
 #: on the call and are never kept. Bounded: the oldest entry goes first.
 _FACTS: dict[tuple[object, ...], _PolicyFacts] = {}
 _FACTS_MAX = 4096
+#: The last chain asked about, with its part of the key (its layers' scopes and digests).
+_LAST_CHAIN: tuple[tuple[PolicyLayer, ...], tuple[tuple[str, str], ...]] = ((), ())
 
 
 def _policy_facts_kept(request: GateRequest) -> _PolicyFacts:
     """`_policy_facts`, remembered per (mode, node kind, tool, model, resolved model, chain)
     when no layer of the chain has a conditional rule."""
+    global _LAST_CHAIN
     ctx = request.context
     layers = request.policies
+    last = _LAST_CHAIN  # read once: another thread may replace it
+    if last[0] is layers:  # a caller holding its chain skips building its part of the key
+        chain = last[1]
+    else:
+        chain = tuple([(layer.scope._value_, layer.policy._digest) for layer in layers])
+        _LAST_CHAIN = (layers, chain)
     key = (
-        request.combining,
+        chain,
+        request.combining._value_,
         ctx.node_kind_tag,
         ctx.tool_name,
         ctx.model_ref,
         ctx.resolved_model,
-        *[(layer.scope, layer.policy._digest) for layer in layers],
     )
     facts = _FACTS.get(key)
     if facts is not None:
@@ -620,7 +635,7 @@ def _policy_facts_kept(request: GateRequest) -> _PolicyFacts:
     facts = _policy_facts(request)
     if not any(_conditional(layer.policy) for layer in layers):
         if len(_FACTS) >= _FACTS_MAX:
-            del _FACTS[next(iter(_FACTS))]
+            evict_oldest(_FACTS)
         _FACTS[key] = facts
     return facts
 
