@@ -110,6 +110,7 @@ __all__ = [
     "Settlement",
     "SettlementOutcome",
     "gate_node",
+    "reference_gate_node",
     "request_digest",
     "settle_node",
 ]
