@@ -19,7 +19,7 @@ from charter.adapters.chain import (
 )
 from charter.adapters.codec import dump
 from charter.adapters.memory import MemoryStore
-from charter.core.canonical import canonical_json
+from charter.core.canonical import NeedsExact, canonical_json, json_text
 from charter.core.errors import InvalidInput
 from charter.core.events import EVENT_KINDS, EventKind
 from charter.core.records import DEFAULT_TENANT, Execution
@@ -57,6 +57,35 @@ def test_the_fast_encoder_gives_exactly_the_canonical_text(value: Any) -> None:
             canonical_text(value)
     else:
         assert canonical_text(value) == expected
+
+
+@given(_values, st.integers(min_value=0, max_value=3))
+def test_the_direct_writer_gives_the_canonical_text_or_defers_to_the_exact_encoder(
+    value: Any, depth: int
+) -> None:
+    """`json_text` (the gate's and the event encoders' writer) prints exactly the canonical
+    text, or says `NeedsExact`; a lone surrogate it writes as is is refused on encoding."""
+    expected = _exact(value)
+    try:
+        text = json_text(value, depth)
+    except NeedsExact:
+        return
+    if expected is InvalidInput:
+        with pytest.raises(UnicodeEncodeError):
+            text.encode("utf-8")
+    else:
+        assert text == expected
+
+
+def test_the_direct_writer_defers_past_the_nesting_limit() -> None:
+    deep: Any = 0
+    for _ in range(70):
+        deep = [deep]
+    with pytest.raises(NeedsExact):
+        json_text(deep)
+    with pytest.raises(NeedsExact):
+        json_text({"a": [1]}, 64)
+    assert json_text({"a": []}, 63) == '{"a":[]}'
 
 
 def test_nesting_past_the_limit_is_refused_by_both() -> None:

@@ -9,6 +9,7 @@ import attrs
 from hypothesis import given
 from hypothesis import strategies as st
 
+from charter.adapters.codec import converter, event_text
 from charter.core import (
     ApprovalConsumed,
     ApprovalDecision,
@@ -34,7 +35,10 @@ from charter.core import (
     pending_approvals,
 )
 from charter.core.approvals import approver_allows
+from charter.core.canonical import canonical_json
+from charter.core.gate import reference_gate_node
 from charter.core.policy import ConditionalRule
+from charter.testing import strategies as s
 from charter.testing.strategies import gate_requests
 
 NOW = datetime(2026, 11, 21, tzinfo=UTC)
@@ -43,6 +47,45 @@ NOW = datetime(2026, 11, 21, tzinfo=UTC)
 @given(gate_requests())
 def test_the_gate_is_deterministic(request: GateRequest) -> None:
     assert gate_node(request) == gate_node(request)
+
+
+def _same_as_the_reference(request: GateRequest) -> None:
+    """`gate_node` (memoised policy facts, slots set directly, digests around the call's
+    text) gives exactly what `reference_gate_node` (everything from scratch, exact encoder,
+    attrs constructors) gives, and every event has the same bytes in the log."""
+    expected = reference_gate_node(request)
+    for _ in range(2):  # the second time from the remembered policy facts
+        result = gate_node(request)
+        assert result == expected
+        assert [type(kind) for kind in result.events] == [type(e) for e in expected.events]
+        for kind, reference in zip(result.events, expected.events, strict=True):
+            text = canonical_json(converter.unstructure(reference))
+            assert event_text(kind) == text
+
+
+@given(gate_requests(), st.data())
+def test_the_fast_gate_equals_the_reference_gate(request: GateRequest, data: st.DataObject) -> None:
+    _same_as_the_reference(request)
+    # The same chain (equal content, so the same remembered facts) for another node.
+    other = data.draw(s.evaluation_contexts())
+    _same_as_the_reference(attrs.evolve(request, context=other))
+    copied = tuple(
+        PolicyLayer(layer.scope, attrs.evolve(layer.policy)) for layer in request.policies
+    )
+    _same_as_the_reference(attrs.evolve(request, context=other, policies=copied))
+
+
+@given(gate_requests(), st.data())
+def test_the_fast_gate_equals_the_reference_gate_under_conditional_rules(
+    request: GateRequest, data: st.DataObject
+) -> None:
+    """Conditional rules depend on the call: their chains' facts are never remembered, so
+    the same chain decides differently on different calls, on both paths."""
+    chain = data.draw(
+        s.policy_chains(conditional=True, tenant_final=None, approvers=st.sampled_from(["alice"]))
+    )
+    for call in data.draw(st.lists(s.calls(), min_size=1, max_size=3)):
+        _same_as_the_reference(attrs.evolve(request, policies=chain, call=call))
 
 
 def _glob(pattern: str, value: str) -> bool:

@@ -20,8 +20,9 @@ Bad input raises `CodecError` (an `InvalidInput`) naming the path of every bad f
 ``event_text(kind)`` is what a log stores for an event kind: the canonical JSON text of
 ``dump(kind)`` (`charter.core.canonical`). Each kind has its own encoder, made from its
 fields when this module is imported, that reads the fields, checks each has the type it
-declares and hands the object to the C JSON encoder once; anything it does not expect (a
-float ECMAScript prints otherwise, a value of another type, a lone surrogate) takes the
+declares and writes each member's text in canonical key order (JSON values through
+`charter.core.canonical.json_text`), joined once; anything it does not expect (a value of
+another type, an integer beyond 64 bits, a non-finite float, a lone surrogate) takes the
 generic path, ``canonical_text(dump(kind))``, so the text is always exactly that (a
 property test checks it on every kind).
 """
@@ -48,8 +49,8 @@ from charter.core.canonical import (
     NeedsExact,
     canonical_json,
     canonical_text,
-    compact_text,
-    prepare,
+    json_text,
+    string_text,
 )
 from charter.core.errors import InvalidInput, describe
 from charter.core.events import type_tag
@@ -398,28 +399,42 @@ def loads(text: str | bytes, cls: Any) -> Any:
 
 _INT_LOW, _INT_HIGH = -(2**63), 2**63
 
-#: How a field of each declared type is read into the object given to the C encoder: the
-#: source lines (``x`` holds the value; raise `NeedsExact` for anything unexpected).
+
+def _strings_text(value: Any) -> str:
+    if type(value) is not tuple:
+        raise NeedsExact
+    for item in value:
+        if type(item) is not str:
+            raise NeedsExact
+    return "[" + ",".join([string_text(item) for item in value]) + "]"
+
+
+#: How a field of each declared type is written (``x`` holds the value, ``t`` gets its
+#: text; raise `NeedsExact` for anything unexpected): the source lines.
 _FIELD_CODE: dict[str, tuple[str, ...]] = {
-    "str": ("if type(x) is not str: raise NeedsExact",),
-    "int": ("if type(x) is not int or not _INT_LOW <= x < _INT_HIGH: raise NeedsExact",),
-    "float": (
-        "if type(x) is float: x = prepare(x, 1)",
-        "elif type(x) is not int or not _INT_LOW <= x < _INT_HIGH: raise NeedsExact",
+    "str": ("if type(x) is not str: raise NeedsExact", "t = S(x)"),
+    "int": (
+        "if type(x) is not int or not _INT_LOW <= x < _INT_HIGH: raise NeedsExact",
+        "t = I(x)",
     ),
-    "bool": ("if type(x) is not bool: raise NeedsExact",),
+    "float": (
+        "if type(x) is float: t = J(x, 1)",
+        "elif type(x) is int and _INT_LOW <= x < _INT_HIGH: t = I(x)",
+        "else: raise NeedsExact",
+    ),
+    "bool": (
+        "if x is True: t = 'true'",
+        "elif x is False: t = 'false'",
+        "else: raise NeedsExact",
+    ),
     "datetime": (
         "if type(x) is not datetime or x.tzinfo is None: raise NeedsExact",
-        "x = _datetime_text(x)",
+        "t = S(_datetime_text(x))",
     ),
-    "enum": ("if type(x) is not E_{name}: raise NeedsExact", "x = x._value_"),
-    "json": ("x = prepare(x, 1)",),
-    "strings": (
-        "if type(x) is not tuple: raise NeedsExact",
-        "for item in x:",
-        "    if type(item) is not str: raise NeedsExact",
-    ),
-    "values": ("if type(x) is not tuple: raise NeedsExact", "x = prepare(x, 1)"),
+    "enum": ("if type(x) is not E_{name}: raise NeedsExact", "t = S(x._value_)"),
+    "json": ("t = J(x, 1)",),
+    "strings": ("t = _strings_text(x)",),
+    "values": ("if type(x) is not tuple: raise NeedsExact", "t = J(x, 1)"),
 }
 
 
@@ -454,36 +469,58 @@ def _field_kind(hint: Any) -> tuple[str, bool] | None:
 
 def _kind_encoder(cls: type) -> Callable[[Any], str] | None:
     """The event-text encoder of one kind, or ``None`` if a field's type needs the generic
-    path. A field whose default is ``None`` is left out while it is ``None`` (as `dump`)."""
+    path. It writes each member's text (``,"name":value``) in canonical key order and joins
+    them once; a field whose default is ``None`` is left out while it is ``None`` (as
+    `dump`)."""
     hints = typing.get_type_hints(cls)
     names: dict[str, Any] = {
         "NeedsExact": NeedsExact,
-        "prepare": prepare,
         "datetime": datetime,
         "_datetime_text": _datetime_text,
         "_INT_LOW": _INT_LOW,
         "_INT_HIGH": _INT_HIGH,
-        "compact_text": compact_text,
+        "_strings_text": _strings_text,
+        "S": string_text,
+        "I": int.__repr__,
+        "J": json_text,
     }
-    lines = ["def encode(v):", f"    out = {{'type': {type_tag(cls)!r}}}"]
+    members: list[tuple[str, str | None, bool, bool]] = [("type", None, False, False)]
     for field in attrs.fields(cls):
-        if not field.init or field.name == "type" or not field.name.isidentifier():
+        if not field.init or not field.name.isidentifier() or not field.name.isascii():
+            return None
+        if field.name == "type":
             return None
         found = _field_kind(hints[field.name])
         if found is None:
             return None
         kind, optional = found
-        omit = field.default is None  # left out while None, as `dump` does
         names[f"E_{field.name}"] = hints[field.name] if kind == "enum" else None
-        lines.append(f"    x = v.{field.name}")
-        indent = "    "
-        if omit or (optional and kind != "json"):
-            lines.append("    if x is not None:")
-            indent = "        "
-        lines.extend(indent + code.format(name=field.name) for code in _FIELD_CODE[kind])
-        lines.append(f"{indent if omit else '    '}out[{field.name!r}] = x")
-    lines += ["    text = compact_text(out)", "    text.encode('utf-8')", "    return text"]
-    exec("\n".join(lines), names)  # our own source, built from the fields above
+        # Left out while None when its default is None (as `dump` does); otherwise null.
+        members.append((field.name, kind, field.default is None, optional and kind != "json"))
+    members.sort(key=lambda member: member[0])  # ASCII names: canonical order is str order
+    source = ["def encode(v):"]
+    for index, (name, writes, omit, nullable) in enumerate(members):
+        prefix = "," + string_text(name) + ":"
+        if writes is None:  # the type tag
+            source.append(f"    p{index} = {prefix + string_text(type_tag(cls))!r}")
+            continue
+        source.append(f"    x = v.{name}")
+        if omit:
+            source.append(f"    if x is None: p{index} = ''")
+        elif nullable:
+            source.append(f"    if x is None: p{index} = {prefix + 'null'!r}")
+        else:
+            source.append("    if False: pass")
+        source.append("    else:")
+        source += ["        " + code.format(name=name) for code in _FIELD_CODE[writes]]
+        source.append(f"        p{index} = {prefix!r} + t")
+    pieces = "".join(f"{{p{index}}}" for index in range(len(members)))
+    source += [
+        f"    text = '{{' + f'{pieces}'[1:] + '}}'",
+        "    text.encode('utf-8')",
+        "    return text",
+    ]
+    exec("\n".join(source), names)  # our own source, built from the fields above
     encoder: Callable[[Any], str] = names["encode"]
     return encoder
 

@@ -14,8 +14,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Final
 
-from charter.adapters.chain import canonical_text
-from charter.adapters.codec import dump
+from charter.adapters.codec import event_text
 from charter.core.approvals import ApprovalStatus, Pending
 from charter.core.commit import CommitSpec, Head
 from charter.core.errors import (
@@ -220,7 +219,7 @@ def encode_events(events: Sequence[EventKind]) -> list[str]:
     encoded = []
     for index, kind in enumerate(events):
         try:
-            text = canonical_text(dump(kind))
+            text = event_text(kind)  # exactly canonical_text(dump(kind)), per-kind
             if len(text) * 4 > MAX_PAYLOAD_BYTES:  # a character is at most 4 bytes
                 size = len(text.encode("utf-8"))
                 if size > MAX_PAYLOAD_BYTES:

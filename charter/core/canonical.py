@@ -37,7 +37,9 @@ __all__ = [
     "canonical_text",
     "compact_text",
     "content_digest",
+    "evict_oldest",
     "fast_text",
+    "json_text",
     "number_text",
     "prepare",
     "string_text",
@@ -259,6 +261,107 @@ def _prepare(value: Any, depth: int) -> Any:
                 copied[index] = new
         return value if copied is None else copied
     raise _Slow
+
+
+_int_text: Final = int.__repr__
+
+
+def _float_text(value: float) -> str:
+    """A float as ECMAScript prints it (`number_text`), the common cases without its work;
+    `NeedsExact` for NaN and infinities (the exact encoder names them)."""
+    if value.is_integer() and -_SAFE_INTEGRAL < value < _SAFE_INTEGRAL:
+        return _int_text(int(value))
+    text = repr(value)
+    # Without an exponent, a non-integral float prints the same shortest digits both ways.
+    if "e" in text or "n" in text or value.is_integer():
+        if not math.isfinite(value):
+            raise NeedsExact
+        return number_text(value)
+    return text
+
+
+#: Recent object shapes (a dict's keys in its own order) with the keys in canonical order,
+#: each with its ``"key":`` text. Only small objects whose keys are all ASCII ``str`` are
+#: kept (their canonical order is then plain string order); the oldest shape goes first.
+_SHAPES: dict[tuple[str, ...], tuple[tuple[str, str], ...]] = {}
+_SHAPES_MAX = 1024
+_SHAPE_KEYS_MAX = 32
+
+
+def evict_oldest(cache: dict[Any, Any]) -> None:
+    """Remove the oldest entry of a bounded cache (a no-op if another thread just did)."""
+    try:
+        oldest = next(iter(cache))
+    except (StopIteration, RuntimeError):  # emptied or changed meanwhile: nothing to do
+        return
+    cache.pop(oldest, None)
+
+
+def _shape(value: dict[Any, Any]) -> tuple[tuple[str, str], ...]:
+    keys = tuple(value)
+    for key in keys:
+        if type(key) is not str or not key.isascii():
+            raise NeedsExact
+    order = tuple([(key, string_text(key) + ":") for key in sorted(keys)])
+    if len(keys) <= _SHAPE_KEYS_MAX:
+        if len(_SHAPES) >= _SHAPES_MAX:
+            evict_oldest(_SHAPES)
+        _SHAPES[keys] = order
+    return order
+
+
+def json_text(value: Any, depth: int = 0) -> str:
+    """The canonical text of a JSON value sitting at nesting level ``depth``, written
+    directly in Python (no prepared copy, no C encoder set-up per value); `NeedsExact`
+    whenever only the exact encoder can say: another type, a key that is not an ASCII
+    ``str``, an integer outside 64 bits, a non-finite float, nesting too deep. A lone
+    surrogate is written as it is: encode the text to UTF-8 (which refuses it) before
+    trusting it, as `text_digest` does."""
+    kind = type(value)
+    if kind is str:
+        return string_text(value)
+    if value is None:
+        return "null"
+    if kind is int:
+        if -_INT_RANGE <= value < _INT_RANGE:
+            return _int_text(value)
+        raise NeedsExact
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is float:
+        return _float_text(value)
+    if kind is dict:
+        if depth >= MAX_DEPTH and (value or depth > MAX_DEPTH):
+            raise NeedsExact
+        order = _SHAPES.get(tuple(value))
+        if order is None:
+            order = _shape(value)
+        parts = []
+        inner = depth + 1
+        for key, prefix in order:  # scalars written here, containers by recursion
+            item = value[key]
+            kind = type(item)
+            if kind is str:
+                parts.append(prefix + string_text(item))
+            elif kind is int and -_INT_RANGE <= item < _INT_RANGE:
+                parts.append(prefix + _int_text(item))
+            elif item is None:
+                parts.append(prefix + "null")
+            elif item is True:
+                parts.append(prefix + "true")
+            elif item is False:
+                parts.append(prefix + "false")
+            elif kind is float:
+                parts.append(prefix + _float_text(item))
+            else:
+                parts.append(prefix + json_text(item, inner))
+        return "{" + ",".join(parts) + "}"
+    if kind is list or kind is tuple:
+        if depth >= MAX_DEPTH and (value or depth > MAX_DEPTH):
+            raise NeedsExact
+        inner = depth + 1
+        return "[" + ",".join([json_text(item, inner) for item in value]) + "]"
+    raise NeedsExact
 
 
 def prepare(value: Any, depth: int = 0) -> Any:
