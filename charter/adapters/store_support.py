@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Final
 
 from charter.adapters.chain import canonical_text
-from charter.adapters.codec import dump
+from charter.adapters.codec import dump, loads
 from charter.core.approvals import ApprovalStatus, Pending
 from charter.core.commit import CommitSpec, Head
 from charter.core.errors import (
@@ -60,6 +60,7 @@ __all__ = [
     "check_workflow",
     "commit_spec",
     "decode_cursor",
+    "decoded_tenant",
     "encode_cursor",
     "encode_events",
     "existing",
@@ -301,3 +302,16 @@ def pending_record(
         sequence=request.sequence,
         requested_at=requested_at,
     )
+
+
+def decoded_tenant(cache: dict[str, tuple[str, Tenant]], tenant_id: str, text: str) -> Tenant:
+    """The tenant stored as ``text``, decoded once per stored text. Decoding compiles the
+    tenant's policy indexes; the decoded record is immutable, so the same text (read at
+    every claim) is decoded once and kept in ``cache``. Any update changes the text (it
+    carries ``updated_at``), so a changed policy is never served from the cache."""
+    cached = cache.get(tenant_id)
+    if cached is not None and cached[0] == text:
+        return cached[1]
+    tenant = loads(text, Tenant)
+    cache[tenant_id] = (text, tenant)
+    return tenant

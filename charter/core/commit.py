@@ -67,6 +67,7 @@ __all__ = [
     "SNAPSHOT_EVERY",
     "AppendEvents",
     "ApprovalRow",
+    "ChainSpec",
     "CommitReads",
     "CommitSpec",
     "EffectRow",
@@ -89,6 +90,7 @@ __all__ = [
     "plan_append",
     "plan_claim",
     "plan_commit",
+    "plan_commit_then_claim",
     "plan_create_execution",
     "plan_enqueue",
     "plan_fail",
@@ -523,11 +525,10 @@ def plan_enqueue(
 # ── the work queue ─────────────────────────────────────────────────────────────────────
 
 
-def plan_claim(
-    item: WorkItem, head: Head, *, worker_id: str, lease_secs: float, now: datetime
-) -> tuple[Plan, WorkItem]:
-    """Claim ``item`` (the oldest available pending item the store found): the next fence,
-    this worker, a lease, and ``node_started`` in the log."""
+def _claimed(
+    item: WorkItem, *, worker_id: str, lease_secs: float, now: datetime
+) -> tuple[WorkItem, NodeStarted]:
+    """``item`` claimed (the next fence, this worker, a lease) and its ``node_started``."""
     claimed = apply_action(
         item,
         ItemAction.CLAIM,
@@ -535,6 +536,15 @@ def plan_claim(
         lease_expires_at=now + timedelta(seconds=lease_secs),
     )
     started = NodeStarted(node_id=item.node_id, worker_id=worker_id, attempt=claimed.attempt)
+    return claimed, started
+
+
+def plan_claim(
+    item: WorkItem, head: Head, *, worker_id: str, lease_secs: float, now: datetime
+) -> tuple[Plan, WorkItem]:
+    """Claim ``item`` (the oldest available pending item the store found): the next fence,
+    this worker, a lease, and ``node_started`` in the log."""
+    claimed, started = _claimed(item, worker_id=worker_id, lease_secs=lease_secs, now=now)
     writes: list[Write] = [
         UpdateItem(item=claimed, expect_status=item.status, expect_fence=item.fence)
     ]
@@ -602,6 +612,60 @@ def commit_reads_needed(spec: CommitSpec) -> tuple[bool, frozenset[str], bool, t
 
 
 def plan_commit(spec: CommitSpec, reads: CommitReads, *, now: datetime) -> Plan:
+    """`plan_commit_then_claim` without a claim: see there."""
+    return Plan(tuple(_commit_writes(spec, reads, now)[0]))
+
+
+@attrs.frozen(kw_only=True)
+class ChainSpec:
+    """Who may claim, in a commit's transaction, a follow-up item that commit enqueues
+    (`Store.commit_and_claim`): the arguments of `Store.claim`."""
+
+    worker_id: str
+    queues: tuple[str, ...]
+    lease_secs: float
+
+
+def plan_commit_then_claim(
+    spec: CommitSpec, reads: CommitReads, chain: ChainSpec | None, *, now: datetime
+) -> tuple[Plan, WorkItem | None]:
+    """`plan_commit`, and then — with ``chain``, when the follow-up was written — the claim
+    of one item it enqueues that ``chain``'s worker may run now (in one of its queues,
+    available at ``now``; of several, the one `Store.claim` would pick: by availability,
+    then enqueue order), exactly as `plan_claim` would claim it in a transaction of its
+    own right after: the next fence, the worker, a lease of ``chain.lease_secs`` from
+    ``now``, and ``node_started`` appended after everything else. The item is inserted
+    already claimed (the row a claim would leave); the claimed item, or ``None`` when
+    nothing was claimed. Items enqueued before (of this run or another) are not
+    considered: a chained claim may pass over older pending items."""
+    writes, log = _commit_writes(spec, reads, now)
+    if chain is None:
+        return Plan(tuple(writes)), None
+    wanted = frozenset(chain.queues)
+    ready = [
+        (write.item.available_at, index)
+        for index, write in enumerate(writes)
+        if isinstance(write, InsertItem)
+        and write.item.queue in wanted
+        and write.item.available_at <= now
+    ]
+    if not ready:
+        return Plan(tuple(writes)), None
+    # The one `Store.claim` would pick among them: by availability, then enqueue order.
+    _, index = min(ready)
+    insert = writes[index]
+    assert isinstance(insert, InsertItem)
+    claimed, started = _claimed(
+        insert.item, worker_id=chain.worker_id, lease_secs=chain.lease_secs, now=now
+    )
+    writes[index] = InsertItem(item=claimed)
+    writes += log.append((started,), now)
+    return Plan(tuple(writes)), claimed
+
+
+def _commit_writes(
+    spec: CommitSpec, reads: CommitReads, now: datetime
+) -> tuple[list[Write], LogDraft]:
     """Settle a claimed item and write everything its attempt produced, in one transaction
     (`Store.commit`): the item's terminal status, the events (and the status and approval
     records they project), the ledger, the recorded effect, the claim's reservations
@@ -662,7 +726,7 @@ def plan_commit(spec: CommitSpec, reads: CommitReads, *, now: datetime) -> Plan:
         writes += _new_items(
             spec.then_items, {item.execution_id: head.tenant_id}, reads.existing_items, now
         )
-    return Plan(tuple(writes))
+    return writes, log
 
 
 def _failure_writes(

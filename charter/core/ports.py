@@ -69,6 +69,7 @@ from charter.core.signing import Signature
 __all__ = [
     "Clock",
     "CommitRequest",
+    "Committed",
     "EffectResult",
     "Executor",
     "NodeCall",
@@ -171,6 +172,16 @@ class CommitRequest:
     then_events: tuple[EventKind, ...] = ()
     then_items: tuple[NewWorkItem, ...] = ()
     then_if_last_sequence: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Committed:
+    """What `Store.commit_and_claim` wrote: the appended events (the claim's
+    ``node_started`` last, if it claimed) and the claim of a follow-up item it made in the
+    same transaction (``None``: nothing was claimed)."""
+
+    events: tuple[Event, ...] = ()
+    claim: Claim | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -307,6 +318,17 @@ class Store(Protocol):
         `CommitRequest`), in one fenced transaction; returns the appended events. The
         claim's unrecorded effect reservations are released (reclaim keeps them until their
         TTL: a presumed-dead worker may still be firing)."""
+        ...
+
+    def commit_and_claim(
+        self, request: CommitRequest, worker_id: str, queues: Sequence[str], *, lease_secs: float
+    ) -> Committed:
+        """`commit`, and in the same transaction, when the follow-up (``then_items``) is
+        written and one of its items is in ``queues`` and available now, claim the first
+        such item for ``worker_id`` exactly as `claim` would right after (the next fence, a
+        lease until now + ``lease_secs``, ``node_started`` appended last): one write
+        transaction per node instead of two. The claim may pass over older pending items
+        of other executions (the caller bounds how often it chains)."""
         ...
 
     def park(
