@@ -234,6 +234,16 @@ def chained_commits(draw: st.DrawFn) -> tuple[CommitSpec, CommitReads, ChainSpec
     spec = attrs.evolve(spec, then_items=items, then_if_last_sequence=when)
     queues = tuple(draw(st.lists(st.sampled_from(["general", "llm", "io"]), max_size=3)))
     chain = ChainSpec(worker_id="w2", queues=queues, lease_secs=draw(st.sampled_from([1.0, 30.0])))
+    wait = draw(st.booleans())
+    if queues and wait:  # an item of the run already waiting in the queues
+        waiting = attrs.evolve(
+            _item(WorkItemStatus.PENDING, draw(st.integers(0, 3))),
+            item_id="waiting",
+            queue=draw(st.sampled_from(queues)),
+            available_at=NOW - timedelta(seconds=draw(st.sampled_from([0, 5, 10]))),
+            attempt=draw(st.integers(0, 2)),
+        )
+        reads = attrs.evolve(reads, claimable=waiting)
     return spec, reads, chain
 
 
@@ -242,9 +252,10 @@ def test_a_chained_claim_is_the_commit_then_the_claim_a_worker_would_make(
     drawn: tuple[CommitSpec, CommitReads, ChainSpec],
 ) -> None:
     """`plan_commit_then_claim` writes exactly `plan_commit`'s writes and then what
-    `plan_claim` would write for the item a claim would take from those the commit
-    enqueued (in the worker's queues, available now; by availability, then order), the
-    item inserted already claimed; with nothing to take (or no chain) the commit alone."""
+    `plan_claim` would write for the item a claim would take — of the one waiting before
+    the commit and those the commit enqueues, in the worker's queues and available now, by
+    availability then enqueue order — an enqueued item inserted already claimed; with
+    nothing to take (or no chain) the commit alone."""
     spec, reads, chain = drawn
     try:
         alone = plan_commit(spec, reads, now=NOW)
@@ -259,6 +270,8 @@ def test_a_chained_claim_is_the_commit_then_the_claim_a_worker_would_make(
         for index, w in enumerate(alone.writes)
         if isinstance(w, InsertItem) and w.item.queue in chain.queues and w.item.available_at <= NOW
     ]
+    if reads.claimable is not None:  # enqueued before anything this commit enqueues
+        inserted.append((reads.claimable.available_at, -1, reads.claimable))
     if not inserted:
         assert (plan, claimed) == (alone, None)
         return
@@ -278,7 +291,10 @@ def test_a_chained_claim_is_the_commit_then_the_claim_a_worker_would_make(
     assert isinstance(update, UpdateItem)
     assert update.item == expected
     writes: list[Write] = list(alone.writes)
-    writes[index] = InsertItem(item=expected)
+    if index < 0:  # the waiting item: claimed as a claim of its own claims it
+        writes.append(update)
+    else:  # an item this commit enqueues: inserted as the claim leaves it
+        writes[index] = InsertItem(item=expected)
     assert plan.writes == (*writes, *claim_writes)
     assert claimed == expected
 

@@ -147,10 +147,13 @@ class _Counting(MemoryStore):
         return claimed
 
 
-def _chain_run(chain_limit: int) -> tuple[_Counting, list[tuple[int, Any]]]:
+def _chain_run(chain_limit: int, shape: str = "chain") -> tuple[_Counting, list[tuple[int, Any]]]:
     store = _Counting()
     nodes = {f"n{k}": _tool("work.step") for k in range(6)}
-    edges = [(f"n{k}", f"n{k + 1}") for k in range(5)]
+    if shape == "chain":
+        edges = [(f"n{k}", f"n{k + 1}") for k in range(5)]
+    else:  # n0 → n1…n4 → n5
+        edges = [("n0", f"n{k}") for k in range(1, 5)] + [(f"n{k}", "n5") for k in range(1, 5)]
     workflow = _workflow(
         nodes,
         edges,
@@ -168,15 +171,16 @@ def _chain_run(chain_limit: int) -> tuple[_Counting, list[tuple[int, Any]]]:
     return store, list(enumerate(timeless, start=1))
 
 
+@pytest.mark.parametrize("shape", ["chain", "fanout"])
 @pytest.mark.parametrize(("chain_limit", "claims"), [(0, 6), (2, 2), (64, 1)])
-def test_a_commit_claims_the_next_node_of_a_chain_and_records_the_same_log(
-    chain_limit: int, claims: int
+def test_a_commit_claims_the_next_node_of_its_run_and_records_the_same_log(
+    chain_limit: int, claims: int, shape: str
 ) -> None:
-    """With chaining each node's commit claims its successor in the same transaction (one
-    claim of its own for the whole chain, or one every ``chain_limit + 1`` nodes); the log
-    is the same, event for event, as with a claim per node — and replays."""
-    store, log = _chain_run(chain_limit)
-    _, unchained = _chain_run(0)
+    """With chaining each node's commit claims the run's next node in the same transaction
+    (one claim of its own for the whole run, or one every ``chain_limit + 1`` nodes); the
+    log is the same, event for event, as with a claim per node — and replays."""
+    store, log = _chain_run(chain_limit, shape)
+    _, unchained = _chain_run(0, shape)
     assert store.claims == claims
     assert log == unchained
     assert verify_log(store, runs=["r"]).ok

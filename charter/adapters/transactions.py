@@ -408,6 +408,12 @@ class PlannedStore(abc.ABC):
                 effect=tx.effect(spec.effect_key) if wants_effect and spec.effect_key else None,
                 existing_items=tx.items(item_ids) if item_ids else {},
             )
+            if chain is not None and head is not None:
+                # Of the same execution only, whose row this transaction holds already: the
+                # item is read without waiting (a locked one is passed over), so reading it
+                # after the execution cannot deadlock.
+                next_one = tx.next_claimable(chain.queues, item.execution_id)
+                reads = attrs.evolve(reads, claimable=next_one[0] if next_one else None)
             plan, claimed = planner.plan_commit_then_claim(spec, reads, chain, now=tx.now)
             events = self._apply(tx, plan, {head.execution_id: head} if head else {})
             if claimed is None:

@@ -598,6 +598,9 @@ class CommitReads:
     #: Whether the item may hold effect reservations (a claim of it reserved one): only then
     #: is there anything to release. ``True`` when the store does not know.
     reserved: bool = True
+    #: For a commit that claims (`plan_commit_then_claim`): the item `Store.claim` would take
+    #: of the execution before this commit's writes (`Tx.next_claimable`), if any.
+    claimable: WorkItem | None = None
 
 
 def commit_reads_needed(spec: CommitSpec) -> tuple[bool, frozenset[str], bool, tuple[str, ...]]:
@@ -629,36 +632,50 @@ class ChainSpec:
 def plan_commit_then_claim(
     spec: CommitSpec, reads: CommitReads, chain: ChainSpec | None, *, now: datetime
 ) -> tuple[Plan, WorkItem | None]:
-    """`plan_commit`, and then — with ``chain``, when the follow-up was written — the claim
-    of one item it enqueues that ``chain``'s worker may run now (in one of its queues,
-    available at ``now``; of several, the one `Store.claim` would pick: by availability,
-    then enqueue order), exactly as `plan_claim` would claim it in a transaction of its
-    own right after: the next fence, the worker, a lease of ``chain.lease_secs`` from
-    ``now``, and ``node_started`` appended after everything else. The item is inserted
-    already claimed (the row a claim would leave); the claimed item, or ``None`` when
-    nothing was claimed. Items enqueued before (of this run or another) are not
-    considered: a chained claim may pass over older pending items."""
+    """`plan_commit`, and then — with ``chain`` — the claim `Store.claim` would make right
+    after it for ``chain``'s worker, of the same execution: of the items in its queues
+    available at ``now``, the oldest by availability, then enqueue order, among the one
+    the store found before the commit (``reads.claimable``) and those the commit enqueues
+    (after every item already there). It is claimed exactly as `plan_claim` claims: the
+    next fence, the worker, a lease of ``chain.lease_secs`` from ``now``, and
+    ``node_started`` appended after everything else; an item the commit enqueues is
+    inserted already claimed (the row the claim would leave). Returns the plan and the
+    claimed item (``None``: nothing to claim)."""
     writes, log = _commit_writes(spec, reads, now)
     if chain is None:
         return Plan(tuple(writes)), None
     wanted = frozenset(chain.queues)
-    ready = [
+    # (availability, enqueue order): the one before the commit was enqueued first.
+    ready: list[tuple[datetime, int]] = [
         (write.item.available_at, index)
         for index, write in enumerate(writes)
         if isinstance(write, InsertItem)
         and write.item.queue in wanted
         and write.item.available_at <= now
     ]
+    found = reads.claimable
+    if found is not None:
+        if found.status is not WorkItemStatus.PENDING or found.available_at > now:
+            raise AssertionError(f"work item {found.item_id!r} is not claimable")
+        ready.append((found.available_at, -1))
     if not ready:
         return Plan(tuple(writes)), None
-    # The one `Store.claim` would pick among them: by availability, then enqueue order.
     _, index = min(ready)
-    insert = writes[index]
-    assert isinstance(insert, InsertItem)
-    claimed, started = _claimed(
-        insert.item, worker_id=chain.worker_id, lease_secs=chain.lease_secs, now=now
-    )
-    writes[index] = InsertItem(item=claimed)
+    if index < 0:
+        assert found is not None
+        claimed, started = _claimed(
+            found, worker_id=chain.worker_id, lease_secs=chain.lease_secs, now=now
+        )
+        writes.append(
+            UpdateItem(item=claimed, expect_status=found.status, expect_fence=found.fence)
+        )
+    else:
+        insert = writes[index]
+        assert isinstance(insert, InsertItem)
+        claimed, started = _claimed(
+            insert.item, worker_id=chain.worker_id, lease_secs=chain.lease_secs, now=now
+        )
+        writes[index] = InsertItem(item=claimed)
     writes += log.append((started,), now)
     return Plan(tuple(writes)), claimed
 

@@ -112,7 +112,7 @@ class Writer:
         chain: Sequence[str] | None = None,
     ) -> tuple[bool, Claim | None]:
         """Commit ``request`` (with its follow-up, planned from ``view``); with ``chain``
-        (this worker's queues), also claim in the same transaction a follow-up item this
+        (this worker's queues), also claim in the same transaction the run's next item this
         worker may run (`Store.commit_and_claim`). Returns whether the events written were
         absorbed, and that claim. The attempt's outcome is known: a store that is briefly
         unreachable must not turn it into a failure that runs the node again, so the commit
@@ -125,7 +125,7 @@ class Writer:
         while True:
             try:
                 full = with_follow_up(claim, request, view, self.clock)
-                if chain is not None and full.then_items:
+                if chain is not None:
                     done = self.store.commit_and_claim(
                         full, self.worker_id, chain, lease_secs=self.lease_secs
                     )

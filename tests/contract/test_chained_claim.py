@@ -8,9 +8,10 @@ In the order a reader should learn them:
    the same events at the same sequences (``node_started`` last), the same ledger and
    snapshot — checked side by side on two runs of one store, over several follow-ups;
    and it hands back the same `Claim` the claim would.
-2. It claims only what a claim by that worker would take from what the commit enqueued:
-   an item of one of its queues, available now (of several, by availability then enqueue
-   order); nothing when none is, nor when the follow-up is left out (the log moved).
+2. It claims what a claim by that worker of that run would take: of the run's items
+   waiting before the commit and those the commit enqueues, one of its queues, available
+   now, by availability then enqueue order; nothing when none is (a follow-up left out
+   because the log moved enqueues nothing to take).
 3. A commit refused (a stale fence) claims nothing and writes nothing.
 4. A worker that dies after the combined commit leaves the successor claimed under a
    lease that expires: reclaim then retries it as it would any claim.
@@ -128,13 +129,16 @@ FOLLOW_UPS = [
 ]
 
 
+@pytest.mark.parametrize("waiting", [0, 1, 2], ids=["alone", "one-waiting", "two-waiting"])
 @pytest.mark.parametrize("plans", FOLLOW_UPS)
 def test_a_chained_claim_records_exactly_what_a_commit_then_a_claim_would(
-    store: Store, clock: ManualClock, plans: list[dict[str, Any]]
+    store: Store, clock: ManualClock, plans: list[dict[str, Any]], waiting: int
 ) -> None:
+    """``waiting``: items of the run already pending when the commit is made (a fan-out's
+    siblings): a claim takes the oldest of them before anything the commit enqueues."""
     results = {}
     for run, chained in (("run-a", False), ("run-b", True)):
-        (first,) = start(store, clock, execution_id=run, node_id="first")
+        first, *others = start(store, clock, 1 + waiting, execution_id=run, node_id="first")
         claimed = _first_claim(store, run)
         request = _request(store, claimed, plans, clock.now())
         if chained:
@@ -145,7 +149,7 @@ def test_a_chained_claim_records_exactly_what_a_commit_then_a_claim_would(
             second = store.claim(WORKER, [QUEUE], lease_secs=LEASE, execution_id=run)
             if second is not None:
                 written = (*written, *second.events)
-        item_ids = [first, *(f"{run}-next-{index}" for index in range(len(plans)))]
+        item_ids = [first, *others, *(f"{run}-next-{index}" for index in range(len(plans)))]
         results[chained] = (
             _normalised(store, run, item_ids),
             _claim_fields(second, run),
@@ -153,8 +157,9 @@ def test_a_chained_claim_records_exactly_what_a_commit_then_a_claim_would(
         )
     assert results[True] == results[False]
     claimed_any = results[True][1] is not None
-    assert claimed_any == any(
-        plan.get("queue", QUEUE) == QUEUE and plan.get("delay", 0) <= 0 for plan in plans
+    assert claimed_any == (
+        waiting > 0
+        or any(plan.get("queue", QUEUE) == QUEUE and plan.get("delay", 0) <= 0 for plan in plans)
     )
 
 
