@@ -306,7 +306,8 @@ class Store(Protocol):
         """Claim the oldest available pending item of ``queues`` (of one execution, with
         ``execution_id``): status claimed, this worker, a lease until now + ``lease_secs``,
         the next fence; appends ``node_started{worker_id, attempt}``. ``None`` when nothing
-        is available."""
+        is available. The `Claim` carries the events it appended and the item's tenant as of
+        the claim (``Claim.events``, ``Claim.tenant``), so the caller reads neither again."""
         ...
 
     def heartbeat(self, item_id: str, fence: int, *, lease_secs: float) -> datetime:
@@ -323,12 +324,14 @@ class Store(Protocol):
     def commit_and_claim(
         self, request: CommitRequest, worker_id: str, queues: Sequence[str], *, lease_secs: float
     ) -> Committed:
-        """`commit`, and in the same transaction, when the follow-up (``then_items``) is
-        written and one of its items is in ``queues`` and available now, claim the first
-        such item for ``worker_id`` exactly as `claim` would right after (the next fence, a
-        lease until now + ``lease_secs``, ``node_started`` appended last): one write
-        transaction per node instead of two. The claim may pass over older pending items
-        of other executions (the caller bounds how often it chains)."""
+        """`commit`, and in the same transaction the claim ``claim(worker_id, queues,
+        lease_secs=lease_secs, execution_id=<the item's execution>)`` would make right
+        after it — of the items waiting and those the follow-up (``then_items``) enqueues —
+        recorded exactly as that claim records it (the next fence, a lease until now +
+        ``lease_secs``, ``node_started`` appended last): one write transaction per node
+        instead of two. Only the committed item's execution is looked at, so the claim may
+        pass over older items of other executions (the caller bounds how often it
+        chains)."""
         ...
 
     def park(
