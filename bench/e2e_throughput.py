@@ -107,7 +107,7 @@ from charter.bootstrap import build_worker
 from charter.core.events import NodeCompleted, WorkflowCompleted, WorkflowStarted
 from charter.core.records import Execution, ExecutionStatus, Tenant, WorkflowDefinition
 from charter.core.workflow import parse_workflow
-from charter.worker import RunOutcome, drive
+from charter.worker import DEFAULT_CHAIN_LIMIT, RunOutcome, drive
 
 __all__ = ["main", "run", "workflow_document"]
 
@@ -179,6 +179,11 @@ class Trial(Protocol):
     def close(self) -> None: ...
 
 
+#: ``--chain-limit``: the workers' ``chain_limit`` (``None``: the worker's default; 0: every
+#: node claimed in a transaction of its own, as before commits claimed the next node).
+CHAIN_LIMIT: int | None = None
+
+
 class CharterTrial:
     """Charter: ``create_execution`` + `Worker` + `drive`, as ``charter run`` does."""
 
@@ -228,7 +233,12 @@ class CharterTrial:
                 )
             ],
         )
-        worker = build_worker(store, executors=default_registry(), worker_id=WORKER)
+        worker = build_worker(
+            store,
+            executors=default_registry(),
+            worker_id=WORKER,
+            chain_limit=DEFAULT_CHAIN_LIMIT if CHAIN_LIMIT is None else CHAIN_LIMIT,
+        )
         self.outcome = drive(worker, RUN_ID)
         return self.nodes if self.outcome.status == "completed" else 0
 
@@ -1255,8 +1265,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="instead, the scale curve: Charter at 100, 1,000 and 10,000 nodes, chain and "
         "fan-out, cost and peak RSS per node (--rounds default 3, --synchronous default NORMAL)",
     )
+    parser.add_argument(
+        "--chain-limit",
+        type=int,
+        metavar="N",
+        help="Charter's Worker(chain_limit=N): how many nodes in a row a commit may claim "
+        "(default: the worker's; 0: a claim transaction per node, as before)",
+    )
     parser.add_argument("--scale-trial", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    global CHAIN_LIMIT
+    CHAIN_LIMIT = args.chain_limit
     if args.scale_trial is not None:
         shape_arg, nodes_arg, sync_arg, dir_arg = args.scale_trial
         result = scale_trial(shape_arg, int(nodes_arg), sync_arg, Path(dir_arg))

@@ -26,7 +26,14 @@ from charter.adapters.sqlite import SqliteStore
 from charter.core.errors import CharterError, InvalidInput, NotFound
 from charter.core.events import Event
 from charter.core.ports import Clock, Store
-from charter.worker import ALL_QUEUES, Definitions, Scheduler, Worker, WorkerHooks
+from charter.worker import (
+    ALL_QUEUES,
+    DEFAULT_CHAIN_LIMIT,
+    Definitions,
+    Scheduler,
+    Worker,
+    WorkerHooks,
+)
 
 if TYPE_CHECKING:  # the Postgres store is optional: imported when a URL asks for it
     from typing import TypeAlias
@@ -163,6 +170,7 @@ def build_worker(
     effect_ttl_secs: float = 300.0,
     hooks: WorkerHooks | None = None,
     telemetry: Telemetry | None = None,
+    chain_limit: int = DEFAULT_CHAIN_LIMIT,
 ) -> Worker:
     """A worker on ``store``, wired: ``executors`` (default: `build_registry`) and a
     ``scheduler`` — pass one to share it between the threads of one process (they then
@@ -182,4 +190,5 @@ def build_worker(
         effect_ttl_secs=effect_ttl_secs,
         hooks=hooks,
         telemetry=telemetry if telemetry is not None else default_telemetry(),
+        chain_limit=chain_limit,
     )

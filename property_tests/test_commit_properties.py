@@ -18,15 +18,20 @@ from hypothesis import strategies as st
 from charter.core.budget import BudgetState, Usage
 from charter.core.commit import (
     AppendEvents,
+    ChainSpec,
     CommitReads,
     CommitSpec,
     Head,
+    InsertItem,
     PutLedger,
     SetStatus,
     UpdateItem,
+    Write,
     WriteSnapshot,
     apply_ledger,
+    plan_claim,
     plan_commit,
+    plan_commit_then_claim,
 )
 from charter.core.errors import FenceLost, InvalidInput
 from charter.core.events import EventKind, NodeCompleted, WorkflowCompleted
@@ -204,6 +209,94 @@ def test_a_commit_plan_is_all_or_nothing_and_keeps_every_rule(
     for write in writes:
         if isinstance(write, SetStatus):
             assert any(isinstance(k, WorkflowCompleted) for k in appended)
+
+
+@st.composite
+def chained_commits(draw: st.DrawFn) -> tuple[CommitSpec, CommitReads, ChainSpec]:
+    """A commit whose follow-up items differ in queue and availability, and who chains."""
+    spec, reads = draw(commits())
+    offsets = st.sampled_from([None, -5, 0, 5])  # seconds from now; None: enqueued now
+    items = tuple(
+        NewWorkItem(
+            item_id=f"next-{k}",
+            execution_id="e",
+            node_id=f"m{k}",
+            queue=draw(st.sampled_from(["general", "llm", "io"])),
+            available_at=None if (offset := draw(offsets)) is None else NOW + timedelta(0, offset),
+        )
+        for k in range(draw(st.integers(0, 4)))
+    )
+    if draw(st.integers(0, 9)):  # mostly a current claim: the chain is what is checked
+        reads = attrs.evolve(reads, item=_item(WorkItemStatus.CLAIMED, spec.fence))
+    last = reads.head.last_sequence if reads.head is not None else 0
+    moved = st.sampled_from([last, last, last, last - 1])
+    when = draw(moved) if items or spec.then_events else None
+    spec = attrs.evolve(spec, then_items=items, then_if_last_sequence=when)
+    queues = tuple(draw(st.lists(st.sampled_from(["general", "llm", "io"]), max_size=3)))
+    chain = ChainSpec(worker_id="w2", queues=queues, lease_secs=draw(st.sampled_from([1.0, 30.0])))
+    wait = draw(st.booleans())
+    if queues and wait:  # an item of the run already waiting in the queues
+        waiting = attrs.evolve(
+            _item(WorkItemStatus.PENDING, draw(st.integers(0, 3))),
+            item_id="waiting",
+            queue=draw(st.sampled_from(queues)),
+            available_at=NOW - timedelta(seconds=draw(st.sampled_from([0, 5, 10]))),
+            attempt=draw(st.integers(0, 2)),
+        )
+        reads = attrs.evolve(reads, claimable=waiting)
+    return spec, reads, chain
+
+
+@given(chained_commits())
+def test_a_chained_claim_is_the_commit_then_the_claim_a_worker_would_make(
+    drawn: tuple[CommitSpec, CommitReads, ChainSpec],
+) -> None:
+    """`plan_commit_then_claim` writes exactly `plan_commit`'s writes and then what
+    `plan_claim` would write for the item a claim would take — of the one waiting before
+    the commit and those the commit enqueues, in the worker's queues and available now, by
+    availability then enqueue order — an enqueued item inserted already claimed; with
+    nothing to take (or no chain) the commit alone."""
+    spec, reads, chain = drawn
+    try:
+        alone = plan_commit(spec, reads, now=NOW)
+    except (FenceLost, InvalidInput) as refused:
+        with pytest.raises(type(refused)):
+            plan_commit_then_claim(spec, reads, chain, now=NOW)
+        return
+    assert plan_commit_then_claim(spec, reads, None, now=NOW) == (alone, None)
+    plan, claimed = plan_commit_then_claim(spec, reads, chain, now=NOW)
+    inserted = [
+        (w.item.available_at, index, w.item)
+        for index, w in enumerate(alone.writes)
+        if isinstance(w, InsertItem) and w.item.queue in chain.queues and w.item.available_at <= NOW
+    ]
+    if reads.claimable is not None:  # enqueued before anything this commit enqueues
+        inserted.append((reads.claimable.available_at, -1, reads.claimable))
+    if not inserted:
+        assert (plan, claimed) == (alone, None)
+        return
+    _, index, pending = min(inserted, key=lambda found: found[:2])
+    assert reads.head is not None
+    appends = [w for w in alone.writes if isinstance(w, AppendEvents)]
+    statuses = [w.status for w in alone.writes if isinstance(w, SetStatus)]
+    after = attrs.evolve(
+        reads.head,
+        last_sequence=appends[-1].last_sequence if appends else reads.head.last_sequence,
+        status=statuses[-1] if statuses else reads.head.status,
+    )
+    claim_plan, expected = plan_claim(
+        pending, after, worker_id=chain.worker_id, lease_secs=chain.lease_secs, now=NOW
+    )
+    update, *claim_writes = claim_plan.writes
+    assert isinstance(update, UpdateItem)
+    assert update.item == expected
+    writes: list[Write] = list(alone.writes)
+    if index < 0:  # the waiting item: claimed as a claim of its own claims it
+        writes.append(update)
+    else:  # an item this commit enqueues: inserted as the claim leaves it
+        writes[index] = InsertItem(item=expected)
+    assert plan.writes == (*writes, *claim_writes)
+    assert claimed == expected
 
 
 def test_ledger_rule_is_the_budget_arithmetic() -> None:

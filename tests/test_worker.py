@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,9 @@ from charter.adapters.clock import ManualClock
 from charter.adapters.executors import ExecutorRegistry, default_registry
 from charter.adapters.memory import MemoryStore
 from charter.adapters.sqlite import SqliteStore
+from charter.audit.replay import replay_run, verify_log
 from charter.core.approvals import ApprovalRefused
-from charter.core.errors import StoreUnavailable
+from charter.core.errors import InvalidInput, StoreUnavailable
 from charter.core.events import (
     AgentToolProgress,
     ApprovalDecision,
@@ -34,7 +35,14 @@ from charter.core.events import (
     OutcomeUnknown,
     WorkflowCompleted,
 )
-from charter.core.ports import CommitRequest, NodeCall, NodeResult, ReclaimResult, Store
+from charter.core.ports import (
+    CommitRequest,
+    Committed,
+    NodeCall,
+    NodeResult,
+    ReclaimResult,
+    Store,
+)
 from charter.core.records import Claim
 from charter.core.runs import LostOutcome, RunStatus, run_record
 from charter.core.workflow import parse_workflow
@@ -83,6 +91,14 @@ class _Flaky(MemoryStore):
             raise StoreUnavailable("the database is briefly unreachable")
         return super().commit(request)
 
+    def commit_and_claim(
+        self, request: CommitRequest, worker_id: str, queues: Sequence[str], *, lease_secs: float
+    ) -> Committed:
+        if self.failures:
+            self.failures -= 1
+            raise StoreUnavailable("the database is briefly unreachable")
+        return super().commit_and_claim(request, worker_id, queues, lease_secs=lease_secs)
+
 
 def test_a_commit_that_fails_transiently_is_retried_without_running_the_node_again() -> None:
     store = _Flaky(failures=2)
@@ -94,13 +110,86 @@ def test_a_commit_that_fails_transiently_is_retried_without_running_the_node_aga
 
     registry = default_registry()
     registry.register_tool("work.*", count)
-    workflow = _workflow({"a": _tool("work.a")}, [], tools={"work.a": {"idempotent": True}})
+    # (a's commit also claims b in its transaction: that commit is the one that fails.)
+    workflow = _workflow(
+        {"a": _tool("work.a"), "b": _tool("work.b")},
+        [("a", "b")],
+        tools={"work.a": {"idempotent": True}, "work.b": {"idempotent": True}},
+    )
     run = start_run(store, workflow, execution_id="r").execution_id
     outcome = drive(Worker(store, executors=registry, lease_secs=5.0), run, sleep=_no_sleep)
     assert outcome.status == "completed"
-    assert calls == ["a"]
+    assert calls == ["a", "b"]
     assert store.failures == 0
     assert _failures(store.read_events(run)) == []
+
+
+# ── one write transaction per node ─────────────────────────────────────────────────────
+
+
+class _Counting(MemoryStore):
+    """A store that counts the claims it hands out of their own transaction."""
+
+    def __init__(self) -> None:
+        super().__init__(clock=ManualClock())
+        self.claims = 0
+
+    def claim(
+        self,
+        worker_id: str,
+        queues: Sequence[str],
+        *,
+        lease_secs: float,
+        execution_id: str | None = None,
+    ) -> Claim | None:
+        claimed = super().claim(worker_id, queues, lease_secs=lease_secs, execution_id=execution_id)
+        self.claims += claimed is not None
+        return claimed
+
+
+def _chain_run(chain_limit: int, shape: str = "chain") -> tuple[_Counting, list[tuple[int, Any]]]:
+    store = _Counting()
+    nodes = {f"n{k}": _tool("work.step") for k in range(6)}
+    if shape == "chain":
+        edges = [(f"n{k}", f"n{k + 1}") for k in range(5)]
+    else:  # n0 → n1…n4 → n5
+        edges = [("n0", f"n{k}") for k in range(1, 5)] + [(f"n{k}", "n5") for k in range(1, 5)]
+    workflow = _workflow(
+        nodes,
+        edges,
+        tools={"work.step": {"executor": "noop", "idempotent": True}},
+        policy={"require_approval_for": ["payments.*"]},
+    )
+    run = start_run(store, workflow, execution_id="r").execution_id
+    worker = Worker(store, worker_id="w", chain_limit=chain_limit)
+    assert drive(worker, run, sleep=_no_sleep).status == "completed"
+    # (Durations are measured: the one field that differs from run to run.)
+    timeless = [
+        attrs.evolve(e.kind, duration_ms=0) if isinstance(e.kind, NodeCompleted) else e.kind
+        for e in store.read_events(run)
+    ]
+    return store, list(enumerate(timeless, start=1))
+
+
+@pytest.mark.parametrize("shape", ["chain", "fanout"])
+@pytest.mark.parametrize(("chain_limit", "claims"), [(0, 6), (2, 2), (64, 1)])
+def test_a_commit_claims_the_next_node_of_its_run_and_records_the_same_log(
+    chain_limit: int, claims: int, shape: str
+) -> None:
+    """With chaining each node's commit claims the run's next node in the same transaction
+    (one claim of its own for the whole run, or one every ``chain_limit + 1`` nodes); the
+    log is the same, event for event, as with a claim per node — and replays."""
+    store, log = _chain_run(chain_limit, shape)
+    _, unchained = _chain_run(0, shape)
+    assert store.claims == claims
+    assert log == unchained
+    assert verify_log(store, runs=["r"]).ok
+    assert replay_run(store, "r").ok
+
+
+def test_chain_limit_must_be_a_count() -> None:
+    with pytest.raises(InvalidInput, match="chain_limit"):
+        Worker(MemoryStore(), chain_limit=-1)
 
 
 # ── approvals and the tick ─────────────────────────────────────────────────────────────

@@ -91,8 +91,15 @@ class _PgTx:
     every answer is in. New work items are sent as one statement per run of inserts (a
     fan-out of a thousand nodes is one statement), before the next statement."""
 
-    def __init__(self, cursor: Cursor, now: datetime, stamp: datetime | None) -> None:
+    def __init__(
+        self,
+        cursor: Cursor,
+        now: datetime,
+        stamp: datetime | None,
+        tenants: dict[str, tuple[str, Tenant]] | None = None,
+    ) -> None:
         self._cursor = cursor
+        self._tenants = {} if tenants is None else tenants  # decoded, by stored text
         self.now = now
         self._stamp = stamp  # None: the database's clock when an execution's lock is taken
         self._locked: dict[str, datetime] = {}  # execution → when its row lock was taken
@@ -215,7 +222,7 @@ class _PgTx:
 
     def tenant(self, tenant_id: str) -> Tenant | None:
         row = self._one("SELECT record_json FROM tenants WHERE tenant_id = %s", (tenant_id,))
-        return None if row is None else loads(row[0], Tenant)
+        return None if row is None else rules.decoded_tenant(self._tenants, tenant_id, row[0])
 
     def reservation(self, item_id: str, fence: int) -> str | None:
         row = self._one(
@@ -449,6 +456,7 @@ class PostgresStore(PlannedStore):
         #: Where the store is, for messages: the URL without its password, and the schema.
         self.path = self._db.path
         self._clock = clock
+        self._tenants: dict[str, tuple[str, Tenant]] = {}  # decoded tenants, by stored text
         self.clock: Clock = clock or DatabaseClock(self._db.now)
         self._new_id = new_id or new_event_id
         self._closed = False
@@ -478,10 +486,10 @@ class PostgresStore(PlannedStore):
     def _transact(self, work: Callable[[Tx], T]) -> T:
         def run(cursor: Cursor, database_now: datetime) -> T:
             if self._clock is None:
-                tx = _PgTx(cursor, database_now, None)
+                tx = _PgTx(cursor, database_now, None, self._tenants)
             else:
                 now = self._clock.now()
-                tx = _PgTx(cursor, now, now)
+                tx = _PgTx(cursor, now, now, self._tenants)
             # Pipelined: a write is sent without waiting for its answer, which comes with
             # the next read's (or the end of the pipeline's), so writes cost no round trips.
             with cursor.connection.pipeline():

@@ -241,11 +241,17 @@ class _SqliteTx(_Rows):
     """`Tx` (see `charter.adapters.transactions.Tx`) inside one ``BEGIN IMMEDIATE``
     transaction: the write lock is the whole database's, so no read locks a row."""
 
-    __slots__ = ("now",)
+    __slots__ = ("_tenants", "now")
 
-    def __init__(self, conn: sqlite3.Connection, now: datetime) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        now: datetime,
+        tenants: dict[str, tuple[str, Tenant]] | None = None,
+    ) -> None:
         super().__init__(conn)
         self.now = now
+        self._tenants = {} if tenants is None else tenants
 
     # ── reads ──
 
@@ -300,7 +306,7 @@ class _SqliteTx(_Rows):
 
     def tenant(self, tenant_id: str) -> Tenant | None:
         row = self.one("SELECT record_json FROM tenants WHERE tenant_id = ?", (tenant_id,))
-        return None if row is None else loads(row[0], Tenant)
+        return None if row is None else rules.decoded_tenant(self._tenants, tenant_id, row[0])
 
     def reservation(self, item_id: str, fence: int) -> str | None:
         row = self.one(
@@ -502,7 +508,7 @@ class SqliteStore(PlannedStore):
     def _transact(self, work: Callable[[Tx], T]) -> T:
         with self._write() as conn:
             # The clock is read under the write lock, so commit order is time order.
-            return work(_SqliteTx(conn, self.clock.now()))
+            return work(_SqliteTx(conn, self.clock.now(), self._tenants))
 
     def _write(self) -> WriteTransaction:
         if self.read_only:
@@ -527,18 +533,7 @@ class SqliteStore(PlannedStore):
     def get_tenant(self, tenant_id: str) -> Tenant | None:
         with self._read() as rows:
             row = rows.one("SELECT record_json FROM tenants WHERE tenant_id = ?", (tenant_id,))
-        if row is None:
-            return None
-        # Decoding compiles the tenant's policy indexes; the decoded record is immutable, so
-        # the same stored text (read at every gate) is decoded once. Any update changes the
-        # text (it carries updated_at), so a changed policy is never served from here.
-        text: str = row[0]
-        cached = self._tenants.get(tenant_id)
-        if cached is not None and cached[0] == text:
-            return cached[1]
-        tenant = loads(text, Tenant)
-        self._tenants[tenant_id] = (text, tenant)
-        return tenant
+        return None if row is None else rules.decoded_tenant(self._tenants, tenant_id, row[0])
 
     def list_tenants(self) -> tuple[Tenant, ...]:
         with self._read() as rows:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Final
 
-from charter.adapters.codec import event_text
+from charter.adapters.codec import event_text, loads
 from charter.core.approvals import ApprovalStatus, Pending
 from charter.core.commit import CommitSpec, Head
 from charter.core.errors import (
@@ -61,6 +61,7 @@ __all__ = [
     "check_workflow",
     "commit_spec",
     "decode_cursor",
+    "decoded_tenant",
     "encode_cursor",
     "encode_events",
     "existing",
@@ -312,3 +313,16 @@ def pending_record(
         requested_at=requested_at,
         expires_after_secs=request.expires_after_secs,
     )
+
+
+def decoded_tenant(cache: dict[str, tuple[str, Tenant]], tenant_id: str, text: str) -> Tenant:
+    """The tenant stored as ``text``, decoded once per stored text. Decoding compiles the
+    tenant's policy indexes; the decoded record is immutable, so the same text (read at
+    every claim) is decoded once and kept in ``cache``. Any update changes the text (it
+    carries ``updated_at``), so a changed policy is never served from the cache."""
+    cached = cache.get(tenant_id)
+    if cached is not None and cached[0] == text:
+        return cached[1]
+    tenant = loads(text, Tenant)
+    cache[tenant_id] = (text, tenant)
+    return tenant

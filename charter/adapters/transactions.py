@@ -65,7 +65,7 @@ from charter.core.compaction import Compaction
 from charter.core.events import ApprovalDecision, Event, EventKind, JsonValue
 from charter.core.materialize import Materialized, apply_events
 from charter.core.policy import PolicySet
-from charter.core.ports import Clock, CommitRequest, ReclaimResult
+from charter.core.ports import Clock, CommitRequest, Committed, ReclaimResult
 from charter.core.records import (
     Claim,
     EffectReservation,
@@ -351,13 +351,23 @@ class PlannedStore(abc.ABC):
             plan, claimed = planner.plan_claim(
                 item, head, worker_id=worker_id, lease_secs=lease_secs, now=tx.now
             )
-            self._apply(tx, plan, {head.execution_id: head})
-            assert claimed.lease_expires_at is not None
-            return Claim(
-                item=claimed, fence=claimed.fence, lease_expires_at=claimed.lease_expires_at
-            )
+            events = self._apply(tx, plan, {head.execution_id: head})
+            return self._claim_of(tx, claimed, events)
 
         return self._transact(work)
+
+    @staticmethod
+    def _claim_of(tx: Tx, claimed: WorkItem, events: Sequence[Event]) -> Claim:
+        """The `Claim` of ``claimed``, with the events its claim appended and its tenant
+        (read in the claim's transaction: the claimant need not read either again)."""
+        assert claimed.lease_expires_at is not None
+        return Claim(
+            item=claimed,
+            fence=claimed.fence,
+            lease_expires_at=claimed.lease_expires_at,
+            events=tuple(events),
+            tenant=tx.tenant(claimed.tenant_id),
+        )
 
     def heartbeat(self, item_id: str, fence: int, *, lease_secs: float) -> datetime:
         checks.check_seconds(lease_secs, "lease_secs")
@@ -372,9 +382,21 @@ class PlannedStore(abc.ABC):
         return self._transact(work)
 
     def commit(self, request: CommitRequest) -> tuple[Event, ...]:
+        return self._commit(request, None).events
+
+    def commit_and_claim(
+        self, request: CommitRequest, worker_id: str, queues: Sequence[str], *, lease_secs: float
+    ) -> Committed:
+        checks.check_claim_args(worker_id, queues, lease_secs, None)
+        chain = planner.ChainSpec(
+            worker_id=worker_id, queues=tuple(dict.fromkeys(queues)), lease_secs=lease_secs
+        )
+        return self._commit(request, chain)
+
+    def _commit(self, request: CommitRequest, chain: planner.ChainSpec | None) -> Committed:
         spec = checks.commit_spec(request)
 
-        def work(tx: Tx) -> tuple[Event, ...]:
+        def work(tx: Tx) -> Committed:
             found = tx.settling(spec.item_id)
             if found is None or found[0].fence != spec.fence:  # refused before any other read
                 planner.plan_commit(spec, CommitReads(item=found and found[0]), now=tx.now)
@@ -390,8 +412,18 @@ class PlannedStore(abc.ABC):
                 effect=tx.effect(spec.effect_key) if wants_effect and spec.effect_key else None,
                 existing_items=tx.items(item_ids) if item_ids else {},
             )
-            plan = planner.plan_commit(spec, reads, now=tx.now)
-            return self._apply(tx, plan, {head.execution_id: head} if head else {})
+            if chain is not None and head is not None:
+                # Of the same execution only, whose row this transaction holds already: the
+                # item is read without waiting (a locked one is passed over), so reading it
+                # after the execution cannot deadlock.
+                next_one = tx.next_claimable(chain.queues, item.execution_id)
+                reads = attrs.evolve(reads, claimable=next_one[0] if next_one else None)
+            plan, claimed = planner.plan_commit_then_claim(spec, reads, chain, now=tx.now)
+            events = self._apply(tx, plan, {head.execution_id: head} if head else {})
+            if claimed is None:
+                return Committed(events=events)
+            # Its ``node_started`` is the last event appended (`plan_commit_then_claim`).
+            return Committed(events=events, claim=self._claim_of(tx, claimed, events[-1:]))
 
         return self._transact(work)
 

@@ -70,6 +70,7 @@ __all__ = [
     "SNAPSHOT_EVERY",
     "AppendEvents",
     "ApprovalRow",
+    "ChainSpec",
     "ChargeLimits",
     "CommitReads",
     "CommitSpec",
@@ -93,6 +94,7 @@ __all__ = [
     "plan_append",
     "plan_claim",
     "plan_commit",
+    "plan_commit_then_claim",
     "plan_create_execution",
     "plan_enqueue",
     "plan_fail",
@@ -536,11 +538,10 @@ def plan_enqueue(
 # ── the work queue ─────────────────────────────────────────────────────────────────────
 
 
-def plan_claim(
-    item: WorkItem, head: Head, *, worker_id: str, lease_secs: float, now: datetime
-) -> tuple[Plan, WorkItem]:
-    """Claim ``item`` (the oldest available pending item the store found): the next fence,
-    this worker, a lease, and ``node_started`` in the log."""
+def _claimed(
+    item: WorkItem, *, worker_id: str, lease_secs: float, now: datetime
+) -> tuple[WorkItem, NodeStarted]:
+    """``item`` claimed (the next fence, this worker, a lease) and its ``node_started``."""
     claimed = apply_action(
         item,
         ItemAction.CLAIM,
@@ -548,6 +549,15 @@ def plan_claim(
         lease_expires_at=now + timedelta(seconds=lease_secs),
     )
     started = NodeStarted(node_id=item.node_id, worker_id=worker_id, attempt=claimed.attempt)
+    return claimed, started
+
+
+def plan_claim(
+    item: WorkItem, head: Head, *, worker_id: str, lease_secs: float, now: datetime
+) -> tuple[Plan, WorkItem]:
+    """Claim ``item`` (the oldest available pending item the store found): the next fence,
+    this worker, a lease, and ``node_started`` in the log."""
+    claimed, started = _claimed(item, worker_id=worker_id, lease_secs=lease_secs, now=now)
     writes: list[Write] = [
         UpdateItem(item=claimed, expect_status=item.status, expect_fence=item.fence)
     ]
@@ -601,6 +611,9 @@ class CommitReads:
     #: Whether the item may hold effect reservations (a claim of it reserved one): only then
     #: is there anything to release. ``True`` when the store does not know.
     reserved: bool = True
+    #: For a commit that claims (`plan_commit_then_claim`): the item `Store.claim` would take
+    #: of the execution before this commit's writes (`Tx.next_claimable`), if any.
+    claimable: WorkItem | None = None
 
 
 def commit_reads_needed(spec: CommitSpec) -> tuple[bool, frozenset[str], bool, tuple[str, ...]]:
@@ -615,6 +628,74 @@ def commit_reads_needed(spec: CommitSpec) -> tuple[bool, frozenset[str], bool, t
 
 
 def plan_commit(spec: CommitSpec, reads: CommitReads, *, now: datetime) -> Plan:
+    """`plan_commit_then_claim` without a claim: see there."""
+    return Plan(tuple(_commit_writes(spec, reads, now)[0]))
+
+
+@attrs.frozen(kw_only=True)
+class ChainSpec:
+    """Who may claim, in a commit's transaction, a follow-up item that commit enqueues
+    (`Store.commit_and_claim`): the arguments of `Store.claim`."""
+
+    worker_id: str
+    queues: tuple[str, ...]
+    lease_secs: float
+
+
+def plan_commit_then_claim(
+    spec: CommitSpec, reads: CommitReads, chain: ChainSpec | None, *, now: datetime
+) -> tuple[Plan, WorkItem | None]:
+    """`plan_commit`, and then — with ``chain`` — the claim `Store.claim` would make right
+    after it for ``chain``'s worker, of the same execution: of the items in its queues
+    available at ``now``, the oldest by availability, then enqueue order, among the one
+    the store found before the commit (``reads.claimable``) and those the commit enqueues
+    (after every item already there). It is claimed exactly as `plan_claim` claims: the
+    next fence, the worker, a lease of ``chain.lease_secs`` from ``now``, and
+    ``node_started`` appended after everything else; an item the commit enqueues is
+    inserted already claimed (the row the claim would leave). Returns the plan and the
+    claimed item (``None``: nothing to claim)."""
+    writes, log = _commit_writes(spec, reads, now)
+    if chain is None:
+        return Plan(tuple(writes)), None
+    wanted = frozenset(chain.queues)
+    # (availability, enqueue order): the one before the commit was enqueued first.
+    ready: list[tuple[datetime, int]] = [
+        (write.item.available_at, index)
+        for index, write in enumerate(writes)
+        if isinstance(write, InsertItem)
+        and write.item.queue in wanted
+        and write.item.available_at <= now
+    ]
+    found = reads.claimable
+    if found is not None:
+        if found.status is not WorkItemStatus.PENDING or found.available_at > now:
+            raise AssertionError(f"work item {found.item_id!r} is not claimable")
+        ready.append((found.available_at, -1))
+    if not ready:
+        return Plan(tuple(writes)), None
+    _, index = min(ready)
+    if index < 0:
+        assert found is not None
+        claimed, started = _claimed(
+            found, worker_id=chain.worker_id, lease_secs=chain.lease_secs, now=now
+        )
+        writes.append(
+            UpdateItem(item=claimed, expect_status=found.status, expect_fence=found.fence)
+        )
+    else:
+        insert = writes[index]
+        assert isinstance(insert, InsertItem)
+        claimed, started = _claimed(
+            insert.item, worker_id=chain.worker_id, lease_secs=chain.lease_secs, now=now
+        )
+        writes[index] = InsertItem(item=claimed)
+    writes += log.append((started,), now)
+    return Plan(tuple(writes)), claimed
+
+
+def _commit_writes(
+    spec: CommitSpec, reads: CommitReads, now: datetime
+) -> tuple[list[Write], LogDraft]:
     """Settle a claimed item and write everything its attempt produced, in one transaction
     (`Store.commit`): the item's terminal status, the events (and the status and approval
     records they project), the ledger, the recorded effect, the claim's reservations
@@ -675,7 +756,7 @@ def plan_commit(spec: CommitSpec, reads: CommitReads, *, now: datetime) -> Plan:
         writes += _new_items(
             spec.then_items, {item.execution_id: head.tenant_id}, reads.existing_items, now
         )
-    return Plan(tuple(writes))
+    return writes, log
 
 
 def _failure_writes(

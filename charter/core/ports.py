@@ -71,6 +71,7 @@ from charter.core.signing import Signature
 __all__ = [
     "Clock",
     "CommitRequest",
+    "Committed",
     "EffectResult",
     "Executor",
     "NodeCall",
@@ -173,6 +174,16 @@ class CommitRequest:
     then_events: tuple[EventKind, ...] = ()
     then_items: tuple[NewWorkItem, ...] = ()
     then_if_last_sequence: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Committed:
+    """What `Store.commit_and_claim` wrote: the appended events (the claim's
+    ``node_started`` last, if it claimed) and the claim of a follow-up item it made in the
+    same transaction (``None``: nothing was claimed)."""
+
+    events: tuple[Event, ...] = ()
+    claim: Claim | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -318,7 +329,8 @@ class Store(Protocol):
         """Claim the oldest available pending item of ``queues`` (of one execution, with
         ``execution_id``): status claimed, this worker, a lease until now + ``lease_secs``,
         the next fence; appends ``node_started{worker_id, attempt}``. ``None`` when nothing
-        is available."""
+        is available. The `Claim` carries the events it appended and the item's tenant as of
+        the claim (``Claim.events``, ``Claim.tenant``), so the caller reads neither again."""
         ...
 
     def heartbeat(self, item_id: str, fence: int, *, lease_secs: float) -> datetime:
@@ -330,6 +342,19 @@ class Store(Protocol):
         `CommitRequest`), in one fenced transaction; returns the appended events. The
         claim's unrecorded effect reservations are released (reclaim keeps them until their
         TTL: a presumed-dead worker may still be firing)."""
+        ...
+
+    def commit_and_claim(
+        self, request: CommitRequest, worker_id: str, queues: Sequence[str], *, lease_secs: float
+    ) -> Committed:
+        """`commit`, and in the same transaction the claim ``claim(worker_id, queues,
+        lease_secs=lease_secs, execution_id=<the item's execution>)`` would make right
+        after it — of the items waiting and those the follow-up (``then_items``) enqueues —
+        recorded exactly as that claim records it (the next fence, a lease until now +
+        ``lease_secs``, ``node_started`` appended last): one write transaction per node
+        instead of two. Only the committed item's execution is looked at, so the claim may
+        pass over older items of other executions (the caller bounds how often it
+        chains)."""
         ...
 
     def park(

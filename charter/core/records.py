@@ -16,7 +16,7 @@ from typing import Final, Generic, TypeVar
 import attrs
 
 from charter.core.errors import InvalidInput, LimitExceeded, describe
-from charter.core.events import JsonValue
+from charter.core.events import Event, JsonValue
 from charter.core.policy import PolicySet
 
 __all__ = [
@@ -282,11 +282,18 @@ class WorkItem:
 
 @attrs.frozen(kw_only=True)
 class Claim:
-    """A claimed item and the fence that proves the claim."""
+    """A claimed item and the fence that proves the claim.
+
+    A store also hands back what the claiming transaction read and wrote, so that the
+    claimant need not read it again (docs/store.md, "Claims"): ``events``, the events the
+    claim appended (its ``node_started``), and ``tenant``, the item's tenant as of the
+    claim (``None`` when the tenant is unknown, or the store did not say: read it then)."""
 
     item: WorkItem
     fence: int
     lease_expires_at: datetime
+    events: tuple[Event, ...] = attrs.field(default=(), eq=False, repr=False)
+    tenant: Tenant | None = attrs.field(default=None, eq=False, repr=False)
 
 
 # ── tool effects ───────────────────────────────────────────────────────────────────────

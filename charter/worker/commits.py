@@ -76,9 +76,11 @@ class Writer:
         worker_id: str,
         *,
         patience_secs: float,
+        lease_secs: float = 30.0,
         telemetry: Telemetry | None = None,
     ) -> None:
         self.store = store
+        self.lease_secs = lease_secs
         self.scheduler = scheduler
         self.clock = store.clock
         self.worker_id = worker_id
@@ -101,17 +103,35 @@ class Writer:
                 log.warning("%s: could not report a decision span", self.worker_id, exc_info=True)
         return self.scheduler.absorb(execution_id, written)
 
-    def commit(self, claim: Claim, request: CommitRequest, view: RunView | None) -> bool:
-        """Commit ``request`` (with its follow-up, planned from ``view``). The attempt's
-        outcome is known: a store that is briefly unreachable must not turn it into a
-        failure that runs the node again, so the commit is retried with backoff for up to
-        ``patience_secs``; it is fenced, so a retry of a commit that did land (its
-        acknowledgement was lost) is refused with `FenceLost` and writes nothing twice."""
+    def commit(
+        self,
+        claim: Claim,
+        request: CommitRequest,
+        view: RunView | None,
+        *,
+        chain: Sequence[str] | None = None,
+    ) -> tuple[bool, Claim | None]:
+        """Commit ``request`` (with its follow-up, planned from ``view``); with ``chain``
+        (this worker's queues), also claim in the same transaction the run's next item this
+        worker may run (`Store.commit_and_claim`). Returns whether the events written were
+        absorbed, and that claim. The attempt's outcome is known: a store that is briefly
+        unreachable must not turn it into a failure that runs the node again, so the commit
+        is retried with backoff for up to ``patience_secs``; it is fenced, so a retry of a
+        commit that did land (its acknowledgement was lost) is refused with `FenceLost` and
+        writes nothing twice (a claim it made then is reclaimed when its lease expires)."""
         delay = 0.05
         deadline = time.monotonic() + self.patience_secs
+        chained: Claim | None = None
         while True:
             try:
-                written = self.store.commit(with_follow_up(claim, request, view, self.clock))
+                full = with_follow_up(claim, request, view, self.clock)
+                if chain is not None:
+                    done = self.store.commit_and_claim(
+                        full, self.worker_id, chain, lease_secs=self.lease_secs
+                    )
+                    written, chained = done.events, done.claim
+                else:
+                    written = self.store.commit(full)
                 break
             except StoreUnavailable as error:
                 if time.monotonic() + delay > deadline:
@@ -120,7 +140,7 @@ class Writer:
                 log.warning("%s: commit of %s: %s; retrying", self.worker_id, item_id, error)
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
-        return self._written(claim.item.execution_id, written)
+        return self._written(claim.item.execution_id, written), chained
 
     def fail(
         self,

@@ -142,12 +142,12 @@ class Scheduler:
     def view(self, execution_id: str, *, claimed: Claim | None = None) -> RunView:
         """Everything the scheduler knows of the execution, caught up with its log (one
         read of the new events). With ``claimed``, a claim just made of one of its items:
-        if the claim carries the events it appended (``node_started``; a store that returns
-        them as ``Claim.events``) and they follow on from what the scheduler knows, they are
-        folded in and nothing is read."""
+        if the events it appended (``Claim.events``: its ``node_started``) follow on from
+        what the scheduler knows, or were absorbed already (a claim made in the
+        transaction of a commit the caller absorbed), nothing is read."""
         with self._lock:
-            own = getattr(claimed, "events", None) if claimed is not None else None
-            if own and self.absorb(execution_id, own):
+            own = claimed.events if claimed is not None else ()
+            if own and self._knows(execution_id, own):
                 tracked = self._tracked[execution_id]
             else:
                 tracked = self._catch_up(execution_id)
@@ -190,6 +190,15 @@ class Scheduler:
                 return False
             self._absorb(tracked, events)
             return True
+
+    def _knows(self, execution_id: str, own: Sequence[Event]) -> bool:
+        """Whether the fold is complete up to ``own`` (a claim's events): it absorbed them
+        already (a claim made in the transaction of the caller's commit, whose events it
+        absorbed), or they follow on from what it knows and are absorbed now."""
+        tracked = self._tracked.get(execution_id)
+        if tracked is not None and own[0].sequence <= tracked.last_sequence:
+            return own[-1].sequence <= tracked.last_sequence
+        return self.absorb(execution_id, own)
 
     def _track(self, execution_id: str) -> _Tracked:
         tracked = self._tracked.get(execution_id)

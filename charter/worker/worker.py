@@ -62,9 +62,12 @@ from charter.worker.heartbeats import Heartbeats
 from charter.worker.limits import with_limit_usage
 from charter.worker.scheduling import RunView, Scheduler
 
-__all__ = ["ALL_QUEUES", "Worker", "WorkerHooks"]
+__all__ = ["ALL_QUEUES", "DEFAULT_CHAIN_LIMIT", "Worker", "WorkerHooks"]
 
 log = logging.getLogger("charter.worker")
+
+#: How many items in a row a worker claims in its own commits' transactions, by default.
+DEFAULT_CHAIN_LIMIT: Final = 64
 
 #: Every queue a node kind can be dispatched to.
 ALL_QUEUES: Final = tuple(sorted({info.queue_type for info in NODE_KINDS.values()}))
@@ -106,6 +109,7 @@ class Worker:
         effect_ttl_secs: float = 300.0,
         hooks: WorkerHooks | None = None,
         telemetry: Telemetry | None = None,
+        chain_limit: int = DEFAULT_CHAIN_LIMIT,
     ) -> None:
         self.store = store
         self.executors = executors if executors is not None else default_registry()
@@ -118,10 +122,22 @@ class Worker:
         self._heartbeats = Heartbeats(store, lease_secs)
         self.telemetry = telemetry
         self._writer = Writer(
-            store, self.scheduler, self.worker_id, patience_secs=lease_secs / 2, telemetry=telemetry
+            store,
+            self.scheduler,
+            self.worker_id,
+            patience_secs=lease_secs / 2,
+            lease_secs=lease_secs,
+            telemetry=telemetry,
         )
+        if isinstance(chain_limit, bool) or chain_limit < 0:
+            raise InvalidInput("chain_limit", f"expected an integer ≥ 0, got {chain_limit!r}")
+        #: How many items in a row one `process` may claim in the transactions of its own
+        #: commits (`Store.commit_and_claim`) before it lets a normal claim choose again.
+        self.chain_limit = chain_limit
         self._absorbed = False  # whether the item in hand's own write was folded in
         self._view: RunView | None = None  # the view the item in hand is decided on
+        self._chain = False  # whether the commit of the item in hand may claim the next
+        self._next: Claim | None = None  # the item its commit claimed, to process next
 
     def close(self) -> None:
         """Stop the heartbeat thread (claims still in flight are no longer renewed)."""
@@ -175,10 +191,21 @@ class Worker:
     # ── one item ──
 
     def process(self, claim: Claim) -> None:
-        """Decide, execute and commit one claimed item; never raises for a node's failure."""
+        """Decide, execute and commit one claimed item, and then each item its commit
+        claimed in the same transaction (a successor it made ready: `Store.commit_and_claim`),
+        up to ``chain_limit`` of them; never raises for a node's failure."""
+        chained = 0
+        next_claim: Claim | None = claim
+        while next_claim is not None:
+            next_claim = self._process_one(next_claim, chain=chained < self.chain_limit)
+            chained += 1
+
+    def _process_one(self, claim: Claim, *, chain: bool) -> Claim | None:
         item = claim.item
         self._absorbed = False
         self._view = None
+        self._chain = chain
+        self._next = None
         try:
             self._process(claim)
         except FenceLost:
@@ -190,6 +217,7 @@ class Worker:
         # When this item's own write followed on from what the scheduler knew, its view is
         # complete and planning needs no read (compare-and-append guards it regardless).
         self._advance(item.execution_id, read=not self._absorbed)
+        return self._next
 
     def _advance(self, execution_id: str, *, read: bool = True) -> None:
         try:
@@ -219,7 +247,10 @@ class Worker:
         node = view.workflow.nodes.get(item.node_id)
         if node is None:
             return self._refuse(claim, "node not in the definition")
-        tenant = self.store.get_tenant(execution.tenant_id)
+        # The tenant as the claim's transaction read it (no read of its own), or read now.
+        tenant = claim.tenant
+        if tenant is None or tenant.tenant_id != execution.tenant_id:
+            tenant = self.store.get_tenant(execution.tenant_id)
         if tenant is None:
             why = f"tenant {execution.tenant_id!r} is unknown: refusing to run without its policy"
             return self._refuse(claim, why)
@@ -340,4 +371,5 @@ class Worker:
     def _commit(self, claim: Claim, request: CommitRequest) -> None:
         if self.hooks.before_commit is not None:
             self.hooks.before_commit(claim)
-        self._absorbed = self._writer.commit(claim, request, self._view)
+        chain = self.queues if self._chain else None
+        self._absorbed, self._next = self._writer.commit(claim, request, self._view, chain=chain)
