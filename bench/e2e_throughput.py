@@ -123,9 +123,12 @@ LABELS: Final = {
     "dbos": "DBOS",
 }
 
-#: The issue's targets, reported against and never asserted.
-TARGET_OVER_SQLITE3: Final = 0.50  # Charter ≥ 50 % of the hand-written loop
-TARGET_OVER_DBOS: Final = 10.0  # Charter ≥ 10 × DBOS
+#: Issue 14's targets, reported against and never asserted: Charter's share of the
+#: hand-written loop by synchronous setting (≥ 50 % under FULL, ≥ 35 % under NORMAL), and
+#: ≥ 3× DBOS in every shape and setting.
+TARGETS_OVER_SQLITE3: Final = {"FULL": 0.50, "NORMAL": 0.35}
+TARGET_OVER_SQLITE3: Final = TARGETS_OVER_SQLITE3["FULL"]
+TARGET_OVER_DBOS: Final = 3.0
 
 TENANT: Final = "bench"
 RUN_ID: Final = "bench-run"
@@ -882,9 +885,10 @@ def render_markdown(report: Report) -> str:
     lines.append("|:---|:---|:---:|")
     for r in all_ratios:
         where = f"{r.shape}, synchronous {r.synchronous}"
-        met = r.over_sqlite3 >= TARGET_OVER_SQLITE3
+        goal = TARGETS_OVER_SQLITE3.get(r.synchronous, TARGET_OVER_SQLITE3)
+        met = r.over_sqlite3 >= goal
         lines.append(
-            f"| Charter ≥ {_pct(TARGET_OVER_SQLITE3)} of the sqlite3 loop, {where} "
+            f"| Charter ≥ {_pct(goal)} of the sqlite3 loop, {where} "
             f"| {_pct(r.over_sqlite3)} | {'yes' if met else '**no**'} |"
         )
         if r.over_dbos is None:
@@ -913,7 +917,7 @@ def report_json(report: Report) -> dict[str, Any]:
         "trials": [asdict(r) | {"rate": r.rate} for r in report.results],
         "summaries": [asdict(s) for s in report.summaries],
         "ratios": [asdict(r) for r in ratios(report)],
-        "targets": {"over_sqlite3": TARGET_OVER_SQLITE3, "over_dbos": TARGET_OVER_DBOS},
+        "targets": {"over_sqlite3": TARGETS_OVER_SQLITE3, "over_dbos": TARGET_OVER_DBOS},
     }
 
 
