@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import attrs
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -15,6 +16,7 @@ from charter.core import (
     check_after,
     check_before,
 )
+from charter.core.budget import nanos
 from charter.testing.strategies import budget_limits, budget_states, usages
 
 
@@ -104,3 +106,39 @@ def test_snapshot_round_trip_keeps_the_budget_and_other_keys(
     through_json = json.loads(json.dumps(patched))
     assert BudgetState.from_snapshot_state(through_json) == state
     assert {k: v for k, v in through_json.items() if k != "__budget"} == other
+
+
+# ── the direct constructor equals the checked one ──
+
+
+def _reference_apply(state: BudgetState, usage: Usage) -> BudgetState:
+    """`BudgetState.apply` through the attrs constructor, every field converted again."""
+    return BudgetState(
+        total_input_tokens=state.total_input_tokens + usage.input_tokens,
+        total_output_tokens=state.total_output_tokens + usage.output_tokens,
+        total_cost_usd=(state.cost_nanos + nanos(usage.cost_usd)) / 1_000_000_000,
+        iteration_count=state.iteration_count + usage.iterations,
+        tool_call_count=state.tool_call_count + usage.tool_calls,
+        consecutive_error_count=state.consecutive_error_count,
+        circuit_breaker_tripped=state.circuit_breaker_tripped,
+    )
+
+
+@given(budget_states(max_cost_usd=1e6), st.lists(usages(max_cost_usd=1e4), max_size=5))
+def test_apply_builds_what_the_checked_constructor_builds(
+    state: BudgetState, steps: list[Usage]
+) -> None:
+    for usage in steps:
+        fast, slow = state.apply(usage), _reference_apply(state, usage)
+        assert fast == slow
+        assert json.dumps(fast.to_dict()) == json.dumps(slow.to_dict())  # bit-identical floats
+        assert type(fast.total_cost_usd) is float
+        state = fast
+        errors = state.record_error()
+        assert errors == attrs.evolve(
+            state, consecutive_error_count=state.consecutive_error_count + 1
+        )
+        assert errors.record_success() == attrs.evolve(state, consecutive_error_count=0)
+        assert errors.record_success().record_error() == attrs.evolve(
+            state, consecutive_error_count=1
+        )

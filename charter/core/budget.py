@@ -174,11 +174,14 @@ class BudgetState:
         add_in = 0 if input_tokens is None else _input_tokens(input_tokens)
         add_out = 0 if output_tokens is None else _output_tokens(output_tokens)
         add_cost = 0 if cost_usd is None else _to_nanos(cost_usd, "cost_usd")
-        return attrs.evolve(
-            self,
-            total_input_tokens=_sum("total_input_tokens", self.total_input_tokens, add_in),
-            total_output_tokens=_sum("total_output_tokens", self.total_output_tokens, add_out),
-            total_cost_usd=_from_nanos(self._cost_sum(add_cost)),
+        return _state(
+            _sum("total_input_tokens", self.total_input_tokens, add_in),
+            _sum("total_output_tokens", self.total_output_tokens, add_out),
+            _total_cost_usd(_from_nanos(self._cost_sum(add_cost))),
+            self.iteration_count,
+            self.tool_call_count,
+            self.consecutive_error_count,
+            self.circuit_breaker_tripped,
         )
 
     def _cost_sum(self, add_nanos: int) -> int:
@@ -189,19 +192,41 @@ class BudgetState:
 
     def record_success(self) -> BudgetState:
         """A success resets the consecutive-error counter."""
-        return attrs.evolve(self, consecutive_error_count=0)
+        if self.consecutive_error_count == 0:
+            return self  # immutable: the reset state is this one
+        return self._with_errors(0)
 
     def record_error(self) -> BudgetState:
         """An error extends the run of consecutive errors."""
-        return attrs.evolve(self, consecutive_error_count=self.consecutive_error_count + 1)
+        return self._with_errors(_consecutive_error_count(self.consecutive_error_count + 1))
+
+    def _with_errors(self, errors: int) -> BudgetState:
+        return _state(
+            self.total_input_tokens,
+            self.total_output_tokens,
+            self.total_cost_usd,
+            self.iteration_count,
+            self.tool_call_count,
+            errors,
+            self.circuit_breaker_tripped,
+        )
 
     def apply(self, usage: Usage) -> BudgetState:
-        """A new state with a node's whole usage added (tokens, cost, tool calls, iterations)."""
-        state = self.accumulate(usage.input_tokens, usage.output_tokens, usage.cost_usd)
-        return attrs.evolve(
-            state,
-            tool_call_count=_sum("tool_call_count", state.tool_call_count, usage.tool_calls),
-            iteration_count=_sum("iteration_count", state.iteration_count, usage.iterations),
+        """A new state with a node's whole usage added (tokens, cost, tool calls, iterations).
+        ``usage`` was checked when it was built; each sum is checked here, once (tokens and
+        cost first, then tool calls, then iterations: the order a failing sum is named in)."""
+        input_tokens = _sum("total_input_tokens", self.total_input_tokens, usage.input_tokens)
+        output_tokens = _sum("total_output_tokens", self.total_output_tokens, usage.output_tokens)
+        cost = _total_cost_usd(_from_nanos(self._cost_sum(_to_nanos(usage.cost_usd, "cost_usd"))))
+        tool_calls = _sum("tool_call_count", self.tool_call_count, usage.tool_calls)
+        return _state(
+            input_tokens,
+            output_tokens,
+            cost,
+            _sum("iteration_count", self.iteration_count, usage.iterations),
+            tool_calls,
+            self.consecutive_error_count,
+            self.circuit_breaker_tripped,
         )
 
     # ── snapshot round trip (upstream keys) ──
@@ -252,6 +277,32 @@ class BudgetState:
         patched = dict(state)
         patched[BUDGET_KEY] = self.to_dict()
         return patched
+
+
+_SETTERS = tuple(BudgetState.__dict__[f.name].__set__ for f in attrs.fields(BudgetState))
+
+
+def _state(
+    input_tokens: int,
+    output_tokens: int,
+    cost_usd: float,
+    iterations: int,
+    tool_calls: int,
+    errors: int,
+    tripped: bool,
+) -> BudgetState:
+    """A `BudgetState` from values already checked (and converted) by the caller, its slots
+    set directly: what the attrs constructor would build, without checking them again.
+    Only the methods above call it, each with sums `_sum` checked and a cost the field's
+    own converter made."""
+    state = object.__new__(BudgetState)
+    for setter, value in zip(
+        _SETTERS,
+        (input_tokens, output_tokens, cost_usd, iterations, tool_calls, errors, tripped),
+        strict=True,
+    ):
+        setter(state, value)
+    return state
 
 
 # ── limits and checks ──────────────────────────────────────────────────────────────────
