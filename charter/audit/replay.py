@@ -87,7 +87,7 @@ from charter.core.limits import expected_charge, matching_limits, usage_from_rec
 from charter.core.policy import PolicyScope, PolicySet
 from charter.core.ports import Store
 from charter.core.records import Execution
-from charter.core.scheduler import Progress, fold
+from charter.core.scheduler import RunState
 from charter.core.signing import Signature, Statement, check_signed_answer, decode_key
 from charter.core.workflow import WorkflowDef, WorkflowInvalid
 from charter.worker import Definitions
@@ -691,12 +691,15 @@ class _Replayer:
         if self.override is not None and self.override[0] is PolicyScope.WORKFLOW:
             workflow = attrs.evolve(workflow, policy=self.override[1])
         positions = self._positions()
-        progress: Progress = fold(workflow, ())
+        # One fold state for the whole log, each event folded once (folding a chunk at a
+        # time onto the previous `Progress` stacks views and re-reads the run's nodes: the
+        # cost per decision grew with the run).
+        work = RunState(workflow)
         budget = BudgetState()
         approvals: dict[str, ApprovalStatus] = {}
         inputs: dict[int, _Inputs] = {}
         if 0 in positions:
-            inputs[0] = _Inputs(content_digest(progress.state), budget, {})
+            inputs[0] = _Inputs(content_digest(work.state), budget, {})
         expected: deque[_Expected] = deque()
         # (node, attempt) → budget its run decision saw, until its settlement comes by
         runs: dict[tuple[str, int], BudgetState] = {}
@@ -785,10 +788,10 @@ class _Replayer:
                     node = kind.node_id
                     approvals[node] = approval_step(approvals.get(node, _NOT_REQUESTED), event)
                 if event.sequence in positions:
-                    progress = fold(workflow, unfolded, progress)
+                    work.apply(unfolded)
                     unfolded.clear()
                     inputs[event.sequence] = _Inputs(
-                        content_digest(progress.state),
+                        content_digest(work.state),
                         budget,
                         dict(approvals),
                         kind if isinstance(kind, AgentToolInvoked) else None,
