@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 
 from charter.adapters.sqlite import SqliteStore
 from charter.core.events import NodeCompleted, ToolCalled
@@ -29,6 +30,10 @@ def _drain(store: SqliteStore, worker: str) -> None:
         if claim is None:
             return
         print(f"claimed {claim.item.item_id} {claim.fence}", flush=True)
+        # The node's "work", outside any transaction: without it one process can take the
+        # write lock back before the other's busy handler wakes (SQLite's lock is not fair)
+        # and drain every item alone, and the two would not really compete.
+        time.sleep(0.001)
         completed = NodeCompleted(
             node_id=claim.item.node_id, output={"by": worker}, state_patch={}, duration_ms=0
         )
