@@ -27,9 +27,8 @@ from charter.cli.common import (
 )
 from charter.cli.render import event_line
 from charter.cli.runs import _printer, _report
-from charter.core.answers import approval_statement, stamp
-from charter.core.approvals import ApprovalRefused, ApprovalRequest, Pending
-from charter.core.commit import ApprovalRow, Head
+from charter.core.answers import pending_statement, stamp
+from charter.core.approvals import ApprovalRefused
 from charter.core.errors import InvalidInput
 from charter.core.events import ApprovalDecision, Event, JsonValue
 from charter.core.records import Execution
@@ -125,31 +124,10 @@ def _statement(
     record = pending.get(args.node_id)
     if record is None:
         return None
-    row = ApprovalRow(
-        status=Pending(
-            ApprovalRequest(
-                node_id=record.node_id,
-                tool_name=record.tool_name,
-                approver=record.approver,
-                context=record.context,
-                request_digest=record.request_digest,
-                attempt=record.attempt,
-                sequence=record.sequence,
-            )
-        ),
-        requested_at=record.requested_at,
-    )
-    head = Head(
-        execution_id=execution_id,
-        tenant_id=execution.tenant_id,
-        status=execution.status,
-        last_sequence=execution.last_sequence,
-    )
     policy = tenant.policy if tenant is not None else None
-    return approval_statement(
-        head,
-        row,
-        node_id=args.node_id,
+    return pending_statement(
+        execution,
+        record,
         user_id=args.user,
         decision=args.decision,
         comment=args.comment,

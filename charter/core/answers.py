@@ -21,6 +21,7 @@ import attrs
 from charter.core.approvals import (
     ANY_HUMAN,
     ApprovalRefused,
+    ApprovalRequest,
     NotRequested,
     Pending,
     approver_allows,
@@ -37,12 +38,14 @@ from charter.core.events import (
 )
 from charter.core.expiry import expiry_of
 from charter.core.policy import PolicySet
+from charter.core.records import Execution, PendingApprovalRecord
 from charter.core.signing import Signature, Statement, Verifier, check_signed_answer
 
 __all__ = [
     "RESOLUTIONS",
     "approval_statement",
     "open_outcome",
+    "pending_statement",
     "plan_decision",
     "plan_resolution",
     "resolution_statement",
@@ -90,6 +93,49 @@ def approval_statement(
         decided_at=decided_at,
         policy_digest=policy_digest,
     )
+
+
+def pending_statement(
+    execution: Execution,
+    record: PendingApprovalRecord,
+    *,
+    user_id: str,
+    decision: ApprovalDecision,
+    comment: str | None,
+    decided_at: str,
+    policy_digest: str | None,
+) -> Statement:
+    """`approval_statement` for an open request as `Store.pending_approvals` lists it: the
+    statement the store will check, built from what it holds now (what the CLI and the
+    service hand an approver to sign)."""
+    head = Head(
+        execution_id=execution.execution_id,
+        tenant_id=execution.tenant_id,
+        status=execution.status,
+        last_sequence=execution.last_sequence,
+    )
+    request = ApprovalRequest(
+        node_id=record.node_id,
+        tool_name=record.tool_name,
+        approver=record.approver,
+        context=record.context,
+        request_digest=record.request_digest,
+        attempt=record.attempt,
+        sequence=record.sequence,
+    )
+    row = ApprovalRow(status=Pending(request), requested_at=record.requested_at)
+    statement = approval_statement(
+        head,
+        row,
+        node_id=record.node_id,
+        user_id=user_id,
+        decision=decision,
+        comment=comment,
+        decided_at=decided_at,
+        policy_digest=policy_digest,
+    )
+    assert statement is not None  # the row is pending
+    return statement
 
 
 def plan_decision(

@@ -26,9 +26,8 @@ from typing import Final
 import attrs
 
 from charter.adapters.codec import dump
-from charter.core.answers import approval_statement, stamp
-from charter.core.approvals import ApprovalRefused, ApprovalRequest, Pending, may_answer
-from charter.core.commit import ApprovalRow, Head
+from charter.core.answers import pending_statement, stamp
+from charter.core.approvals import ApprovalRefused, may_answer
 from charter.core.events import ApprovalDecision, ApprovalReceived, Event, JsonValue
 from charter.core.records import Execution, PendingApprovalRecord
 from charter.core.signing import Signature, Statement
@@ -125,38 +124,15 @@ def statement_for(
     (the client signs its ``message()`` bytes and sends the same ``decided_at``)."""
     tenant = store.get_tenant(execution.tenant_id)
     policy = tenant.policy if tenant is not None else None
-    row = ApprovalRow(
-        status=Pending(
-            ApprovalRequest(
-                node_id=record.node_id,
-                tool_name=record.tool_name,
-                approver=record.approver,
-                context=record.context,
-                request_digest=record.request_digest,
-                attempt=record.attempt,
-                sequence=record.sequence,
-            )
-        ),
-        requested_at=record.requested_at,
-    )
-    head = Head(
-        execution_id=execution.execution_id,
-        tenant_id=execution.tenant_id,
-        status=execution.status,
-        last_sequence=execution.last_sequence,
-    )
-    statement = approval_statement(
-        head,
-        row,
-        node_id=record.node_id,
+    return pending_statement(
+        execution,
+        record,
         user_id=user_id,
         decision=decision,
         comment=comment,
         decided_at=stamp(now),
         policy_digest=policy.digest if policy is not None else None,
     )
-    assert statement is not None  # the row is pending
-    return statement
 
 
 def _recorded(events: Sequence[Event], node_id: str) -> ApprovalReceived | None:
