@@ -208,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
                 if httpx.get(base + "/healthz", timeout=1).status_code == 200:
                     break
             except httpx.TransportError:
-                time.sleep(0.1)
+                pass  # not listening yet
+            time.sleep(0.1)  # not up (or not healthy) yet: poll again
         else:
             raise SystemExit("the server did not start")
         rows: list[tuple[str, dict[str, float]]] = [("in-process gate_node", _in_process(20_000))]
