@@ -12,9 +12,9 @@ Postgres stores are checked against, not for large volumes.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
-from typing import TypeVar
+from typing import TypeVar, overload
 
 import attrs
 
@@ -61,6 +61,51 @@ __all__ = ["MemoryStore"]
 T = TypeVar("T")
 
 
+class _Log(Sequence[Event]):
+    """An execution's events as one version of the tables holds them: the first ``length``
+    entries of a list that later versions share. Appending to the newest version extends the
+    list in place, so a run's log costs O(events appended) per transaction, not O(log): a
+    tuple copied on every append made a long governed session quadratic. A version is never
+    changed: a transaction that fails after appending leaves entries past every committed
+    version's length, and the next append from a committed version (shorter than the list)
+    copies its own prefix to a new list first."""
+
+    __slots__ = ("_items", "_length")
+
+    def __init__(self, items: list[Event] | None = None, length: int | None = None) -> None:
+        self._items: list[Event] = [] if items is None else items
+        self._length = len(self._items) if length is None else length
+
+    def __len__(self) -> int:
+        return self._length
+
+    @overload
+    def __getitem__(self, index: int) -> Event: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[Event, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> Event | tuple[Event, ...]:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(self._length)
+            return tuple(self._items[start:stop:step])
+        if not -self._length <= index < self._length:
+            raise IndexError("event index out of range")
+        return self._items[index % self._length]
+
+    def __iter__(self) -> Iterator[Event]:
+        items = self._items
+        return (items[i] for i in range(self._length))
+
+    def appended(self, events: Sequence[Event]) -> _Log:
+        """This log with ``events`` after it (this version unchanged)."""
+        items = self._items
+        if len(items) != self._length:  # a failed transaction appended past us: branch off
+            items = items[: self._length]
+        items.extend(events)
+        return _Log(items, len(items))
+
+
 @attrs.frozen(kw_only=True)
 class _Approval:
     row: ApprovalRow
@@ -72,7 +117,7 @@ class _Tables:
     tenants: dict[str, Tenant] = attrs.Factory(dict)
     workflows: dict[tuple[str, str, str], WorkflowDefinition] = attrs.Factory(dict)
     executions: dict[str, Execution] = attrs.Factory(dict)
-    events: dict[str, tuple[Event, ...]] = attrs.Factory(dict)
+    events: dict[str, _Log] = attrs.Factory(dict)
     snapshots: dict[str, Snapshot] = attrs.Factory(dict)
     ledger: dict[str, BudgetState] = attrs.Factory(dict)
     items: dict[str, WorkItem] = attrs.Factory(dict)
@@ -244,7 +289,7 @@ class _MemoryTx:
     def insert_execution(self, execution: Execution, initial_input_json: str) -> None:
         self.t.executions[execution.execution_id] = execution
         self.t.execution_order[execution.execution_id] = len(self.t.execution_order) + 1
-        self.t.events[execution.execution_id] = ()
+        self.t.events[execution.execution_id] = _Log()
         self.t.ledger[execution.execution_id] = BudgetState()
 
     def insert_item(self, item: WorkItem, payload_json: str) -> None:
@@ -260,7 +305,7 @@ class _MemoryTx:
 
     def insert_events(self, head: Head, events: Sequence[Event], kind_texts: Sequence[str]) -> None:
         execution_id = head.execution_id
-        self.t.events[execution_id] = (*self.t.events[execution_id], *events)
+        self.t.events[execution_id] = self.t.events[execution_id].appended(events)
         self.t.executions[execution_id] = attrs.evolve(
             self.t.executions[execution_id],
             last_sequence=events[-1].sequence,
@@ -302,14 +347,16 @@ class _MemoryTx:
             self.t.charges[key] = tuple(kept)
 
     def delete_events(self, execution_id: str, through_sequence: int) -> None:
-        self.t.events[execution_id] = _after(self.t.events[execution_id], through_sequence)
+        self.t.events[execution_id] = _Log(
+            list(_after(self.t.events[execution_id], through_sequence))
+        )
 
     def put_compaction(self, record: Compaction) -> None:
         history = self.t.compactions.get(record.execution_id, ())
         self.t.compactions[record.execution_id] = (*history, record)
 
 
-def _after(log: tuple[Event, ...], after: int) -> tuple[Event, ...]:
+def _after(log: _Log, after: int) -> tuple[Event, ...]:
     """The events of ``log`` (gapless, perhaps compacted: docs/semantics.md §10) whose
     sequence is greater than ``after``."""
     offset = log[0].sequence - 1 if log else 0

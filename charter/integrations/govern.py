@@ -59,6 +59,7 @@ import socket
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -103,7 +104,7 @@ from charter.core.limits import charge_event
 from charter.core.policy import Block, PolicyScope, PolicySet
 from charter.core.ports import NodeResult, Store
 from charter.core.records import DEFAULT_TENANT, Execution, Tenant, WorkflowDefinition
-from charter.core.scheduler import Progress, fold
+from charter.core.scheduler import RunState
 from charter.core.workflow import WorkflowDef, parse_workflow
 from charter.worker.limits import with_limit_usage
 
@@ -371,7 +372,7 @@ class _View:
 
     execution: Execution
     workflow: WorkflowDef
-    progress: Progress
+    run: RunState  # the fold, changed in place: each event folded once (never re-stacked)
     budget: BudgetState = attrs.field(factory=BudgetState)
     approvals: dict[str, ApprovalStatus] = attrs.field(factory=dict)
     runs: dict[str, int] = attrs.field(factory=dict)
@@ -384,10 +385,10 @@ class _View:
             return True
         if events[0].sequence != self.last + 1:
             return False
-        before = self.progress.state
-        self.progress = fold(self.workflow, events, self.progress)
-        if self.progress.state is not before or not self.state_digest:
-            self.state_digest = content_digest(self.progress.state)
+        before = self.run.state
+        self.run.apply(events)
+        if self.run.state is not before or not self.state_digest:
+            self.state_digest = content_digest(self.run.state)
         self.budget = budget_after(self.budget, events)
         for event in events:
             kind = event.kind
@@ -740,8 +741,10 @@ class Governor:
             )
         self._check_compatible(stored.ir, ours, execution)
         workflow = parse_workflow(stored.ir, f"run {self._run_id}")
-        view = _View(execution=execution, workflow=workflow, progress=fold(workflow, ()))
-        view.state_digest = content_digest(view.progress.state)
+        view = _View(
+            execution=execution, workflow=workflow, run=RunState(workflow, reference=weakref.ref)
+        )
+        view.state_digest = content_digest(view.run.state)
         view.absorb(store.read_events(self._run_id))
         return view
 
