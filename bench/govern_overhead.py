@@ -29,6 +29,11 @@ Policy in force: a tenant set blocking ``db.drop_*`` and a session set requiring
 for ``payments.*`` (neither matches ``add``: every call runs). No OpenTelemetry SDK is
 configured: the API's no-op spans are part of the cost.
 
+**Session length** (``--session-calls N``, default 10,000; 0 skips it): one session on each
+store (memory, SQLite NORMAL) makes N calls in a row, and the report gives the median of the
+first and of the last 1,000 calls and their ratio: a governed call's cost must not grow with
+the number of calls the session has made (issue 14's "constant cost per node", for sessions).
+
 The report gives each path's median and 90th percentile in microseconds per call and the
 median's overhead over the bare call. Numbers are from one machine; the machine is named.
 """
@@ -139,6 +144,44 @@ def measure(calls: int, warmup: int, directory: Path) -> dict[str, dict[str, flo
     return results
 
 
+def measure_session(calls: int, directory: Path) -> dict[str, dict[str, float]]:
+    """Per store: the median µs per call of the first and the last 1,000 of ``calls``."""
+    window = min(1000, max(1, calls // 2))
+    results: dict[str, dict[str, float]] = {}
+    stores: list[tuple[str, Callable[[], Store]]] = [
+        ("memory", MemoryStore),
+        ("SQLite NORMAL", lambda: SqliteStore(directory / "session.db", synchronous="NORMAL")),
+    ]
+    for name, make in stores:
+        store = make()
+        try:
+            samples = _time_sync(_governor(store, f"session-{len(results)}").govern(add), calls, 0)
+        finally:
+            store.close()
+        first = statistics.median(samples[:window])
+        last = statistics.median(samples[-window:])
+        results[name] = {"first_us": first, "last_us": last, "last_over_first": last / first}
+    return results
+
+
+def session_report(results: dict[str, dict[str, float]], calls: int) -> str:
+    window = min(1000, max(1, calls // 2))
+    lines = [
+        "",
+        f"One session, {calls:,} calls in a row: median µs per call of the first and the last "
+        f"{window:,}",
+        "",
+        "| store | first | last | last / first |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, values in results.items():
+        lines.append(
+            f"| {name} | {values['first_us']:.1f} | {values['last_us']:.1f} | "
+            f"{values['last_over_first']:.2f}× |"
+        )
+    return "\n".join(lines)
+
+
 def report(results: dict[str, dict[str, float]], calls: int) -> str:
     bare = {
         False: results["bare"]["median_us"],
@@ -165,14 +208,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--session-calls", type=int, default=10_000)
     parser.add_argument("--dir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.session_calls < 0:
+        parser.error("--session-calls: expected 0 (skip) or a positive number of calls")
     with tempfile.TemporaryDirectory(dir=args.dir) as scratch:
         results = measure(args.calls, args.warmup, Path(scratch))
+        session = measure_session(args.session_calls, Path(scratch)) if args.session_calls else {}
     print(report(results, args.calls))
+    if session:
+        print(session_report(session, args.session_calls))
     if args.json is not None:
-        args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
+        output: dict[str, Any] = dict(results)
+        if session:
+            output["session"] = session
+        args.json.write_text(json.dumps(output, indent=2), encoding="utf-8")
     return 0
 
 
