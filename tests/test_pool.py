@@ -1127,3 +1127,43 @@ def test_pool_failures_are_retried_or_terminal_as_the_pool_says() -> None:
     ]
     # Terminal: one attempt, not retried although three were allowed.
     assert failures(terminal) == [(0, False, "worker pool: execution_failed: refused")]
+
+
+def test_a_steady_permit_reaches_the_breaker_only_when_an_outcome_needs_it() -> None:
+    """docs/pool.md §11: a request routed to a steady worker carries its breaker's permit;
+    a success returns it without the breaker, a failure or a cancellation lodges it and is
+    counted (or not) exactly as through the hooks."""
+
+    async def body() -> None:
+        gated = GatedWorker()
+        options = WorkerPoolOptions(unavailable_after_failures=2)
+        async with WorkerPool([gated], options, clock=Clock()) as pool:
+            running = asyncio.create_task(pool.submit(sample_request("a")))
+            await gated.entered.wait()
+            assert (pool.in_flight(), pool.breakers.in_flight()) == (1, 0)
+            gated.release.set()
+            assert (await running).result == WorkerSuccess({"status": "ok"})
+            assert pool.breakers.state("worker-0").failures == 0
+
+        async with WorkerPool([FlakyWorker()], options, clock=Clock()) as pool:
+            with pytest.raises(WorkerPoolError.Worker):
+                await pool.submit(sample_request("down"))
+            assert pool.breakers.state("worker-0").failures == 1
+            assert pool.breakers.in_flight() == 0
+
+        gated = GatedWorker()
+        async with WorkerPool([gated], options, clock=Clock()) as pool:
+            running = asyncio.create_task(pool.submit(sample_request("gone")))
+            await gated.entered.wait()
+            running.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await running
+            await until(lambda: pool.in_flight() == 0)
+            state = pool.breakers.state("worker-0")
+            assert (state.status, state.failures, pool.breakers.in_flight()) == (
+                BreakerStatus.CLOSED,
+                0,
+                0,
+            )
+
+    run(body)

@@ -222,7 +222,8 @@ class BreakerHooks(CircuitBreakerHooks):
         self._apply(worker_id, breaker.expedite(self._states[worker_id], now=self._clock()))
 
     def in_flight(self) -> int:
-        """Permits handed out and not yet given back."""
+        """Permits lodged here and not yet given back (the pool lodges a steady permit only
+        when an outcome needs the breaker: docs/pool.md §11)."""
         return len(self._permits)
 
     # ── internals ──

@@ -40,6 +40,7 @@ __all__ = [
     "WorkerPoolOptions",
     "WorkerSecurityPolicy",
     "check_request",
+    "request_checker",
     "request_payload_bytes",
 ]
 
@@ -336,24 +337,9 @@ def _shape_problem(request: object) -> str | None:
     """Why ``request`` is not a well-typed `WorkerRequest` (built in Python, it may not be)."""
     if not isinstance(request, WorkerRequest):
         return f"expected a WorkerRequest, got {describe(request)}"
-    # The common case in one expression: the pool checks every request.
+    # (The common, well-typed case is recognised by `request_checker` before this.)
     operation: object = request.operation
     timeout: object = request.timeout_ms
-    if (
-        type(request.request_id) is str
-        and type(request.workflow_name) is str
-        and type(request.node_id) is str
-        and (timeout is None or type(timeout) is int)
-        and (
-            (type(operation) is ToolOperation and type(operation.tool) is str)
-            or (
-                type(operation) is LlmOperation
-                and type(operation.model) is str
-                and type(operation.prompt) is str
-            )
-        )
-    ):
-        return None
     for name in ("request_id", "workflow_name", "node_id"):
         value = getattr(request, name)
         if not isinstance(value, str):
@@ -402,40 +388,101 @@ def check_request(request: WorkerRequest, policy: WorkerSecurityPolicy) -> str |
     bounded from lengths and the policy's limits; when that bound is within the payload
     limit, so is the request. Otherwise the request is measured exactly
     (`request_payload_bytes`): the verdict is always the exact measure's, and so is every
-    message."""
-    operation: object = request.operation
-    timeout: object = request.timeout_ms
-    request_id, workflow_name, node_id = request.request_id, request.workflow_name, request.node_id
+    message. The same as ``request_checker(policy)(request)``."""
+    return request_checker(policy)(request)
+
+
+_CHECKERS: Final[dict[WorkerSecurityPolicy, Callable[[WorkerRequest], str | None]]] = {}
+
+#: The largest ``timeout_ms`` the bound counts at 21 characters (``null`` or 20 digits).
+_TIMEOUT_BOUND: Final = 10**20 - 1
+
+
+def request_checker(policy: WorkerSecurityPolicy) -> Callable[[WorkerRequest], str | None]:
+    """`check_request` with ``policy`` bound in: a function of the request alone, with the
+    policy's limits turned into constants once (the pool makes one and checks every request
+    with it).
+
+    Its first test is the usual request's: a `ToolOperation` with a printable ASCII tool
+    name, short ASCII identifiers and a timeout within the limit, whose two payloads encode
+    as ASCII JSON. For it, `_request_bound` is the fixed part below plus the payloads'
+    text plus twice the tool name, so the request is within the payload limit when those
+    two fit in what the limit leaves (``room``): the same comparison, made with nothing
+    else computed. Anything else — or a bound above the limit — goes to `_check_bounded`,
+    which answers exactly as before (property-tested: the verdicts and messages are the
+    exact measure's)."""
+    checker = _CHECKERS.get(policy)
+    if checker is not None:
+        return checker
     limit = policy.max_identifier_length
-    if not (
-        type(request) is WorkerRequest
-        and type(request_id) is str
-        and type(workflow_name) is str
-        and type(node_id) is str
-        and (timeout is None or type(timeout) is int)
-        and (
-            (type(operation) is ToolOperation and type(operation.tool) is str)
-            or (
-                type(operation) is LlmOperation
-                and type(operation.model) is str
-                and type(operation.prompt) is str
+    max_timeout = min(policy.max_request_timeout_ms, _TIMEOUT_BOUND)
+    # `_request_bound`'s terms other than the payloads' text and twice the tool's name:
+    # keys and separators, three identifiers of at most `limit` characters (6 bytes each,
+    # quoted), a timeout of at most 21 characters, the tool name's quotes.
+    room = policy.max_request_payload_bytes - (_FIXED_BOUND + 3 * (6 * limit + 2) + 21 + 2)
+    encode = _c_encode
+
+    def check(request: WorkerRequest) -> str | None:
+        if type(request) is not WorkerRequest:
+            return _check_slowly(request, policy)
+        operation: object = request.operation
+        timeout: object = request.timeout_ms
+        request_id, workflow_name = request.request_id, request.workflow_name
+        node_id = request.node_id
+        if not (
+            type(request_id) is str
+            and type(workflow_name) is str
+            and type(node_id) is str
+            and (timeout is None or type(timeout) is int)
+            and (
+                (type(operation) is ToolOperation and type(operation.tool) is str)
+                or (
+                    type(operation) is LlmOperation
+                    and type(operation.model) is str
+                    and type(operation.prompt) is str
+                )
             )
-        )
-        # Most identifiers are short ASCII, where characters are bytes: no encoding needed.
-        and len(request_id) <= limit
-        and len(workflow_name) <= limit
-        and len(node_id) <= limit
-        and request_id.isascii()
-        and workflow_name.isascii()
-        and node_id.isascii()
-    ):
-        return _check_slowly(request, policy)
+            # Most identifiers are short ASCII, where characters are bytes: no encoding.
+            and len(request_id) <= limit
+            and len(workflow_name) <= limit
+            and len(node_id) <= limit
+            and request_id.isascii()
+            and workflow_name.isascii()
+            and node_id.isascii()
+        ):
+            return _check_slowly(request, policy)
+        if type(operation) is ToolOperation and (
+            timeout is None or (type(timeout) is int and 0 < timeout <= max_timeout)
+        ):
+            tool = operation.tool
+            if tool.isascii() and tool.isprintable():
+                try:
+                    chunks = encode((operation.input, operation.scoped_input), 0)
+                except (TypeError, ValueError, RecursionError):
+                    return _check_bounded(request, policy)
+                # One piece, unless the payloads are long (the encoder joins its output
+                # every 100,000 pieces).
+                text = chunks[0] if len(chunks) == 1 else "".join(chunks)
+                if text.isascii() and len(text) + 2 * len(tool) <= room:
+                    return None
+        return _check_bounded(request, policy)
+
+    if len(_CHECKERS) < 64:  # policies are few; never let the memo grow without bound
+        _CHECKERS[policy] = check
+    return check
+
+
+def _check_bounded(request: WorkerRequest, policy: WorkerSecurityPolicy) -> str | None:
+    """`check_request` for a well-typed request with short ASCII identifiers (what
+    `request_checker` has established): the timeout, then the bound of `_request_bound`,
+    and the exact measure when the bound is not within the limit."""
+    timeout = request.timeout_ms
     if timeout is not None:
         if timeout > policy.max_request_timeout_ms:
             return f"timeout_ms {timeout} exceeds max {policy.max_request_timeout_ms}"
         if timeout <= 0:
             return f"timeout_ms {timeout} is not positive"
-    bound = _request_bound(request, limit)
+    bound = _request_bound(request, policy.max_identifier_length)
     if 0 <= bound <= policy.max_request_payload_bytes:
         return None
     return _payload_problem(request, policy)

@@ -47,6 +47,7 @@ from charter.adapters.pool.options import (
     WorkerPoolOptions,
     WorkerSecurityPolicy,
     check_request,
+    request_checker,
     request_payload_bytes,
 )
 from charter.adapters.pool.protocol import (
@@ -148,6 +149,8 @@ class WorkerPool:
         if not isinstance(self.options, WorkerPoolOptions):
             raise InvalidInput("options", "expected WorkerPoolOptions")
         self._policy = self.options.security_policy
+        self._create_future = self._loop.create_future
+        self._check = request_checker(self._policy)
         self._capacity = self.options.queue_capacity
         self._default_timeout = self.options.default_request_timeout
         # The loop's clock, for deadlines: `time.monotonic` itself when the loop's `time` is
@@ -222,7 +225,7 @@ class WorkerPool:
         if self._closed:
             self._chain.rejected(None, request, WorkerErrorCode.CANCELLED)
             raise WorkerPoolError.ShuttingDown()
-        reason = check_request(request, self._policy)
+        reason = self._check(request)
         in_flight = self._in_flight
         request_id = request.request_id
         if reason is None and request_id in in_flight:
@@ -242,25 +245,25 @@ class WorkerPool:
         breakers = self.breakers
         permit = breakers._steady[worker_id]
         if (
-            permit is not None
-            and slot.probe_status is not UNAVAILABLE
-            and len(slot.queue) < self._capacity
-            and self._hooks is None
+            permit is None
+            or slot.probe_status is UNAVAILABLE
+            or len(slot.queue) >= self._capacity
+            or self._hooks is not None
         ):
-            breakers._permits[request_id] = permit
-        else:
             routed = self._route(request, start)
             if type(routed) is WorkerErrorCode:
                 self._chain.rejected(None, request, routed)
                 raise ROUTING_ERRORS[routed]()
             slot = cast(Slot, routed)
+            permit = None  # `_route` lodged the breaker's permit with it
         timeout_ms = request.timeout_ms
         timeout = self._default_timeout if timeout_ms is None else timeout_ms / 1000
         item: Item = allocate(Item)  # what `Item.__init__` does, without its call
         item.request = request
-        item.future = self._loop.create_future()
+        item.future = self._create_future()
         item.slot = slot
         item.state = QUEUED
+        item.permit = permit  # the steady permit travels with the request (`_settle`)
         if timeout is None:
             item.deadline = math.inf
             item.deadlines = None
@@ -418,13 +421,15 @@ class WorkerPool:
                 set_worker_id(response, worker_id)
                 set_result(response, result)
                 set_elapsed_ms(response, elapsed_ms)
-                permit = permits.get(request_id)
-                if permit is not None and permit is steady[worker_id]:
-                    # Closed, no failures, this epoch: the success changes nothing
-                    # (`BreakerHooks.on_request_success`'s fast path).
-                    del permits[request_id]
-                else:
+                permit = item.permit
+                if permit is None or permit is not steady[worker_id]:
+                    if permit is not None:
+                        item.permit = None
+                        permits[request_id] = permit
                     breakers.on_request_success(worker_id, request, response)
+                # else: closed, no failures, this epoch: the success changes nothing
+                # (`BreakerHooks.on_request_success`'s fast path), and the permit was never
+                # lodged with the breakers.
                 future = item.future
                 if not future.done():
                     future.set_result(response)
@@ -488,8 +493,13 @@ class WorkerPool:
             item.future.set_exception(WorkerPoolError.Worker(outcome, response))
 
     def _settle(self, item: Item) -> None:
-        """Mark ``item`` answered: no deadline, not in flight."""
+        """Mark ``item`` answered: no deadline, not in flight; a steady permit it carries is
+        lodged with the breakers, whose outcome hook the caller calls next."""
         item.state = DONE
+        permit = item.permit
+        if permit is not None:
+            item.permit = None
+            self.breakers._permits[item.request.request_id] = permit
         group = item.deadlines
         if group is not None:
             del group[item]

@@ -23,7 +23,7 @@ from charter.adapters.pool.protocol import (
     WorkerResponse,
     WorkerSuccess,
 )
-from charter.core.breaker import BreakerStatus
+from charter.core.breaker import BreakerStatus, Permit
 from charter.core.events import JsonValue
 
 HEALTHY: Final = WorkerHealthStatus.HEALTHY
@@ -66,7 +66,7 @@ class Item:
     """One accepted request on its way through a worker. Made by `WorkerPool.submit`
     (``object.__new__`` and each field set there: a call less on every request)."""
 
-    __slots__ = ("deadline", "deadlines", "future", "request", "slot", "state")
+    __slots__ = ("deadline", "deadlines", "future", "permit", "request", "slot", "state")
 
     request: WorkerRequest
     future: asyncio.Future[WorkerResponse]
@@ -74,6 +74,9 @@ class Item:
     state: int  # QUEUED, RUNNING or DONE
     deadline: float  # when it times out (the pool's clock), or infinity
     deadlines: dict[Item, None] | None  # its timeout's group, while pending
+    # The breaker's steady permit when routing took the fast path (`WorkerPool.submit`):
+    # lodged with `BreakerHooks` only if an outcome needs the breaker; else None.
+    permit: Permit | None
 
 
 class Consumer:
