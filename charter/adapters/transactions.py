@@ -62,10 +62,11 @@ from charter.core.commit import (
     WriteSnapshot,
 )
 from charter.core.compaction import Compaction
+from charter.core.errors import CharterError, Conflict, FenceLost, InvalidInput, NotFound
 from charter.core.events import ApprovalDecision, Event, EventKind, JsonValue
 from charter.core.materialize import Materialized, apply_events
 from charter.core.policy import PolicySet
-from charter.core.ports import Clock, CommitRequest, Committed, ReclaimResult
+from charter.core.ports import Clock, CommitRequest, Committed, GroupCommitted, ReclaimResult
 from charter.core.records import (
     Claim,
     EffectReservation,
@@ -84,6 +85,10 @@ __all__ = ["PlannedStore"]
 
 T = TypeVar("T")
 
+
+#: The refusals of one commit of a group (`commit_group`): raised by its planner before it
+#: writes anything, so the other commits of the transaction stand.
+_PER_COMMIT: Final = (FenceLost, NotFound, Conflict, InvalidInput)
 
 #: The event types a resolution reads (`Tx.node_events`).
 _OUTCOME_TYPES: Final = ("outcome_unknown", "outcome_resolved")
@@ -395,35 +400,145 @@ class PlannedStore(abc.ABC):
 
     def _commit(self, request: CommitRequest, chain: planner.ChainSpec | None) -> Committed:
         spec = checks.commit_spec(request)
+        return self._transact(lambda tx: self._commit_in(tx, spec, chain))
 
-        def work(tx: Tx) -> Committed:
-            found = tx.settling(spec.item_id)
-            if found is None or found[0].fence != spec.fence:  # refused before any other read
-                planner.plan_commit(spec, CommitReads(item=found and found[0]), now=tx.now)
-            assert found is not None
-            item, head, reserved = found
-            wants_ledger, nodes, wants_effect, item_ids = planner.commit_reads_needed(spec)
-            reads = CommitReads(
-                item=item,
-                head=head,
-                reserved=reserved,
-                ledger=tx.ledger(item.execution_id) if wants_ledger and head else None,
-                approvals={n: tx.approval(item.execution_id, n) for n in sorted(nodes)},
-                effect=tx.effect(spec.effect_key) if wants_effect and spec.effect_key else None,
-                existing_items=tx.items(item_ids) if item_ids else {},
+    def _plan_commit_in(
+        self, tx: Tx, spec: planner.CommitSpec, chain: planner.ChainSpec | None
+    ) -> tuple[Plan, WorkItem | None, Head | None]:
+        """A commit's reads inside the open transaction ``tx``, in the lock order, and its
+        plan (`plan_commit_then_claim`); a domain error is raised here, before anything of
+        this commit is written. Returns the plan, the item it claims and the head read."""
+        found = tx.settling(spec.item_id)
+        if found is None or found[0].fence != spec.fence:  # refused before any other read
+            planner.plan_commit(spec, CommitReads(item=found and found[0]), now=tx.now)
+        assert found is not None
+        item, head, reserved = found
+        wants_ledger, nodes, wants_effect, item_ids = planner.commit_reads_needed(spec)
+        reads = CommitReads(
+            item=item,
+            head=head,
+            reserved=reserved,
+            ledger=tx.ledger(item.execution_id) if wants_ledger and head else None,
+            approvals={n: tx.approval(item.execution_id, n) for n in sorted(nodes)},
+            effect=tx.effect(spec.effect_key) if wants_effect and spec.effect_key else None,
+            existing_items=tx.items(item_ids) if item_ids else {},
+        )
+        if chain is not None and head is not None:
+            # Of the same execution only, whose row this transaction holds already: the
+            # item is read without waiting (a locked one is passed over), so reading it
+            # after the execution cannot deadlock.
+            next_one = tx.next_claimable(chain.queues, item.execution_id)
+            reads = attrs.evolve(reads, claimable=next_one[0] if next_one else None)
+        plan, claimed = planner.plan_commit_then_claim(spec, reads, chain, now=tx.now)
+        return plan, claimed, head
+
+    def _commit_in(
+        self, tx: Tx, spec: planner.CommitSpec, chain: planner.ChainSpec | None
+    ) -> Committed:
+        """One commit (and, with ``chain``, its claim) inside the open transaction ``tx``."""
+        plan, claimed, head = self._plan_commit_in(tx, spec, chain)
+        events = self._apply(tx, plan, {head.execution_id: head} if head else {})
+        if claimed is None:
+            return Committed(events=events)
+        # Its ``node_started`` is the last event appended (`plan_commit_then_claim`).
+        return Committed(events=events, claim=self._claim_of(tx, claimed, events[-1:]))
+
+    # ── groups: several items in one transaction ──
+
+    def claim_many(
+        self,
+        worker_id: str,
+        queues: Sequence[str],
+        *,
+        lease_secs: float,
+        limit: int,
+        execution_id: str | None = None,
+    ) -> tuple[Claim, ...]:
+        checks.check_claim_args(worker_id, queues, lease_secs, execution_id)
+        checks.check_limit(limit)
+        if not queues:
+            return ()
+        wanted = tuple(dict.fromkeys(queues))
+        return self._transact(
+            lambda tx: self._claims_in(tx, worker_id, wanted, lease_secs, limit, execution_id)
+        )
+
+    def _claims_in(
+        self,
+        tx: Tx,
+        worker_id: str,
+        queues: tuple[str, ...],
+        lease_secs: float,
+        limit: int,
+        execution_id: str | None,
+    ) -> tuple[Claim, ...]:
+        """Up to ``limit`` claims inside ``tx``, each the one `claim` would make right after
+        the previous (`plan_claim` on the rows as the previous left them): after the first,
+        of its execution only, so the transaction locks one execution's row (each item is
+        read with ``SKIP LOCKED`` on Postgres: never waited for, so reading it after the
+        execution cannot deadlock)."""
+        claims: list[Claim] = []
+        while len(claims) < limit:
+            found = tx.next_claimable(queues, execution_id)
+            if found is None:
+                break
+            item, head = found
+            plan, claimed = planner.plan_claim(
+                item, head, worker_id=worker_id, lease_secs=lease_secs, now=tx.now
             )
-            if chain is not None and head is not None:
-                # Of the same execution only, whose row this transaction holds already: the
-                # item is read without waiting (a locked one is passed over), so reading it
-                # after the execution cannot deadlock.
-                next_one = tx.next_claimable(chain.queues, item.execution_id)
-                reads = attrs.evolve(reads, claimable=next_one[0] if next_one else None)
-            plan, claimed = planner.plan_commit_then_claim(spec, reads, chain, now=tx.now)
-            events = self._apply(tx, plan, {head.execution_id: head} if head else {})
-            if claimed is None:
-                return Committed(events=events)
-            # Its ``node_started`` is the last event appended (`plan_commit_then_claim`).
-            return Committed(events=events, claim=self._claim_of(tx, claimed, events[-1:]))
+            events = self._apply(tx, plan, {head.execution_id: head})
+            claims.append(self._claim_of(tx, claimed, events))
+            execution_id = item.execution_id
+        return tuple(claims)
+
+    def commit_group(
+        self,
+        requests: Sequence[CommitRequest],
+        worker_id: str | None = None,
+        queues: Sequence[str] = (),
+        *,
+        lease_secs: float = 30.0,
+        claim_limit: int = 0,
+    ) -> GroupCommitted:
+        if claim_limit != 0:  # (0: claim nothing)
+            checks.check_limit(claim_limit)
+            if worker_id is None:
+                raise InvalidInput("worker_id", "required to claim (claim_limit > 0)")
+            checks.check_claim_args(worker_id, queues, lease_secs, None)
+        # Each request's input is checked on its own: a bad one is reported as its error.
+        specs: list[planner.CommitSpec | CharterError] = []
+        for request in requests:
+            try:
+                specs.append(checks.commit_spec(request))
+            except InvalidInput as error:
+                specs.append(error)
+        wanted = tuple(dict.fromkeys(queues))
+
+        def work(tx: Tx) -> GroupCommitted:
+            # The lock order: every item first (by id), then the executions as each commit
+            # reads its own (the items are already held, so nothing waits out of order).
+            if len(specs) > 1:
+                for item_id in sorted({s.item_id for s in specs if not isinstance(s, Exception)}):
+                    tx.item(item_id)
+            results: list[tuple[Event, ...] | CharterError] = []
+            run: str | None = None
+            for spec in specs:
+                if isinstance(spec, CharterError):
+                    results.append(spec)
+                    continue
+                try:  # planned on the rows as the commits before it left them
+                    plan, _, head = self._plan_commit_in(tx, spec, None)
+                except _PER_COMMIT as refused:
+                    results.append(refused)
+                    continue
+                results.append(self._apply(tx, plan, {head.execution_id: head} if head else {}))
+                if run is None and head is not None:
+                    run = head.execution_id
+            claims: tuple[Claim, ...] = ()
+            if claim_limit and run is not None and wanted:
+                assert worker_id is not None
+                claims = self._claims_in(tx, worker_id, wanted, lease_secs, claim_limit, run)
+            return GroupCommitted(results=tuple(results), claims=claims)
 
         return self._transact(work)
 
