@@ -311,15 +311,15 @@ def test_a_group_takes_the_arguments_a_claim_takes(store: Store, clock: ManualCl
         CommitRequest(item_id=c.item.item_id, fence=c.fence, outcome=COMPLETED) for c in claims
     ]
     before = observe(store, *ids)
-    for bad in (
-        {"claim_limit": -1, "worker_id": WORKER},
-        {"claim_limit": 1001, "worker_id": WORKER},
-        {"claim_limit": 1},
-        {"claim_limit": 1, "worker_id": WORKER, "lease_secs": -1.0},
-    ):
-        worker = bad.pop("worker_id", None)
+    bad: list[tuple[str | None, int, float]] = [
+        (WORKER, -1, LEASE),
+        (WORKER, 1001, LEASE),
+        (None, 1, LEASE),
+        (WORKER, 1, -1.0),
+    ]
+    for worker, limit, lease in bad:
         with pytest.raises(InvalidInput):
-            store.commit_group(requests, worker, [QUEUE], **bad)
+            store.commit_group(requests, worker, [QUEUE], lease_secs=lease, claim_limit=limit)
     with pytest.raises(InvalidInput, match="limit"):
         store.claim_many(WORKER, [QUEUE], lease_secs=LEASE, limit=0)
     assert observe(store, *ids) == before
