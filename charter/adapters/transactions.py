@@ -513,6 +513,12 @@ class PlannedStore(abc.ABC):
             except InvalidInput as error:
                 specs.append(error)
         wanted = tuple(dict.fromkeys(queues))
+        chain_spec = None
+        if claim_limit and wanted:
+            assert worker_id is not None
+            chain_spec = planner.ChainSpec(
+                worker_id=worker_id, queues=wanted, lease_secs=lease_secs
+            )
 
         def work(tx: Tx) -> GroupCommitted:
             # The lock order: every item first (by id), then the executions as each commit
@@ -521,24 +527,33 @@ class PlannedStore(abc.ABC):
                 for item_id in sorted({s.item_id for s in specs if not isinstance(s, Exception)}):
                     tx.item(item_id)
             results: list[tuple[Event, ...] | CharterError] = []
+            claims: list[Claim] = []
             run: str | None = None
-            for spec in specs:
+            chained = False  # whether the last commit made (or looked for) the first claim
+            for index, spec in enumerate(specs):
                 if isinstance(spec, CharterError):
                     results.append(spec)
                     continue
+                # The last commit claims the first item as `commit_and_claim` does (the
+                # claim a claim right after the group would make); the others follow.
+                chain = chain_spec if index == len(specs) - 1 else None
                 try:  # planned on the rows as the commits before it left them
-                    plan, _, head = self._plan_commit_in(tx, spec, None)
+                    plan, claimed, head = self._plan_commit_in(tx, spec, chain)
                 except _PER_COMMIT as refused:
                     results.append(refused)
                     continue
-                results.append(self._apply(tx, plan, {head.execution_id: head} if head else {}))
-                if run is None and head is not None:
-                    run = head.execution_id
-            claims: tuple[Claim, ...] = ()
-            if claim_limit and run is not None and wanted:
+                events = self._apply(tx, plan, {head.execution_id: head} if head else {})
+                if claimed is not None:  # its ``node_started`` is the last event appended
+                    claims.append(self._claim_of(tx, claimed, events[-1:]))
+                    events = events[:-1]
+                results.append(events)
+                run = head.execution_id if head is not None else run
+                chained = chain is not None
+            if claim_limit and wanted and run is not None and (claims or not chained):
                 assert worker_id is not None
-                claims = self._claims_in(tx, worker_id, wanted, lease_secs, claim_limit, run)
-            return GroupCommitted(results=tuple(results), claims=claims)
+                more = claim_limit - len(claims)
+                claims += self._claims_in(tx, worker_id, wanted, lease_secs, more, run)
+            return GroupCommitted(results=tuple(results), claims=tuple(claims))
 
         return self._transact(work)
 

@@ -104,6 +104,8 @@ MIXES = [
     pytest.param([{"stale": True}, {"follow": 1}], id="stale-first"),
     pytest.param([{"bad": True}, {}, {"stale": True}], id="bad-and-stale"),
     pytest.param([{}, {"twice": True}], id="the-same-item-twice"),
+    pytest.param([{}, {"stale": True}], id="stale-last"),
+    pytest.param([{"follow": 3}], id="one-with-follow-ups"),
 ]
 
 
