@@ -38,6 +38,7 @@ from charter.core.events import (
 from charter.core.ports import (
     CommitRequest,
     Committed,
+    GroupCommitted,
     NodeCall,
     NodeResult,
     ReclaimResult,
@@ -99,6 +100,22 @@ class _Flaky(MemoryStore):
             raise StoreUnavailable("the database is briefly unreachable")
         return super().commit_and_claim(request, worker_id, queues, lease_secs=lease_secs)
 
+    def commit_group(
+        self,
+        requests: Sequence[CommitRequest],
+        worker_id: str | None = None,
+        queues: Sequence[str] = (),
+        *,
+        lease_secs: float = 30.0,
+        claim_limit: int = 0,
+    ) -> GroupCommitted:
+        if self.failures:
+            self.failures -= 1
+            raise StoreUnavailable("the database is briefly unreachable")
+        return super().commit_group(
+            requests, worker_id, queues, lease_secs=lease_secs, claim_limit=claim_limit
+        )
+
 
 def test_a_commit_that_fails_transiently_is_retried_without_running_the_node_again() -> None:
     store = _Flaky(failures=2)
@@ -147,7 +164,9 @@ class _Counting(MemoryStore):
         return claimed
 
 
-def _chain_run(chain_limit: int, shape: str = "chain") -> tuple[_Counting, list[tuple[int, Any]]]:
+def _chain_run(
+    chain_limit: int, shape: str = "chain", batch: int = 1
+) -> tuple[_Counting, list[tuple[int, Any]]]:
     store = _Counting()
     nodes = {f"n{k}": _tool("work.step") for k in range(6)}
     if shape == "chain":
@@ -161,7 +180,7 @@ def _chain_run(chain_limit: int, shape: str = "chain") -> tuple[_Counting, list[
         policy={"require_approval_for": ["payments.*"]},
     )
     run = start_run(store, workflow, execution_id="r").execution_id
-    worker = Worker(store, worker_id="w", chain_limit=chain_limit)
+    worker = Worker(store, worker_id="w", chain_limit=chain_limit, batch=batch)
     assert drive(worker, run, sleep=_no_sleep).status == "completed"
     # (Durations are measured: the one field that differs from run to run.)
     timeless = [
@@ -190,6 +209,73 @@ def test_a_commit_claims_the_next_node_of_its_run_and_records_the_same_log(
 def test_chain_limit_must_be_a_count() -> None:
     with pytest.raises(InvalidInput, match="chain_limit"):
         Worker(MemoryStore(), chain_limit=-1)
+    for batch in (-1, 1001, True):
+        with pytest.raises(InvalidInput, match="batch"):
+            Worker(MemoryStore(), batch=batch)
+
+
+class _Groups(_Counting):
+    """Counts the group transactions too, and what each committed and claimed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.many = 0
+        self.groups: list[tuple[int, int]] = []
+
+    def claim_many(
+        self,
+        worker_id: str,
+        queues: Sequence[str],
+        *,
+        lease_secs: float,
+        limit: int,
+        execution_id: str | None = None,
+    ) -> tuple[Claim, ...]:
+        self.many += 1
+        return super().claim_many(
+            worker_id, queues, lease_secs=lease_secs, limit=limit, execution_id=execution_id
+        )
+
+    def commit_group(
+        self,
+        requests: Sequence[CommitRequest],
+        worker_id: str | None = None,
+        queues: Sequence[str] = (),
+        *,
+        lease_secs: float = 30.0,
+        claim_limit: int = 0,
+    ) -> GroupCommitted:
+        done = super().commit_group(
+            requests, worker_id, queues, lease_secs=lease_secs, claim_limit=claim_limit
+        )
+        self.groups.append((len(requests), len(done.claims)))
+        return done
+
+
+@pytest.mark.parametrize("batch", [2, 16])
+def test_a_batched_worker_claims_and_commits_a_fan_out_in_groups(batch: int) -> None:
+    """``Worker(batch=k)``: the ready siblings of a fan-out are claimed k at a time in the
+    transaction that commits the group before them; every node runs once, the log
+    verifies and replays."""
+    store = _Groups()
+    nodes = {f"n{k}": _tool("work.step") for k in range(6)}
+    edges = [("n0", f"n{k}") for k in range(1, 5)] + [(f"n{k}", "n5") for k in range(1, 5)]
+    tools = {"work.step": {"executor": "noop", "idempotent": True}}
+    run = start_run(store, _workflow(nodes, edges, tools=tools), execution_id="r").execution_id
+    worker = Worker(store, worker_id="w", batch=batch)
+    assert drive(worker, run, sleep=_no_sleep).status == "completed"
+    events = store.read_events(run)
+    assert sorted(_completed(events)) == sorted(nodes)
+    assert verify_log(store, runs=["r"]).ok
+    assert replay_run(store, "r").ok
+    # n0's commit claims up to k siblings; their group commit claims the rest; the join
+    # (planned after the group) is claimed on its own.
+    if batch == 16:
+        assert store.groups == [(1, 4), (4, 0), (1, 0)]
+    else:
+        assert store.groups == [(1, 2), (2, 2), (2, 0), (1, 0)]
+    assert store.many <= 3  # (the run's first item, the join's, and maybe a last look)
+    assert store.claims == 0
 
 
 # ── approvals and the tick ─────────────────────────────────────────────────────────────
