@@ -23,6 +23,7 @@ from charter.adapters.memory import MemoryStore
 from charter.adapters.sqlite import SqliteStore
 from charter.audit.replay import replay_run, verify_log
 from charter.core.approvals import ApprovalRefused
+from charter.core.budget import Usage
 from charter.core.errors import InvalidInput, StoreUnavailable
 from charter.core.events import (
     AgentToolProgress,
@@ -276,6 +277,37 @@ def test_a_batched_worker_claims_and_commits_a_fan_out_in_groups(batch: int) -> 
         assert store.groups == [(1, 2), (2, 2), (2, 0), (1, 0)]
     assert store.many <= 3  # (the run's first item, the join's, and maybe a last look)
     assert store.claims == 0
+
+
+def _budget_run(batch: int) -> tuple[list[str], list[str], MemoryStore]:
+    """A fan-out of five siblings of 10 tokens each under a 25-token budget."""
+    store = MemoryStore(clock=ManualClock())
+    registry = default_registry()
+    registry.register_tool("spend.*", lambda call: NodeResult(usage=Usage(input_tokens=10)))
+    nodes = {f"n{k}": _tool("spend.it") for k in range(7)}
+    edges = [("n0", f"n{k}") for k in range(1, 6)] + [(f"n{k}", "n6") for k in range(1, 6)]
+    workflow = _workflow(
+        nodes,
+        edges,
+        tools={"spend.it": {"idempotent": True}},
+        token_budget={"total_tokens": 25},
+    )
+    run = start_run(store, workflow, execution_id="r").execution_id
+    drive(Worker(store, executors=registry, worker_id="w", batch=batch), run, sleep=_no_sleep)
+    events = store.read_events(run)
+    failed = [kind.node_id for kind in _failures(events)]
+    return _completed(events), failed, store
+
+
+def test_a_group_never_spends_past_a_budget_that_one_at_a_time_would_stop() -> None:
+    """Under a run budget the items of a group are decided one after another on the
+    commits before them: the same nodes run, and the same fail, as one at a time."""
+    alone = _budget_run(1)
+    grouped = _budget_run(16)
+    assert grouped[:2] == alone[:2]
+    assert len(alone[0]) < 5  # the budget stopped the fan-out (with the join)
+    assert verify_log(grouped[2], runs=["r"]).ok
+    assert replay_run(grouped[2], "r").ok
 
 
 # ── approvals and the tick ─────────────────────────────────────────────────────────────
