@@ -37,6 +37,7 @@ from charter.core.attempt import (
 from charter.core.budget import BudgetLimits, Usage
 from charter.core.canonical import content_digest
 from charter.core.errors import (
+    Conflict,
     ExecutorFailed,
     FenceLost,
     InvalidInput,
@@ -53,6 +54,7 @@ from charter.core.ports import (
     Clock,
     CommitRequest,
     EffectResult,
+    GroupCommitted,
     Store,
 )
 from charter.core.records import Claim, WorkItemStatus
@@ -161,6 +163,7 @@ class Worker:
         #: 0 or 1: one item at a time (`Store.claim`, `Store.commit_and_claim`).
         self.batch = batch
         self._group: list[tuple[Claim, CommitRequest, RunView | None]] | None = None
+        self._wide = False  # whether the last group's claims showed siblings waiting
         self._absorbed = False  # whether the item in hand's own write was folded in
         self._view: RunView | None = None  # the view the item in hand is decided on
         self._chain = False  # whether the commit of the item in hand may claim the next
@@ -297,15 +300,23 @@ class Worker:
         first, request, view = pending[0]
         requests = [with_follow_up(first, request, view, self.clock)]
         requests += [request for _, request, _ in pending[1:]]
+        enqueued = {item.item_id for item in requests[0].then_items}
+        # One end whose commit makes at most one item ready, when the run's last claims
+        # showed no siblings waiting (a chain): the one-item commit, which claims that
+        # successor as it inserts it; otherwise the group, which claims up to ``batch``.
+        alone = chain is not None and len(requests) == 1 and len(enqueued) <= 1 and not self._wide
         limit = self.batch if chain is not None else 0
         delay = 0.05
         deadline = time.monotonic() + self.lease_secs / 2
         while True:
             try:
-                done = self.store.commit_group(
-                    requests, self.worker_id, chain or (), lease_secs=self.lease_secs,
-                    claim_limit=limit,
-                )  # fmt: skip
+                if alone:
+                    done = self._commit_alone(requests[0], chain or ())
+                else:
+                    done = self.store.commit_group(
+                        requests, self.worker_id, chain or (), lease_secs=self.lease_secs,
+                        claim_limit=limit,
+                    )  # fmt: skip
                 break
             except StoreUnavailable as error:  # fenced: a retry never writes twice
                 if time.monotonic() + delay > deadline:
@@ -313,6 +324,9 @@ class Worker:
                 log.warning("%s: group commit: %s; retrying", self.worker_id, error)
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
+        # Siblings were waiting if it claimed more than one, or one it did not enqueue.
+        claimed = done.claims
+        self._wide = len(claimed) > 1 or any(c.item.item_id not in enqueued for c in claimed)
         absorbed = self._writer._written(run, done.events)
         for (claim, _, _), result in zip(pending, done.results, strict=True):
             if isinstance(result, FenceLost):
@@ -324,6 +338,18 @@ class Worker:
                 absorbed = self._writer.fail(claim, why, retryable=True) and absorbed
         self._advance(run, read=not absorbed)
         return done.claims
+
+    def _commit_alone(self, request: CommitRequest, queues: Sequence[str]) -> GroupCommitted:
+        """`Store.commit_and_claim`, reported as a group of one."""
+        try:
+            done = self.store.commit_and_claim(
+                request, self.worker_id, queues, lease_secs=self.lease_secs
+            )
+        except (FenceLost, NotFound, Conflict, InvalidInput) as refused:  # as a group reports
+            return GroupCommitted(results=(refused,))
+        if done.claim is None:
+            return GroupCommitted(results=(done.events,))
+        return GroupCommitted(results=(done.events[:-1],), claims=(done.claim,))
 
     def _process_one(self, claim: Claim, *, chain: bool) -> Claim | None:
         item = claim.item
