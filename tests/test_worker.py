@@ -45,7 +45,7 @@ from charter.core.ports import (
     ReclaimResult,
     Store,
 )
-from charter.core.records import Claim
+from charter.core.records import Claim, WorkItemStatus
 from charter.core.runs import LostOutcome, RunStatus, run_record
 from charter.core.workflow import parse_workflow
 from charter.worker import Worker, WorkerHooks, drive, start_run
@@ -278,6 +278,68 @@ def test_a_batched_worker_claims_and_commits_a_fan_out_in_groups(batch: int) -> 
         assert store.groups == [(1, 2), (2, 2), (2, 0)]
     assert store.many <= 3  # (the run's first item, the join's, and maybe a last look)
     assert store.claims == 0
+
+
+class _Dies(BaseException):
+    """The worker's process ending (not an error any layer handles)."""
+
+
+class _DiesAfterAGroup(MemoryStore):
+    """A store whose caller dies right after its second group transaction commits."""
+
+    def __init__(self) -> None:
+        super().__init__(clock=ManualClock())
+        self.groups = 0
+        self.orphans: tuple[Claim, ...] = ()
+
+    def commit_group(
+        self,
+        requests: Sequence[CommitRequest],
+        worker_id: str | None = None,
+        queues: Sequence[str] = (),
+        *,
+        lease_secs: float = 30.0,
+        claim_limit: int = 0,
+    ) -> GroupCommitted:
+        done = super().commit_group(
+            requests, worker_id, queues, lease_secs=lease_secs, claim_limit=claim_limit
+        )
+        self.groups += 1
+        if self.groups == 2:
+            self.orphans = done.claims  # (more siblings it claimed: they die with it)
+            raise _Dies
+        return done
+
+
+def test_a_worker_that_dies_after_a_group_commit_is_recovered_by_lease() -> None:
+    """The group's commits stand; the items it claimed are reclaimed when their leases
+    expire and run again by another worker: every node completes once, the log verifies
+    and replays."""
+    store = _DiesAfterAGroup()
+    nodes = {f"n{k}": _tool("work.step") for k in range(10)}
+    edges = [("n0", f"n{k}") for k in range(1, 9)] + [(f"n{k}", "n9") for k in range(1, 9)]
+    tools = {"work.step": {"executor": "noop", "idempotent": True}}
+    run = start_run(store, _workflow(nodes, edges, tools=tools), execution_id="r").execution_id
+    with pytest.raises(_Dies):
+        drive(Worker(store, worker_id="w1", batch=3, lease_secs=5.0), run, sleep=_no_sleep)
+    claimed = [store.get_item(c.item.item_id) for c in store.orphans]
+    assert len(claimed) == 3  # the dead worker's, still claimed under its leases
+    assert all(i is not None and i.status is WorkItemStatus.CLAIMED for i in claimed)
+    clock = store.clock
+    assert isinstance(clock, ManualClock)
+    clock.advance(6)  # the leases run out
+    again = Worker(store, worker_id="w2", batch=3, lease_secs=5.0)
+
+    def wait(seconds: float) -> None:  # (the retries' backoffs pass)
+        clock.advance(seconds)
+
+    assert drive(again, run, sleep=wait).status == "completed"
+    events = store.read_events(run)
+    assert sorted(_completed(events)) == sorted(nodes)
+    retried = [f.node_id for f in _failures(events)]
+    assert sorted(retried) == sorted(c.item.node_id for c in store.orphans)
+    assert verify_log(store, runs=["r"]).ok
+    assert replay_run(store, "r").ok
 
 
 def _budget_run(batch: int) -> tuple[list[str], list[str], MemoryStore]:
