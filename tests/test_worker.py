@@ -250,7 +250,11 @@ class _Groups(_Counting):
             requests, worker_id, queues, lease_secs=lease_secs, claim_limit=claim_limit
         )
         self.groups.append((len(requests), len(done.claims)))
+        self.after_group(done)
         return done
+
+    def after_group(self, done: GroupCommitted) -> None:
+        """Called with each group's result, before it is returned."""
 
 
 @pytest.mark.parametrize("batch", [2, 16])
@@ -284,31 +288,17 @@ class _Dies(BaseException):
     """The worker's process ending (not an error any layer handles)."""
 
 
-class _DiesAfterAGroup(MemoryStore):
+class _DiesAfterAGroup(_Groups):
     """A store whose caller dies right after its second group transaction commits."""
 
     def __init__(self) -> None:
-        super().__init__(clock=ManualClock())
-        self.groups = 0
+        super().__init__()
         self.orphans: tuple[Claim, ...] = ()
 
-    def commit_group(
-        self,
-        requests: Sequence[CommitRequest],
-        worker_id: str | None = None,
-        queues: Sequence[str] = (),
-        *,
-        lease_secs: float = 30.0,
-        claim_limit: int = 0,
-    ) -> GroupCommitted:
-        done = super().commit_group(
-            requests, worker_id, queues, lease_secs=lease_secs, claim_limit=claim_limit
-        )
-        self.groups += 1
-        if self.groups == 2:
+    def after_group(self, done: GroupCommitted) -> None:
+        if len(self.groups) == 2:
             self.orphans = done.claims  # (more siblings it claimed: they die with it)
             raise _Dies
-        return done
 
 
 def test_a_worker_that_dies_after_a_group_commit_is_recovered_by_lease() -> None:

@@ -125,6 +125,9 @@ class PlannedStore(abc.ABC):
 
     clock: Clock
     _new_id: Callable[[], str]
+    #: Whether the store locks rows (Postgres), rather than the whole store (memory, SQLite's
+    #: ``BEGIN IMMEDIATE``): only then must a group lock its items before any execution.
+    _locks_rows: bool = False
 
     @abc.abstractmethod
     def _transact(self, work: Callable[[Tx], T]) -> T:
@@ -487,7 +490,19 @@ class PlannedStore(abc.ABC):
                 item, head, worker_id=worker_id, lease_secs=lease_secs, now=tx.now
             )
             events = self._apply(tx, plan, {head.execution_id: head})
-            claims.append(self._claim_of(tx, claimed, events))
+            if not claims:
+                claims.append(self._claim_of(tx, claimed, events))
+            else:  # the same execution as the first, so the same tenant: read once
+                assert claimed.lease_expires_at is not None
+                claims.append(
+                    Claim(
+                        item=claimed,
+                        fence=claimed.fence,
+                        lease_expires_at=claimed.lease_expires_at,
+                        events=tuple(events),
+                        tenant=claims[0].tenant,
+                    )
+                )
             execution_id = item.execution_id
         return tuple(claims)
 
@@ -523,7 +538,7 @@ class PlannedStore(abc.ABC):
         def work(tx: Tx) -> GroupCommitted:
             # The lock order: every item first (by id), then the executions as each commit
             # reads its own (the items are already held, so nothing waits out of order).
-            if len(specs) > 1:
+            if self._locks_rows and len(specs) > 1:
                 for item_id in sorted({s.item_id for s in specs if not isinstance(s, Exception)}):
                     tx.item(item_id)
             results: list[tuple[Event, ...] | CharterError] = []

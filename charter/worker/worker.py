@@ -80,7 +80,7 @@ log = logging.getLogger("charter.worker")
 DEFAULT_CHAIN_LIMIT: Final = 64
 
 #: How many ready items of a run a worker claims, and commits, in one transaction, by default.
-DEFAULT_BATCH: Final = 16
+DEFAULT_BATCH: Final = 32
 
 #: Every queue a node kind can be dispatched to.
 ALL_QUEUES: Final = tuple(sorted({info.queue_type for info in NODE_KINDS.values()}))

@@ -146,6 +146,19 @@ def _scheduled(item: Any) -> NodeScheduled:
     return NodeScheduled(node_id=item.node_id, queue_type=QUEUE)
 
 
+def _completions(claims: Any) -> list[CommitRequest]:
+    """Each claim's commit as completed, with its ``node_completed``."""
+    return [
+        CommitRequest(
+            item_id=c.item.item_id,
+            fence=c.fence,
+            outcome=COMPLETED,
+            events=(completed(c.item.node_id),),
+        )
+        for c in claims
+    ]
+
+
 def _outcome(result: Any) -> Any:
     if isinstance(result, CharterError):
         return type(result).__name__
@@ -212,17 +225,7 @@ def test_a_stale_fence_loses_none_of_the_others(store: Store, clock: ManualClock
     assert other is not None
     assert other.item.item_id == ids[1]
     before = observe(store, ids[1])["items"]
-    group = store.commit_group(
-        [
-            CommitRequest(
-                item_id=c.item.item_id,
-                fence=c.fence,
-                outcome=COMPLETED,
-                events=(completed(c.item.node_id),),
-            )
-            for c in claims
-        ]
-    )
+    group = store.commit_group(_completions(claims))
     first, middle, last = group.results
     assert isinstance(middle, FenceLost)
     assert isinstance(first, tuple)
@@ -264,15 +267,7 @@ def test_a_worker_that_dies_after_a_group_is_recovered_by_lease(
     ids = start(store, clock, 4, max_attempts=3)
     claims = store.claim_many(WORKER, [QUEUE], lease_secs=LEASE, limit=2)
     group = store.commit_group(
-        [
-            CommitRequest(
-                item_id=c.item.item_id,
-                fence=c.fence,
-                outcome=COMPLETED,
-                events=(completed(c.item.node_id),),
-            )
-            for c in claims
-        ],
+        _completions(claims),
         WORKER,
         [QUEUE],
         lease_secs=LEASE,
