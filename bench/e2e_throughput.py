@@ -186,8 +186,8 @@ class Trial(Protocol):
 #: node claimed in a transaction of its own, as before commits claimed the next node).
 CHAIN_LIMIT: int | None = None
 
-#: ``--batch``: the workers' ``batch`` (``None``: the worker's default; 1: one item per claim
-#: and per commit, as before groups).
+#: ``--batch``: the workers' ``batch`` (``None``: the worker's default, 1: one item per claim
+#: and per commit; 32: a fan-out's ready items 32 to a transaction).
 BATCH: int | None = None
 
 
@@ -1286,7 +1286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=int,
         metavar="K",
         help="Charter's Worker(batch=K): how many ready items of the run a worker claims, "
-        "and commits, in one transaction (default: the worker's; 1: one at a time, as before)",
+        "and commits, in one transaction (default: the worker's, 1: one at a time)",
     )
     parser.add_argument("--scale-trial", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
