@@ -107,7 +107,7 @@ from charter.bootstrap import build_worker
 from charter.core.events import NodeCompleted, WorkflowCompleted, WorkflowStarted
 from charter.core.records import Execution, ExecutionStatus, Tenant, WorkflowDefinition
 from charter.core.workflow import parse_workflow
-from charter.worker import DEFAULT_CHAIN_LIMIT, RunOutcome, drive
+from charter.worker import DEFAULT_BATCH, DEFAULT_CHAIN_LIMIT, RunOutcome, drive
 
 __all__ = ["main", "run", "workflow_document"]
 
@@ -186,6 +186,10 @@ class Trial(Protocol):
 #: node claimed in a transaction of its own, as before commits claimed the next node).
 CHAIN_LIMIT: int | None = None
 
+#: ``--batch``: the workers' ``batch`` (``None``: the worker's default, 1: one item per claim
+#: and per commit; 32: a fan-out's ready items 32 to a transaction).
+BATCH: int | None = None
+
 
 class CharterTrial:
     """Charter: ``create_execution`` + `Worker` + `drive`, as ``charter run`` does."""
@@ -241,6 +245,7 @@ class CharterTrial:
             executors=default_registry(),
             worker_id=WORKER,
             chain_limit=DEFAULT_CHAIN_LIMIT if CHAIN_LIMIT is None else CHAIN_LIMIT,
+            batch=DEFAULT_BATCH if BATCH is None else BATCH,
         )
         self.outcome = drive(worker, RUN_ID)
         return self.nodes if self.outcome.status == "completed" else 0
@@ -1276,10 +1281,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="Charter's Worker(chain_limit=N): how many nodes in a row a commit may claim "
         "(default: the worker's; 0: a claim transaction per node, as before)",
     )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        metavar="K",
+        help="Charter's Worker(batch=K): how many ready items of the run a worker claims, "
+        "and commits, in one transaction (default: the worker's, 1: one at a time)",
+    )
     parser.add_argument("--scale-trial", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    global CHAIN_LIMIT
+    global BATCH, CHAIN_LIMIT
     CHAIN_LIMIT = args.chain_limit
+    BATCH = args.batch
     if args.scale_trial is not None:
         shape_arg, nodes_arg, sync_arg, dir_arg = args.scale_trial
         result = scale_trial(shape_arg, int(nodes_arg), sync_arg, Path(dir_arg))

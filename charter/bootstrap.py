@@ -28,6 +28,7 @@ from charter.core.events import Event
 from charter.core.ports import Clock, Store
 from charter.worker import (
     ALL_QUEUES,
+    DEFAULT_BATCH,
     DEFAULT_CHAIN_LIMIT,
     Definitions,
     Scheduler,
@@ -171,6 +172,7 @@ def build_worker(
     hooks: WorkerHooks | None = None,
     telemetry: Telemetry | None = None,
     chain_limit: int = DEFAULT_CHAIN_LIMIT,
+    batch: int = DEFAULT_BATCH,
 ) -> Worker:
     """A worker on ``store``, wired: ``executors`` (default: `build_registry`) and a
     ``scheduler`` — pass one to share it between the threads of one process (they then
@@ -191,4 +193,5 @@ def build_worker(
         hooks=hooks,
         telemetry=telemetry if telemetry is not None else default_telemetry(),
         chain_limit=chain_limit,
+        batch=batch,
     )

@@ -23,6 +23,7 @@ from charter.adapters.memory import MemoryStore
 from charter.adapters.sqlite import SqliteStore
 from charter.audit.replay import replay_run, verify_log
 from charter.core.approvals import ApprovalRefused
+from charter.core.budget import Usage
 from charter.core.errors import InvalidInput, StoreUnavailable
 from charter.core.events import (
     AgentToolProgress,
@@ -38,12 +39,13 @@ from charter.core.events import (
 from charter.core.ports import (
     CommitRequest,
     Committed,
+    GroupCommitted,
     NodeCall,
     NodeResult,
     ReclaimResult,
     Store,
 )
-from charter.core.records import Claim
+from charter.core.records import Claim, WorkItemStatus
 from charter.core.runs import LostOutcome, RunStatus, run_record
 from charter.core.workflow import parse_workflow
 from charter.worker import Worker, WorkerHooks, drive, start_run
@@ -99,6 +101,22 @@ class _Flaky(MemoryStore):
             raise StoreUnavailable("the database is briefly unreachable")
         return super().commit_and_claim(request, worker_id, queues, lease_secs=lease_secs)
 
+    def commit_group(
+        self,
+        requests: Sequence[CommitRequest],
+        worker_id: str | None = None,
+        queues: Sequence[str] = (),
+        *,
+        lease_secs: float = 30.0,
+        claim_limit: int = 0,
+    ) -> GroupCommitted:
+        if self.failures:
+            self.failures -= 1
+            raise StoreUnavailable("the database is briefly unreachable")
+        return super().commit_group(
+            requests, worker_id, queues, lease_secs=lease_secs, claim_limit=claim_limit
+        )
+
 
 def test_a_commit_that_fails_transiently_is_retried_without_running_the_node_again() -> None:
     store = _Flaky(failures=2)
@@ -147,7 +165,9 @@ class _Counting(MemoryStore):
         return claimed
 
 
-def _chain_run(chain_limit: int, shape: str = "chain") -> tuple[_Counting, list[tuple[int, Any]]]:
+def _chain_run(
+    chain_limit: int, shape: str = "chain", batch: int = 1
+) -> tuple[_Counting, list[tuple[int, Any]]]:
     store = _Counting()
     nodes = {f"n{k}": _tool("work.step") for k in range(6)}
     if shape == "chain":
@@ -161,7 +181,7 @@ def _chain_run(chain_limit: int, shape: str = "chain") -> tuple[_Counting, list[
         policy={"require_approval_for": ["payments.*"]},
     )
     run = start_run(store, workflow, execution_id="r").execution_id
-    worker = Worker(store, worker_id="w", chain_limit=chain_limit)
+    worker = Worker(store, worker_id="w", chain_limit=chain_limit, batch=batch)
     assert drive(worker, run, sleep=_no_sleep).status == "completed"
     # (Durations are measured: the one field that differs from run to run.)
     timeless = [
@@ -190,6 +210,157 @@ def test_a_commit_claims_the_next_node_of_its_run_and_records_the_same_log(
 def test_chain_limit_must_be_a_count() -> None:
     with pytest.raises(InvalidInput, match="chain_limit"):
         Worker(MemoryStore(), chain_limit=-1)
+    for batch in (-1, 1001, True):
+        with pytest.raises(InvalidInput, match="batch"):
+            Worker(MemoryStore(), batch=batch)
+
+
+class _Groups(_Counting):
+    """Counts the group transactions too, and what each committed and claimed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.many = 0
+        self.groups: list[tuple[int, int]] = []
+
+    def claim_many(
+        self,
+        worker_id: str,
+        queues: Sequence[str],
+        *,
+        lease_secs: float,
+        limit: int,
+        execution_id: str | None = None,
+    ) -> tuple[Claim, ...]:
+        self.many += 1
+        return super().claim_many(
+            worker_id, queues, lease_secs=lease_secs, limit=limit, execution_id=execution_id
+        )
+
+    def commit_group(
+        self,
+        requests: Sequence[CommitRequest],
+        worker_id: str | None = None,
+        queues: Sequence[str] = (),
+        *,
+        lease_secs: float = 30.0,
+        claim_limit: int = 0,
+    ) -> GroupCommitted:
+        done = super().commit_group(
+            requests, worker_id, queues, lease_secs=lease_secs, claim_limit=claim_limit
+        )
+        self.groups.append((len(requests), len(done.claims)))
+        self.after_group(done)
+        return done
+
+    def after_group(self, done: GroupCommitted) -> None:
+        """Called with each group's result, before it is returned."""
+
+
+@pytest.mark.parametrize("batch", [2, 16])
+def test_a_batched_worker_claims_and_commits_a_fan_out_in_groups(batch: int) -> None:
+    """``Worker(batch=k)``: the ready siblings of a fan-out are claimed k at a time in the
+    transaction that commits the group before them; every node runs once, the log
+    verifies and replays."""
+    store = _Groups()
+    nodes = {f"n{k}": _tool("work.step") for k in range(6)}
+    edges = [("n0", f"n{k}") for k in range(1, 5)] + [(f"n{k}", "n5") for k in range(1, 5)]
+    tools = {"work.step": {"executor": "noop", "idempotent": True}}
+    run = start_run(store, _workflow(nodes, edges, tools=tools), execution_id="r").execution_id
+    worker = Worker(store, worker_id="w", batch=batch)
+    assert drive(worker, run, sleep=_no_sleep).status == "completed"
+    events = store.read_events(run)
+    assert sorted(_completed(events)) == sorted(nodes)
+    assert verify_log(store, runs=["r"]).ok
+    assert replay_run(store, "r").ok
+    # n0's commit claims up to k siblings; their group commit claims the rest; the join
+    # (planned after the group) is claimed on its own, and its commit, which makes nothing
+    # ready, is a one-item commit (`commit_and_claim`), as a chain's are.
+    if batch == 16:
+        assert store.groups == [(1, 4), (4, 0)]
+    else:
+        assert store.groups == [(1, 2), (2, 2), (2, 0)]
+    assert store.many <= 3  # (the run's first item, the join's, and maybe a last look)
+    assert store.claims == 0
+
+
+class _Dies(BaseException):
+    """The worker's process ending (not an error any layer handles)."""
+
+
+class _DiesAfterAGroup(_Groups):
+    """A store whose caller dies right after its second group transaction commits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.orphans: tuple[Claim, ...] = ()
+
+    def after_group(self, done: GroupCommitted) -> None:
+        if len(self.groups) == 2:
+            self.orphans = done.claims  # (more siblings it claimed: they die with it)
+            raise _Dies
+
+
+def test_a_worker_that_dies_after_a_group_commit_is_recovered_by_lease() -> None:
+    """The group's commits stand; the items it claimed are reclaimed when their leases
+    expire and run again by another worker: every node completes once, the log verifies
+    and replays."""
+    store = _DiesAfterAGroup()
+    nodes = {f"n{k}": _tool("work.step") for k in range(10)}
+    edges = [("n0", f"n{k}") for k in range(1, 9)] + [(f"n{k}", "n9") for k in range(1, 9)]
+    tools = {"work.step": {"executor": "noop", "idempotent": True}}
+    run = start_run(store, _workflow(nodes, edges, tools=tools), execution_id="r").execution_id
+    with pytest.raises(_Dies):
+        drive(Worker(store, worker_id="w1", batch=3, lease_secs=5.0), run, sleep=_no_sleep)
+    claimed = [store.get_item(c.item.item_id) for c in store.orphans]
+    assert len(claimed) == 3  # the dead worker's, still claimed under its leases
+    assert all(i is not None and i.status is WorkItemStatus.CLAIMED for i in claimed)
+    clock = store.clock
+    assert isinstance(clock, ManualClock)
+    clock.advance(6)  # the leases run out
+    again = Worker(store, worker_id="w2", batch=3, lease_secs=5.0)
+
+    def wait(seconds: float) -> None:  # (the retries' backoffs pass)
+        clock.advance(seconds)
+
+    assert drive(again, run, sleep=wait).status == "completed"
+    events = store.read_events(run)
+    assert sorted(_completed(events)) == sorted(nodes)
+    retried = [f.node_id for f in _failures(events)]
+    assert sorted(retried) == sorted(c.item.node_id for c in store.orphans)
+    assert verify_log(store, runs=["r"]).ok
+    assert replay_run(store, "r").ok
+
+
+def _budget_run(batch: int) -> tuple[list[str], list[str], MemoryStore]:
+    """A fan-out of five siblings of 10 tokens each under a 25-token budget."""
+    store = MemoryStore(clock=ManualClock())
+    registry = default_registry()
+    registry.register_tool("spend.*", lambda call: NodeResult(usage=Usage(input_tokens=10)))
+    nodes = {f"n{k}": _tool("spend.it") for k in range(7)}
+    edges = [("n0", f"n{k}") for k in range(1, 6)] + [(f"n{k}", "n6") for k in range(1, 6)]
+    workflow = _workflow(
+        nodes,
+        edges,
+        tools={"spend.it": {"idempotent": True}},
+        token_budget={"total_tokens": 25},
+    )
+    run = start_run(store, workflow, execution_id="r").execution_id
+    drive(Worker(store, executors=registry, worker_id="w", batch=batch), run, sleep=_no_sleep)
+    events = store.read_events(run)
+    failed = [kind.node_id for kind in _failures(events)]
+    return _completed(events), failed, store
+
+
+def test_a_group_never_spends_past_a_budget_that_one_at_a_time_would_stop() -> None:
+    """Under a run budget the items of a group are decided one after another on the
+    commits before them: the same nodes run, and the same fail, as one at a time."""
+    alone = _budget_run(1)
+    grouped = _budget_run(16)
+    assert grouped[:2] == alone[:2]
+    assert len(alone[0]) < 5  # the budget stopped the fan-out (with the join)
+    assert verify_log(grouped[2], runs=["r"]).ok
+    assert replay_run(grouped[2], "r").ok
 
 
 # ── approvals and the tick ─────────────────────────────────────────────────────────────

@@ -426,6 +426,8 @@ class PostgresStore(PlannedStore):
     ``idle_in_transaction_timeout_ms`` (a frozen worker cannot hold locks forever).
     """
 
+    _locks_rows = True  # (a group commit locks its items before any execution)
+
     def __init__(
         self,
         url: str,

@@ -62,10 +62,11 @@ from charter.core.commit import (
     WriteSnapshot,
 )
 from charter.core.compaction import Compaction
+from charter.core.errors import CharterError, Conflict, FenceLost, InvalidInput, NotFound
 from charter.core.events import ApprovalDecision, Event, EventKind, JsonValue
 from charter.core.materialize import Materialized, apply_events
 from charter.core.policy import PolicySet
-from charter.core.ports import Clock, CommitRequest, Committed, ReclaimResult
+from charter.core.ports import Clock, CommitRequest, Committed, GroupCommitted, ReclaimResult
 from charter.core.records import (
     Claim,
     EffectReservation,
@@ -84,6 +85,10 @@ __all__ = ["PlannedStore"]
 
 T = TypeVar("T")
 
+
+#: The refusals of one commit of a group (`commit_group`): raised by its planner before it
+#: writes anything, so the other commits of the transaction stand.
+_PER_COMMIT: Final = (FenceLost, NotFound, Conflict, InvalidInput)
 
 #: The event types a resolution reads (`Tx.node_events`).
 _OUTCOME_TYPES: Final = ("outcome_unknown", "outcome_resolved")
@@ -120,6 +125,9 @@ class PlannedStore(abc.ABC):
 
     clock: Clock
     _new_id: Callable[[], str]
+    #: Whether the store locks rows (Postgres), rather than the whole store (memory, SQLite's
+    #: ``BEGIN IMMEDIATE``): only then must a group lock its items before any execution.
+    _locks_rows: bool = False
 
     @abc.abstractmethod
     def _transact(self, work: Callable[[Tx], T]) -> T:
@@ -395,35 +403,172 @@ class PlannedStore(abc.ABC):
 
     def _commit(self, request: CommitRequest, chain: planner.ChainSpec | None) -> Committed:
         spec = checks.commit_spec(request)
+        return self._transact(lambda tx: self._commit_in(tx, spec, chain))
 
-        def work(tx: Tx) -> Committed:
-            found = tx.settling(spec.item_id)
-            if found is None or found[0].fence != spec.fence:  # refused before any other read
-                planner.plan_commit(spec, CommitReads(item=found and found[0]), now=tx.now)
-            assert found is not None
-            item, head, reserved = found
-            wants_ledger, nodes, wants_effect, item_ids = planner.commit_reads_needed(spec)
-            reads = CommitReads(
-                item=item,
-                head=head,
-                reserved=reserved,
-                ledger=tx.ledger(item.execution_id) if wants_ledger and head else None,
-                approvals={n: tx.approval(item.execution_id, n) for n in sorted(nodes)},
-                effect=tx.effect(spec.effect_key) if wants_effect and spec.effect_key else None,
-                existing_items=tx.items(item_ids) if item_ids else {},
+    def _plan_commit_in(
+        self, tx: Tx, spec: planner.CommitSpec, chain: planner.ChainSpec | None
+    ) -> tuple[Plan, WorkItem | None, Head | None]:
+        """A commit's reads inside the open transaction ``tx``, in the lock order, and its
+        plan (`plan_commit_then_claim`); a domain error is raised here, before anything of
+        this commit is written. Returns the plan, the item it claims and the head read."""
+        found = tx.settling(spec.item_id)
+        if found is None or found[0].fence != spec.fence:  # refused before any other read
+            planner.plan_commit(spec, CommitReads(item=found and found[0]), now=tx.now)
+        assert found is not None
+        item, head, reserved = found
+        wants_ledger, nodes, wants_effect, item_ids = planner.commit_reads_needed(spec)
+        reads = CommitReads(
+            item=item,
+            head=head,
+            reserved=reserved,
+            ledger=tx.ledger(item.execution_id) if wants_ledger and head else None,
+            approvals={n: tx.approval(item.execution_id, n) for n in sorted(nodes)},
+            effect=tx.effect(spec.effect_key) if wants_effect and spec.effect_key else None,
+            existing_items=tx.items(item_ids) if item_ids else {},
+        )
+        if chain is not None and head is not None:
+            # Of the same execution only, whose row this transaction holds already: the
+            # item is read without waiting (a locked one is passed over), so reading it
+            # after the execution cannot deadlock.
+            next_one = tx.next_claimable(chain.queues, item.execution_id)
+            reads = attrs.evolve(reads, claimable=next_one[0] if next_one else None)
+        plan, claimed = planner.plan_commit_then_claim(spec, reads, chain, now=tx.now)
+        return plan, claimed, head
+
+    def _commit_in(
+        self, tx: Tx, spec: planner.CommitSpec, chain: planner.ChainSpec | None
+    ) -> Committed:
+        """One commit (and, with ``chain``, its claim) inside the open transaction ``tx``."""
+        plan, claimed, head = self._plan_commit_in(tx, spec, chain)
+        events = self._apply(tx, plan, {head.execution_id: head} if head else {})
+        if claimed is None:
+            return Committed(events=events)
+        # Its ``node_started`` is the last event appended (`plan_commit_then_claim`).
+        return Committed(events=events, claim=self._claim_of(tx, claimed, events[-1:]))
+
+    # ── groups: several items in one transaction ──
+
+    def claim_many(
+        self,
+        worker_id: str,
+        queues: Sequence[str],
+        *,
+        lease_secs: float,
+        limit: int,
+        execution_id: str | None = None,
+    ) -> tuple[Claim, ...]:
+        checks.check_claim_args(worker_id, queues, lease_secs, execution_id)
+        checks.check_limit(limit)
+        if not queues:
+            return ()
+        wanted = tuple(dict.fromkeys(queues))
+        return self._transact(
+            lambda tx: self._claims_in(tx, worker_id, wanted, lease_secs, limit, execution_id)
+        )
+
+    def _claims_in(
+        self,
+        tx: Tx,
+        worker_id: str,
+        queues: tuple[str, ...],
+        lease_secs: float,
+        limit: int,
+        execution_id: str | None,
+    ) -> tuple[Claim, ...]:
+        """Up to ``limit`` claims inside ``tx``, each the one `claim` would make right after
+        the previous (`plan_claim` on the rows as the previous left them): after the first,
+        of its execution only, so the transaction locks one execution's row (each item is
+        read with ``SKIP LOCKED`` on Postgres: never waited for, so reading it after the
+        execution cannot deadlock)."""
+        claims: list[Claim] = []
+        while len(claims) < limit:
+            found = tx.next_claimable(queues, execution_id)
+            if found is None:
+                break
+            item, head = found
+            plan, claimed = planner.plan_claim(
+                item, head, worker_id=worker_id, lease_secs=lease_secs, now=tx.now
             )
-            if chain is not None and head is not None:
-                # Of the same execution only, whose row this transaction holds already: the
-                # item is read without waiting (a locked one is passed over), so reading it
-                # after the execution cannot deadlock.
-                next_one = tx.next_claimable(chain.queues, item.execution_id)
-                reads = attrs.evolve(reads, claimable=next_one[0] if next_one else None)
-            plan, claimed = planner.plan_commit_then_claim(spec, reads, chain, now=tx.now)
-            events = self._apply(tx, plan, {head.execution_id: head} if head else {})
-            if claimed is None:
-                return Committed(events=events)
-            # Its ``node_started`` is the last event appended (`plan_commit_then_claim`).
-            return Committed(events=events, claim=self._claim_of(tx, claimed, events[-1:]))
+            events = self._apply(tx, plan, {head.execution_id: head})
+            if not claims:
+                claims.append(self._claim_of(tx, claimed, events))
+            else:  # the same execution as the first, so the same tenant: read once
+                assert claimed.lease_expires_at is not None
+                claims.append(
+                    Claim(
+                        item=claimed,
+                        fence=claimed.fence,
+                        lease_expires_at=claimed.lease_expires_at,
+                        events=tuple(events),
+                        tenant=claims[0].tenant,
+                    )
+                )
+            execution_id = item.execution_id
+        return tuple(claims)
+
+    def commit_group(
+        self,
+        requests: Sequence[CommitRequest],
+        worker_id: str | None = None,
+        queues: Sequence[str] = (),
+        *,
+        lease_secs: float = 30.0,
+        claim_limit: int = 0,
+    ) -> GroupCommitted:
+        if claim_limit != 0:  # (0: claim nothing)
+            checks.check_limit(claim_limit)
+            if worker_id is None:
+                raise InvalidInput("worker_id", "required to claim (claim_limit > 0)")
+            checks.check_claim_args(worker_id, queues, lease_secs, None)
+        # Each request's input is checked on its own: a bad one is reported as its error.
+        specs: list[planner.CommitSpec | CharterError] = []
+        for request in requests:
+            try:
+                specs.append(checks.commit_spec(request))
+            except InvalidInput as error:
+                specs.append(error)
+        wanted = tuple(dict.fromkeys(queues))
+        chain_spec = None
+        if claim_limit and wanted:
+            assert worker_id is not None
+            chain_spec = planner.ChainSpec(
+                worker_id=worker_id, queues=wanted, lease_secs=lease_secs
+            )
+
+        def work(tx: Tx) -> GroupCommitted:
+            # The lock order: every item first (by id), then the executions as each commit
+            # reads its own (the items are already held, so nothing waits out of order).
+            if self._locks_rows and len(specs) > 1:
+                for item_id in sorted({s.item_id for s in specs if not isinstance(s, Exception)}):
+                    tx.item(item_id)
+            results: list[tuple[Event, ...] | CharterError] = []
+            claims: list[Claim] = []
+            run: str | None = None
+            chained = False  # whether the last commit made (or looked for) the first claim
+            for index, spec in enumerate(specs):
+                if isinstance(spec, CharterError):
+                    results.append(spec)
+                    continue
+                # The last commit claims the first item as `commit_and_claim` does (the
+                # claim a claim right after the group would make); the others follow.
+                chain = chain_spec if index == len(specs) - 1 else None
+                try:  # planned on the rows as the commits before it left them
+                    plan, claimed, head = self._plan_commit_in(tx, spec, chain)
+                except _PER_COMMIT as refused:
+                    results.append(refused)
+                    continue
+                events = self._apply(tx, plan, {head.execution_id: head} if head else {})
+                if claimed is not None:  # its ``node_started`` is the last event appended
+                    claims.append(self._claim_of(tx, claimed, events[-1:]))
+                    events = events[:-1]
+                results.append(events)
+                run = head.execution_id if head is not None else run
+                chained = chain is not None
+            if claim_limit and wanted and run is not None and (claims or not chained):
+                assert worker_id is not None
+                more = claim_limit - len(claims)
+                claims += self._claims_in(tx, worker_id, wanted, lease_secs, more, run)
+            return GroupCommitted(results=tuple(results), claims=tuple(claims))
 
         return self._transact(work)
 

@@ -48,6 +48,7 @@ import attrs
 from charter.core.approvals import ApprovalRefused
 from charter.core.budget import BudgetState, Usage
 from charter.core.compaction import Compaction
+from charter.core.errors import CharterError
 from charter.core.events import ApprovalDecision, Event, EventKind, JsonValue
 from charter.core.limits import LimitCharge
 from charter.core.policy import PolicySet
@@ -74,6 +75,7 @@ __all__ = [
     "Committed",
     "EffectResult",
     "Executor",
+    "GroupCommitted",
     "NodeCall",
     "NodeResult",
     "ReclaimResult",
@@ -184,6 +186,27 @@ class Committed:
 
     events: tuple[Event, ...] = ()
     claim: Claim | None = None
+
+
+@attrs.frozen(kw_only=True)
+class GroupCommitted:
+    """What `Store.commit_group` did: for each request, in order, the events its commit
+    appended, or the error that refused it (`FenceLost`, `Conflict`, `NotFound`,
+    `InvalidInput`…: that commit wrote nothing, the others stand); and the claims made
+    in the same transaction after the commits (each with its own ``node_started``)."""
+
+    results: tuple[tuple[Event, ...] | CharterError, ...] = ()
+    claims: tuple[Claim, ...] = ()
+
+    @property
+    def events(self) -> tuple[Event, ...]:
+        """Every event the group appended, in the order appended (the claims' last)."""
+        appended = [
+            event for result in self.results if isinstance(result, tuple) for event in result
+        ]
+        for claim in self.claims:
+            appended += claim.events
+        return tuple(appended)
 
 
 @attrs.frozen(kw_only=True)
@@ -355,6 +378,40 @@ class Store(Protocol):
         instead of two. Only the committed item's execution is looked at, so the claim may
         pass over older items of other executions (the caller bounds how often it
         chains)."""
+        ...
+
+    def claim_many(
+        self,
+        worker_id: str,
+        queues: Sequence[str],
+        *,
+        lease_secs: float,
+        limit: int,
+        execution_id: str | None = None,
+    ) -> tuple[Claim, ...]:
+        """Up to ``limit`` claims in one transaction: the claim `claim` would make, then —
+        of that item's execution only — the claims it would make right after, one by one,
+        each recorded exactly as `claim` records it (its own fence, lease and
+        ``node_started``). Empty when nothing is available."""
+        ...
+
+    def commit_group(
+        self,
+        requests: Sequence[CommitRequest],
+        worker_id: str | None = None,
+        queues: Sequence[str] = (),
+        *,
+        lease_secs: float = 30.0,
+        claim_limit: int = 0,
+    ) -> GroupCommitted:
+        """The commits of ``requests`` in one transaction, in order, each exactly as
+        `commit` alone would make it right after the ones before (each fenced and planned
+        on its own): a request refused (a lost fence, say) writes nothing and is reported
+        as its error in `GroupCommitted.results` while the others are committed. Then, with
+        ``claim_limit`` > 0 and ``worker_id``, the claims `claim_many` would make right
+        after, of the first committed item's execution. Bad input of the whole call
+        (``claim_limit``, ``worker_id``, ``queues``, ``lease_secs``) is refused before
+        anything is written."""
         ...
 
     def park(

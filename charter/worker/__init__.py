@@ -18,10 +18,17 @@ from __future__ import annotations
 from charter.worker.definitions import Definitions
 from charter.worker.runs import RunOutcome, drive, start_run
 from charter.worker.scheduling import RunView, Scheduler
-from charter.worker.worker import ALL_QUEUES, DEFAULT_CHAIN_LIMIT, Worker, WorkerHooks
+from charter.worker.worker import (
+    ALL_QUEUES,
+    DEFAULT_BATCH,
+    DEFAULT_CHAIN_LIMIT,
+    Worker,
+    WorkerHooks,
+)
 
 __all__ = [
     "ALL_QUEUES",
+    "DEFAULT_BATCH",
     "DEFAULT_CHAIN_LIMIT",
     "Definitions",
     "RunOutcome",

@@ -34,22 +34,32 @@ from charter.core.attempt import (
     result_to_json,
     terminal_failure,
 )
-from charter.core.budget import Usage
+from charter.core.budget import BudgetLimits, Usage
 from charter.core.canonical import content_digest
-from charter.core.errors import ExecutorFailed, FenceLost, InvalidInput, NotFound, StoreError
+from charter.core.errors import (
+    Conflict,
+    ExecutorFailed,
+    FenceLost,
+    InvalidInput,
+    NotFound,
+    StoreError,
+    StoreUnavailable,
+)
 from charter.core.events import EventKind, JsonValue, OutcomeUnknown
 from charter.core.gate import GateRequest, Outcome, gate_node
 from charter.core.limits import charge_event
 from charter.core.nodes import NODE_KINDS
+from charter.core.policy import PolicySet
 from charter.core.ports import (
     Clock,
     CommitRequest,
     EffectResult,
+    GroupCommitted,
     Store,
 )
 from charter.core.records import Claim, WorkItemStatus
 from charter.core.workflow import NodeDef, WorkflowInvalid
-from charter.worker.commits import Writer, commit_request
+from charter.worker.commits import Writer, commit_request, with_follow_up
 from charter.worker.execution import (
     Lost,
     Refused,
@@ -62,12 +72,16 @@ from charter.worker.heartbeats import Heartbeats
 from charter.worker.limits import with_limit_usage
 from charter.worker.scheduling import RunView, Scheduler
 
-__all__ = ["ALL_QUEUES", "DEFAULT_CHAIN_LIMIT", "Worker", "WorkerHooks"]
+__all__ = ["ALL_QUEUES", "DEFAULT_BATCH", "DEFAULT_CHAIN_LIMIT", "Worker", "WorkerHooks"]
 
 log = logging.getLogger("charter.worker")
 
 #: How many items in a row a worker claims in its own commits' transactions, by default.
 DEFAULT_CHAIN_LIMIT: Final = 64
+
+#: How many ready items of a run a worker claims, and commits, in one transaction, by default
+#: (1: one at a time; groups are opt-in, docs/workflows.md §3).
+DEFAULT_BATCH: Final = 1
 
 #: Every queue a node kind can be dispatched to.
 ALL_QUEUES: Final = tuple(sorted({info.queue_type for info in NODE_KINDS.values()}))
@@ -86,6 +100,14 @@ def _charged(request: GateRequest, attempt: int, usage: Usage | None) -> tuple[E
     is committed with the attempt's end, in the same transaction (`charter.core.limits`)."""
     charge = charge_event(request.node_id, attempt, request.rate_limits, usage, request.now)
     return () if charge is None else (charge,)
+
+
+_NO_LIMITS: Final = BudgetLimits()
+
+
+def _windowed(policy: PolicySet | None) -> bool:
+    """Whether the tenant's policy sets windowed limits (`charter.core.limits`)."""
+    return policy is not None and bool(policy.rate_limits)
 
 
 def _default_worker_id() -> str:
@@ -110,6 +132,7 @@ class Worker:
         hooks: WorkerHooks | None = None,
         telemetry: Telemetry | None = None,
         chain_limit: int = DEFAULT_CHAIN_LIMIT,
+        batch: int = DEFAULT_BATCH,
     ) -> None:
         self.store = store
         self.executors = executors if executors is not None else default_registry()
@@ -134,6 +157,14 @@ class Worker:
         #: How many items in a row one `process` may claim in the transactions of its own
         #: commits (`Store.commit_and_claim`) before it lets a normal claim choose again.
         self.chain_limit = chain_limit
+        if isinstance(batch, bool) or not 0 <= batch <= 1000:
+            raise InvalidInput("batch", f"expected an integer from 0 to 1000, got {batch!r}")
+        #: How many ready items of one run this worker claims in one transaction
+        #: (`Store.claim_many`) and whose ends it commits in one (`Store.commit_group`);
+        #: 0 or 1: one item at a time (`Store.claim`, `Store.commit_and_claim`).
+        self.batch = batch
+        self._group: list[tuple[Claim, CommitRequest, RunView | None]] | None = None
+        self._wide = False  # whether the last group's claims showed siblings waiting
         self._absorbed = False  # whether the item in hand's own write was folded in
         self._view: RunView | None = None  # the view the item in hand is decided on
         self._chain = False  # whether the commit of the item in hand may claim the next
@@ -152,6 +183,18 @@ class Worker:
     def step(self, execution_id: str | None = None) -> bool:
         """Claim and process one item (of ``execution_id`` only, if given); False when none
         is available."""
+        if self.batch > 1:
+            claims = self.store.claim_many(
+                self.worker_id,
+                self.queues,
+                lease_secs=self.lease_secs,
+                limit=self.batch,
+                execution_id=execution_id,
+            )
+            if not claims:
+                return False
+            self.process_group(claims)
+            return True
         claim = self.store.claim(
             self.worker_id, self.queues, lease_secs=self.lease_secs, execution_id=execution_id
         )
@@ -200,6 +243,115 @@ class Worker:
             next_claim = self._process_one(next_claim, chain=chained < self.chain_limit)
             chained += 1
 
+    def process_group(self, claims: Sequence[Claim]) -> None:
+        """Decide and execute claimed items of one run one after another, and commit their
+        ends together (`Store.commit_group`), claiming in that transaction up to ``batch``
+        more of the run's ready items, which are processed next — up to ``chain_limit``
+        items in a row; never raises for a node's failure.
+
+        Each item is decided on the run as of the group's claims, as items claimed by
+        several workers at once are: its ``node_gated`` records that point (``as_of``) and
+        replay recomputes it there. When the decision could depend on the items before it
+        in the group — the run has a budget, or the tenant windowed limits — their commits
+        are written first and the item is decided after them, as one at a time would."""
+        if self.batch <= 1:
+            for claim in claims:
+                self.process(claim)
+            return
+        chained = 0
+        batch: Sequence[Claim] = claims
+        while batch:
+            batch = self._process_batch(batch, chain=chained < self.chain_limit)
+            chained += len(batch)
+
+    def _process_batch(self, claims: Sequence[Claim], *, chain: bool) -> Sequence[Claim]:
+        run = claims[0].item.execution_id
+        # The claims' ``node_started`` follow one another: the view takes them all at once.
+        self.scheduler.absorb(run, [event for claim in claims for event in claim.events])
+        self._group = []
+        began = time.monotonic()
+        try:
+            for index, claim in enumerate(claims):
+                if time.monotonic() - began > self.lease_secs / 4:
+                    # Slow items: write what is done, and renew the leases still to run.
+                    self._flush(None)
+                    self._renew(claims[index:])
+                    began = time.monotonic()
+                self._process_one(claim, chain=False)
+            return self._flush(self.queues if chain else None)
+        finally:
+            self._group = None
+
+    def _renew(self, claims: Sequence[Claim]) -> None:
+        for claim in claims:
+            try:
+                self.store.heartbeat(claim.item.item_id, claim.fence, lease_secs=self.lease_secs)
+            except StoreError as error:  # the item's own commit will find out
+                log.info("%s: renewing %s: %s", self.worker_id, claim.item.item_id, error)
+
+    def _flush(self, chain: Sequence[str] | None) -> Sequence[Claim]:
+        """Commit the group's pending ends in one transaction (claiming, with ``chain``,
+        up to ``batch`` more of the run's items in it); returns those claims."""
+        pending, self._group = self._group or [], []
+        if not pending:
+            return ()
+        run = pending[0][0].item.execution_id
+        # The scheduler's next step rides on the first commit only: a later one's would be
+        # planned from a log its predecessors have moved, and left out by the store.
+        first, request, view = pending[0]
+        requests = [with_follow_up(first, request, view, self.clock)]
+        requests += [request for _, request, _ in pending[1:]]
+        enqueued = {item.item_id for item in requests[0].then_items}
+        # One end whose commit makes at most one item ready, when the run's last claims
+        # showed no siblings waiting (a chain): the one-item commit, which claims that
+        # successor as it inserts it; otherwise the group, which claims up to ``batch``.
+        alone = chain is not None and len(requests) == 1 and len(enqueued) <= 1 and not self._wide
+        limit = self.batch if chain is not None else 0
+        delay = 0.05
+        deadline = time.monotonic() + self.lease_secs / 2
+        while True:
+            try:
+                if alone:
+                    done = self._commit_alone(requests[0], chain or ())
+                else:
+                    done = self.store.commit_group(
+                        requests, self.worker_id, chain or (), lease_secs=self.lease_secs,
+                        claim_limit=limit,
+                    )  # fmt: skip
+                break
+            except StoreUnavailable as error:  # fenced: a retry never writes twice
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("%s: group commit: %s; retrying", self.worker_id, error)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        # Siblings were waiting if it claimed more than one, or one it did not enqueue.
+        claimed = done.claims
+        self._wide = len(claimed) > 1 or any(c.item.item_id not in enqueued for c in claimed)
+        absorbed = self._writer._written(run, done.events)
+        for (claim, _, _), result in zip(pending, done.results, strict=True):
+            if isinstance(result, FenceLost):
+                log.info(
+                    "%s: lost the claim of %s; abandoning it", self.worker_id, claim.item.item_id
+                )
+            elif isinstance(result, Exception):
+                why = f"worker error: {type(result).__name__}: {result}"
+                absorbed = self._writer.fail(claim, why, retryable=True) and absorbed
+        self._advance(run, read=not absorbed)
+        return done.claims
+
+    def _commit_alone(self, request: CommitRequest, queues: Sequence[str]) -> GroupCommitted:
+        """`Store.commit_and_claim`, reported as a group of one."""
+        try:
+            done = self.store.commit_and_claim(
+                request, self.worker_id, queues, lease_secs=self.lease_secs
+            )
+        except (FenceLost, NotFound, Conflict, InvalidInput) as refused:  # as a group reports
+            return GroupCommitted(results=(refused,))
+        if done.claim is None:
+            return GroupCommitted(results=(done.events,))
+        return GroupCommitted(results=(done.events[:-1],), claims=(done.claim,))
+
     def _process_one(self, claim: Claim, *, chain: bool) -> Claim | None:
         item = claim.item
         self._absorbed = False
@@ -214,6 +366,8 @@ class Worker:
             log.exception("%s: error processing %s", self.worker_id, item.item_id)
             why = f"worker error: {type(error).__name__}: {error}"
             self._absorbed = self._writer.fail(claim, why, retryable=True)
+        if self._group is not None:  # in a group: planned once, after the group's commit
+            return None
         # When this item's own write followed on from what the scheduler knew, its view is
         # complete and planning needs no read (compare-and-append guards it regardless).
         self._advance(item.execution_id, read=not self._absorbed)
@@ -254,6 +408,10 @@ class Worker:
         if tenant is None:
             why = f"tenant {execution.tenant_id!r} is unknown: refusing to run without its policy"
             return self._refuse(claim, why)
+        if self._group and (view.workflow.limits != _NO_LIMITS or _windowed(tenant.policy)):
+            # A budget or windowed limits: decided after the group's ends before it.
+            self._flush(None)
+            view = self._view = self.scheduler.view(item.execution_id)
         # The budget is the fold of the same log the rest was read from (`as_of`), which
         # is what the store's ledger holds at that point: a replay can recompute it.
         digest = content_digest(view.progress.state)
@@ -371,5 +529,8 @@ class Worker:
     def _commit(self, claim: Claim, request: CommitRequest) -> None:
         if self.hooks.before_commit is not None:
             self.hooks.before_commit(claim)
+        if self._group is not None:  # written with the group's (`_flush`)
+            self._group.append((claim, request, self._view))
+            return
         chain = self.queues if self._chain else None
         self._absorbed, self._next = self._writer.commit(claim, request, self._view, chain=chain)
