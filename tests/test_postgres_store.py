@@ -48,7 +48,7 @@ from charter.core.ports import CommitRequest
 from charter.core.queue import LEASE_EXPIRED
 from charter.core.records import Execution, NewWorkItem, Tenant, WorkItemStatus
 from charter.core.workflow import parse_workflow
-from charter.worker import start_run
+from charter.worker import DEFAULT_BATCH, start_run
 from tests.stores import drop_schema, postgres_url, unique_schema_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -232,20 +232,29 @@ def test_a_worker_killed_mid_run_loses_nothing_and_every_node_completes_once(
     calls = _effects(effects)
     runs = Counter(node for node, _ in calls)
     assert set(runs) == {f"n{i}" for i in range(1000)}
-    # Only the node in the dead worker's hands ran twice: its effect happened, its commit
-    # never did; after its lease ran out it was reclaimed and run again by a survivor.
-    assert {node for node, count in runs.items() if count > 1} == {dying}
-    assert runs[dying] == 2
+    # Only the nodes in the dead worker's hands ran twice: the one it died committing and
+    # the others of its group (Worker(batch): executed, their ends not yet committed). Each
+    # had run once, by the dead worker; after its leases ran out each was reclaimed and run
+    # again by a survivor.
+    twice = {node for node, count in runs.items() if count > 1}
+    assert dying in twice
+    assert len(twice) <= DEFAULT_BATCH
     doomed_pid = str(doomed.pid)
-    first, second = [pid for node, pid in calls if node == dying]
-    assert first == doomed_pid
-    assert second != doomed_pid
-    reclaimed = [
-        e.kind
+    for node in twice:
+        first, second = [pid for name, pid in calls if name == node]
+        assert first == doomed_pid
+        assert second != doomed_pid
+    reclaimed = Counter(
+        (e.kind.node_id, e.kind.error)
         for e in events
-        if isinstance(e.kind, NodeFailed) and e.kind.node_id == dying and e.kind.retryable
-    ]
-    assert [failure.error for failure in reclaimed] == [LEASE_EXPIRED]
+        if isinstance(e.kind, NodeFailed) and e.kind.retryable
+    )
+    # Every item the dead worker held was reclaimed once, by lease: those it had run (run
+    # again above) and those its group had claimed but not yet run (run once, by another).
+    assert set(reclaimed.values()) == {1}
+    assert {error for _, error in reclaimed} == {LEASE_EXPIRED}
+    assert twice <= {node for node, _ in reclaimed}
+    assert len(reclaimed) <= DEFAULT_BATCH
     store.close()
 
 
@@ -360,6 +369,32 @@ def test_a_connection_lost_during_commit_asks_the_server_and_writes_once(
     events = store.read_events("run")
     assert [type(e.kind).__name__ for e in events] == ["WorkflowStarted", "ToolCalled"]
     assert [e.sequence for e in events] == [1, 2]
+    store.close()
+
+
+def test_a_session_left_unusable_mid_transaction_is_discarded_and_the_write_retried(
+    url: str, schema: str
+) -> None:
+    # A session cut while a pipeline is busy fails with an error that has no SQLSTATE
+    # ("cannot exit pipeline mode while busy") and cannot roll back cleanly. COMMIT was never
+    # sent, so nothing was written: the attempt is retried on another session, and the
+    # broken one is closed rather than lent again (it was once lent on and failed reads).
+    store = PostgresStore(url, schema=schema)
+    sessions: list[psycopg.Connection[Any]] = []
+
+    def work(cursor: psycopg.Cursor[Any], now: Any) -> str:
+        sessions.append(cursor.connection)
+        if len(sessions) == 1:
+            cursor.connection.pipeline().__enter__()  # left open: the session stays in it
+            cursor.execute("SELECT 1")
+            raise psycopg.OperationalError("cannot exit pipeline mode while busy")
+        return "written"
+
+    assert store._db.write(work) == "written"
+    assert len(sessions) == 2
+    assert sessions[0].closed
+    assert sessions[1] is not sessions[0]
+    assert store.get_execution("nothing") is None  # the pool lends only usable sessions
     store.close()
 
 

@@ -32,7 +32,7 @@ from datetime import datetime
 from typing import Any, Final, TypeVar, cast
 
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
@@ -210,13 +210,21 @@ class Database:
             xid, database_now = begun
             result = work(cursor, database_now)
         except psycopg.Error as error:
-            _rollback(conn)
+            usable = _rollback(conn)
+            if not usable or _client_side(error):
+                # The session failed on the client's side (say, cut while a pipeline was
+                # busy: "cannot exit pipeline mode while busy", an error with no SQLSTATE)
+                # or cannot even roll back: its state is unknown, so close it (the pool
+                # then discards it). COMMIT was never sent, so nothing was written and the
+                # attempt may be tried again.
+                conn.close()
+                raise Retry(f"connection lost: {_message(error)}", lost=True) from None
             raise self._failure(conn, error) from None
         except UnicodeEncodeError as error:
-            _rollback(conn)
+            _discard_unless(_rollback(conn), conn)
             raise _unencodable(error) from None
         except BaseException:
-            _rollback(conn)
+            _discard_unless(_rollback(conn), conn)
             raise
         try:
             cursor.execute("COMMIT")
@@ -382,13 +390,30 @@ def _lost(conn: Connection, error: psycopg.Error) -> bool:
     return conn.closed or conn.broken or state.startswith("08") or state in _LOST_STATES
 
 
-def _rollback(conn: Connection) -> None:
+def _rollback(conn: Connection) -> bool:
+    """Roll the session's transaction back; whether the session is usable afterwards (open,
+    not broken, out of pipeline mode). When it is not, the server rolled back anyway (a
+    transaction never outlives its session)."""
     if conn.closed:
-        return
+        return False
     try:
         conn.execute("ROLLBACK")
     except psycopg.Error as error:  # the connection died: the server rolled back anyway
         log.debug("rollback failed: %s", error)
+        return False
+    return not conn.broken and conn.pgconn.pipeline_status == pq.PipelineStatus.OFF
+
+
+def _client_side(error: psycopg.Error) -> bool:
+    """Whether ``error`` is the client library's, about the session (no SQLSTATE: not an
+    answer of the server's)."""
+    return isinstance(error, psycopg.OperationalError) and not error.sqlstate
+
+
+def _discard_unless(usable: bool, conn: Connection) -> None:
+    """Close a session left unusable, so that the pool discards it instead of lending it."""
+    if not usable:
+        conn.close()
 
 
 def _message(error: BaseException) -> str:
