@@ -386,10 +386,16 @@ class _SqliteTx(_Rows):
     def insert_events(
         self, head: plan.Head, events: Sequence[Event], kind_texts: Sequence[str]
     ) -> None:
+        # A batch shares one time (`PlannedStore._append`): its text is made once.
+        moment = events[0].created_at
+        stamp = _text(moment)
         rows = [
-            (e.execution_id, e.sequence, e.id, text, _text(e.created_at), e.prev_hash, e.hash)
+            (
+                e.execution_id, e.sequence, e.id, text,
+                stamp if e.created_at is moment else _text(e.created_at), e.prev_hash, e.hash,
+            )
             for e, text in zip(events, kind_texts, strict=True)
-        ]
+        ]  # fmt: skip
         self._conn.executemany(_INSERT_EVENTS, rows)
 
     def set_status(self, write: plan.SetStatus) -> None:
