@@ -733,11 +733,16 @@ def test_a_speculative_fold_adopted_is_the_fold_of_what_was_written(
     index = 0
     while index < len(events):
         size = data.draw(st.integers(min_value=1, max_value=4), label="batch")
-        batch = events[index : index + size]
+        # A commit's events are written at one time: a batch is events of one moment.
+        at = events[index].created_at
+        batch = events[index : index + 1]
+        for event in events[index + 1 : index + size]:
+            if event.created_at != at:
+                break
+            batch.append(event)
         before = run.progress()
         plain = _plain(before)
         fork = run.fork()
-        at = batch[0].created_at
         fork.apply_kinds([e.kind for e in batch], first_sequence=batch[0].sequence, at=at)
         assert _plain(fork.progress()) == _plain(fold_kinds(
             sim.workflow, [e.kind for e in batch], before, at=at,

@@ -7,13 +7,12 @@ statuses their enum's value, JSON compact text, cost integer nano-dollars.
 
 from __future__ import annotations
 
-import functools
 import json
 from datetime import datetime
 from typing import Any, Final
 
 from charter.adapters.codec import loads
-from charter.adapters.store_support import utc_text
+from charter.adapters.store_support import stamp_text
 from charter.core.approvals import ApprovalStatus
 from charter.core.budget import BudgetState
 from charter.core.commit import ApprovalRow, EffectRow, Head
@@ -119,7 +118,7 @@ EFFECT_SELECT: Final = (
 
 # A transaction writes its own time (and an item's times) several times over: the text of
 # recent moments is kept rather than formatted again.
-text: Final = functools.lru_cache(maxsize=1024)(utc_text)
+text: Final = stamp_text
 
 
 def maybe_text(moment: datetime | None) -> str | None:

@@ -9,6 +9,7 @@ the pending-approval record). Every domain rule is the planner's (`charter.core.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -78,6 +79,7 @@ __all__ = [
     "joined_appends",
     "pending_record",
     "plain_json",
+    "stamp_text",
     "unknown_tenant",
     "utc_text",
 ]
@@ -277,6 +279,11 @@ def utc_text(moment: datetime) -> str:
         raise InvalidInput("datetime", "expected a timezone-aware datetime")
     text = moment.astimezone(UTC).isoformat(timespec="microseconds")
     return text[:-6] + "Z"  # "+00:00" → "Z": fixed width, so text order is time order
+
+
+#: `utc_text`, remembered for recent moments: a transaction stamps its events, and a store
+#: writes the same moment into their rows and its items', several times over.
+stamp_text: Final = functools.lru_cache(maxsize=1024)(utc_text)
 
 
 def encode_cursor(ordinal: int) -> str:

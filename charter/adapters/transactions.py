@@ -190,7 +190,7 @@ class PlannedStore(abc.ABC):
             )
         texts = write.texts if write.texts is not None else checks.encode_events(write.kinds)
         moment = tx.event_time(write.execution_id)
-        stamp = checks.utc_text(moment)
+        stamp = checks.stamp_text(moment)
         ids = [self._new_id() for _ in texts]
         links = link_hashes(
             execution_id=write.execution_id,

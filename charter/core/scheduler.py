@@ -583,10 +583,12 @@ class RunState:
         )
         # A fork's table lies over a view of ours, its own entries its changes; one that
         # was flattened (views too deep) holds everything and lost its removals.
-        if not all(isinstance(theirs.base, _MapView) for _, theirs in pairs):
-            return False
+        for _, theirs in pairs:
+            if type(theirs.base) is not _MapView:
+                return False
         for mine, theirs in pairs:
-            mine.take(theirs)
+            if theirs.local:
+                mine.take(theirs)
         self.state, self.inputs = fork.state, fork.inputs
         self.started, self.finished = fork.started, fork.finished
         self.last_sequence, self.finished_count = fork.last_sequence, fork.finished_count
