@@ -16,6 +16,7 @@ from charter.adapters.chain import (
     canonical_text,
     envelope_text,
     event_hash,
+    link_hashes,
 )
 from charter.adapters.codec import dump
 from charter.adapters.memory import MemoryStore
@@ -197,3 +198,44 @@ def test_any_event_sequence_chains_and_verifies(batches: list[list[EventKind]]) 
         assert link.kind_text == canonical_json(dump(event.kind))
         assert (event.prev_hash, event.hash) == (previous, link.hash)
         previous = link.hash
+
+
+_any_text = st.text() | _ids
+
+
+@given(
+    _any_text,
+    st.integers(1, 2**40),
+    _any_text,
+    st.lists(
+        st.tuples(_any_text, _values.filter(lambda v: _exact(v) is not InvalidInput)), max_size=5
+    ),
+    st.sampled_from([GENESIS, "ab" * 32, 'odd "prev"']),
+)
+def test_a_batch_is_linked_as_each_event_hashed_on_its_own(
+    execution_id: str,
+    first: int,
+    created: str,
+    batch: list[tuple[str, Any]],
+    prev: str,
+) -> None:
+    # `link_hashes` (what every append runs) shares the batch's envelope prefix; each link
+    # must still be `event_hash` of that event's own canonical envelope, chained.
+    texts = [canonical_text(kind) for _, kind in batch]
+    links = link_hashes(
+        execution_id=execution_id,
+        first_sequence=first,
+        prev_hash=prev,
+        created_at=created,
+        event_ids=[event_id for event_id, _ in batch],
+        kind_texts=texts,
+    )
+    expected = []
+    for offset, ((event_id, _), text) in enumerate(zip(batch, texts, strict=True)):
+        this = event_hash(
+            execution_id=execution_id, sequence=first + offset, event_id=event_id,
+            created_at=created, kind_text=text, prev_hash=prev,
+        )  # fmt: skip
+        expected.append((prev, this))
+        prev = this
+    assert links == expected

@@ -714,3 +714,75 @@ def test_every_shipped_workflow_document_is_valid(document: dict[str, Any]) -> N
     workflow = parse_workflow(document)
     assert workflow.start_node == "n0"
     assert set(workflow.nodes) == {f"n{i}" for i in range(len(document["nodes"]))}
+
+
+@given(workflow_specs(), st.data())
+def test_a_speculative_fold_adopted_is_the_fold_of_what_was_written(
+    spec: dict[str, Any], data: st.DataObject
+) -> None:
+    # The worker folds a commit's events once, before the commit (to plan its follow-up), on
+    # a fork of the run's state (`RunState.fork`), and adopts that fold once the commit has
+    # landed (`RunState.adopt`) instead of folding the written events again. Adopted, the
+    # state must be exactly the fold of the events as written; a commit that failed (the
+    # fork dropped), or a state that moved meanwhile, or events that are not what the fork
+    # folded (another sequence, other kinds, another time where the fold reads it) must
+    # leave the state exactly as it was; and no view the state gave may change.
+    sim = _run(spec, data)
+    events = sim.events
+    run = RunState(sim.workflow, reference=weakref.ref)
+    index = 0
+    while index < len(events):
+        size = data.draw(st.integers(min_value=1, max_value=4), label="batch")
+        # A commit's events are written at one time: a batch is events of one moment.
+        at = events[index].created_at
+        batch = events[index : index + 1]
+        for event in events[index + 1 : index + size]:
+            if event.created_at != at:
+                break
+            batch.append(event)
+        before = run.progress()
+        plain = _plain(before)
+        fork = run.fork()
+        fork.apply_kinds([e.kind for e in batch], first_sequence=batch[0].sequence, at=at)
+        assert _plain(fork.progress()) == _plain(fold_kinds(
+            sim.workflow, [e.kind for e in batch], before, at=at,
+            first_sequence=batch[0].sequence,
+        ))  # fmt: skip
+        outcome = data.draw(
+            st.sampled_from(["adopt", "failed", "moved", "other sequence", "other kinds"]),
+            label="commit",
+        )
+        if outcome == "failed":  # the commit raised: the fork is dropped
+            assert _plain(run.progress()) == plain
+            continue  # the same events are tried again
+        if outcome == "moved" and index + len(batch) < len(events):
+            run.apply(batch)  # another writer's events, absorbed meanwhile
+            assert not run.adopt(fork, batch)
+            assert _plain(before) == plain
+            index += len(batch)
+            continue
+        if outcome == "other sequence":
+            shifted = [attrs.evolve(e, sequence=e.sequence + 1) for e in batch]
+            assert not run.adopt(fork, shifted)
+            assert _plain(run.progress()) == plain
+            continue
+        if outcome == "other kinds" and len(batch) > 1:
+            assert not run.adopt(fork, batch[:-1])
+            assert _plain(run.progress()) == plain
+            continue
+        # Written at another time than folded: adopted only if no kind reads the time.
+        later = [attrs.evolve(e, created_at=e.created_at + timedelta(seconds=1)) for e in batch]
+        written = later if data.draw(st.booleans(), label="stamped later") else batch
+        if run.adopt(fork, written):
+            pass
+        else:
+            assert written is later, "the events as folded are always adopted"
+            assert _plain(run.progress()) == plain
+            run.apply(written)
+        assert _plain(run.progress()) == _plain(fold(sim.workflow, written, before))
+        assert _plain(before) == plain
+        check_indexes(sim.workflow, run.progress())
+        index += len(batch)
+        if written is later:  # the rest of the log goes on from what was really written
+            events = [*events[: index - len(batch)], *later, *events[index:]]
+    assert _plain(run.progress()) == _plain(fold(sim.workflow, events))

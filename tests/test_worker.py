@@ -24,7 +24,7 @@ from charter.adapters.sqlite import SqliteStore
 from charter.audit.replay import replay_run, verify_log
 from charter.core.approvals import ApprovalRefused
 from charter.core.budget import Usage
-from charter.core.errors import InvalidInput, StoreUnavailable
+from charter.core.errors import FenceLost, InvalidInput, StoreUnavailable
 from charter.core.events import (
     AgentToolProgress,
     ApprovalDecision,
@@ -47,8 +47,11 @@ from charter.core.ports import (
 )
 from charter.core.records import Claim, WorkItemStatus
 from charter.core.runs import LostOutcome, RunStatus, run_record
+from charter.core.scheduler import fold
 from charter.core.workflow import parse_workflow
 from charter.worker import Worker, WorkerHooks, drive, start_run
+from charter.worker.commits import Writer, commit_request
+from charter.worker.scheduling import Scheduler
 
 
 def _no_sleep(_: float) -> None:
@@ -798,3 +801,47 @@ def _resolve(
     )
     assert isinstance(answer, Event), answer
     return answer
+
+
+class _Refusing(MemoryStore):
+    """A store that refuses every commit (the claim was lost meanwhile)."""
+
+    def commit_and_claim(
+        self, request: CommitRequest, worker_id: str, queues: Sequence[str], *, lease_secs: float
+    ) -> Committed:
+        raise FenceLost(f"work item {request.item_id!r} was claimed again")
+
+
+@pytest.mark.parametrize("lands", [True, False])
+def test_a_commits_fold_is_adopted_once_it_lands_and_dropped_if_it_does_not(lands: bool) -> None:
+    # The worker folds a commit's events before the commit (to plan its follow-up) and adopts
+    # that fold once the commit lands: the scheduler then knows exactly what the log says; a
+    # commit refused leaves it exactly where it was.
+    store = MemoryStore() if lands else _Refusing()
+    workflow = _workflow(
+        {"a": _tool("work.a"), "b": _tool("work.b")},
+        [("a", "b")],
+        tools={"work.a": {"idempotent": True}, "work.b": {"idempotent": True}},
+    )
+    run = start_run(store, workflow, execution_id="r").execution_id
+    scheduler = Scheduler(store)
+    scheduler.advance(run)
+    claim = store.claim("w", ["tool"], lease_secs=30)
+    assert claim is not None
+    view = scheduler.view(run, claimed=claim)
+    before = scheduler.view(run).progress
+    writer = Writer(store, scheduler, "w", patience_secs=0)
+    done = NodeCompleted(node_id="a", output={"ok": 1}, state_patch={}, duration_ms=0)
+    request = commit_request(claim, WorkItemStatus.COMPLETED, [done], succeeded=True)
+    if not lands:
+        with pytest.raises(FenceLost):
+            writer.commit(claim, request, view, chain=["tool"])
+        assert scheduler.view(run).progress == before == fold(workflow, store.read_events(run))
+        return
+    absorbed, chained = writer.commit(claim, request, view, chain=["tool"])
+    assert absorbed
+    assert chained is not None
+    assert chained.item.node_id == "b"
+    log = store.read_events(run)
+    assert scheduler.view(run).progress == fold(workflow, log)
+    assert Scheduler(store).view(run).progress == scheduler.view(run).progress

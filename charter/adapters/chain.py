@@ -103,18 +103,20 @@ def link_hashes(
     """``(prev_hash, hash)`` of each of a batch of events appended together (numbered from
     ``first_sequence``, all stamped ``created_at``), continuing the chain from ``prev_hash``
     (the hash of the event before the batch, or `GENESIS`)."""
+    # `envelope_text`, with what the batch shares (the time, the execution) encoded once.
+    shared = f'{{"created_at":{_dumps(created_at)},"execution_id":{_dumps(execution_id)},"id":'
+    sha256 = hashlib.sha256
     out = []
-    for offset, (event_id, kind_text) in enumerate(zip(event_ids, kind_texts, strict=True)):
-        this = event_hash(
-            execution_id=execution_id,
-            sequence=first_sequence + offset,
-            event_id=event_id,
-            created_at=created_at,
-            kind_text=kind_text,
-            prev_hash=prev_hash,
+    sequence = first_sequence
+    for event_id, kind_text in zip(event_ids, kind_texts, strict=True):
+        text = (
+            f'{shared}{_dumps(event_id)},"kind":{kind_text},"prev_hash":{_dumps(prev_hash)},'
+            f'"sequence":{sequence}}}'
         )
+        this = sha256(text.encode("utf-8")).hexdigest()
         out.append((prev_hash, this))
         prev_hash = this
+        sequence += 1
     return out
 
 

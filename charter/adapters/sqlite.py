@@ -241,7 +241,7 @@ class _SqliteTx(_Rows):
     """`Tx` (see `charter.adapters.transactions.Tx`) inside one ``BEGIN IMMEDIATE``
     transaction: the write lock is the whole database's, so no read locks a row."""
 
-    __slots__ = ("_tenants", "now")
+    __slots__ = ("_ledgers", "_read_tenants", "_tenants", "now")
 
     def __init__(
         self,
@@ -252,6 +252,24 @@ class _SqliteTx(_Rows):
         super().__init__(conn)
         self.now = now
         self._tenants = {} if tenants is None else tenants
+        # What an item's row brought along (`stored.ITEM_HEAD_SELECT`), read under this
+        # transaction's write lock: a tenant's record text, an execution's ledger row. A
+        # write to either forgets it.
+        self._read_tenants: dict[str, str] = {}
+        self._ledgers: dict[str, tuple[Any, ...]] = {}
+
+    def _brought(self, row: tuple[Any, ...]) -> None:
+        """Keep the tenant record and ledger a row of `stored.ITEM_HEAD_SELECT` brought."""
+        text = row[stored.ITEM_TENANT]
+        if text is not None:
+            self._read_tenants[row[1]] = text
+        ledger = row[stored.ITEM_LEDGER :]
+        if ledger[0] is not None:
+            self._ledgers[row[2]] = ledger
+
+    def ledger(self, execution_id: str) -> BudgetState:
+        row = self._ledgers.get(execution_id)
+        return super().ledger(execution_id) if row is None else stored.ledger(row)
 
     # ── reads ──
 
@@ -271,6 +289,7 @@ class _SqliteTx(_Rows):
         row = self.one(_SETTLING, (item_id,))
         if row is None:
             return None
+        self._brought(row)
         end = stored.ITEM_END
         return stored.item(row), stored.head(row[2], row[end + 1 :]), bool(row[end])
 
@@ -283,6 +302,7 @@ class _SqliteTx(_Rows):
         row = self.one(_claim_sql(len(queues), execution_id is not None), args)
         if row is None:
             return None
+        self._brought(row)
         return stored.item(row), stored.head(row[2], row[stored.ITEM_END + 1 :])
 
     def expired(self, limit: int) -> list[WorkItem]:
@@ -305,8 +325,13 @@ class _SqliteTx(_Rows):
         return None if row is None else stored.effect(key, row)
 
     def tenant(self, tenant_id: str) -> Tenant | None:
-        row = self.one("SELECT record_json FROM tenants WHERE tenant_id = ?", (tenant_id,))
-        return None if row is None else rules.decoded_tenant(self._tenants, tenant_id, row[0])
+        text = self._read_tenants.get(tenant_id)
+        if text is None:
+            row = self.one("SELECT record_json FROM tenants WHERE tenant_id = ?", (tenant_id,))
+            if row is None:
+                return None
+            text = row[0]
+        return rules.decoded_tenant(self._tenants, tenant_id, text)
 
     def reservation(self, item_id: str, fence: int) -> str | None:
         row = self.one(
@@ -347,6 +372,7 @@ class _SqliteTx(_Rows):
     # ── writes ──
 
     def put_tenant(self, tenant: Tenant, keep_policy: bool) -> None:
+        self._read_tenants.pop(tenant.tenant_id, None)
         self._conn.execute(_PUT_TENANT, (tenant.tenant_id, dumps(tenant)))
         if keep_policy and tenant.policy is not None:  # kept for good: named by digest
             self._conn.execute(_KEEP_POLICY, (tenant.policy.digest, dumps(tenant.policy)))
@@ -386,10 +412,16 @@ class _SqliteTx(_Rows):
     def insert_events(
         self, head: plan.Head, events: Sequence[Event], kind_texts: Sequence[str]
     ) -> None:
+        # A batch shares one time (`PlannedStore._append`): its text is made once.
+        moment = events[0].created_at
+        stamp = _text(moment)
         rows = [
-            (e.execution_id, e.sequence, e.id, text, _text(e.created_at), e.prev_hash, e.hash)
+            (
+                e.execution_id, e.sequence, e.id, text,
+                stamp if e.created_at is moment else _text(e.created_at), e.prev_hash, e.hash,
+            )
             for e, text in zip(events, kind_texts, strict=True)
-        ]
+        ]  # fmt: skip
         self._conn.executemany(_INSERT_EVENTS, rows)
 
     def set_status(self, write: plan.SetStatus) -> None:
@@ -403,6 +435,7 @@ class _SqliteTx(_Rows):
         ))  # fmt: skip
 
     def put_ledger(self, write: plan.PutLedger) -> None:
+        self._ledgers.pop(write.execution_id, None)
         s = write.state  # absolute totals: the planner read them under this transaction
         self._conn.execute(_PUT_LEDGER, (
             s.total_input_tokens, s.total_output_tokens, s.cost_nanos, s.iteration_count,

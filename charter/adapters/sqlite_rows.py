@@ -7,13 +7,12 @@ statuses their enum's value, JSON compact text, cost integer nano-dollars.
 
 from __future__ import annotations
 
-import functools
 import json
 from datetime import datetime
 from typing import Any, Final
 
 from charter.adapters.codec import loads
-from charter.adapters.store_support import utc_text
+from charter.adapters.store_support import stamp_text
 from charter.core.approvals import ApprovalStatus
 from charter.core.budget import BudgetState
 from charter.core.commit import ApprovalRow, EffectRow, Head
@@ -34,7 +33,9 @@ __all__ = [
     "ITEM_COLUMNS",
     "ITEM_END",
     "ITEM_HEAD_SELECT",
+    "ITEM_LEDGER",
     "ITEM_SELECT",
+    "ITEM_TENANT",
     "LEDGER_SELECT",
     "LOG_SELECT",
     "approval",
@@ -71,17 +72,31 @@ EXECUTION_SELECT: Final = (
     "coalesce((SELECT max(v.sequence) FROM events v WHERE v.execution_id = x.execution_id), 0), "
     "x.ordinal FROM executions x"
 )
+_LEDGER_COLUMNS: Final = (
+    "input_tokens, output_tokens, cost_nanos, iterations, tool_calls, consecutive_errors, "
+    "breaker_tripped"
+)
 # An item (aliased ``w``) with its execution's head (``x``, ``v``): what a claim and a commit
-# read, in one statement. The latest event is one probe of the events' primary key.
+# read, in one statement. The latest event is one probe of the events' primary key. The
+# item's tenant record (``t``) and its execution's ledger (``l``), one primary-key probe
+# each, come along: the claim hands the tenant to its claimant, the commit of a usage reads
+# the ledger, and neither then costs a statement of its own.
 ITEM_HEAD_SELECT: Final = (
     "SELECT " + ", ".join(f"w.{column}" for column in ITEM_COLUMNS.split(", "))
-    + ", w.reserved, x.tenant_id, x.status, v.sequence, v.hash FROM work_items w "
+    + ", w.reserved, x.tenant_id, x.status, v.sequence, v.hash, t.record_json, "
+    + ", ".join(f"l.{column}" for column in _LEDGER_COLUMNS.split(", "))
+    + " FROM work_items w "
     "JOIN executions x ON x.execution_id = w.execution_id "
     "LEFT JOIN events v ON v.execution_id = w.execution_id AND v.sequence = "
-    "(SELECT max(sequence) FROM events WHERE execution_id = w.execution_id)"
+    "(SELECT max(sequence) FROM events WHERE execution_id = w.execution_id) "
+    "LEFT JOIN tenants t ON t.tenant_id = w.tenant_id "
+    "LEFT JOIN ledger l ON l.execution_id = w.execution_id"
 )  # fmt: skip
 #: Where a row of `ITEM_HEAD_SELECT` goes on after the item's columns.
 ITEM_END: Final = len(ITEM_COLUMNS.split(", "))
+#: Where its tenant record and its ledger (a row of `LEDGER_SELECT`; NULLs: none) are.
+ITEM_TENANT: Final = ITEM_END + 5
+ITEM_LEDGER: Final = ITEM_END + 6
 # The execution with its latest event: one probe of the events' primary key, from its end.
 HEAD_SELECT: Final = (
     "SELECT x.tenant_id, x.status, v.sequence, v.hash FROM executions x LEFT JOIN "
@@ -92,10 +107,7 @@ LOG_SELECT: Final = (
     "SELECT sequence, event_id, kind_json, created_at, prev_hash, hash FROM events "
     "WHERE execution_id = ? AND sequence > ? ORDER BY sequence LIMIT ?"
 )
-LEDGER_SELECT: Final = (
-    "SELECT input_tokens, output_tokens, cost_nanos, iterations, tool_calls, "
-    "consecutive_errors, breaker_tripped FROM ledger WHERE execution_id = ?"
-)
+LEDGER_SELECT: Final = f"SELECT {_LEDGER_COLUMNS} FROM ledger WHERE execution_id = ?"
 APPROVAL_SELECT: Final = (
     "SELECT status_json, requested_at FROM approvals WHERE execution_id = ? AND node_id = ?"
 )
@@ -106,7 +118,7 @@ EFFECT_SELECT: Final = (
 
 # A transaction writes its own time (and an item's times) several times over: the text of
 # recent moments is kept rather than formatted again.
-text: Final = functools.lru_cache(maxsize=1024)(utc_text)
+text: Final = stamp_text
 
 
 def maybe_text(moment: datetime | None) -> str | None:

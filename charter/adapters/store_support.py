@@ -9,6 +9,7 @@ the pending-approval record). Every domain rule is the planner's (`charter.core.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -16,7 +17,16 @@ from typing import Final
 
 from charter.adapters.codec import event_text, loads
 from charter.core.approvals import ApprovalStatus, Pending
-from charter.core.commit import CommitSpec, Head
+from charter.core.commit import (
+    AppendEvents,
+    CommitSpec,
+    Head,
+    InsertItem,
+    PutApproval,
+    PutLedger,
+    SetStatus,
+    UpdateItem,
+)
 from charter.core.errors import (
     InvalidInput,
     LimitExceeded,
@@ -44,6 +54,7 @@ from charter.core.records import (
 from charter.core.signing import Signature
 
 __all__ = [
+    "DEFERRABLE",
     "MAX_DEFINITION_BYTES",
     "check_claim_args",
     "check_execution",
@@ -65,8 +76,10 @@ __all__ = [
     "encode_cursor",
     "encode_events",
     "existing",
+    "joined_appends",
     "pending_record",
     "plain_json",
+    "stamp_text",
     "unknown_tenant",
     "utc_text",
 ]
@@ -268,6 +281,11 @@ def utc_text(moment: datetime) -> str:
     return text[:-6] + "Z"  # "+00:00" → "Z": fixed width, so text order is time order
 
 
+#: `utc_text`, remembered for recent moments: a transaction stamps its events, and a store
+#: writes the same moment into their rows and its items', several times over.
+stamp_text: Final = functools.lru_cache(maxsize=1024)(utc_text)
+
+
 def encode_cursor(ordinal: int) -> str:
     """A listing cursor: the creation ordinal of the last execution returned."""
     return f"c{ordinal}"
@@ -326,3 +344,30 @@ def decoded_tenant(cache: dict[str, tuple[str, Tenant]], tenant_id: str, text: s
     tenant = loads(text, Tenant)
     cache[tenant_id] = (text, tenant)
     return tenant
+
+
+#: The writes of a plan that neither read nor write events (nor the head they continue): an
+#: append may be written after them, so that consecutive appends to one execution are
+#: written as one batch (`charter.adapters.transactions.PlannedStore._apply`).
+DEFERRABLE: Final = (UpdateItem, InsertItem, PutLedger, PutApproval, SetStatus)
+
+
+def joined_appends(batch: Sequence[AppendEvents]) -> AppendEvents:
+    """Consecutive appends to one execution as one (their kinds and texts in order)."""
+    if len(batch) == 1:
+        return batch[0]
+    first = batch[0]
+    kinds: list[EventKind] = []
+    texts: list[str] = []
+    for write in batch:
+        expected = first.first_sequence + len(kinds)
+        if write.execution_id != first.execution_id or write.first_sequence != expected:
+            raise AssertionError(f"appends to join are not consecutive: {batch}")
+        kinds += write.kinds
+        texts += write.texts if write.texts is not None else encode_events(write.kinds)
+    return AppendEvents(
+        execution_id=first.execution_id,
+        first_sequence=first.first_sequence,
+        kinds=tuple(kinds),
+        texts=tuple(texts),
+    )

@@ -140,10 +140,21 @@ class PlannedStore(abc.ABC):
         returns the appended events."""
         appended: list[Event] = []
         chain = dict(heads)
+        # Consecutive appends to one execution (a commit's events, its follow-up, the next
+        # claim's ``node_started``) are written as one batch — one stamp, one run of the hash
+        # chain, one statement — when only writes that neither read nor write events come
+        # between them (`store_support.DEFERRABLE`): the same rows, in fewer statements.
+        batch: list[AppendEvents] = []
         for write in plan.writes:
+            if batch and not (
+                isinstance(write, checks.DEFERRABLE)
+                or (isinstance(write, AppendEvents) and write.execution_id == batch[0].execution_id)
+            ):
+                appended += self._append(tx, checks.joined_appends(batch), chain)
+                batch = []
             match write:
                 case AppendEvents():
-                    appended += self._append(tx, write, chain)
+                    batch.append(write)
                 case UpdateItem():
                     tx.update_item(write)
                 case InsertItem():
@@ -175,6 +186,8 @@ class PlannedStore(abc.ABC):
                         status=execution.status,
                         last_sequence=0,
                     )
+        if batch:
+            appended += self._append(tx, checks.joined_appends(batch), chain)
         return tuple(appended)
 
     def _append(self, tx: Tx, write: AppendEvents, chain: dict[str, Head]) -> list[Event]:
@@ -185,7 +198,7 @@ class PlannedStore(abc.ABC):
             )
         texts = write.texts if write.texts is not None else checks.encode_events(write.kinds)
         moment = tx.event_time(write.execution_id)
-        stamp = checks.utc_text(moment)
+        stamp = checks.stamp_text(moment)
         ids = [self._new_id() for _ in texts]
         links = link_hashes(
             execution_id=write.execution_id,

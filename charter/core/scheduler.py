@@ -71,7 +71,7 @@ from __future__ import annotations
 import enum
 import hashlib
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -115,6 +115,7 @@ __all__ = [
     "fold",
     "fold_event",
     "fold_kinds",
+    "fork_of",
     "item_id",
     "plan",
 ]
@@ -223,6 +224,8 @@ class Plan:
 
 
 _PEOPLE: Final = frozenset({NodeState.HELD, NodeState.ANSWERED})
+#: The kinds whose fold reads the time they were written at (``held_since``).
+_TIMED: Final = (ToolApprovalRequired, OutcomeUnknown)
 
 # ── the fold's working state ───────────────────────────────────────────────────────────
 #
@@ -353,6 +356,15 @@ class _Table:
         if len(alive) != len(self.views):
             self.views = alive
 
+    def take(self, fork: _Table) -> None:
+        """Make the changes ``fork`` (a table over a view of this one, taken as this table
+        still is, not flattened: see `RunState.adopt`) made over its base."""
+        for key, value in fork.local.items():
+            if value is _GONE:
+                self.remove(key)
+            else:
+                self.put(key, value)
+
     def view(self) -> _MapView:
         # Unchanged since the last view (still alive): that one. Views that are gone are let
         # go of here too (so a table seldom changed does not gather dead references).
@@ -482,6 +494,9 @@ class RunState:
     ) -> None:
         self.workflow = workflow
         self._progress: Progress | None = None
+        #: A fork's: the progress it was forked from, and the kinds it folded since.
+        self._origin: Progress | None = None
+        self._folded: list[tuple[int, EventKind, datetime]] | None = None
 
         def table(over: Mapping[Any, Any] = _EMPTY_BASE) -> _Table:
             return _Table(over, reference)
@@ -522,7 +537,63 @@ class RunState:
         """Fold in event kinds not written yet, as `fold_kinds` does."""
         self._progress = None
         for offset, kind in enumerate(kinds):
-            _apply(self.workflow, self, first_sequence + offset, kind, at)
+            sequence = first_sequence + offset
+            if self._folded is not None:
+                self._folded.append((sequence, kind, at))
+            _apply(self.workflow, self, sequence, kind, at)
+
+    def fork(self) -> RunState:
+        """A state over this one's progress as of now, to fold event kinds not written yet
+        (`apply_kinds`: a commit about to be made) without touching this one; `adopt` takes
+        its fold back once they are written. (`fork_of` its `progress` is the same.)"""
+        return fork_of(self.workflow, self.progress())
+
+    @property
+    def speculated(self) -> int:
+        """How many event kinds a fork folded (`apply_kinds`) since it was forked."""
+        return len(self._folded) if self._folded is not None else 0
+
+    def adopt(self, fork: RunState, events: Sequence[Event]) -> bool:
+        """Take ``fork``'s fold (`fork`, then `apply_kinds`) as the fold of ``events`` — its
+        changes are copied over, entry by entry, instead of folding the events again — if
+        this state has not moved since the fork and ``events`` are exactly what it folded:
+        the same kinds at the same sequences, written at the time it took wherever the fold
+        reads the time (`_TIMED`). Returns whether it did; if not, nothing changed."""
+        folded = fork._folded
+        if (
+            folded is None
+            or fork._origin is None
+            or fork._origin is not self._progress
+            or len(folded) != len(events)
+        ):
+            return False
+        for (sequence, kind, at), event in zip(folded, events, strict=True):
+            if event.sequence != sequence or (event.kind is not kind and event.kind != kind):
+                return False
+            if event.created_at != at and isinstance(kind, _TIMED):
+                return False
+        pairs = (
+            (self.nodes, fork.nodes),
+            (self.waiting_on, fork.waiting_on),
+            (self.decidable, fork.decidable),
+            (self.dead_edges, fork.dead_edges),
+            (self.active, fork.active),
+            (self.people, fork.people),
+            (self.failed, fork.failed),
+        )
+        # A fork's table lies over a view of ours, its own entries its changes; one that
+        # was flattened (views too deep) holds everything and lost its removals.
+        for _, theirs in pairs:
+            if type(theirs.base) is not _MapView:
+                return False
+        for mine, theirs in pairs:
+            if theirs.local:
+                mine.take(theirs)
+        self.state, self.inputs = fork.state, fork.inputs
+        self.started, self.finished = fork.started, fork.finished
+        self.last_sequence, self.finished_count = fork.last_sequence, fork.finished_count
+        self._progress = None
+        return True
 
     def progress(self) -> Progress:
         """The progress as of now; it does not change when this state does."""
@@ -582,6 +653,15 @@ class RunState:
                 self.decidable.add(target)
             else:
                 self.decidable.discard(target)
+
+
+def fork_of(workflow: WorkflowDef, progress: Progress) -> RunState:
+    """A fork (`RunState.fork`) of the state that gave ``progress`` (`RunState.progress`):
+    its `RunState.adopt` takes the fork back only while that state is still as it was."""
+    forked = RunState(workflow, progress)
+    forked._origin = progress
+    forked._folded = []
+    return forked
 
 
 def fold(

@@ -20,6 +20,7 @@ from charter.core.errors import FenceLost, NotFound, StoreError, StoreUnavailabl
 from charter.core.events import Event, EventKind, NodeGated
 from charter.core.ports import Clock, CommitRequest, Store
 from charter.core.records import Claim, WorkItemStatus
+from charter.core.scheduler import RunState
 from charter.worker.scheduling import RunView, Scheduler
 
 __all__ = ["Writer", "commit_request", "with_follow_up"]
@@ -52,17 +53,26 @@ def with_follow_up(
     """The commit, with the scheduler's next step planned from the view the attempt was
     decided on plus the commit's own events: written in the same transaction if the log
     has not moved meanwhile (one write per node instead of two), left out otherwise."""
+    return _with_follow_up(claim, request, view, clock)[0]
+
+
+def _with_follow_up(
+    claim: Claim, request: CommitRequest, view: RunView | None, clock: Clock
+) -> tuple[CommitRequest, RunState | None]:
+    """`with_follow_up`, and the fold of the commit's events it planned from (for
+    `Scheduler.absorb` to adopt once they are written)."""
     if view is None or view.execution.execution_id != claim.item.execution_id:
-        return request
-    follow_up = view.follow_up(request.events, now=clock.now())
+        return request, None
+    follow_up, folded = view.speculate(request.events, now=clock.now())
     if follow_up.empty:
-        return request
-    return attrs.evolve(
+        return request, folded
+    full = attrs.evolve(
         request,
         then_events=follow_up.events,
         then_items=follow_up.items,
         then_if_last_sequence=view.progress.last_sequence,
     )
+    return full, folded
 
 
 class Writer:
@@ -87,9 +97,12 @@ class Writer:
         self.patience_secs = patience_secs
         self.telemetry = telemetry
 
-    def _written(self, execution_id: str, written: Sequence[Event]) -> bool:
+    def _written(
+        self, execution_id: str, written: Sequence[Event], folded: RunState | None = None
+    ) -> bool:
         """Report each recorded decision (a span and the counter, when telemetry is on) and
-        hand what was written to the scheduler."""
+        hand what was written to the scheduler (with ``folded``, the fold of its first
+        events made before the commit: `Scheduler.absorb`)."""
         if self.telemetry is not None:
             try:
                 for event in written:
@@ -101,7 +114,7 @@ class Writer:
                 # The decision is already committed: a failing exporter must not turn into
                 # a failure of the attempt (and a re-run of its node).
                 log.warning("%s: could not report a decision span", self.worker_id, exc_info=True)
-        return self.scheduler.absorb(execution_id, written)
+        return self.scheduler.absorb(execution_id, written, folded=folded)
 
     def commit(
         self,
@@ -124,7 +137,7 @@ class Writer:
         chained: Claim | None = None
         while True:
             try:
-                full = with_follow_up(claim, request, view, self.clock)
+                full, folded = _with_follow_up(claim, request, view, self.clock)
                 if chain is not None:
                     done = self.store.commit_and_claim(
                         full, self.worker_id, chain, lease_secs=self.lease_secs
@@ -140,7 +153,7 @@ class Writer:
                 log.warning("%s: commit of %s: %s; retrying", self.worker_id, item_id, error)
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
-        return self._written(claim.item.execution_id, written), chained
+        return self._written(claim.item.execution_id, written, folded), chained
 
     def fail(
         self,

@@ -33,7 +33,7 @@ from charter.core.events import (
 from charter.core.materialize import STATUS_KINDS, status_after
 from charter.core.ports import Clock, Store
 from charter.core.records import Claim, Execution, ExecutionStatus
-from charter.core.scheduler import Plan, Progress, RunState, fold_kinds, plan
+from charter.core.scheduler import Plan, Progress, RunState, fork_of, plan
 from charter.core.workflow import WorkflowDef
 from charter.worker.definitions import Definitions
 
@@ -88,14 +88,22 @@ class RunView:
     def follow_up(self, kinds: Sequence[EventKind], *, now: datetime) -> Plan:
         """What the scheduler would plan once ``kinds`` follow this view in the log (written
         at ``now``): a commit's next step, planned before the commit is made."""
-        after = fold_kinds(self.workflow, kinds, self.progress, at=now)
+        return self.speculate(kinds, now=now)[0]
+
+    def speculate(self, kinds: Sequence[EventKind], *, now: datetime) -> tuple[Plan, RunState]:
+        """`follow_up`, and the fold of ``kinds`` it was planned from: a fork of the
+        scheduler's state (`charter.core.scheduler.fork_of`), which `Scheduler.absorb`
+        adopts once they are written instead of folding them again (a commit that fails
+        leaves the scheduler's state as it was: the fork is just dropped)."""
+        folded = fork_of(self.workflow, self.progress)
+        folded.apply_kinds(kinds, first_sequence=self.progress.last_sequence + 1, at=now)
         return plan(
             self.workflow,
-            after,
+            folded.progress(),
             now=now,
             execution_id=self.execution.execution_id,
             resolution_deadline_secs=self.resolution_deadline_secs,
-        )
+        ), folded
 
 
 def _waiting_on_lost_outcome(progress: Progress) -> bool:
@@ -181,14 +189,19 @@ class Scheduler:
             return None
         return float(value)
 
-    def absorb(self, execution_id: str, events: Sequence[Event]) -> bool:
+    def absorb(
+        self, execution_id: str, events: Sequence[Event], *, folded: RunState | None = None
+    ) -> bool:
         """Fold in events the caller appended itself, if they follow on from what the
-        scheduler knows; returns whether they did (then its view is complete up to them)."""
+        scheduler knows; returns whether they did (then its view is complete up to them).
+        ``folded``: the fold of their first events made before they were written
+        (`RunView.speculate`), adopted instead of folding them again when it is exactly
+        theirs and the scheduler's state has not moved since (`RunState.adopt`)."""
         with self._lock:
             tracked = self._tracked.get(execution_id)
             if tracked is None or not events or events[0].sequence != tracked.last_sequence + 1:
                 return False
-            self._absorb(tracked, events)
+            self._absorb(tracked, events, folded)
             return True
 
     def _knows(self, execution_id: str, own: Sequence[Event]) -> bool:
@@ -219,10 +232,18 @@ class Scheduler:
                 self._absorb(tracked, new)
             return tracked
 
-    def _absorb(self, tracked: _Tracked, events: Sequence[Event]) -> None:
-        """Fold new events in; every event of a log passes here exactly once, in order, so
-        this is also where they are reported (``on_events``)."""
-        tracked.run.apply(events)
+    def _absorb(
+        self, tracked: _Tracked, events: Sequence[Event], folded: RunState | None = None
+    ) -> None:
+        """Fold new events in (adopting ``folded``, the fold of the first of them, where it
+        can: `absorb`); every event of a log passes here exactly once, in order, so this is
+        also where they are reported (``on_events``)."""
+        ahead = folded.speculated if folded is not None else 0
+        if folded is not None and ahead and tracked.run.adopt(folded, events[:ahead]):
+            if len(events) > ahead:
+                tracked.run.apply(events[ahead:])
+        else:
+            tracked.run.apply(events)
         tracked.budget = budget_after(tracked.budget, events)
         for event in events:
             if isinstance(event.kind, STATUS_KINDS):
