@@ -80,8 +80,8 @@ log = logging.getLogger("charter.worker")
 DEFAULT_CHAIN_LIMIT: Final = 64
 
 #: How many ready items of a run a worker claims, and commits, in one transaction, by default
-#: (1: one at a time; groups are opt-in, docs/workflows.md §3).
-DEFAULT_BATCH: Final = 1
+#: (1: one at a time, as before groups; docs/workflows.md §3).
+DEFAULT_BATCH: Final = 32
 
 #: Every queue a node kind can be dispatched to.
 ALL_QUEUES: Final = tuple(sorted({info.queue_type for info in NODE_KINDS.values()}))
