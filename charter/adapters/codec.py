@@ -647,10 +647,13 @@ def _kind_encoder(cls: type) -> Callable[[Any], str] | None:
         members.append((field.name, kind, field.default is None, nullable))
     members.sort(key=lambda member: member[0])  # ASCII names: canonical order is str order
     source = ["def encode(v):"]
+    # The text is one f-string: a member always written has its ``,"name":`` in it, and a
+    # member that may be left out or null is a piece holding its whole text (or '').
+    template = []  # ASCII names and tags: no brace, quote or backslash to escape
     for index, (name, writes, omit, nullable) in enumerate(members):
         prefix = "," + string_text(name) + ":"
         if writes is None:  # the type tag
-            source.append(f"    p{index} = {prefix + string_text(type_tag(cls))!r}")
+            template.append(prefix + string_text(type_tag(cls)))
             continue
         source.append(f"    x = v.{name}")
         if omit:
@@ -658,11 +661,15 @@ def _kind_encoder(cls: type) -> Callable[[Any], str] | None:
         elif nullable:
             source.append(f"    if x is None: p{index} = {prefix + 'null'!r}")
         else:
-            source.append("    if False: pass")
+            source += ["    " + code.format(name=name) for code in _FIELD_CODE[writes]]
+            source.append(f"    p{index} = t")
+            template.append(prefix + f"{{p{index}}}")
+            continue
         source.append("    else:")
         source += ["        " + code.format(name=name) for code in _FIELD_CODE[writes]]
         source.append(f"        p{index} = {prefix!r} + t")
-    pieces = "".join(f"{{p{index}}}" for index in range(len(members)))
+        template.append(f"{{p{index}}}")
+    pieces = "".join(template)
     source += [
         f"    text = '{{' + f'{pieces}'[1:] + '}}'",
         "    text.encode('utf-8')",
