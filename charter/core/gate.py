@@ -330,12 +330,6 @@ _NULL_DIGEST = text_digest("null")
 _MAX_COUNT = _check.MAX_COUNT
 #: The last chain (a tuple, immutable) whose layers were checked to be `PolicyLayer`s.
 _checked_layers: list[tuple[PolicyLayer, ...]] = [()]
-#: The digests of recent call texts (SHA-256 of the UTF-8 text, so a text always has the
-#: same digest; a text that cannot be encoded is never kept). Bounded in entries and in
-#: the length of a kept text; the oldest entry goes first.
-_CALL_DIGESTS: dict[str, str] = {}
-_CALL_DIGESTS_MAX = 1024
-_CALL_TEXT_MAX = 4096
 
 
 def _call_digest(call: JsonValue) -> tuple[str, str]:
@@ -345,19 +339,10 @@ def _call_digest(call: JsonValue) -> tuple[str, str]:
         text: str | None = json_text(call)
     except NeedsExact:
         text = None
-    if text is not None:
-        digest = _CALL_DIGESTS.get(text)
-        if digest is not None:
-            return text, digest
     try:
         if text is None:
             text = canonical_json(call)  # the exact encoder names what is wrong
-        digest = text_digest(text)
-        if len(text) <= _CALL_TEXT_MAX:
-            if len(_CALL_DIGESTS) >= _CALL_DIGESTS_MAX:
-                evict_oldest(_CALL_DIGESTS)
-            _CALL_DIGESTS[text] = digest
-        return text, digest
+        return text, text_digest(text)
     except InvalidInput:
         try:
             canonical_json(call)
@@ -751,7 +736,7 @@ def _budget_record(budget: BudgetState) -> dict[str, JsonValue]:
     last = _LAST_BUDGET  # read once: another thread may replace it
     if last[0] is budget:
         return last[1].copy()
-    record: dict[str, JsonValue] = dict(budget.to_dict())
+    record: dict[str, JsonValue] = budget.to_dict()
     _LAST_BUDGET = (budget, record)
     return record.copy()
 
