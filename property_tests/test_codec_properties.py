@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, timedelta, timezone
 from typing import Any
 
 import attrs
@@ -145,3 +146,59 @@ def test_policy_verdicts_round_trip(ctx: Any, chain: Any) -> None:
 def test_autonomy_decisions_round_trip(ctx: AutonomyContext, tool: str | None) -> None:
     decision = AutonomyEnforcer().check(ctx, tool)
     assert loads(dumps(decision), AutonomyDecision) == decision
+
+
+_odd_numbers = [None, 0, 1, 0.0, -0.0, 1.0, 2.5, 2.0**53, 1e21, 1e-7, 2**63, -(2**63) - 1]
+_odd_members: st.SearchStrategy[Any] = st.sampled_from(
+    [*_odd_numbers, True, False, "x", "\ud800", [], {}, (), float("nan"), float("inf")]
+)
+_zones = st.sampled_from(
+    [UTC, timezone(timedelta(0)), timezone(timedelta(hours=1)), timezone(timedelta(hours=-5))]
+)
+
+
+def _near_shapes(gated: NodeGated, odd: Any, zone: Any) -> list[tuple[str, Any]]:
+    """``node_gated``'s budget, limits and layer records each with one member changed to
+    ``odd`` or dropped (every member in turn), and its timestamp in ``zone``."""
+    assert gated.decided_at is not None  # the gate always records its clock reading
+    changed: list[tuple[str, Any]] = [("decided_at", gated.decided_at.astimezone(zone))]
+    for field in ("budget", "limits"):
+        members = getattr(gated, field)
+        for name in members:
+            changed.append((field, {**members, name: odd}))
+            changed.append((field, {key: v for key, v in members.items() if key != name}))
+    records = gated.policies or [{"scope": "tenant", "digest": "d"}]
+    for index, record in enumerate(records):
+        for name in [*record, "final"]:
+            dropped = {key: v for key, v in record.items() if key != name}
+            # True first: a remembered text for True must not answer for an equal 1 or 1.0
+            changed += [
+                ("policies", [*records[:index], new, *records[index + 1 :]])
+                for new in ({**record, name: True}, {**record, name: odd}, dropped)
+            ]
+    return changed
+
+
+@given(request=s.gate_requests(), odd=_odd_members, zone=_zones)
+def test_node_gated_writers_give_the_reference_text_on_near_shapes(
+    request: GateRequest, odd: Any, zone: Any
+) -> None:
+    """`node_gated`'s own writers (the budget and limits objects, the layer records, whose
+    texts are remembered, the timestamp, whose last text is remembered): the gate's own
+    event, then the same event with each member of those values changed to an odd one or
+    dropped, or the timestamp in another zone, each the exact encoder's text, encoded after
+    the original so that a remembered text is asked for each changed value."""
+    gated = gate_node(request).events[0]
+    assert isinstance(gated, NodeGated)
+    kinds = [gated, gated]
+    kinds += [attrs.evolve(gated, **{f: v}) for f, v in _near_shapes(gated, odd, zone)]
+    for kind in kinds:
+        try:
+            expected: str | None = canonical_json(converter.unstructure(kind))
+        except Exception:  # noqa: BLE001 - a wrongly typed value: whatever the generic path raises
+            expected = None
+        if expected is None:
+            with pytest.raises(Exception):  # noqa: B017, PT011 - the same path raises it
+                event_text(kind)
+        else:
+            assert event_text(kind) == expected

@@ -506,3 +506,37 @@ def test_judging_a_condition_never_raises_and_gives_a_boolean_or_a_reason(
     assert judged is True or judged is False or isinstance(judged, Undetermined)
     if isinstance(judged, Undetermined):
         assert judged.problem
+
+
+@st.composite
+def _overlapping_chains(
+    draw: st.DrawFn,
+) -> tuple[EvaluationContext, list[PolicySet | PolicyLayer]]:
+    """A context and up to three sets whose rules often name it, the first final (so final
+    layers often bound, and overrule, the more specific ones), each set bare or scoped."""
+    ctx = draw(evaluation_contexts(kinds=("tool", "model", "mcp_tool")))
+    name = ctx.tool_name or ctx.model_ref or "x"
+    patterns = st.sampled_from(["*", name, name[:1] + "*", "a*", "b.*"])
+    first = policy_sets(patterns=patterns, final=True, conditional=True, approvers=APPROVERS)
+    rest = policy_sets(patterns=patterns, final=None, conditional=True, approvers=APPROVERS)
+    sets = draw(st.lists(first, max_size=1)) + draw(st.lists(rest, min_size=1, max_size=2))
+    scopes = (PolicyScope.TENANT, PolicyScope.WORKFLOW, PolicyScope.NODE)
+    return ctx, [
+        PolicyLayer(scopes[index], policy) if draw(st.booleans()) else policy
+        for index, policy in enumerate(sets)
+    ]
+
+
+@given(_overlapping_chains(), st.none() | calls(), st.sampled_from(EVALUATORS))
+def test_evaluate_decides_as_explain(
+    drawn: tuple[EvaluationContext, list[PolicySet | PolicyLayer]],
+    call: object,
+    evaluator: PolicyEvaluator,
+) -> None:
+    # `evaluate` is the decision alone, written apart from `explain` for speed: any chain
+    # (final layers anywhere, conditional rules, bare sets beside layers, either mode)
+    # gets the decision `explain` gives.
+    ctx, chain = drawn
+    for given_as in (chain, tuple(chain)):
+        want = evaluator.explain(ctx, given_as, call=call).decision
+        assert evaluator.evaluate(ctx, given_as, call=call) == want

@@ -24,7 +24,10 @@ declares and writes each member's text in canonical key order (JSON values throu
 `charter.core.canonical.json_text`), joined once; anything it does not expect (a value of
 another type, an integer beyond 64 bits, a non-finite float, a lone surrogate) takes the
 generic path, ``canonical_text(dump(kind))``, so the text is always exactly that (a
-property test checks it on every kind).
+property test checks it on every kind). ``node_gated``'s values of known shape have their
+own writers: the budget and limits objects in one format each, the layer records' text
+remembered per content (strings and ``true`` only), and the last UTC timestamp's text
+(property-checked on every member changed to odd values).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from charter.core.canonical import (
     NeedsExact,
     canonical_json,
     canonical_text,
+    evict_oldest,
     json_text,
     string_text,
 )
@@ -398,6 +402,8 @@ def loads(text: str | bytes, cls: Any) -> Any:
 # ── event text: one encoder per kind ──────────────────────────────────────────────────
 
 _INT_LOW, _INT_HIGH = -(2**63), 2**63
+_int_text = int.__repr__
+_SAFE_INTEGRAL = 2**53  # integral floats below it print as their integer (`json_text`)
 
 
 def _strings_text(value: Any) -> str:
@@ -407,6 +413,145 @@ def _strings_text(value: Any) -> str:
         if type(item) is not str:
             raise NeedsExact
     return "[" + ",".join([string_text(item) for item in value]) + "]"
+
+
+def _scalar_text(value: Any) -> str:
+    """``null``, an integer or a float as `json_text` writes it; `NeedsExact` otherwise."""
+    if value is None:
+        return "null"
+    kind = type(value)
+    if kind is int:
+        if _INT_LOW <= value < _INT_HIGH:
+            return _int_text(value)
+        raise NeedsExact
+    if kind is float:
+        if value.is_integer() and -_SAFE_INTEGRAL < value < _SAFE_INTEGRAL:
+            return _int_text(int(value))
+        return json_text(value, 1)
+    raise NeedsExact
+
+
+#: The keys of a budget object (`BudgetState.to_dict`) in the order it writes them.
+_BUDGET_ORDER = (
+    "total_input_tokens",
+    "total_output_tokens",
+    "total_cost_usd",
+    "iteration_count",
+    "tool_call_count",
+    "consecutive_error_count",
+    "circuit_breaker_tripped",
+)
+
+
+def _budget_text(value: Any) -> str:
+    """`json_text` of a JSON value at nesting level 1, a budget object (`BudgetState.to_dict`:
+    six counts and a flag) written in one format without its per-key work; any other
+    value, or a member of another type, through `json_text`."""
+    if type(value) is dict and tuple(value) == _BUDGET_ORDER:
+        inputs, outputs, cost, iterations, calls, errors, tripped = value.values()
+        if (
+            type(inputs) is int
+            and type(outputs) is int
+            and type(iterations) is int
+            and type(calls) is int
+            and type(errors) is int
+            and (tripped is True or tripped is False)
+            and _INT_LOW <= inputs < _INT_HIGH
+            and _INT_LOW <= outputs < _INT_HIGH
+            and _INT_LOW <= iterations < _INT_HIGH
+            and _INT_LOW <= calls < _INT_HIGH
+            and _INT_LOW <= errors < _INT_HIGH
+        ):
+            return (
+                f'{{"circuit_breaker_tripped":{"true" if tripped else "false"},'
+                f'"consecutive_error_count":{_int_text(errors)},'
+                f'"iteration_count":{_int_text(iterations)},'
+                f'"tool_call_count":{_int_text(calls)},'
+                f'"total_cost_usd":{_scalar_text(cost)},'
+                f'"total_input_tokens":{_int_text(inputs)},'
+                f'"total_output_tokens":{_int_text(outputs)}}}'
+            )
+    return json_text(value, 1)
+
+
+#: The keys of the gate's limits object in the order it writes them.
+_LIMITS_ORDER = ("total_tokens", "input_tokens", "output_tokens", "cost_usd")
+
+
+def _limits_text(value: Any) -> str:
+    """`json_text` at nesting level 1, the gate's limits object (four numbers or nulls)
+    written in one format; any other value through `json_text`."""
+    if type(value) is dict and tuple(value) == _LIMITS_ORDER:
+        total, given_in, given_out, cost = value.values()
+        return (
+            f'{{"cost_usd":{_scalar_text(cost)},'
+            f'"input_tokens":{"null" if given_in is None else _scalar_text(given_in)},'
+            f'"output_tokens":{"null" if given_out is None else _scalar_text(given_out)},'
+            f'"total_tokens":{"null" if total is None else _scalar_text(total)}}}'
+        )
+    return json_text(value, 1)
+
+
+#: The text of recent lists of flat records (the gate's layer records): a list of dicts
+#: whose every value is a ``str`` or ``True``, keyed by the records' items. Equal keys hold
+#: equal strings and ``True`` only (no ``1`` passes for ``True``), so equal keys have the
+#: same canonical text. Bounded: the oldest entry goes first.
+_RECORDS: dict[tuple[tuple[tuple[Any, Any], ...], ...], str] = {}
+_RECORDS_MAX = 1024
+
+
+def _records_text(value: Any) -> str:
+    """`json_text` at nesting level 1, remembered for a list of flat records (above)."""
+    if type(value) is not list:
+        return json_text(value, 1)
+    parts = []
+    for record in value:
+        if type(record) is not dict:
+            return json_text(value, 1)
+        items = tuple(record.items())
+        for _, item in items:
+            if type(item) is not str and item is not True:
+                return json_text(value, 1)
+        parts.append(items)
+    key = tuple(parts)
+    text = _RECORDS.get(key)
+    if text is None:
+        text = json_text(value, 1)
+        if len(_RECORDS) >= _RECORDS_MAX:
+            evict_oldest(_RECORDS)
+        _RECORDS[key] = text
+    return text
+
+
+#: The last UTC datetime written and its text (a datetime is immutable, and UTC's offset
+#: never changes, so the same object always has the same text; one gate's events share it).
+_LAST_TIME: tuple[datetime | None, str] = (None, "")
+
+
+def _datetime_json(value: Any) -> str:
+    """The JSON string of an aware datetime as `dump` writes it (`NeedsExact` otherwise)."""
+    global _LAST_TIME
+    last = _LAST_TIME  # read once: another thread may replace it
+    if value is last[0]:
+        return last[1]
+    if type(value) is not datetime or value.tzinfo is None:
+        raise NeedsExact
+    text = value.isoformat()
+    if text.endswith("+00:00"):
+        text = text[:-6] + "Z"
+    text = string_text(text)
+    if value.tzinfo is UTC:
+        _LAST_TIME = (value, text)
+    return text
+
+
+#: Fields whose JSON value has a known shape, written by their own writer (each falls back
+#: to `json_text` for any other value).
+_FIELD_WRITERS: dict[tuple[type, str], Callable[[Any], str]] = {
+    (events.NodeGated, "budget"): _budget_text,
+    (events.NodeGated, "limits"): _limits_text,
+    (events.NodeGated, "policies"): _records_text,
+}
 
 
 #: How a field of each declared type is written (``x`` holds the value, ``t`` gets its
@@ -427,12 +572,10 @@ _FIELD_CODE: dict[str, tuple[str, ...]] = {
         "elif x is False: t = 'false'",
         "else: raise NeedsExact",
     ),
-    "datetime": (
-        "if type(x) is not datetime or x.tzinfo is None: raise NeedsExact",
-        "t = S(_datetime_text(x))",
-    ),
+    "datetime": ("t = D(x)",),
     "enum": ("if type(x) is not E_{name}: raise NeedsExact", "t = S(x._value_)"),
     "json": ("t = J(x, 1)",),
+    "written": ("t = W_{name}(x)",),
     "strings": ("t = _strings_text(x)",),
     "values": ("if type(x) is not tuple: raise NeedsExact", "t = J(x, 1)"),
 }
@@ -483,6 +626,7 @@ def _kind_encoder(cls: type) -> Callable[[Any], str] | None:
         "S": string_text,
         "I": int.__repr__,
         "J": json_text,
+        "D": _datetime_json,
     }
     members: list[tuple[str, str | None, bool, bool]] = [("type", None, False, False)]
     for field in attrs.fields(cls):
@@ -494,15 +638,22 @@ def _kind_encoder(cls: type) -> Callable[[Any], str] | None:
         if found is None:
             return None
         kind, optional = found
+        writer = _FIELD_WRITERS.get((cls, field.name))
+        if writer is not None and kind == "json":
+            kind, names[f"W_{field.name}"] = "written", writer
         names[f"E_{field.name}"] = hints[field.name] if kind == "enum" else None
         # Left out while None when its default is None (as `dump` does); otherwise null.
-        members.append((field.name, kind, field.default is None, optional and kind != "json"))
+        nullable = optional and kind not in ("json", "written")
+        members.append((field.name, kind, field.default is None, nullable))
     members.sort(key=lambda member: member[0])  # ASCII names: canonical order is str order
     source = ["def encode(v):"]
+    # The text is one f-string: a member always written has its ``,"name":`` in it, and a
+    # member that may be left out or null is a piece holding its whole text (or '').
+    template = []  # ASCII names and tags: no brace, quote or backslash to escape
     for index, (name, writes, omit, nullable) in enumerate(members):
         prefix = "," + string_text(name) + ":"
         if writes is None:  # the type tag
-            source.append(f"    p{index} = {prefix + string_text(type_tag(cls))!r}")
+            template.append(prefix + string_text(type_tag(cls)))
             continue
         source.append(f"    x = v.{name}")
         if omit:
@@ -510,11 +661,15 @@ def _kind_encoder(cls: type) -> Callable[[Any], str] | None:
         elif nullable:
             source.append(f"    if x is None: p{index} = {prefix + 'null'!r}")
         else:
-            source.append("    if False: pass")
+            source += ["    " + code.format(name=name) for code in _FIELD_CODE[writes]]
+            source.append(f"    p{index} = t")
+            template.append(prefix + f"{{p{index}}}")
+            continue
         source.append("    else:")
         source += ["        " + code.format(name=name) for code in _FIELD_CODE[writes]]
         source.append(f"        p{index} = {prefix!r} + t")
-    pieces = "".join(f"{{p{index}}}" for index in range(len(members)))
+        template.append(f"{{p{index}}}")
+    pieces = "".join(template)
     source += [
         f"    text = '{{' + f'{pieces}'[1:] + '}}'",
         "    text.encode('utf-8')",

@@ -223,11 +223,14 @@ class GateRequest:
         layers = policies if type(policies) is tuple else _layers(policies)
         if type(context) is not EvaluationContext:
             _expect(context, EvaluationContext, "context")
-        if not _is_count(attempt):
+        if type(attempt) is not int or not 0 <= attempt <= _MAX_COUNT:
             _check.count(attempt, "attempt", GateInputError)
         if as_of is not None and not _is_count(as_of):
             _check.count(as_of, "as_of", GateInputError)
-        if not _is_count(circuit_breaker_threshold):
+        if (
+            type(circuit_breaker_threshold) is not int
+            or not 0 <= circuit_breaker_threshold <= _MAX_COUNT
+        ):
             _check.count(circuit_breaker_threshold, "circuit_breaker_threshold", GateInputError)
         if delegation_target is not None and type(delegation_target) is not str:
             _check.optional_text(delegation_target, "delegation_target", GateInputError)
@@ -245,13 +248,17 @@ class GateRequest:
             raise GateInputError(
                 "approval", f"expected an approval status, got {describe(approval)}"
             )
-        usages = _usages(rate_limits)
-        for index, usage in enumerate(usages or ()):
-            if type(usage) is not WindowUsage:
-                _expect(usage, WindowUsage, f"rate_limits[{index}]")
-        for index, layer in enumerate(layers):
-            if type(layer) is not PolicyLayer:
-                _expect(layer, PolicyLayer, f"policies[{index}]")
+        usages = None
+        if rate_limits is not None:
+            usages = _usages(rate_limits)
+            for index, usage in enumerate(usages or ()):
+                if type(usage) is not WindowUsage:
+                    _expect(usage, WindowUsage, f"rate_limits[{index}]")
+        if layers is not _checked_layers[0]:  # a caller holding its chain has it checked once
+            for index, layer in enumerate(layers):
+                if type(layer) is not PolicyLayer:
+                    _expect(layer, PolicyLayer, f"policies[{index}]")
+            _checked_layers[0] = layers
         if type(now) is not datetime or now.tzinfo is None:
             _aware(now, "now")
         if run_started_at is not None:
@@ -320,6 +327,9 @@ def _slot_setters(cls: type) -> tuple[Callable[[object, object], None], ...]:
 ) = _slot_setters(GateRequest)
 
 _NULL_DIGEST = text_digest("null")
+_MAX_COUNT = _check.MAX_COUNT
+#: The last chain (a tuple, immutable) whose layers were checked to be `PolicyLayer`s.
+_checked_layers: list[tuple[PolicyLayer, ...]] = [()]
 
 
 def _call_digest(call: JsonValue) -> tuple[str, str]:
@@ -625,7 +635,7 @@ class _PolicyFacts:
 
     def layer_records(self) -> list[JsonValue]:
         """A copy of the layers' records, ``[{scope, digest[, final]}]``."""
-        return [dict(record) for record in self.layers]
+        return list(map(dict.copy, self.layers))
 
 
 def _policy_facts(request: GateRequest) -> _PolicyFacts:
@@ -713,6 +723,39 @@ _new = object.__new__
 ) = _slot_setters(NodeGated)
 
 
+#: The last budget state and limits recorded, with their records: both are frozen, so the
+#: same object always has the same record; each event gets its own copy (JSON values in
+#: events are plain, mutable dicts). Gates between two settlements share one budget state,
+#: and a run keeps its limits.
+_LAST_BUDGET: tuple[BudgetState | None, dict[str, JsonValue]] = (None, {})
+_LAST_LIMITS: tuple[BudgetLimits | None, dict[str, JsonValue]] = (None, {})
+
+
+def _budget_record(budget: BudgetState) -> dict[str, JsonValue]:
+    global _LAST_BUDGET
+    last = _LAST_BUDGET  # read once: another thread may replace it
+    if last[0] is budget:
+        return last[1].copy()
+    record: dict[str, JsonValue] = budget.to_dict()
+    _LAST_BUDGET = (budget, record)
+    return record.copy()
+
+
+def _limits_record(limits: BudgetLimits) -> dict[str, JsonValue]:
+    global _LAST_LIMITS
+    last = _LAST_LIMITS  # read once: another thread may replace it
+    if last[0] is limits:
+        return last[1].copy()
+    record: dict[str, JsonValue] = {
+        "total_tokens": limits.total_tokens,
+        "input_tokens": limits.input_tokens,
+        "output_tokens": limits.output_tokens,
+        "cost_usd": limits.cost_usd,
+    }
+    _LAST_LIMITS = (limits, record)
+    return record.copy()
+
+
 def _gated(
     request: GateRequest,
     facts: _PolicyFacts,
@@ -749,16 +792,8 @@ def _gated(
         _ng_circuit_breaker_threshold(gated, request.circuit_breaker_threshold)
         _ng_elapsed_secs(gated, _elapsed(request))
         _ng_delegation_target(gated, _delegation_target(request))
-    _ng_budget(gated, request.budget.to_dict())
-    _ng_limits(
-        gated,
-        {
-            "total_tokens": limits.total_tokens,
-            "input_tokens": limits.input_tokens,
-            "output_tokens": limits.output_tokens,
-            "cost_usd": limits.cost_usd,
-        },
-    )
+    _ng_budget(gated, _budget_record(request.budget))
+    _ng_limits(gated, _limits_record(limits))
     _ng_approval(gated, _STATUS_NOTES[type(request.approval)])
     _ng_call_digest(gated, call_digest)
     _ng_request_digest(gated, digest)

@@ -442,6 +442,8 @@ class _RuleIndex:
         evaluated (fail-closed). With it, how its condition decided (``None``: no
         condition)."""
         best = self.first_match(name)
+        if not self.conditional:
+            return None if best is None else (best, None)
         values: dict[str, object] | None = None  # built once, for the first rule judged
         for index, compiled, condition, when in self.conditional:
             if best is not None and index > best:
@@ -1016,7 +1018,17 @@ class PolicyEvaluator:
         """The decision for ``ctx`` under ``sets`` (ordered least → most specific).
         ``call`` is what conditional rules see as ``call`` (a JSON value; ``None``: the
         call is not known, so a condition on it cannot be evaluated and its rule applies)."""
-        hit, _ = self._decide(ctx, sets, call)
+        # `_decide`, written out: the decision alone needs neither the overruled hit nor
+        # the mode's match statement (docs/performance.md: the evaluator alone).
+        if type(ctx) is not EvaluationContext and not isinstance(ctx, EvaluationContext):
+            raise PolicyError("ctx", f"expected an EvaluationContext, got {describe(ctx)}")
+        if type(sets) is not tuple and not isinstance(sets, list | tuple):
+            raise PolicyError("sets", f"expected a list of policy sets, got {describe(sets)}")
+        if self.mode is CombiningMode.MOST_SPECIFIC:
+            hit = _most_specific(ctx, sets, call)
+        else:
+            hit = _deny_overrides(ctx, sets, call)
+        hit = _bound_by_final_layers(ctx, sets, hit, call)
         return ALLOW if hit is None else hit[0]
 
     def explain(
@@ -1129,6 +1141,8 @@ def _most_specific(
         scope: PolicyScope | None
         if type(item) is PolicyLayer:
             scope, policy = item.scope, item.policy
+        elif type(item) is PolicySet:
+            scope, policy = None, item
         else:
             scope, policy = _as_layer(item)
         if is_model and policy.model_allowlist:
@@ -1176,6 +1190,8 @@ def _deny_overrides(
         scope: PolicyScope | None
         if type(item) is PolicyLayer:
             scope, policy = item.scope, item.policy
+        elif type(item) is PolicySet:
+            scope, policy = None, item
         else:
             scope, policy = _as_layer(item)
         if is_model and policy.model_allowlist:
@@ -1247,11 +1263,12 @@ def _bound_by_final_layers(
     final layer (the tenant) has the last word. Returns ``hit`` itself when nothing changed."""
     for position in range(len(sets) - 1, -1, -1):
         item = sets[position]
-        scope: PolicyScope | None
         if type(item) is PolicyLayer:
-            scope, policy = item.scope, item.policy
-        else:
-            scope, policy = _as_layer(item)
+            if not item.policy.final:
+                continue
+        elif type(item) is PolicySet and not item.final:
+            continue
+        scope, policy = _as_layer(item)
         if not policy.final:
             continue
         floor = _layer_alone(ctx, scope, policy, position, call)
