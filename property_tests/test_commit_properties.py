@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from charter.core.budget import BudgetState, Usage
 from charter.core.commit import (
+    SNAPSHOT_EVERY,
     AppendEvents,
     ChainSpec,
     CommitReads,
@@ -32,6 +33,7 @@ from charter.core.commit import (
     plan_claim,
     plan_commit,
     plan_commit_then_claim,
+    snapshot_due,
 )
 from charter.core.errors import FenceLost, InvalidInput
 from charter.core.events import EventKind, NodeCompleted, WorkflowCompleted
@@ -307,3 +309,27 @@ def test_ledger_rule_is_the_budget_arithmetic() -> None:
     )
     assert apply_ledger(state, None, False).consecutive_error_count == 3
     assert apply_ledger(state, None, None) == state
+
+
+@given(
+    last=st.integers(0, 70_000)
+    | st.integers(1, 270).map(lambda k: k * SNAPSHOT_EVERY - 1)  # right before a multiple
+)
+def test_a_claim_that_crosses_the_snapshot_interval_folds_a_snapshot(last: int) -> None:
+    """Claims append too: a claim whose ``node_started`` crosses the interval writes the
+    snapshot a commit would (with groups, claims come k in a row and a commit might never
+    cross it), after the event, and only then."""
+    head = Head(
+        execution_id="e",
+        tenant_id="t",
+        status=ExecutionStatus.RUNNING,
+        last_sequence=last,
+        head_hash="a" * 64 if last else None,
+    )
+    plan, _ = plan_claim(
+        _item(WorkItemStatus.PENDING, 0), head, worker_id="w", lease_secs=30, now=NOW
+    )
+    snapshots = [w for w in plan.writes if isinstance(w, WriteSnapshot)]
+    assert snapshots == ([WriteSnapshot(execution_id="e")] if snapshot_due(last, last + 1) else [])
+    if snapshots:
+        assert plan.writes[-1] == snapshots[0]  # folded after the claim's own event

@@ -113,9 +113,10 @@ SNAPSHOT_EVERY: Final = 256
 
 
 def snapshot_due(before: int, after: int) -> bool:
-    """Whether a commit that moves a run's log from sequence ``before`` to ``after`` folds
-    a snapshot: when it crosses a multiple of the run's snapshot interval, the largest power
-    of two that is at most an eighth of the log, and at least `SNAPSHOT_EVERY`.
+    """Whether a commit (or a claim) that moves a run's log from sequence ``before`` to
+    ``after`` folds a snapshot: when it crosses a multiple of the run's snapshot interval,
+    the largest power of two that is at most an eighth of the log, and at least
+    `SNAPSHOT_EVERY`.
 
     A snapshot costs in proportion to the run (it holds every completed node), so the
     interval grows with the log: the snapshots of a run of n events cost O(n) in all —
@@ -562,6 +563,12 @@ def plan_claim(
         UpdateItem(item=claimed, expect_status=item.status, expect_fence=item.fence)
     ]
     writes += LogDraft(head, {}).append((started,), now)
+    # A claim's ``node_started`` can cross the snapshot interval as well as a commit can:
+    # with groups, a run's claims and commits come in runs of k, and in step with the
+    # interval the crossing could fall among the claims every time (a 1,000-node fan-out
+    # once got no snapshot at all).
+    if snapshot_due(head.last_sequence, head.last_sequence + 1):
+        writes.append(WriteSnapshot(execution_id=item.execution_id))
     return Plan(tuple(writes)), claimed
 
 
