@@ -23,7 +23,7 @@ from charter.core.records import Claim, WorkItemStatus
 from charter.core.scheduler import RunState
 from charter.worker.scheduling import RunView, Scheduler
 
-__all__ = ["Writer", "commit_request", "with_follow_up"]
+__all__ = ["Writer", "commit_request", "speculated_follow_up", "with_follow_up"]
 
 log = logging.getLogger("charter.worker")
 
@@ -53,10 +53,10 @@ def with_follow_up(
     """The commit, with the scheduler's next step planned from the view the attempt was
     decided on plus the commit's own events: written in the same transaction if the log
     has not moved meanwhile (one write per node instead of two), left out otherwise."""
-    return _with_follow_up(claim, request, view, clock)[0]
+    return speculated_follow_up(claim, request, view, clock)[0]
 
 
-def _with_follow_up(
+def speculated_follow_up(
     claim: Claim, request: CommitRequest, view: RunView | None, clock: Clock
 ) -> tuple[CommitRequest, RunState | None]:
     """`with_follow_up`, and the fold of the commit's events it planned from (for
@@ -97,7 +97,7 @@ class Writer:
         self.patience_secs = patience_secs
         self.telemetry = telemetry
 
-    def _written(
+    def written(
         self, execution_id: str, written: Sequence[Event], folded: RunState | None = None
     ) -> bool:
         """Report each recorded decision (a span and the counter, when telemetry is on) and
@@ -137,7 +137,7 @@ class Writer:
         chained: Claim | None = None
         while True:
             try:
-                full, folded = _with_follow_up(claim, request, view, self.clock)
+                full, folded = speculated_follow_up(claim, request, view, self.clock)
                 if chain is not None:
                     done = self.store.commit_and_claim(
                         full, self.worker_id, chain, lease_secs=self.lease_secs
@@ -153,7 +153,7 @@ class Writer:
                 log.warning("%s: commit of %s: %s; retrying", self.worker_id, item_id, error)
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
-        return self._written(claim.item.execution_id, written, folded), chained
+        return self.written(claim.item.execution_id, written, folded), chained
 
     def fail(
         self,
@@ -185,4 +185,4 @@ class Writer:
         except StoreError as failure:
             log.warning("could not record the failure of %s: %s", item.item_id, failure)
             return False
-        return self._written(item.execution_id, written)
+        return self.written(item.execution_id, written)

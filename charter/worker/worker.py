@@ -59,7 +59,7 @@ from charter.core.ports import (
 )
 from charter.core.records import Claim, WorkItemStatus
 from charter.core.workflow import NodeDef, WorkflowInvalid
-from charter.worker.commits import Writer, commit_request, with_follow_up
+from charter.worker.commits import Writer, commit_request, speculated_follow_up
 from charter.worker.execution import (
     Lost,
     Refused,
@@ -299,7 +299,10 @@ class Worker:
         # The scheduler's next step rides on the first commit only: a later one's would be
         # planned from a log its predecessors have moved, and left out by the store.
         first, request, view = pending[0]
-        requests = [with_follow_up(first, request, view, self.clock)]
+        # ``folded``: the first commit's events folded to plan that step, adopted by the
+        # scheduler once written instead of folded again (`Scheduler.absorb`).
+        planned, folded = speculated_follow_up(first, request, view, self.clock)
+        requests = [planned]
         requests += [request for _, request, _ in pending[1:]]
         enqueued = {item.item_id for item in requests[0].then_items}
         # One end whose commit makes at most one item ready, when the run's last claims
@@ -328,7 +331,7 @@ class Worker:
         # Siblings were waiting if it claimed more than one, or one it did not enqueue.
         claimed = done.claims
         self._wide = len(claimed) > 1 or any(c.item.item_id not in enqueued for c in claimed)
-        absorbed = self._writer._written(run, done.events)
+        absorbed = self._writer.written(run, done.events, folded)
         for (claim, _, _), result in zip(pending, done.results, strict=True):
             if isinstance(result, FenceLost):
                 log.info(
