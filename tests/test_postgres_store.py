@@ -776,7 +776,7 @@ def test_the_worker_command_serves_a_postgres_database_and_stops_on_sigterm(
         worker.send_signal(signal.SIGTERM)
         out, err = worker.communicate(timeout=60)
     assert worker.returncode == 0, err
-    assert "2 thread(s)" in out
+    assert "2 thread(s), batch 32," in out
     assert "finishing the items in hand" in err
 
 

@@ -222,7 +222,18 @@ def test_the_worker_command_resumes_approved_runs_and_stops_on_sigterm(tmp_path:
     answer = charter("approve", "r", "issue_refund", "--user", "finance-lead", "--no-continue")
     assert answer.returncode == 0, answer.stderr
     worker = subprocess.Popen(
-        [sys.executable, "-m", "charter", "worker", "--db", db, "--concurrency", "2"],
+        [
+            sys.executable,
+            "-m",
+            "charter",
+            "worker",
+            "--db",
+            db,
+            "--concurrency",
+            "2",
+            "--batch",
+            "1",
+        ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -240,5 +251,5 @@ def test_the_worker_command_resumes_approved_runs_and_stops_on_sigterm(tmp_path:
         worker.send_signal(signal.SIGTERM)
         out, err = worker.communicate(timeout=60)
     assert worker.returncode == 0, err
-    assert "2 thread(s)" in out
+    assert "2 thread(s), batch 1," in out
     assert "finishing the items in hand" in err

@@ -40,7 +40,7 @@ from charter.core.events import (
 )
 from charter.core.policy import PolicyScope
 from charter.core.records import MAX_ID_LENGTH, Tenant
-from charter.worker import ALL_QUEUES, RunOutcome, drive, start_run
+from charter.worker import ALL_QUEUES, DEFAULT_BATCH, RunOutcome, drive, start_run
 
 if TYPE_CHECKING:
     from charter.cli.common import CliStore
@@ -103,6 +103,14 @@ def add_worker(commands: Any) -> None:
         help=f"lease length in seconds (more than 0, at most {MAX_LEASE_SECS:g})",
     )
     worker.add_argument(
+        "--batch",
+        type=int,
+        default=DEFAULT_BATCH,
+        metavar="K",
+        help=f"ready items of a run claimed and committed per transaction (1 to {MAX_BATCH}; "
+        f"default {DEFAULT_BATCH}; 1: one at a time)",
+    )
+    worker.add_argument(
         "--worker-id",
         metavar="ID",
         help="this worker's id; its threads are ID-0, ID-1, … (default: generated)",
@@ -115,6 +123,8 @@ def add_worker(commands: Any) -> None:
 MAX_CONCURRENCY = 256
 #: The longest lease (the stores' bound: one day).
 MAX_LEASE_SECS = 86_400.0
+#: The most ready items a worker takes per transaction (`Worker`'s bound).
+MAX_BATCH = 1000
 
 
 def _check_worker_options(args: argparse.Namespace) -> tuple[str, ...]:
@@ -129,6 +139,10 @@ def _check_worker_options(args: argparse.Namespace) -> tuple[str, ...]:
         raise InvalidInput(
             "--lease",
             f"expected more than 0 and at most {MAX_LEASE_SECS:g} seconds, got {args.lease:g}",
+        )
+    if not 1 <= args.batch <= MAX_BATCH:
+        raise InvalidInput(
+            "--batch", f"expected at least 1 and at most {MAX_BATCH} items, got {args.batch}"
         )
     if args.worker_id is not None:
         # Room for each thread's "-N" within the stores' id limit.
@@ -320,7 +334,12 @@ def _worker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     base = args.worker_id or f"worker-{uuid.uuid4().hex[:6]}"
     first = build_worker(
-        store, executors=registry, worker_id=f"{base}-0", queues=queues, lease_secs=args.lease
+        store,
+        executors=registry,
+        worker_id=f"{base}-0",
+        queues=queues,
+        lease_secs=args.lease,
+        batch=args.batch,
     )
     workers = [first] + [
         build_worker(
@@ -330,6 +349,7 @@ def _worker(args: argparse.Namespace) -> int:
             worker_id=f"{base}-{index}",
             queues=queues,
             lease_secs=args.lease,
+            batch=args.batch,
         )
         for index in range(1, args.concurrency)
     ]
@@ -338,7 +358,10 @@ def _worker(args: argparse.Namespace) -> int:
         for worker in workers
     ]
     where = shown(args.db)
-    print(f"charter worker {base}: {args.concurrency} thread(s) on {','.join(queues)} ({where})")
+    print(
+        f"charter worker {base}: {args.concurrency} thread(s), batch {args.batch}, "
+        f"on {','.join(queues)} ({where})"
+    )
     for thread in threads:
         thread.start()
     try:
