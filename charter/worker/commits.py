@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import attrs
 
@@ -26,6 +27,8 @@ from charter.worker.scheduling import RunView, Scheduler
 __all__ = ["Writer", "commit_request", "speculated_follow_up", "with_follow_up"]
 
 log = logging.getLogger("charter.worker")
+
+T = TypeVar("T")
 
 
 def commit_request(
@@ -132,28 +135,34 @@ class Writer:
         is retried with backoff for up to ``patience_secs``; it is fenced, so a retry of a
         commit that did land (its acknowledgement was lost) is refused with `FenceLost` and
         writes nothing twice (a claim it made then is reclaimed when its lease expires)."""
+
+        def attempt() -> tuple[tuple[Event, ...], Claim | None, RunState | None]:
+            full, folded = speculated_follow_up(claim, request, view, self.clock)
+            if chain is None:
+                return tuple(self.store.commit(full)), None, folded
+            done = self.store.commit_and_claim(
+                full, self.worker_id, chain, lease_secs=self.lease_secs
+            )
+            return tuple(done.events), done.claim, folded
+
+        written, chained, folded = self.patiently(attempt, f"commit of {claim.item.item_id}")
+        return self.written(claim.item.execution_id, written, folded), chained
+
+    def patiently(self, write: Callable[[], T], what: str) -> T:
+        """``write()``, retried with backoff while the store is briefly unreachable
+        (`StoreUnavailable`), for up to ``patience_secs``: for fenced writes only, whose
+        retry after one that did land (its acknowledgement lost) is refused, never doubled."""
         delay = 0.05
         deadline = time.monotonic() + self.patience_secs
-        chained: Claim | None = None
         while True:
             try:
-                full, folded = speculated_follow_up(claim, request, view, self.clock)
-                if chain is not None:
-                    done = self.store.commit_and_claim(
-                        full, self.worker_id, chain, lease_secs=self.lease_secs
-                    )
-                    written, chained = done.events, done.claim
-                else:
-                    written = self.store.commit(full)
-                break
+                return write()
             except StoreUnavailable as error:
                 if time.monotonic() + delay > deadline:
                     raise
-                item_id = claim.item.item_id
-                log.warning("%s: commit of %s: %s; retrying", self.worker_id, item_id, error)
+                log.warning("%s: %s: %s; retrying", self.worker_id, what, error)
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
-        return self.written(claim.item.execution_id, written, folded), chained
 
     def fail(
         self,

@@ -43,7 +43,6 @@ from charter.core.errors import (
     InvalidInput,
     NotFound,
     StoreError,
-    StoreUnavailable,
 )
 from charter.core.events import EventKind, JsonValue, OutcomeUnknown
 from charter.core.gate import GateRequest, Outcome, gate_node
@@ -310,24 +309,16 @@ class Worker:
         # successor as it inserts it; otherwise the group, which claims up to ``batch``.
         alone = chain is not None and len(requests) == 1 and len(enqueued) <= 1 and not self._wide
         limit = self.batch if chain is not None else 0
-        delay = 0.05
-        deadline = time.monotonic() + self.lease_secs / 2
-        while True:
-            try:
-                if alone:
-                    done = self._commit_alone(requests[0], chain or ())
-                else:
-                    done = self.store.commit_group(
-                        requests, self.worker_id, chain or (), lease_secs=self.lease_secs,
-                        claim_limit=limit,
-                    )  # fmt: skip
-                break
-            except StoreUnavailable as error:  # fenced: a retry never writes twice
-                if time.monotonic() + delay > deadline:
-                    raise
-                log.warning("%s: group commit: %s; retrying", self.worker_id, error)
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
+
+        def attempt() -> GroupCommitted:
+            if alone:
+                return self._commit_alone(requests[0], chain or ())
+            return self.store.commit_group(
+                requests, self.worker_id, chain or (), lease_secs=self.lease_secs,
+                claim_limit=limit,
+            )  # fmt: skip
+
+        done = self._writer.patiently(attempt, f"group commit of {len(requests)}")
         # Siblings were waiting if it claimed more than one, or one it did not enqueue.
         claimed = done.claims
         self._wide = len(claimed) > 1 or any(c.item.item_id not in enqueued for c in claimed)
