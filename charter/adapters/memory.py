@@ -1,8 +1,11 @@
 """The in-memory store: the reference implementation of the `Store` port.
 
 Simple enough to be obviously right: all data lives in dictionaries of immutable values, one
-lock serialises every call, and every write runs against a copy of the tables that replaces
-the real ones only when the call succeeds — so a call that raises has written nothing. Its
+lock serialises every call (reads included), and every write is journaled: each table records
+the value a key had before a transaction first changed it, and a transaction that raises puts
+every such value back before the lock is released — so a call that raises has written nothing,
+and a transaction costs O(what it writes), not a copy of every table (which made a long run's
+cost per node grow with the run). Its
 writes go through the one write path every store shares (`charter.adapters.transactions`:
 read, plan with `charter.core.commit`, write); `_MemoryTx` only looks rows up and puts them
 back. Scans are linear; it is meant for tests, embedding and as the model the SQLite and
@@ -12,9 +15,10 @@ Postgres stores are checked against, not for large volumes.
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left, insort
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
-from typing import TypeVar, overload
+from typing import Any, Final, TypeVar, overload
 
 import attrs
 
@@ -59,6 +63,8 @@ from charter.core.records import (
 __all__ = ["MemoryStore"]
 
 T = TypeVar("T")
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 class _Log(Sequence[Event]):
@@ -112,44 +118,155 @@ class _Approval:
     tenant_id: str
 
 
+_MISSING: Final = object()
+#: What a transaction changed, oldest first: (what changed, its key, what it held before).
+_Journal = list[tuple["_Table[Any, Any] | _Pending", Any, Any]]
+
+
+class _Table(dict[K, V]):
+    """A dictionary that, while a transaction is open (``journal`` is a list), records in
+    the journal what each key held before it is changed (`_MISSING` for an absent key), so
+    that `_Tables.rollback` can put it back. Only the writes this module makes are allowed."""
+
+    __slots__ = ("journal",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.journal: _Journal | None = None
+
+    def _undo(self, key: Any, before: Any) -> None:
+        if before is _MISSING:
+            dict.__delitem__(self, key)
+        else:
+            dict.__setitem__(self, key, before)
+
+    def __setitem__(self, key: K, value: V) -> None:
+        if self.journal is not None:
+            self.journal.append((self, key, dict.get(self, key, _MISSING)))
+        dict.__setitem__(self, key, value)
+
+    def __delitem__(self, key: K) -> None:
+        if self.journal is not None:
+            self.journal.append((self, key, dict.__getitem__(self, key)))
+        dict.__delitem__(self, key)
+
+    def setdefault(self, key: K, default: V) -> V:
+        if key not in self:
+            self[key] = default
+        return dict.__getitem__(self, key)
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("a memory-store table is written only by item assignment and del")
+
+    pop = popitem = clear = update = __ior__ = _refuse
+
+
+class _Pending:
+    """The pending work items of each queue in the order they are claimed — (available_at,
+    enqueue order, item id) — kept by `_Items`, so that a claim looks at the head of each
+    queue it serves instead of every item. Journaled like the tables."""
+
+    __slots__ = ("by_queue", "journal")
+
+    def __init__(self) -> None:
+        self.by_queue: dict[str, list[tuple[datetime, int, str]]] = {}
+        self.journal: _Journal | None = None
+
+    def add(self, queue: str, key: tuple[datetime, int, str]) -> None:
+        insort(self.by_queue.setdefault(queue, []), key)
+        if self.journal is not None:
+            self.journal.append((self, (queue, key), True))
+
+    def remove(self, queue: str, key: tuple[datetime, int, str]) -> None:
+        entries = self.by_queue[queue]
+        index = bisect_left(entries, key)
+        if index == len(entries) or entries[index] != key:
+            raise AssertionError(f"pending index lost work item {key[2]!r}")
+        del entries[index]
+        if self.journal is not None:
+            self.journal.append((self, (queue, key), False))
+
+    def _undo(self, where: tuple[str, tuple[datetime, int, str]], added: bool) -> None:
+        queue, key = where
+        entries = self.by_queue.setdefault(queue, [])
+        if added:
+            del entries[bisect_left(entries, key)]
+        else:
+            insort(entries, key)
+
+
+class _Items(_Table[str, WorkItem]):
+    """The work items, keeping `pending` (their claim order) in step with every write."""
+
+    __slots__ = ("order", "pending")
+
+    def __init__(self, order: _Table[str, int]) -> None:
+        super().__init__()
+        self.pending = _Pending()
+        self.order = order
+
+    def __setitem__(self, key: str, value: WorkItem) -> None:
+        self._unindex(dict.get(self, key))
+        super().__setitem__(key, value)
+        if value.status is WorkItemStatus.PENDING:
+            self.pending.add(value.queue, (value.available_at, self.order[key], key))
+
+    def __delitem__(self, key: str) -> None:
+        self._unindex(dict.get(self, key))
+        super().__delitem__(key)
+
+    def _unindex(self, item: WorkItem | None) -> None:
+        if item is not None and item.status is WorkItemStatus.PENDING:
+            self.pending.remove(
+                item.queue, (item.available_at, self.order[item.item_id], item.item_id)
+            )
+
+
 @attrs.define
 class _Tables:
-    tenants: dict[str, Tenant] = attrs.Factory(dict)
-    workflows: dict[tuple[str, str, str], WorkflowDefinition] = attrs.Factory(dict)
-    executions: dict[str, Execution] = attrs.Factory(dict)
-    events: dict[str, _Log] = attrs.Factory(dict)
-    snapshots: dict[str, Snapshot] = attrs.Factory(dict)
-    ledger: dict[str, BudgetState] = attrs.Factory(dict)
-    items: dict[str, WorkItem] = attrs.Factory(dict)
-    item_order: dict[str, int] = attrs.Factory(dict)
-    execution_order: dict[str, int] = attrs.Factory(dict)
-    approvals: dict[tuple[str, str], _Approval] = attrs.Factory(dict)
-    effects: dict[str, EffectRow] = attrs.Factory(dict)
-    policy_sets: dict[str, PolicySet] = attrs.Factory(dict)
-    compactions: dict[str, tuple[Compaction, ...]] = attrs.Factory(dict)
+    tenants: _Table[str, Tenant] = attrs.Factory(_Table)
+    workflows: _Table[tuple[str, str, str], WorkflowDefinition] = attrs.Factory(_Table)
+    executions: _Table[str, Execution] = attrs.Factory(_Table)
+    events: _Table[str, _Log] = attrs.Factory(_Table)
+    snapshots: _Table[str, Snapshot] = attrs.Factory(_Table)
+    ledger: _Table[str, BudgetState] = attrs.Factory(_Table)
+    item_order: _Table[str, int] = attrs.Factory(_Table)
+    items: _Items = attrs.Factory(lambda self: _Items(self.item_order), takes_self=True)
+    execution_order: _Table[str, int] = attrs.Factory(_Table)
+    approvals: _Table[tuple[str, str], _Approval] = attrs.Factory(_Table)
+    effects: _Table[str, EffectRow] = attrs.Factory(_Table)
+    policy_sets: _Table[str, PolicySet] = attrs.Factory(_Table)
+    compactions: _Table[str, tuple[Compaction, ...]] = attrs.Factory(_Table)
     # (tenant, limit) → its charges as (at µs, calls, tokens, nano-dollars), oldest first
-    charges: dict[tuple[str, str], tuple[tuple[int, int, int, int], ...]] = attrs.Factory(dict)
+    charges: _Table[tuple[str, str], tuple[tuple[int, int, int, int], ...]] = attrs.Factory(_Table)
     enqueued: int = 0
 
-    def copy(self) -> _Tables:
-        # Values are immutable, so copying the dictionaries copies the state.
-        return _Tables(
-            tenants=self.tenants.copy(),
-            workflows=self.workflows.copy(),
-            executions=self.executions.copy(),
-            events=self.events.copy(),
-            snapshots=self.snapshots.copy(),
-            ledger=self.ledger.copy(),
-            items=self.items.copy(),
-            item_order=self.item_order.copy(),
-            execution_order=self.execution_order.copy(),
-            approvals=self.approvals.copy(),
-            effects=self.effects.copy(),
-            policy_sets=self.policy_sets.copy(),
-            compactions=self.compactions.copy(),
-            charges=self.charges.copy(),
-            enqueued=self.enqueued,
-        )
+    def _tables(self) -> tuple[_Table[Any, Any], ...]:
+        return (
+            self.tenants, self.workflows, self.executions, self.events, self.snapshots,
+            self.ledger, self.item_order, self.items, self.execution_order, self.approvals,
+            self.effects, self.policy_sets, self.compactions, self.charges,
+        )  # fmt: skip
+
+    def begin(self) -> _Journal:
+        """Start journaling every table's writes; the journal `rollback` undoes."""
+        journal: _Journal = []
+        for table in self._tables():
+            table.journal = journal
+        self.items.pending.journal = journal
+        return journal
+
+    def end(self) -> None:
+        for table in self._tables():
+            table.journal = None
+        self.items.pending.journal = None
+
+    def rollback(self, journal: _Journal, enqueued: int) -> None:
+        """Put back, newest first, what every journaled write replaced."""
+        self.end()
+        for changed, key, before in reversed(journal):
+            changed._undo(key, before)
+        self.enqueued = enqueued
 
 
 class _MemoryTx:
@@ -188,17 +305,16 @@ class _MemoryTx:
     def next_claimable(
         self, queues: Sequence[str], execution_id: str | None
     ) -> tuple[WorkItem, Head] | None:
-        wanted = set(queues)
-        candidates = [
-            item
-            for item in self.t.items.values()
-            if item.status is WorkItemStatus.PENDING
-            and item.queue in wanted
-            and item.available_at <= self.now
-            and (execution_id is None or item.execution_id == execution_id)
-        ]
-        order = self.t.item_order
-        item = min(candidates, key=lambda i: (i.available_at, order[i.item_id]), default=None)
+        items = self.t.items
+        best: tuple[datetime, int, str] | None = None
+        for queue in set(queues):
+            for key in items.pending.by_queue.get(queue, ()):
+                if key[0] > self.now or (best is not None and key > best):
+                    break  # the rest of this queue is later still
+                if execution_id is None or items[key[2]].execution_id == execution_id:
+                    best = key
+                    break
+        item = items[best[2]] if best is not None else None
         if item is None:
             return None
         head = self.head(item.execution_id)
@@ -294,8 +410,8 @@ class _MemoryTx:
 
     def insert_item(self, item: WorkItem, payload_json: str) -> None:
         self.t.enqueued += 1
-        self.t.items[item.item_id] = item
         self.t.item_order[item.item_id] = self.t.enqueued
+        self.t.items[item.item_id] = item
 
     def update_item(self, write: UpdateItem) -> None:
         current = self.t.items[write.item.item_id]
@@ -378,9 +494,15 @@ class MemoryStore(PlannedStore):
 
     def _transact(self, work: Callable[[Tx], T]) -> T:
         with self._lock:
-            draft = self._tables.copy()
-            result = work(_MemoryTx(draft, self.clock.now()))
-            self._tables = draft
+            tables = self._tables
+            enqueued = tables.enqueued
+            journal = tables.begin()
+            try:
+                result = work(_MemoryTx(tables, self.clock.now()))
+            except BaseException:
+                tables.rollback(journal, enqueued)
+                raise
+            tables.end()
             return result
 
     def close(self) -> None:
@@ -389,19 +511,23 @@ class MemoryStore(PlannedStore):
     # ── reads ──
 
     def get_tenant(self, tenant_id: str) -> Tenant | None:
-        return self._tables.tenants.get(tenant_id)
+        with self._lock:
+            return self._tables.tenants.get(tenant_id)
 
     def list_tenants(self) -> tuple[Tenant, ...]:
-        tenants = self._tables.tenants
-        return tuple(tenants[key] for key in sorted(tenants))
+        with self._lock:
+            tenants = self._tables.tenants
+            return tuple(tenants[key] for key in sorted(tenants))
 
     def get_workflow(
         self, workflow_id: str, version: str, tenant_id: str = DEFAULT_TENANT
     ) -> WorkflowDefinition | None:
-        return self._tables.workflows.get((tenant_id, workflow_id, version))
+        with self._lock:
+            return self._tables.workflows.get((tenant_id, workflow_id, version))
 
     def get_execution(self, execution_id: str) -> Execution | None:
-        return self._tables.executions.get(execution_id)
+        with self._lock:
+            return self._tables.executions.get(execution_id)
 
     def list_executions(
         self,
@@ -411,33 +537,35 @@ class MemoryStore(PlannedStore):
         limit: int = 100,
         cursor: str | None = None,
     ) -> Page[Execution]:
-        rules.check_limit(limit)
-        after = rules.decode_cursor(cursor) or 0
-        tables = self._tables
-        order = tables.execution_order
-        rows = sorted(
-            (
-                e
-                for e in tables.executions.values()
-                if order[e.execution_id] > after
-                and (tenant_id is None or e.tenant_id == tenant_id)
-                and (status is None or e.status is status)
-            ),
-            key=lambda e: order[e.execution_id],
-        )
-        page = tuple(rows[:limit])
-        more = len(rows) > limit
-        return Page(page, rules.encode_cursor(order[page[-1].execution_id]) if more else None)
+        with self._lock:
+            rules.check_limit(limit)
+            after = rules.decode_cursor(cursor) or 0
+            tables = self._tables
+            order = tables.execution_order
+            rows = sorted(
+                (
+                    e
+                    for e in tables.executions.values()
+                    if order[e.execution_id] > after
+                    and (tenant_id is None or e.tenant_id == tenant_id)
+                    and (status is None or e.status is status)
+                ),
+                key=lambda e: order[e.execution_id],
+            )
+            page = tuple(rows[:limit])
+            more = len(rows) > limit
+            return Page(page, rules.encode_cursor(order[page[-1].execution_id]) if more else None)
 
     def read_events(
         self, execution_id: str, *, after: int = 0, limit: int | None = None
     ) -> tuple[Event, ...]:
-        rules.check_read(after, limit)
-        log = self._tables.events.get(execution_id)
-        if log is None:
-            raise NotFound(f"execution {execution_id!r} does not exist")
-        chosen = _after(log, after)
-        return chosen if limit is None else chosen[:limit]
+        with self._lock:
+            rules.check_read(after, limit)
+            log = self._tables.events.get(execution_id)
+            if log is None:
+                raise NotFound(f"execution {execution_id!r} does not exist")
+            chosen = _after(log, after)
+            return chosen if limit is None else chosen[:limit]
 
     def read_chain(
         self, execution_id: str, *, after: int = 0, limit: int | None = None
@@ -457,55 +585,63 @@ class MemoryStore(PlannedStore):
         )
 
     def get_policy_set(self, digest: str) -> PolicySet | None:
-        return self._tables.policy_sets.get(digest)
+        with self._lock:
+            return self._tables.policy_sets.get(digest)
 
     def latest_snapshot(self, execution_id: str) -> Snapshot | None:
-        return self._tables.snapshots.get(execution_id)
+        with self._lock:
+            return self._tables.snapshots.get(execution_id)
 
     def compactions(self, execution_id: str) -> tuple[Compaction, ...]:
-        if execution_id not in self._tables.executions:
-            raise NotFound(f"execution {execution_id!r} does not exist")
-        return self._tables.compactions.get(execution_id, ())
+        with self._lock:
+            if execution_id not in self._tables.executions:
+                raise NotFound(f"execution {execution_id!r} does not exist")
+            return self._tables.compactions.get(execution_id, ())
 
     def get_ledger(self, execution_id: str) -> BudgetState:
-        state = self._tables.ledger.get(execution_id)
-        if state is None:
-            raise NotFound(f"execution {execution_id!r} does not exist")
-        return state
+        with self._lock:
+            state = self._tables.ledger.get(execution_id)
+            if state is None:
+                raise NotFound(f"execution {execution_id!r} does not exist")
+            return state
 
     def get_item(self, item_id: str) -> WorkItem | None:
-        return self._tables.items.get(item_id)
+        with self._lock:
+            return self._tables.items.get(item_id)
 
     def limit_charges(
         self, tenant_id: str, limit: str, *, since: datetime
     ) -> tuple[LimitCharge, ...]:
-        low = rules.check_since(since, tenant_id, limit)
-        rows = self._tables.charges.get((tenant_id, limit), ())
-        return tuple(
-            LimitCharge(at=from_epoch_us(at), calls=calls, tokens=tokens, usd_nanos=usd)
-            for at, calls, tokens, usd in rows
-            if at >= low
-        )
+        with self._lock:
+            low = rules.check_since(since, tenant_id, limit)
+            rows = self._tables.charges.get((tenant_id, limit), ())
+            return tuple(
+                LimitCharge(at=from_epoch_us(at), calls=calls, tokens=tokens, usd_nanos=usd)
+                for at, calls, tokens, usd in rows
+                if at >= low
+            )
 
     def get_effect(self, key: str) -> JsonValue | None:
-        effect = self._tables.effects.get(key)
-        return effect.result if effect is not None and effect.recorded else None
+        with self._lock:
+            effect = self._tables.effects.get(key)
+            return effect.result if effect is not None and effect.recorded else None
 
     def pending_approvals(
         self, *, tenant_id: str | None = None, execution_id: str | None = None
     ) -> tuple[PendingApprovalRecord, ...]:
-        tables = self._tables
-        records = []
-        for (exec_id, node_id), found in sorted(tables.approvals.items()):
-            if tables.executions[exec_id].status.terminal:
-                continue  # a finished run has no open questions
-            if tenant_id is not None and found.tenant_id != tenant_id:
-                continue
-            if execution_id is not None and exec_id != execution_id:
-                continue
-            record = rules.pending_record(
-                exec_id, node_id, found.tenant_id, found.row.status, found.row.requested_at
-            )
-            if record is not None:
-                records.append(record)
-        return tuple(records)
+        with self._lock:
+            tables = self._tables
+            records = []
+            for (exec_id, node_id), found in sorted(tables.approvals.items()):
+                if tables.executions[exec_id].status.terminal:
+                    continue  # a finished run has no open questions
+                if tenant_id is not None and found.tenant_id != tenant_id:
+                    continue
+                if execution_id is not None and exec_id != execution_id:
+                    continue
+                record = rules.pending_record(
+                    exec_id, node_id, found.tenant_id, found.row.status, found.row.requested_at
+                )
+                if record is not None:
+                    records.append(record)
+            return tuple(records)
