@@ -96,6 +96,8 @@ def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         (["--concurrency", "100000"], "at most 256"),
         (["--batch", "0"], "--batch: expected at least 1 and at most 1000 items, got 0"),
         (["--batch", "1001"], "--batch: expected at least 1"),
+        (["--chain-limit", "-1"], "--chain-limit: expected at least 0 and at most 100000 nodes"),
+        (["--chain-limit", "100001"], "--chain-limit: expected at least 0"),
         (["--queues", ""], "--queues: expected one or more of"),
         (["--queues", ",,"], "a worker with no queue would wait forever"),
         (["--queues", "tool,toools"], "no queue named 'toools'"),

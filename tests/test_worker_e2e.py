@@ -233,6 +233,8 @@ def test_the_worker_command_resumes_approved_runs_and_stops_on_sigterm(tmp_path:
             "2",
             "--batch",
             "1",
+            "--chain-limit",
+            "0",
         ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -251,5 +253,5 @@ def test_the_worker_command_resumes_approved_runs_and_stops_on_sigterm(tmp_path:
         worker.send_signal(signal.SIGTERM)
         out, err = worker.communicate(timeout=60)
     assert worker.returncode == 0, err
-    assert "2 thread(s), batch 1," in out
+    assert "2 thread(s), batch 1, chain limit 0," in out
     assert "finishing the items in hand" in err

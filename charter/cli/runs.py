@@ -40,7 +40,14 @@ from charter.core.events import (
 )
 from charter.core.policy import PolicyScope
 from charter.core.records import MAX_ID_LENGTH, Tenant
-from charter.worker import ALL_QUEUES, DEFAULT_BATCH, RunOutcome, drive, start_run
+from charter.worker import (
+    ALL_QUEUES,
+    DEFAULT_BATCH,
+    DEFAULT_CHAIN_LIMIT,
+    RunOutcome,
+    drive,
+    start_run,
+)
 
 if TYPE_CHECKING:
     from charter.cli.common import CliStore
@@ -111,6 +118,15 @@ def add_worker(commands: Any) -> None:
         f"default {DEFAULT_BATCH}; 1: one at a time)",
     )
     worker.add_argument(
+        "--chain-limit",
+        type=int,
+        default=DEFAULT_CHAIN_LIMIT,
+        metavar="N",
+        help="how many nodes in a row a thread may claim in the transactions that commit the "
+        f"ones before (0 to {MAX_CHAIN_LIMIT}; default {DEFAULT_CHAIN_LIMIT}; 0: every claim "
+        "in its own transaction)",
+    )
+    worker.add_argument(
         "--worker-id",
         metavar="ID",
         help="this worker's id; its threads are ID-0, ID-1, … (default: generated)",
@@ -125,6 +141,8 @@ MAX_CONCURRENCY = 256
 MAX_LEASE_SECS = 86_400.0
 #: The most ready items a worker takes per transaction (`Worker`'s bound).
 MAX_BATCH = 1000
+#: The most nodes in a row a worker claims in its own commits' transactions.
+MAX_CHAIN_LIMIT = 100_000
 
 
 def _check_worker_options(args: argparse.Namespace) -> tuple[str, ...]:
@@ -143,6 +161,11 @@ def _check_worker_options(args: argparse.Namespace) -> tuple[str, ...]:
     if not 1 <= args.batch <= MAX_BATCH:
         raise InvalidInput(
             "--batch", f"expected at least 1 and at most {MAX_BATCH} items, got {args.batch}"
+        )
+    if not 0 <= args.chain_limit <= MAX_CHAIN_LIMIT:
+        raise InvalidInput(
+            "--chain-limit",
+            f"expected at least 0 and at most {MAX_CHAIN_LIMIT} nodes, got {args.chain_limit}",
         )
     if args.worker_id is not None:
         # Room for each thread's "-N" within the stores' id limit.
@@ -340,6 +363,7 @@ def _worker(args: argparse.Namespace) -> int:
         queues=queues,
         lease_secs=args.lease,
         batch=args.batch,
+        chain_limit=args.chain_limit,
     )
     workers = [first] + [
         build_worker(
@@ -350,6 +374,7 @@ def _worker(args: argparse.Namespace) -> int:
             queues=queues,
             lease_secs=args.lease,
             batch=args.batch,
+            chain_limit=args.chain_limit,
         )
         for index in range(1, args.concurrency)
     ]
@@ -360,6 +385,7 @@ def _worker(args: argparse.Namespace) -> int:
     where = shown(args.db)
     print(
         f"charter worker {base}: {args.concurrency} thread(s), batch {args.batch}, "
+        f"chain limit {args.chain_limit}, "
         f"on {','.join(queues)} ({where})"
     )
     for thread in threads:
