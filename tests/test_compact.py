@@ -85,6 +85,36 @@ def test_tampering_with_a_compacted_log_fails_verification(audited: Tamper) -> N
     assert not verify_log(store, runs=["refund"]).ok
 
 
+def test_a_tampered_run_is_not_archived_nor_compacted_and_the_others_are(
+    audited: Tamper, tmp_path: Path
+) -> None:
+    """Compaction checks and archives in one pass; a run whose prefix does not verify has its
+    lines cut off the archive again (and an archive made only for it is removed), so the
+    archive holds exactly the events of the runs compacted."""
+    store = audited.store
+    text = audited.kind_json("refund", 2)
+    audited.set_kind("refund", 2, text.replace('"node_id":"', '"node_id":"x', 1))
+    assert audited.kind_json("refund", 2) != text
+    assert not verify_log(store, runs=["refund"]).ok
+    kept = store.read_chain("refund")
+    # Alone, the tampered run makes no archive at all.
+    alone = tmp_path / "alone.jsonl"
+    report = compact_log(store, before=5, runs=["refund"], archive=alone)
+    assert [s.execution_id for s in report.skipped] == ["refund"]
+    assert "does not verify" in report.skipped[0].reason
+    assert not alone.exists()
+    # Between two good runs, its lines are cut off and theirs kept, in full.
+    order = ["cleanup", "refund", "research"]
+    good = {run: store.read_chain(run, limit=4) for run in ("cleanup", "research")}
+    path = tmp_path / "archive.jsonl"
+    report = compact_log(store, before=5, runs=order, archive=path)
+    assert [c.execution_id for c in report.compacted] == ["cleanup", "research"]
+    assert [s.execution_id for s in report.skipped] == ["refund"]
+    assert read_archive([path]) == {run: list(links) for run, links in good.items()}
+    assert store.read_chain("refund") == kept  # nothing of it removed
+    assert store.compactions("refund") == ()
+
+
 def test_a_running_run_is_skipped_by_the_command(
     db: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -5,8 +5,9 @@
 event recorded before ``before``, never the run's last event: `charter.core.compaction`),
 **verifies the prefix it is about to remove** (a log that does not verify is never
 compacted: that would launder the alteration), and — with an archive — appends the removed
-events to the archive file exactly as stored (`ChainLink`, one JSON object per line),
-flushes and fsyncs it, and only then asks the store to compact (`Store.compact`, one
+events to the archive file exactly as stored (`ChainLink`, one JSON object per line) as it
+checks them, in the same single pass (a run whose prefix does not verify has its lines cut
+off again), flushes and fsyncs it, and only then asks the store to compact (`Store.compact`, one
 transaction: snapshot to the end, delete, record). A crash between the two leaves the
 events in the store and in the archive; nothing is lost. The store refuses the compaction
 if the event at the cut is no longer the one read, so an archive holds exactly what was
@@ -161,31 +162,61 @@ def _links(store: Store, execution_id: str, after: int, page: int) -> Iterator[C
 
 
 class _Archive:
-    """The archive file: created exclusively (never overwritten) when the first run is
-    archived; each run's lines are flushed and fsynced before its compaction."""
+    """The archive file: created exclusively (never overwritten) when the first event is
+    archived. A run's lines are written as its events are checked (`append`), then either
+    fsynced before its compaction (`sync`) or, when the run is not compacted after all (its
+    log does not verify, or there was nothing to remove), cut off again (`undo`)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._file: IO[str] | None = None
+        self._file: IO[bytes] | None = None
 
-    def write_run(self, links: Iterable[ChainLink]) -> None:
-        if self._file is None:
-            try:
-                self._file = self.path.open("x", encoding="utf-8", newline="\n")
-            except FileExistsError:
-                raise InvalidInput(
-                    "--archive", f"{self.path}: already exists (an archive is never overwritten)"
-                ) from None
-            except OSError as error:
-                raise InvalidInput(
-                    "--archive", f"{self.path}: cannot create it ({error})"
-                ) from None
-            self._file.write(json.dumps({"format": ARCHIVE_FORMAT}) + "\n")
-            _fsync_directory(self.path)
+    def _open(self) -> IO[bytes]:
+        try:
+            file = self.path.open("xb")
+        except FileExistsError:
+            raise InvalidInput(
+                "--archive", f"{self.path}: already exists (an archive is never overwritten)"
+            ) from None
+        except OSError as error:
+            raise InvalidInput("--archive", f"{self.path}: cannot create it ({error})") from None
+        file.write((json.dumps({"format": ARCHIVE_FORMAT}) + "\n").encode("utf-8"))
+        _fsync_directory(self.path)
+        self._file = file
+        return file
+
+    def mark(self) -> int | None:
+        """Where the next run's lines start (``None``: the file is not created yet)."""
+        return None if self._file is None else self._file.tell()
+
+    def append(self, links: Iterable[ChainLink]) -> None:
+        file = self._file
         for link in links:
+            if file is None:
+                file = self._open()
             line = {name: getattr(link, name) for name in _LINK_FIELDS}
-            self._file.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n")
+            file.write(
+                (json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+            )
+
+    def sync(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
+    def undo(self, mark: int | None) -> None:
+        """Remove what was appended since ``mark`` (the whole file if it was made since)."""
+        if self._file is None:
+            return
+        if mark is None:
+            self._file.close()
+            self._file = None
+            self.path.unlink(missing_ok=True)
+            _fsync_directory(self.path)
+            return
         self._file.flush()
+        self._file.seek(mark)
+        self._file.truncate()
         os.fsync(self._file.fileno())
 
     def close(self) -> None:
@@ -272,22 +303,37 @@ def _compact_run(
     if limit is None:
         return SkippedRun(execution_id=execution_id, reason="nothing before the cut to remove")
     stamp = utc_text(before) if isinstance(before, datetime) else None
-    # Pass 1: find the cut and verify everything that would be removed.
+    # One pass: find the cut and verify everything that would be removed, archiving each
+    # event as it is checked (with an archive); the archive's lines for this run are cut off
+    # again unless the whole prefix verifies.
     verifier = ChainVerifier(execution_id)
     verifier.resume(done, start)
     through, size = done, 0
-    for link in _links(store, execution_id, done, page):
-        if link.sequence > limit or (stamp is not None and link.created_at >= stamp):
-            break
-        verifier.feed((link,))
-        through, size = link.sequence, size + _link_bytes(link)
+
+    def prefix() -> Iterator[ChainLink]:
+        nonlocal through, size
+        for link in _links(store, execution_id, done, page):
+            if link.sequence > limit or (stamp is not None and link.created_at >= stamp):
+                return
+            verifier.feed((link,))
+            through, size = link.sequence, size + _link_bytes(link)
+            yield link
+
+    mark = sink.mark() if sink is not None else None
+    if sink is not None:
+        sink.append(prefix())
+    else:
+        for _ in prefix():
+            pass
     problems = verifier.finish()
-    if problems:
-        return SkippedRun(
-            execution_id=execution_id,
-            reason=f"its log does not verify, so it is not compacted: {problems[0]}",
-        )
-    if through <= done:
+    if problems or through <= done:
+        if sink is not None:
+            sink.undo(mark)
+        if problems:
+            return SkippedRun(
+                execution_id=execution_id,
+                reason=f"its log does not verify, so it is not compacted: {problems[0]}",
+            )
         return SkippedRun(execution_id=execution_id, reason="nothing before the cut to remove")
     expect = verifier.head
     first = done + 1
@@ -297,23 +343,7 @@ def _compact_run(
             events=through - done, bytes=size, record=None,
         )  # fmt: skip
     if sink is not None:
-        # Pass 2: the same events, checked again as they are written.
-        again = ChainVerifier(execution_id)
-        again.resume(done, start)
-
-        def archived() -> Iterator[ChainLink]:
-            for link in _links(store, execution_id, done, page):
-                if link.sequence > through:
-                    return
-                again.feed((link,))
-                yield link
-
-        sink.write_run(archived())
-        if again.finish() or again.head != expect:
-            return SkippedRun(
-                execution_id=execution_id,
-                reason="its events changed while being archived; not compacted",
-            )
+        sink.sync()
     try:
         record = store.compact(execution_id, through=through, expect_hash=expect)
     except Conflict as error:
