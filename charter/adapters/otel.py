@@ -41,6 +41,11 @@ try:  # the API is optional: without it every call here does nothing
 except ImportError:  # pragma: no cover - exercised only where the API is not installed
     AVAILABLE = False
 
+try:  # the API's stand-in for a global meter provider not set yet (private: in doubt, None)
+    from opentelemetry.metrics._internal import _ProxyMeterProvider as _UnsetMeters
+except ImportError:  # pragma: no cover - another version of the API
+    _UnsetMeters = None  # type: ignore[assignment,misc]
+
 __all__ = [
     "AVAILABLE",
     "DECISIONS_METRIC",
@@ -209,6 +214,21 @@ class Telemetry:
         with tracer.start_as_current_span(name, attributes=start) as span:
             yield DecisionSpan(self, span, tool_name, model)
 
+    def unset(self) -> bool:
+        """Whether what this telemetry reports goes nowhere now: it has no providers of its
+        own and no global ones are set yet, so its spans are the API's non-recording ones
+        and its counts are dropped (the API's proxies start passing them on only once an
+        application sets its providers). False when in doubt."""
+        if not AVAILABLE:
+            return True
+        if self._tracer_provider is not None or self._meter_provider is not None:
+            return False
+        return (
+            _UnsetMeters is not None
+            and isinstance(otel_trace.get_tracer_provider(), otel_trace.ProxyTracerProvider)
+            and isinstance(otel_metrics.get_meter_provider(), _UnsetMeters)
+        )
+
     def record_decision(
         self,
         gated: NodeGated,
@@ -219,7 +239,11 @@ class Telemetry:
         model: str | None = None,
     ) -> None:
         """A decision already made (say, by a worker that has just committed it): one
-        decision span carrying it, and the counter."""
+        decision span carrying it, and the counter. Nothing at all while the telemetry is
+        `unset`: nothing runs inside that span, so opening one that records nothing, and
+        counting where nothing counts, would change nothing."""
+        if self.unset():
+            return
         with self.decision_span(gated.node_id, tool_name=tool_name, model=model) as span:
             span.record(gated, run_id=run_id, sequence=sequence)
 

@@ -267,3 +267,66 @@ def test_a_failing_exporter_never_fails_a_node(
     errors = [r for r in caplog.records if r.levelname == "ERROR"]
     assert errors == []
     assert any("could not report a decision span" in r.getMessage() for r in caplog.records)
+
+
+_GLOBALS_SCRIPT = """
+import sys
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from charter.adapters.otel import default_telemetry
+from charter.core.events import NodeGated
+
+gated = NodeGated(node_id="n", attempt=1, outcome="run", reason="ok", as_of=3)
+telemetry = default_telemetry()
+assert telemetry.unset()
+telemetry.record_decision(gated, run_id="r", sequence=4)  # goes nowhere: no providers yet
+which = sys.argv[1]
+exporter, reader = InMemorySpanExporter(), InMemoryMetricReader()
+if which == "traces":
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+else:
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+# Set either one, the same telemetry (its tracer and counter made before) reports again.
+assert not telemetry.unset()
+telemetry.record_decision(gated, run_id="r", sequence=9)
+if which == "traces":
+    spans = exporter.get_finished_spans()
+    assert [span.attributes["charter.event.sequence"] for span in spans] == [9], spans
+else:
+    data = reader.get_metrics_data()
+    points = [
+        point.value
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        for point in metric.data.data_points
+    ]
+    assert points == [1], points
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("which", ["traces", "metrics"])
+def test_decisions_go_nowhere_only_until_a_global_provider_is_set(which: str) -> None:
+    """Without providers of its own or global ones, `Telemetry.record_decision` does nothing
+    (the API would drop it anyway); once an application sets either global provider, the
+    same telemetry reports every decision again."""
+    done = subprocess.run(
+        [sys.executable, "-c", _GLOBALS_SCRIPT, which],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
+def test_telemetry_with_its_own_providers_is_never_unset(recorded: Recorded) -> None:
+    assert not recorded.telemetry.unset()
