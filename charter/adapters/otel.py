@@ -229,6 +229,16 @@ class Telemetry:
             and isinstance(otel_metrics.get_meter_provider(), _UnsetMeters)
         )
 
+    def silent(self) -> bool:
+        """Whether a span opened here now would change nothing: the telemetry is `unset`,
+        and the current span records nothing — then the API's span is that current span
+        itself (or, without the API, there is none), so code run inside it sees the same
+        current span either way. False when in doubt."""
+        if not AVAILABLE:
+            return True
+        current = otel_trace.get_current_span()
+        return self.unset() and isinstance(current, otel_trace.NonRecordingSpan)
+
     def record_decision(
         self,
         gated: NodeGated,
@@ -261,7 +271,7 @@ class Telemetry:
         """The ``execute_tool`` span around one execution; an exception escaping it marks
         the span as an error (``error.type``) and is re-raised."""
         tracer = self._get_tracer()
-        if tracer is None:
+        if tracer is None or self.silent():
             yield ToolSpan(None)
             return
         values: dict[str, Any] = {
