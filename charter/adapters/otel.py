@@ -41,10 +41,12 @@ try:  # the API is optional: without it every call here does nothing
 except ImportError:  # pragma: no cover - exercised only where the API is not installed
     AVAILABLE = False
 
-try:  # the API's stand-in for a global meter provider not set yet (private: in doubt, None)
-    from opentelemetry.metrics._internal import _ProxyMeterProvider as _UnsetMeters
+try:  # where the API keeps the global meter provider (private: in doubt, reporting goes on)
+    from opentelemetry.metrics import _internal as _metrics_state
 except ImportError:  # pragma: no cover - another version of the API
-    _UnsetMeters = None  # type: ignore[assignment,misc]
+    _metrics_state = None  # type: ignore[assignment]
+
+_SET: Final = object()  # a global the API no longer has: taken as set (reporting goes on)
 
 __all__ = [
     "AVAILABLE",
@@ -223,10 +225,14 @@ class Telemetry:
             return True
         if self._tracer_provider is not None or self._meter_provider is not None:
             return False
+        if self._tracer is None or self._counter is None:
+            # As the first report would: the providers an environment names are set now.
+            self._get_tracer()
+            self._get_counter()
+        # What the API's proxy tracer and counter look at before passing anything on.
         return (
-            _UnsetMeters is not None
-            and isinstance(otel_trace.get_tracer_provider(), otel_trace.ProxyTracerProvider)
-            and isinstance(otel_metrics.get_meter_provider(), _UnsetMeters)
+            getattr(otel_trace, "_TRACER_PROVIDER", _SET) is None
+            and getattr(_metrics_state, "_METER_PROVIDER", _SET) is None
         )
 
     def silent(self) -> bool:
