@@ -41,6 +41,13 @@ try:  # the API is optional: without it every call here does nothing
 except ImportError:  # pragma: no cover - exercised only where the API is not installed
     AVAILABLE = False
 
+try:  # where the API keeps the global meter provider (private: in doubt, reporting goes on)
+    from opentelemetry.metrics import _internal as _metrics_state
+except ImportError:  # pragma: no cover - another version of the API
+    _metrics_state = None  # type: ignore[assignment]
+
+_SET: Final = object()  # a global the API no longer has: taken as set (reporting goes on)
+
 __all__ = [
     "AVAILABLE",
     "DECISIONS_METRIC",
@@ -209,6 +216,35 @@ class Telemetry:
         with tracer.start_as_current_span(name, attributes=start) as span:
             yield DecisionSpan(self, span, tool_name, model)
 
+    def unset(self) -> bool:
+        """Whether what this telemetry reports goes nowhere now: it has no providers of its
+        own and no global ones are set yet, so its spans are the API's non-recording ones
+        and its counts are dropped (the API's proxies start passing them on only once an
+        application sets its providers). False when in doubt."""
+        if not AVAILABLE:
+            return True
+        if self._tracer_provider is not None or self._meter_provider is not None:
+            return False
+        if self._tracer is None or self._counter is None:
+            # As the first report would: the providers an environment names are set now.
+            self._get_tracer()
+            self._get_counter()
+        # What the API's proxy tracer and counter look at before passing anything on.
+        return (
+            getattr(otel_trace, "_TRACER_PROVIDER", _SET) is None
+            and getattr(_metrics_state, "_METER_PROVIDER", _SET) is None
+        )
+
+    def silent(self) -> bool:
+        """Whether a span opened here now would change nothing: the telemetry is `unset`,
+        and the current span records nothing — then the API's span is that current span
+        itself (or, without the API, there is none), so code run inside it sees the same
+        current span either way. False when in doubt."""
+        if not AVAILABLE:
+            return True
+        current = otel_trace.get_current_span()
+        return self.unset() and isinstance(current, otel_trace.NonRecordingSpan)
+
     def record_decision(
         self,
         gated: NodeGated,
@@ -219,7 +255,11 @@ class Telemetry:
         model: str | None = None,
     ) -> None:
         """A decision already made (say, by a worker that has just committed it): one
-        decision span carrying it, and the counter."""
+        decision span carrying it, and the counter. Nothing at all while the telemetry is
+        `unset`: nothing runs inside that span, so opening one that records nothing, and
+        counting where nothing counts, would change nothing."""
+        if self.unset():
+            return
         with self.decision_span(gated.node_id, tool_name=tool_name, model=model) as span:
             span.record(gated, run_id=run_id, sequence=sequence)
 
@@ -237,7 +277,7 @@ class Telemetry:
         """The ``execute_tool`` span around one execution; an exception escaping it marks
         the span as an error (``error.type``) and is re-raised."""
         tracer = self._get_tracer()
-        if tracer is None:
+        if tracer is None or self.silent():
             yield ToolSpan(None)
             return
         values: dict[str, Any] = {

@@ -415,6 +415,13 @@ class _MapView(Mapping[Any, Any]):
         return self.size
 
     def __iter__(self) -> Iterator[Any]:
+        # Empty (``size`` counts the entries present): nothing to walk, however deep the
+        # bases — most of a run's sets (people, failed, decidable) are empty most of the time.
+        if not self.size:
+            return iter(())
+        return self._keys()
+
+    def _keys(self) -> Iterator[Any]:
         candidates = [*self.base, *list(self.local), *list(self.saved)]
         seen: set[Any] = set()
         for key in candidates:

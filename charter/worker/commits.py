@@ -12,19 +12,17 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-import attrs
-
 from charter.adapters.otel import Telemetry
 from charter.core.attempt import with_failure_usage
 from charter.core.budget import Usage
 from charter.core.errors import FenceLost, NotFound, StoreError, StoreUnavailable
 from charter.core.events import Event, EventKind, NodeGated
-from charter.core.ports import Clock, CommitRequest, Store
-from charter.core.records import Claim, WorkItemStatus
+from charter.core.ports import Clock, CommitRequest, EffectResult, Store
+from charter.core.records import Claim, NewWorkItem, WorkItemStatus
 from charter.core.scheduler import RunState
 from charter.worker.scheduling import RunView, Scheduler
 
-__all__ = ["Writer", "commit_request", "speculated_follow_up", "with_follow_up"]
+__all__ = ["Writer", "commit_request", "speculated_follow_up", "with_follow_up", "with_then"]
 
 log = logging.getLogger("charter.worker")
 
@@ -38,8 +36,10 @@ def commit_request(
     *,
     usage: Usage | None = None,
     succeeded: bool | None = None,
+    effect: EffectResult | None = None,
 ) -> CommitRequest:
-    """The commit that ends ``claim``'s attempt with ``outcome`` and ``events``."""
+    """The commit that ends ``claim``'s attempt with ``outcome`` and ``events`` (and, with
+    ``effect``, the side effect's result to record)."""
     return CommitRequest(
         item_id=claim.item.item_id,
         fence=claim.fence,
@@ -47,6 +47,30 @@ def commit_request(
         events=tuple(events),
         usage=usage,
         succeeded=succeeded,
+        effect=effect,
+    )
+
+
+def with_then(
+    request: CommitRequest,
+    events: tuple[EventKind, ...],
+    items: tuple[NewWorkItem, ...],
+    if_last_sequence: int,
+) -> CommitRequest:
+    """``request`` with the scheduler's next step (``then_*``): `attrs.evolve` of it, built
+    directly (evolve looks its fields up on every call, once per node on the hot path)."""
+    return CommitRequest(
+        item_id=request.item_id,
+        fence=request.fence,
+        outcome=request.outcome,
+        events=request.events,
+        usage=request.usage,
+        succeeded=request.succeeded,
+        write_snapshot=request.write_snapshot,
+        effect=request.effect,
+        then_events=events,
+        then_items=items,
+        then_if_last_sequence=if_last_sequence,
     )
 
 
@@ -69,12 +93,7 @@ def speculated_follow_up(
     follow_up, folded = view.speculate(request.events, now=clock.now())
     if follow_up.empty:
         return request, folded
-    full = attrs.evolve(
-        request,
-        then_events=follow_up.events,
-        then_items=follow_up.items,
-        then_if_last_sequence=view.progress.last_sequence,
-    )
+    full = with_then(request, follow_up.events, follow_up.items, view.progress.last_sequence)
     return full, folded
 
 

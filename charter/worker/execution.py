@@ -162,8 +162,10 @@ def execute_traced(
     executor: Executor, call: NodeCall, node: NodeDef, telemetry: Telemetry | None
 ) -> NodeResult | ExecutorFailed:
     """`outcome_of`, inside an OpenTelemetry ``execute_tool`` span when ``telemetry`` is
-    on (`charter.adapters.otel`): the tool, run, node, attempt, model and settled usage."""
-    if telemetry is None:
+    on (`charter.adapters.otel`): the tool, run, node, attempt, model and settled usage.
+    A span that would change nothing (`Telemetry.silent`: no provider set, no recording
+    span current) is not opened."""
+    if telemetry is None or telemetry.silent():
         return outcome_of(executor, call, node.timeout_secs)
     with telemetry.tool_span(
         node.context.tool_name or node.tag,

@@ -503,11 +503,16 @@ class Worker:
         )
         outcome = WorkItemStatus.COMPLETED if end.completed else WorkItemStatus.FAILED
         events = (*end.events, *_charged(request, item.attempt, result.usage))
-        commit = commit_request(claim, outcome, events, usage=result.usage, succeeded=True)
-        if end.completed:
-            # (When to fold a snapshot is the commit planner's rule: charter.core.commit.)
-            effect = EffectResult(key=key, result=result_to_json(result)) if effectful else None
-            commit = attrs.evolve(commit, effect=effect)
+        # (When to fold a snapshot is the commit planner's rule: charter.core.commit.) A
+        # completed side effect's result is recorded with the commit.
+        effect = (
+            EffectResult(key=key, result=result_to_json(result))
+            if end.completed and effectful
+            else None
+        )
+        commit = commit_request(
+            claim, outcome, events, usage=result.usage, succeeded=True, effect=effect
+        )
         return self._commit(claim, commit)
 
     # ── writing the outcome (`charter.worker.commits`) ──

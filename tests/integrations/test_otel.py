@@ -267,3 +267,115 @@ def test_a_failing_exporter_never_fails_a_node(
     errors = [r for r in caplog.records if r.levelname == "ERROR"]
     assert errors == []
     assert any("could not report a decision span" in r.getMessage() for r in caplog.records)
+
+
+_GLOBALS_SCRIPT = """
+import sys
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from charter.adapters.otel import default_telemetry
+from charter.core.events import NodeGated
+
+gated = NodeGated(node_id="n", attempt=1, outcome="run", reason="ok", as_of=3)
+telemetry = default_telemetry()
+assert telemetry.unset()
+telemetry.record_decision(gated, run_id="r", sequence=4)  # goes nowhere: no providers yet
+which = sys.argv[1]
+exporter, reader = InMemorySpanExporter(), InMemoryMetricReader()
+if which == "traces":
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+else:
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+# Set either one, the same telemetry (its tracer and counter made before) reports again.
+assert not telemetry.unset()
+telemetry.record_decision(gated, run_id="r", sequence=9)
+if which == "traces":
+    spans = exporter.get_finished_spans()
+    assert [span.attributes["charter.event.sequence"] for span in spans] == [9], spans
+else:
+    data = reader.get_metrics_data()
+    points = [
+        point.value
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        for point in metric.data.data_points
+    ]
+    assert points == [1], points
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("which", ["traces", "metrics"])
+def test_decisions_go_nowhere_only_until_a_global_provider_is_set(which: str) -> None:
+    """Without providers of its own or global ones, `Telemetry.record_decision` does nothing
+    (the API would drop it anyway); once an application sets either global provider, the
+    same telemetry reports every decision again."""
+    done = subprocess.run(
+        [sys.executable, "-c", _GLOBALS_SCRIPT, which],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
+def test_telemetry_with_its_own_providers_is_never_unset(recorded: Recorded) -> None:
+    assert not recorded.telemetry.unset()
+
+
+_SILENT_SCRIPT = """
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from charter.adapters.otel import default_telemetry
+
+telemetry = default_telemetry()
+assert telemetry.silent()
+outside = trace.get_current_span()
+with telemetry.tool_span("t", run_id="r", node_id="n", attempt=1):
+    assert trace.get_current_span() is outside  # what an executor sees: the same span
+# An application's own provider (not the global one) with a span current: the tool span
+# is opened as before (the API's non-recording child of it).
+exporter = InMemorySpanExporter()
+own = TracerProvider()
+own.add_span_processor(SimpleSpanProcessor(exporter))
+with own.get_tracer("app").start_as_current_span("app") as app:
+    assert not telemetry.silent()
+    with telemetry.tool_span("t", run_id="r", node_id="n", attempt=1):
+        inner = trace.get_current_span()
+        assert inner is not app
+        assert inner.get_span_context() == app.get_span_context()
+# Once the global provider is set, the same telemetry records tool spans.
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+assert not telemetry.silent()
+with telemetry.tool_span("t", run_id="r", node_id="n", attempt=1):
+    pass
+assert [s.name for s in exporter.get_finished_spans()] == ["app", "execute_tool t"]
+print("ok")
+"""
+
+
+def test_a_silent_tool_span_is_not_opened_and_changes_nothing() -> None:
+    """`Telemetry.silent`: no provider set and no recording span current; then a tool span
+    is not opened, and code inside sees the current span it would have seen."""
+    done = subprocess.run(
+        [sys.executable, "-c", _SILENT_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
