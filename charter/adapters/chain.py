@@ -52,6 +52,14 @@ _dumps = json.JSONEncoder(
 ).encode
 
 
+def _quoted(text: str) -> str:
+    """``_dumps(text)``: an ASCII letters-and-digits text (an event id, a hex hash) needs no
+    escape, so it is only put in quotes; any other goes through the encoder."""
+    if text.isascii() and text.isalnum():
+        return f'"{text}"'
+    return _dumps(text)
+
+
 def envelope_text(
     *,
     execution_id: str,
@@ -110,7 +118,7 @@ def link_hashes(
     sequence = first_sequence
     for event_id, kind_text in zip(event_ids, kind_texts, strict=True):
         text = (
-            f'{shared}{_dumps(event_id)},"kind":{kind_text},"prev_hash":{_dumps(prev_hash)},'
+            f'{shared}{_quoted(event_id)},"kind":{kind_text},"prev_hash":{_quoted(prev_hash)},'
             f'"sequence":{sequence}}}'
         )
         this = sha256(text.encode("utf-8")).hexdigest()

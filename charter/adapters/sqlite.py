@@ -366,7 +366,7 @@ class _SqliteTx(_Rows):
         for row in rows:
             data = json.loads(row[2])
             if data.get("type") in MATERIALIZED_TYPES:
-                relevant.append(stored.event(execution_id, row, load(data, EventKind)))
+                relevant.append(stored.event(execution_id, row, rules.stored_kind(data)))
         return relevant, rows[-1][0] if rows else after
 
     # ── writes ──

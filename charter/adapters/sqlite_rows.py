@@ -134,11 +134,16 @@ def _maybe_time(stored: str | None) -> datetime | None:
     return None if stored is None else time(stored)
 
 
+def _payload(stored: str) -> Any:
+    # Most items carry the empty object: a new one, as `json.loads` would make it.
+    return {} if stored == "{}" else json.loads(stored)
+
+
 def item(row: tuple[Any, ...]) -> WorkItem:
     """A row of `ITEM_SELECT`."""
     return WorkItem(
         item_id=row[0], tenant_id=row[1], execution_id=row[2], node_id=row[3], queue=row[4],
-        payload=json.loads(row[5]), attempt=row[6], max_attempts=row[7],
+        payload=_payload(row[5]), attempt=row[6], max_attempts=row[7],
         backoff_base_ms=row[8], status=_ITEM_STATUS[row[9]], available_at=time(row[10]),
         created_at=time(row[11]), worker_id=row[12], lease_expires_at=_maybe_time(row[13]),
         fence=row[14], last_error=row[15],

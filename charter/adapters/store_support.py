@@ -13,10 +13,12 @@ import functools
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Final
+from typing import Final, TypeGuard, cast
 
-from charter.adapters.codec import event_text, loads
+from charter.adapters.codec import event_text, load, loads
+from charter.core._check import MAX_COUNT
 from charter.core.approvals import ApprovalStatus, Pending
+from charter.core.canonical import canonical_json
 from charter.core.commit import (
     AppendEvents,
     CommitSpec,
@@ -36,6 +38,9 @@ from charter.core.errors import (
 from charter.core.events import (
     EventKind,
     JsonValue,
+    NodeCompleted,
+    NodeScheduled,
+    NodeStarted,
     event_type,
 )
 from charter.core.limits import epoch_us
@@ -80,6 +85,7 @@ __all__ = [
     "pending_record",
     "plain_json",
     "stamp_text",
+    "stored_kind",
     "unknown_tenant",
     "utc_text",
 ]
@@ -371,3 +377,57 @@ def joined_appends(batch: Sequence[AppendEvents]) -> AppendEvents:
         kinds=tuple(kinds),
         texts=tuple(texts),
     )
+
+
+# ── decoding the store's own event rows ──
+
+_STARTED_KEYS: Final = frozenset({"type", "node_id", "worker_id", "attempt"})
+_COMPLETED_KEYS: Final = frozenset({"type", "node_id", "output", "state_patch", "duration_ms"})
+_SCHEDULED_KEYS: Final = frozenset({"type", "node_id", "queue_type"})
+
+
+def _count(value: object) -> TypeGuard[int]:
+    return type(value) is int and 0 <= value <= MAX_COUNT
+
+
+def stored_kind(data: JsonValue) -> EventKind:
+    """The event kind of ``data``, a stored event's parsed ``kind_json``: the same value, or
+    the same error, as ``codec.load(data, EventKind)``.
+
+    The kinds a run appends most (``node_scheduled``, ``node_started`` and a plain
+    ``node_completed``) are built directly when every field has exactly the type the codec
+    accepts (a JSON value checked by the same `canonical_json`); anything else, and anything
+    these checks doubt, goes through the codec."""
+    if type(data) is dict:
+        tag = data.get("type")
+        node = data.get("node_id")
+        if type(node) is str:
+            keys = data.keys()
+            if tag == "node_started":
+                worker, attempt = data.get("worker_id"), data.get("attempt")
+                if type(worker) is str and _count(attempt) and keys == _STARTED_KEYS:
+                    return NodeStarted(node_id=node, worker_id=worker, attempt=attempt)
+            elif tag == "node_completed":
+                duration = data.get("duration_ms")
+                if _count(duration) and keys == _COMPLETED_KEYS:
+                    output, patch = data["output"], data["state_patch"]
+                    if _plain(output) and _plain(patch):
+                        return NodeCompleted(
+                            node_id=node, output=output, state_patch=patch, duration_ms=duration
+                        )
+            elif tag == "node_scheduled":
+                queue = data.get("queue_type")
+                if type(queue) is str and keys == _SCHEDULED_KEYS:
+                    return NodeScheduled(node_id=node, queue_type=queue)
+    return cast(EventKind, load(data, EventKind))
+
+
+def _plain(value: JsonValue) -> bool:
+    """Whether the codec takes ``value`` as a JSON value (its own check: `canonical_json`)."""
+    if value is None or (type(value) is dict and not value):
+        return True  # (null, or an empty object: nothing to check)
+    try:
+        canonical_json(value)
+    except InvalidInput:
+        return False
+    return True
