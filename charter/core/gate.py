@@ -798,8 +798,9 @@ def _gated(
     gated.policy_scope = facts.scope
     gated.policy_rule = facts.rule
     gated.policy_pattern = facts.pattern
-    gated.overruled = facts.overruled_record()
-    gated.policies = facts.layer_records()
+    overruled = facts.overruled  # copies: each event gets its own JSON values
+    gated.overruled = None if overruled is None else overruled.copy()
+    gated.policies = list(map(dict.copy, facts.layers))
     gated.combining = request.combining._value_
     gated.autonomy = _decision_tag(autonomy) if autonomy is not None else None
     if card is None:
@@ -812,8 +813,10 @@ def _gated(
         gated.circuit_breaker_threshold = request.circuit_breaker_threshold
         gated.elapsed_secs = _elapsed(request)
         gated.delegation_target = _delegation_target(request)
-    gated.budget = _budget_record(request.budget)
-    gated.limits = _limits_record(request.limits)
+    budget, limits = request.budget, request.limits
+    last_budget, last_limits = _LAST_BUDGET, _LAST_LIMITS  # read once: see `_budget_record`
+    gated.budget = last_budget[1].copy() if last_budget[0] is budget else _budget_record(budget)
+    gated.limits = last_limits[1].copy() if last_limits[0] is limits else _limits_record(limits)
     gated.approval = _STATUS_NOTES[type(request.approval)]
     gated.call_digest = call_digest
     gated.request_digest = digest
