@@ -36,6 +36,7 @@ from charter.core import (
 )
 from charter.core.canonical import canonical_json
 from charter.core.errors import InvalidInput
+from charter.core.events import LimitCharged
 from charter.testing import strategies as s
 
 
@@ -202,3 +203,36 @@ def test_node_gated_writers_give_the_reference_text_on_near_shapes(
                 event_text(kind)
         else:
             assert event_text(kind) == expected
+
+
+@given(
+    start=s.datetimes(),
+    steps=st.lists(
+        st.sampled_from([0, 1, 59, 60, 61, 3_600, 86_400, 366 * 86_400])
+        | st.integers(min_value=-(10**8), max_value=10**8),
+        max_size=6,
+    ),
+    micros=st.lists(st.sampled_from([0, 1, 999_999]) | st.integers(0, 999_999), max_size=6),
+    zone=_zones,
+)
+def test_the_utc_timestamp_writer_gives_the_reference_text(
+    start: Any, steps: list[int], micros: list[int], zone: Any
+) -> None:
+    """`decided_at` and every datetime field of an event, written by the UTC writer (the
+    last minute's text kept, seconds and microseconds appended), is what `dump` writes:
+    timestamps in the same minute, the next one, the same minute of another hour, day or
+    year, with and without microseconds, and in another zone, each after the one before."""
+    moments = [start.astimezone(UTC)]
+    for step, micro in zip(steps, micros, strict=False):
+        try:
+            moments.append((moments[-1] + timedelta(seconds=step)).replace(microsecond=micro))
+        except OverflowError:
+            break
+    moments.append(moments[-1].astimezone(zone))
+    moments.append(moments[-1].replace(fold=1))
+    for moment in moments:
+        kind = LimitCharged(node_id="n", attempt=0, at=moment, limits=[])
+        gated = NodeGated(node_id="n", attempt=0, outcome="run", decided_at=moment)
+        for event in (gated, kind):
+            assert event_text(event) == canonical_json(converter.unstructure(event))
+        assert event_text(gated).count(dumps(moment)) == 1

@@ -6,6 +6,7 @@ import re
 from datetime import UTC, datetime
 
 import attrs
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -35,8 +36,9 @@ from charter.core import (
     pending_approvals,
 )
 from charter.core.approvals import approver_allows
-from charter.core.canonical import canonical_json
+from charter.core.canonical import canonical_json, text_digest
 from charter.core.gate import reference_gate_node
+from charter.core.limits import RateLimit, WindowUsage
 from charter.core.policy import ConditionalRule
 from charter.testing import strategies as s
 from charter.testing.strategies import gate_requests
@@ -47,6 +49,73 @@ NOW = datetime(2026, 11, 21, tzinfo=UTC)
 @given(gate_requests())
 def test_the_gate_is_deterministic(request: GateRequest) -> None:
     assert gate_node(request) == gate_node(request)
+
+
+@st.composite
+def _request_arguments(draw: st.DrawFn) -> dict[str, object]:
+    """Every argument of `GateRequest`, drawn here (not read back from a built request, so a
+    constructor that dropped or swapped a value cannot hide it), as lists or tuples."""
+    now = draw(s.datetimes())
+    limit = RateLimit(name="calls", window=60, max_calls=draw(st.integers(0, 3)))
+    usages = st.lists(
+        st.builds(WindowUsage, limit=st.just(limit), calls=st.integers(0, 5)), max_size=2
+    )
+    many = st.lists if draw(st.booleans()) else lambda x, **k: st.lists(x, **k).map(tuple)
+    return {
+        "context": draw(s.evaluation_contexts()),
+        "attempt": draw(st.integers(min_value=0, max_value=3)),
+        "policies": list(draw(s.policy_chains(tenant_final=None)))
+        if draw(st.booleans())
+        else draw(s.policy_chains(tenant_final=None)),
+        "combining": draw(st.sampled_from(CombiningMode)),
+        "agent": draw(st.none() | s.agent_cards()),
+        "circuit_breaker_threshold": draw(st.integers(min_value=0, max_value=5)),
+        "delegation_target": draw(st.none() | st.sampled_from(["agent:x", "y"])),
+        "budget": draw(s.budget_states(max_tokens=2_000, max_cost_usd=20.0)),
+        "limits": draw(s.budget_limits(max_tokens=4_000, max_cost_usd=40.0)),
+        "approval": draw(s.approval_statuses()),
+        "call": draw(st.none() | s.json_values(max_leaves=3)),
+        "now": now,
+        "run_started_at": now,  # an agent card with a time budget needs it
+        "as_of": draw(st.none() | st.integers(min_value=0, max_value=10)),
+        "rate_limits": draw(st.none() | many(usages.map(tuple), max_size=0) | usages),
+    }
+
+
+class _SlotBySlot(GateRequest):
+    """A subclass: its constructor sets each slot through the slot's own setter, the way a
+    frozen attrs class does, rather than through `GateRequest`'s plain twin."""
+
+    __slots__ = ()
+
+
+@given(_request_arguments())
+def test_a_request_built_through_its_twin_equals_one_set_slot_by_slot(
+    kwargs: dict[str, object],
+) -> None:
+    """`GateRequest(...)` sets its slots on a plain twin and makes it a `GateRequest` again
+    (charter.core.gate, `_twin`): the result is a frozen `GateRequest` holding, slot by
+    slot, what the setters put in a subclass built from the same arguments, which hold the
+    arguments given, and the call's text and digest are the exact encoder's."""
+    built = GateRequest(**kwargs)  # type: ignore[arg-type]
+    reference = _SlotBySlot(**kwargs)  # type: ignore[arg-type]
+    assert type(built) is GateRequest
+    assert type(reference) is _SlotBySlot
+    for name in GateRequest.__slots__:  # type: ignore[attr-defined]
+        mine, theirs = getattr(built, name), getattr(reference, name)
+        assert type(mine) is type(theirs), name
+        assert mine == theirs, name
+    for name, given_value in kwargs.items():
+        if name in ("policies", "rate_limits") and given_value is not None:
+            given_value = tuple(given_value) or None  # type: ignore[arg-type]
+            if name == "policies":
+                given_value = given_value or ()
+        assert getattr(built, name) == given_value, name
+    assert built._call_text == canonical_json(kwargs["call"])
+    assert built._call_digest == text_digest(canonical_json(kwargs["call"]))
+    assert attrs.evolve(built) == built
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        built.attempt = 1  # type: ignore[misc]
 
 
 def _same_as_the_reference(request: GateRequest) -> None:
@@ -73,6 +142,10 @@ def test_the_fast_gate_equals_the_reference_gate(request: GateRequest, data: st.
         PolicyLayer(layer.scope, attrs.evolve(layer.policy)) for layer in request.policies
     )
     _same_as_the_reference(attrs.evolve(request, context=other, policies=copied))
+    # Inputs the drawn requests leave at their defaults, recorded as given.
+    as_of = data.draw(st.integers(min_value=0, max_value=2**40))
+    target = data.draw(st.sampled_from(["agent:x", "y"]))
+    _same_as_the_reference(attrs.evolve(request, as_of=as_of, delegation_target=target))
 
 
 @given(gate_requests(), st.data())

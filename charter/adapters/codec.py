@@ -536,13 +536,44 @@ def _datetime_json(value: Any) -> str:
         return last[1]
     if type(value) is not datetime or value.tzinfo is None:
         raise NeedsExact
+    if value.tzinfo is UTC:
+        text = _utc_json(value)
+        _LAST_TIME = (value, text)
+        return text
+    return _datetime_json_exact(value)
+
+
+def _datetime_json_exact(value: datetime) -> str:
+    """`_datetime_json` of an aware datetime from its ``isoformat``: what `dump` writes."""
     text = value.isoformat()
     if text.endswith("+00:00"):
         text = text[:-6] + "Z"
-    text = string_text(text)
-    if value.tzinfo is UTC:
-        _LAST_TIME = (value, text)
-    return text
+    return string_text(text)
+
+
+#: The last minute of a UTC datetime written and the text that starts its JSON string:
+#: ``"YYYY-MM-DDTHH:MM:`` (the ``isoformat`` of any second of that minute starts with it).
+_LAST_MINUTE: tuple[tuple[int, int, int, int, int] | None, str] = (None, "")
+#: ``00`` … ``59``: a second as ``isoformat`` writes it.
+_SECONDS: tuple[str, ...] = tuple(f"{second:02d}" for second in range(60))
+
+
+def _utc_json(value: datetime) -> str:
+    """`_datetime_json_exact` of a UTC datetime (``tzinfo is UTC``) without ``isoformat``'s
+    offset work: its minute's text (kept for the last minute), then the seconds, the
+    microseconds when not 0 (six digits), and ``Z`` (property-checked equal)."""
+    global _LAST_MINUTE
+    minute = (value.year, value.month, value.day, value.hour, value.minute)
+    last = _LAST_MINUTE  # read once: another thread may replace it
+    if last[0] == minute:
+        head = last[1]
+    else:
+        head = '"' + value.replace(second=0, microsecond=0, tzinfo=None).isoformat()[:-2]
+        _LAST_MINUTE = (minute, head)
+    micro = value.microsecond
+    if micro:
+        return f'{head}{_SECONDS[value.second]}.{micro:06d}Z"'
+    return f'{head}{_SECONDS[value.second]}Z"'
 
 
 #: Fields whose JSON value has a known shape, written by their own writer (each falls back

@@ -483,7 +483,9 @@ class PolicyViolation:
     policy_scope: str  # "tenant" | "workflow" | "node" | "unknown"
 
 
-@attrs.frozen(kw_only=True)
+# No ``__weakref__`` slot: the gate builds each one through a plain class of the same slots
+# and then makes it a `NodeGated` (charter.core.gate, `_twin`), which a weakref slot forbids.
+@attrs.frozen(kw_only=True, weakref_slot=False)
 class NodeGated:
     """Charter: one gate decision and every input it was computed from.
 

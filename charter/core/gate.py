@@ -32,6 +32,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable
 from datetime import datetime
+from typing import Any
 
 import attrs
 
@@ -164,7 +165,7 @@ class Outcome(enum.Enum):
     FAIL = "fail"
 
 
-@attrs.frozen(kw_only=True, init=False)
+@attrs.frozen(kw_only=True, init=False, weakref_slot=False)  # built through `_twin`
 class GateRequest:
     """Everything the gate decides from. ``now`` is the caller's clock reading;
     ``run_started_at`` (for the agent's time budget) is when the run began; ``as_of`` (only
@@ -273,23 +274,47 @@ class GateRequest:
             text, digest = "null", _NULL_DIGEST
         else:
             text, digest = _call_digest(call)
-        _set_context(self, context)
-        _set_attempt(self, attempt)
-        _set_policies(self, layers)
-        _set_combining(self, combining)
-        _set_agent(self, agent)
-        _set_threshold(self, circuit_breaker_threshold)
-        _set_delegation_target(self, delegation_target)
-        _set_budget(self, budget)
-        _set_limits(self, limits)
-        _set_approval(self, approval)
-        _set_call(self, call)
-        _set_now(self, now)
-        _set_run_started_at(self, run_started_at)
-        _set_as_of(self, as_of)
-        _set_rate_limits(self, usages)
-        _set_call_text(self, text)
-        _set_call_digest(self, digest)
+        if type(self) is not GateRequest:  # a subclass: slot by slot
+            _set_context(self, context)
+            _set_attempt(self, attempt)
+            _set_policies(self, layers)
+            _set_combining(self, combining)
+            _set_agent(self, agent)
+            _set_threshold(self, circuit_breaker_threshold)
+            _set_delegation_target(self, delegation_target)
+            _set_budget(self, budget)
+            _set_limits(self, limits)
+            _set_approval(self, approval)
+            _set_call(self, call)
+            _set_now(self, now)
+            _set_run_started_at(self, run_started_at)
+            _set_as_of(self, as_of)
+            _set_rate_limits(self, usages)
+            _set_call_text(self, text)
+            _set_call_digest(self, digest)
+            return
+        # Every input is checked: the slots are set as a plain object's, then the object is
+        # made a `GateRequest` again (`_twin`), equal to one set slot by slot.
+        _set_class(self, _REQUEST_TWIN)
+        building: Any = self
+        building.context = context
+        building.attempt = attempt
+        building.policies = layers
+        building.combining = combining
+        building.agent = agent
+        building.circuit_breaker_threshold = circuit_breaker_threshold
+        building.delegation_target = delegation_target
+        building.budget = budget
+        building.limits = limits
+        building.approval = approval
+        building.call = call
+        building.now = now
+        building.run_started_at = run_started_at
+        building.as_of = as_of
+        building.rate_limits = usages
+        building._call_text = text
+        building._call_digest = digest
+        building.__class__ = GateRequest
 
     @property
     def node_id(self) -> str:
@@ -305,6 +330,28 @@ def _slot_setters(cls: type) -> tuple[Callable[[object, object], None], ...]:
         raise TypeError(f"{cls.__name__} converts or validates a field")  # pragma: no cover
     return tuple(cls.__dict__[f.name].__set__ for f in fields)
 
+
+def _twin(cls: type) -> type:
+    """A plain class with the same slots as the frozen attrs class ``cls``, for building
+    its instances cheaply: set each slot of a twin as an ordinary attribute (the
+    interpreter's fast slot store, where a frozen class's ``__setattr__`` refuses and its
+    slot setters cost a call each), then assign ``__class__ = cls``. The result is an
+    ordinary, frozen ``cls`` equal to the one its constructor builds from the same values
+    (property-checked). Only for classes whose fields have no converter or validator and
+    that have no ``__weakref__`` slot (with one, CPython refuses the assignment); a class
+    the twin cannot stand for is refused here, when the module is imported."""
+    fields = attrs.fields(cls)
+    if any(f.converter is not None or f.validator is not None for f in fields):
+        raise TypeError(f"{cls.__name__} converts or validates a field")  # pragma: no cover
+    twin = type(f"_{cls.__name__}Twin", (), {"__slots__": cls.__dict__["__slots__"]})
+    probe: Any = _new(twin)
+    probe.__class__ = cls  # TypeError now if the layouts differ
+    return twin
+
+
+_new = object.__new__
+_set_class: Callable[[object, type], None] = object.__dict__["__class__"].__set__
+_REQUEST_TWIN = _twin(GateRequest)
 
 (
     _set_context,
@@ -376,7 +423,7 @@ def _expect(value: object, cls: type, where: str) -> None:
         raise GateInputError(where, f"expected {cls.__name__}, got {describe(value)}")
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, weakref_slot=False)  # built through `_twin`
 class GateResult:
     """The gate's outcome, its reason (for hold and fail) and the events to commit."""
 
@@ -693,34 +740,8 @@ def _conditional(policy: PolicySet) -> bool:
 
 # ── building the results ───────────────────────────────────────────────────────────────
 
-_new = object.__new__
-
-(
-    _ng_node_id,
-    _ng_attempt,
-    _ng_outcome,
-    _ng_reason,
-    _ng_policy_decision,
-    _ng_policy_scope,
-    _ng_policy_rule,
-    _ng_policy_pattern,
-    _ng_overruled,
-    _ng_policies,
-    _ng_combining,
-    _ng_autonomy,
-    _ng_agent,
-    _ng_circuit_breaker_threshold,
-    _ng_elapsed_secs,
-    _ng_delegation_target,
-    _ng_budget,
-    _ng_limits,
-    _ng_approval,
-    _ng_call_digest,
-    _ng_request_digest,
-    _ng_decided_at,
-    _ng_as_of,
-    _ng_rate_limits,
-) = _slot_setters(NodeGated)
+_NODE_GATED_TWIN = _twin(NodeGated)
+_RESULT_TWIN = _twin(GateResult)
 
 
 #: The last budget state and limits recorded, with their records: both are frozen, so the
@@ -768,40 +789,44 @@ def _gated(
     """The ``node_gated`` record of a decision (docs/semantics.md, "The gate"), its slots
     set directly (the same value `NodeGated(...)` builds: every input is already checked)."""
     card = request.agent
-    limits = request.limits
-    gated = _new(NodeGated)
-    _ng_node_id(gated, request.context.node_id)
-    _ng_attempt(gated, request.attempt)
-    _ng_outcome(gated, outcome._value_)
-    _ng_reason(gated, reason)
-    _ng_policy_decision(gated, facts.decision_tag)
-    _ng_policy_scope(gated, facts.scope)
-    _ng_policy_rule(gated, facts.rule)
-    _ng_policy_pattern(gated, facts.pattern)
-    _ng_overruled(gated, facts.overruled_record())
-    _ng_policies(gated, facts.layer_records())
-    _ng_combining(gated, request.combining._value_)
-    _ng_autonomy(gated, _decision_tag(autonomy) if autonomy is not None else None)
+    gated: Any = _new(_NODE_GATED_TWIN)
+    gated.node_id = request.context.node_id
+    gated.attempt = request.attempt
+    gated.outcome = outcome._value_
+    gated.reason = reason
+    gated.policy_decision = facts.decision_tag
+    gated.policy_scope = facts.scope
+    gated.policy_rule = facts.rule
+    gated.policy_pattern = facts.pattern
+    overruled = facts.overruled  # copies: each event gets its own JSON values
+    gated.overruled = None if overruled is None else overruled.copy()
+    gated.policies = list(map(dict.copy, facts.layers))
+    gated.combining = request.combining._value_
+    gated.autonomy = _decision_tag(autonomy) if autonomy is not None else None
     if card is None:
-        _ng_agent(gated, None)
-        _ng_circuit_breaker_threshold(gated, None)
-        _ng_elapsed_secs(gated, None)
-        _ng_delegation_target(gated, None)
+        gated.agent = None
+        gated.circuit_breaker_threshold = None
+        gated.elapsed_secs = None
+        gated.delegation_target = None
     else:
-        _ng_agent(gated, _card_record(card))
-        _ng_circuit_breaker_threshold(gated, request.circuit_breaker_threshold)
-        _ng_elapsed_secs(gated, _elapsed(request))
-        _ng_delegation_target(gated, _delegation_target(request))
-    _ng_budget(gated, _budget_record(request.budget))
-    _ng_limits(gated, _limits_record(limits))
-    _ng_approval(gated, _STATUS_NOTES[type(request.approval)])
-    _ng_call_digest(gated, call_digest)
-    _ng_request_digest(gated, digest)
-    _ng_decided_at(gated, request.now)
-    _ng_as_of(gated, request.as_of)
+        gated.agent = _card_record(card)
+        gated.circuit_breaker_threshold = request.circuit_breaker_threshold
+        gated.elapsed_secs = _elapsed(request)
+        gated.delegation_target = _delegation_target(request)
+    budget, limits = request.budget, request.limits
+    last_budget, last_limits = _LAST_BUDGET, _LAST_LIMITS  # read once: see `_budget_record`
+    gated.budget = last_budget[1].copy() if last_budget[0] is budget else _budget_record(budget)
+    gated.limits = last_limits[1].copy() if last_limits[0] is limits else _limits_record(limits)
+    gated.approval = _STATUS_NOTES[type(request.approval)]
+    gated.call_digest = call_digest
+    gated.request_digest = digest
+    gated.decided_at = request.now
+    gated.as_of = request.as_of
     usages = request.rate_limits
-    _ng_rate_limits(gated, [usage.record() for usage in usages] if usages else None)
-    return gated
+    gated.rate_limits = [usage.record() for usage in usages] if usages else None
+    gated.__class__ = NodeGated
+    result: NodeGated = gated
+    return result
 
 
 def _gated_reference(
@@ -851,17 +876,6 @@ def _gated_reference(
     )
 
 
-(
-    _gr_outcome,
-    _gr_reason,
-    _gr_events,
-    _gr_policy,
-    _gr_autonomy,
-    _gr_budget_trip,
-    _gr_request_digest,
-) = _slot_setters(GateResult)
-
-
 def _new_result(
     outcome: Outcome,
     reason: str | None,
@@ -871,14 +885,16 @@ def _new_result(
     trip: BudgetTrip | None,
     digest: str | None,
 ) -> GateResult:
-    result = _new(GateResult)
-    _gr_outcome(result, outcome)
-    _gr_reason(result, reason)
-    _gr_events(result, events)
-    _gr_policy(result, policy)
-    _gr_autonomy(result, autonomy)
-    _gr_budget_trip(result, trip)
-    _gr_request_digest(result, digest)
+    building: Any = _new(_RESULT_TWIN)
+    building.outcome = outcome
+    building.reason = reason
+    building.events = events
+    building.policy = policy
+    building.autonomy = autonomy
+    building.budget_trip = trip
+    building.request_digest = digest
+    building.__class__ = GateResult
+    result: GateResult = building
     return result
 
 
