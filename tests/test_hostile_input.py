@@ -258,7 +258,7 @@ def test_a_call_that_is_not_plain_json_is_refused(call: Any) -> None:
 @pytest.mark.parametrize(
     ("value", "text"),
     [
-        (1.2345678901234568e20, "123456789012345680000"),
+        (1.2345678901234568e18, "1234567890123456800"),
         (2.0**60, "1152921504606847000"),
         (1e21, "1e+21"),
         (1e-7, "1e-7"),
@@ -270,7 +270,11 @@ def test_canonical_numbers_follow_ecmascript(value: float, text: str) -> None:
     assert canonical_json(value) == text
 
 
-@pytest.mark.parametrize("value", [10**30, float("inf"), "\ud800"], ids=["int", "inf", "surr"])
+@pytest.mark.parametrize(
+    "value",
+    [10**30, float("inf"), "\ud800", 1.2345678901234568e20],
+    ids=["int", "inf", "surr", "float-as-int-beyond-64-bits"],
+)
 def test_canonical_json_refuses_unrepresentable_values(value: object) -> None:
     with pytest.raises(CharterError):
         canonical_json(value)
@@ -335,3 +339,53 @@ def test_yaml_merge_keys_are_understood(tmp_path: Path) -> None:
     )
     assert done.returncode == 4, done.stderr
     assert "scope:  workflow" in done.stdout
+
+
+# ── a float canonical JSON would write as an integer beyond 64 bits ──
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+@pytest.mark.parametrize("value", [1e20, -9.3e18, 9.223372036854776e18])
+def test_a_float_written_as_an_integer_beyond_64_bits_is_refused_and_nothing_stored(
+    tmp_path: Path, kind: str, value: float
+) -> None:
+    """Found by Hypothesis: ECMAScript writes 9.223372036854776e18 as the integer literal
+    9223372036854776000, which reads back as an integer beyond 64 bits; a log holding it
+    could not be read back or verified. It is refused when written (docs/semantics.md §8),
+    and 1e21 (written with an exponent) and 2**62 as a float are kept."""
+    from charter.adapters.memory import MemoryStore
+    from charter.adapters.sqlite import SqliteStore
+    from charter.core.events import NodeCompleted
+    from charter.core.records import DEFAULT_TENANT, Execution
+
+    store = MemoryStore() if kind == "memory" else SqliteStore(tmp_path / "x.db")
+    store.create_execution(
+        Execution(
+            execution_id="x",
+            tenant_id=DEFAULT_TENANT,
+            workflow_id="w",
+            workflow_version="1",
+            initial_input=None,
+            created_at=NOW,
+            updated_at=NOW,
+        ),
+        [],
+    )
+
+    def completed(output: object) -> NodeCompleted:
+        return NodeCompleted(node_id="n", output=output, state_patch=None, duration_ms=0)
+
+    with pytest.raises(CharterError, match=r"integer outside the signed 64-bit range"):
+        store.append_events("x", [completed({"ok": 1}), completed({"big": [value]})])
+    assert store.read_events("x") == ()
+    with pytest.raises(CharterError, match=r"integer outside the signed 64-bit range"):
+        canonical_json({"big": value})
+    store.append_events("x", [completed({"big": [1e21, float(2**62), -(2.0**63) + 1024]})])
+    (event,) = store.read_events("x")
+    assert isinstance(event.kind, NodeCompleted)
+    assert isinstance(event.kind.output, dict)
+    kept = event.kind.output["big"]
+    # Read back as ECMAScript wrote them: 1e21 a float, the others the integers of their
+    # shortest digits, each the same float again and the same canonical text.
+    assert [float(x) for x in kept] == [1e21, float(2**62), -(2.0**63) + 1024]
+    assert canonical_json(kept) == "[1e+21,4611686018427388000,-9223372036854775000]"

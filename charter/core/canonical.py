@@ -8,7 +8,9 @@ later the event chain), so it must not depend on key order, whitespace or float 
   them, ``\\u00xx`` otherwise); lone surrogates are refused;
 * numbers: integers as written (within signed 64 bits); floats in ECMAScript's shortest
   round-trip form (``1.0`` is ``1``, ``1e21`` is ``1e+21``, ``1e-7`` is ``1e-7``,
-  ``1.2345678901234568e20`` is ``123456789012345680000``); NaN and infinities are refused;
+  ``1.2345678901234568e18`` is ``1234567890123456800``); NaN and infinities are refused, and
+  so are floats from 2**63 up to 1e21 in magnitude, which ECMAScript writes as integers
+  outside 64 bits (``9.3e18`` would be ``9300000000000000000``) that could not be read back;
 * nesting deeper than `MAX_DEPTH` levels is refused;
 * ``true``, ``false``, ``null``; tuples are arrays.
 
@@ -55,6 +57,14 @@ def number_text(value: float) -> str:
         return "0"
     if value.is_integer() and abs(value) < 2**53:
         return str(int(value))  # exact; larger integral floats go through the digits below
+    if _INT_RANGE <= abs(value) < 1e21:
+        # ECMAScript writes these as integer literals, which read back as integers outside
+        # the signed 64-bit range that canonical JSON keeps: the text could not be read back.
+        raise InvalidInput(
+            "",
+            f"number {value!r} is an integer outside the signed 64-bit range when written "
+            "as JSON (below 1e21 it has no exponent); a value this large must be a string",
+        )
     sign = "-" if value < 0 else ""
     text = repr(abs(value))  # shortest round-trip digits
     mantissa, _, exponent = text.partition("e")
@@ -207,6 +217,8 @@ def _float(value: float) -> float | int:
     cannot: NaN, infinities, and exponents printed another way)."""
     if value.is_integer() and -_SAFE_INTEGRAL < value < _SAFE_INTEGRAL:
         return int(value)
+    if _INT_RANGE <= abs(value) < 1e21:
+        raise _Slow  # refused by the exact encoder, which names where
     text = repr(value)
     # Without an exponent, a non-integral float prints the same shortest digits both ways;
     # an exponent, nan, inf or a large integral float ("9007199254740992.0") needs a look.
@@ -271,6 +283,8 @@ def _float_text(value: float) -> str:
     `NeedsExact` for NaN and infinities (the exact encoder names them)."""
     if value.is_integer() and -_SAFE_INTEGRAL < value < _SAFE_INTEGRAL:
         return _int_text(int(value))
+    if _INT_RANGE <= abs(value) < 1e21:
+        raise NeedsExact  # refused by the exact encoder, which names where
     text = repr(value)
     # Without an exponent, a non-integral float prints the same shortest digits both ways.
     if "e" in text or "n" in text or value.is_integer():

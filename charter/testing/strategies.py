@@ -90,6 +90,7 @@ __all__ = [
     "events",
     "gate_requests",
     "glob_patterns",
+    "json_floats",
     "json_values",
     "names",
     "policy_chains",
@@ -394,6 +395,14 @@ def budget_limits(
     )
 
 
+def json_floats() -> st.SearchStrategy[float]:
+    """Floats canonical JSON keeps: finite, and not from 2**63 up to 1e21 in magnitude (those
+    would be written as integers beyond 64 bits; `charter.core.canonical`)."""
+    return st.floats(allow_nan=False, allow_infinity=False).filter(
+        lambda x: not 2**63 <= abs(x) < 1e21
+    )
+
+
 def json_values(*, max_leaves: int = 8) -> st.SearchStrategy[Any]:
     """Plain JSON values: objects with string keys, lists, strings, finite numbers, booleans
     and null (what events carry as outputs, patches and contexts)."""
@@ -401,7 +410,7 @@ def json_values(*, max_leaves: int = 8) -> st.SearchStrategy[Any]:
         st.none()
         | st.booleans()
         | st.integers(min_value=-(2**63), max_value=2**63 - 1)
-        | st.floats(allow_nan=False, allow_infinity=False)
+        | json_floats()
         | st.text(max_size=10)
     )
     return st.recursive(
@@ -442,7 +451,7 @@ def _for_type(tp: Any) -> st.SearchStrategy[Any]:
     if tp is int:
         return st.integers(min_value=0, max_value=2**63 - 1)
     if tp is float:
-        return st.floats(allow_nan=False, allow_infinity=False)
+        return json_floats()
     if tp is datetime:
         return datetimes()
     if tp is ApprovalDecision:
