@@ -177,7 +177,8 @@ STRATEGIES_API = [
     "autonomy_contexts",
     "budget_limits", "budget_states", "calls", "circuit_breakers", "conditional_rules",
     "conditions", "datetimes", "evaluation_contexts",
-    "event_kinds", "events", "gate_requests", "glob_patterns", "json_values", "names",
+    "event_kinds", "events", "gate_requests", "glob_patterns", "json_floats", "json_values",
+    "names",
     "policy_chains", "policy_sets", "usages", "worker_requests", "worker_responses",
     "workflow_documents",
 ]  # fmt: skip
