@@ -6,20 +6,29 @@ long enough that the encoder answers in several pieces, and for hostile requests
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Final
 
+import attrs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from charter.adapters.pool import (
     LlmOperation,
     ToolOperation,
+    WorkerHandler,
+    WorkerPool,
+    WorkerPoolError,
+    WorkerPoolOptions,
     WorkerRequest,
+    WorkerResponse,
     WorkerSecurityPolicy,
+    WorkerSuccess,
     check_request,
     options,
 )
 from charter.adapters.pool.options import request_checker
+from charter.adapters.pool.slots import success_response
 
 
 def _plain_verdict(request: WorkerRequest, policy: WorkerSecurityPolicy) -> str | None:
@@ -79,9 +88,10 @@ def _cases(draw: st.DrawFn) -> tuple[WorkerRequest, WorkerSecurityPolicy]:
     except (TypeError, ValueError, RecursionError, UnicodeEncodeError):
         size = 300
     # The cheap comparison vouches up to a bound: the identifiers at 6 bytes a character of
-    # the limit, the timeout at 21 characters, the tool name at twice its length. Limits
-    # at and around the exact size, and around where that bound lands.
-    slack = 3 * (6 * limit + 2) + 21 + 40
+    # the limit, the timeout at 21 characters, the tool name at six times its length.
+    # Limits at and around the exact size, and around where that bound lands.
+    tool_name = operation.tool if isinstance(operation, ToolOperation) else ""
+    slack = 3 * (6 * limit + 2) + 21 + 40 + 4 * len(tool_name)
     payload_limit = max(
         1,
         size
@@ -126,3 +136,86 @@ def test_a_long_payload_is_measured_whole() -> None:
     assert request_checker(short)(request) == (
         f"request payload {size} bytes exceeds max {size - 1}"
     )
+
+
+class _Answer(WorkerHandler):
+    """Answers every request with a fixed output."""
+
+    def __init__(self, output: Any) -> None:
+        self.output = output
+
+    async def handle(self, request: WorkerRequest) -> Any:
+        return self.output
+
+
+async def _submit(
+    request: WorkerRequest, policy: WorkerSecurityPolicy, output: Any
+) -> WorkerResponse | str:
+    pool = WorkerPool(
+        [_Answer(output)],
+        WorkerPoolOptions(security_policy=policy, default_request_timeout=None),
+    )
+    try:
+        return await pool.submit(request)
+    except WorkerPoolError.InvalidRequest as error:
+        return error.reason
+    finally:
+        await pool.shutdown()
+
+
+_OUTPUTS: Final = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=4),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_cases(), _OUTPUTS)
+def test_the_pool_refuses_exactly_what_the_check_refuses(
+    case: tuple[WorkerRequest, WorkerSecurityPolicy], output: Any
+) -> None:
+    """`WorkerPool.submit` settles the usual request inline (docs/pool.md §2) and asks the
+    checker for the rest: its verdict and message are the check's for every request, and
+    what it accepts is answered with a response equal to the one attrs' ``__init__`` builds
+    (`slots.NewResponse` / `NewSuccess` give each object its class after filling it in)."""
+    request, policy = case
+    expected = check_request(request, policy)
+    answer = asyncio.run(_submit(request, policy, output))
+    if expected is not None:
+        assert answer == expected
+        return
+    assert isinstance(answer, WorkerResponse)
+    assert type(answer) is WorkerResponse
+    assert type(answer.result) is WorkerSuccess
+    built = WorkerResponse(
+        request_id=request.request_id,
+        worker_id="worker-0",
+        result=WorkerSuccess(output),
+        elapsed_ms=answer.elapsed_ms,
+    )
+    assert answer == built
+    assert answer.to_dict() == built.to_dict()
+    assert type(answer.elapsed_ms) is int
+    assert answer.elapsed_ms >= 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=5), st.text(max_size=5), _OUTPUTS, st.integers(0, 2**40))
+def test_a_success_response_is_the_one_init_builds(
+    request_id: str, worker_id: str, output: Any, elapsed_ms: int
+) -> None:
+    response = success_response(request_id, worker_id, output, elapsed_ms)
+    built = WorkerResponse(
+        request_id=request_id,
+        worker_id=worker_id,
+        result=WorkerSuccess(output),
+        elapsed_ms=elapsed_ms,
+    )
+    assert type(response) is WorkerResponse
+    assert type(response.result) is WorkerSuccess
+    assert response == built
+    assert repr(response) == repr(built)
+    assert [getattr(response, a.name) for a in attrs.fields(WorkerResponse)] == [
+        getattr(built, a.name) for a in attrs.fields(WorkerResponse)
+    ]

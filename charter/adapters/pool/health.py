@@ -45,7 +45,7 @@ async def probe(slot: Slot, interval: float) -> None:
         else:
             log.warning("%s: probe answered %r, not a health status", slot.worker_id, answer)
             slot.probe_status = UNAVAILABLE
-        slot.last_seen = time.perf_counter()
+        slot.last_seen = time.perf_counter_ns()
         await asyncio.sleep(interval)
 
 

@@ -36,10 +36,13 @@ from charter.adapters.pool.protocol import (
 from charter.core.errors import CharterError, InvalidInput, describe
 
 __all__ = [
+    "QuickLimits",
     "WorkerPoolError",
     "WorkerPoolOptions",
     "WorkerSecurityPolicy",
     "check_request",
+    "encode_pieces",
+    "quick_limits",
     "request_checker",
     "request_payload_bytes",
 ]
@@ -398,28 +401,53 @@ _CHECKERS: Final[dict[WorkerSecurityPolicy, Callable[[WorkerRequest], str | None
 _TIMEOUT_BOUND: Final = 10**20 - 1
 
 
+@attrs.frozen
+class QuickLimits:
+    """What `request_checker`'s first test compares with, from one policy (`quick_limits`):
+    the identifier limit, the largest ``timeout_ms`` it settles, and ``room``, what the
+    payload limit leaves for the payloads' JSON and six times the tool name once every other
+    term of `_request_bound` is counted at its largest (keys and separators, three
+    identifiers of ``identifier_limit`` characters at 6 bytes each, quoted, a timeout of 21
+    characters, the tool name's quotes)."""
+
+    identifier_limit: int
+    max_timeout: int
+    room: int
+
+
+def quick_limits(policy: WorkerSecurityPolicy) -> QuickLimits:
+    """The constants of `request_checker`'s first test for ``policy``."""
+    limit = policy.max_identifier_length
+    return QuickLimits(
+        identifier_limit=limit,
+        max_timeout=min(policy.max_request_timeout_ms, _TIMEOUT_BOUND),
+        room=policy.max_request_payload_bytes - (_FIXED_BOUND + 3 * (6 * limit + 2) + 21 + 2),
+    )
+
+
+#: The C encoder `request_checker`'s first test calls (`WorkerPool.submit` inlines the test).
+encode_pieces: Final = _c_encode
+
+
 def request_checker(policy: WorkerSecurityPolicy) -> Callable[[WorkerRequest], str | None]:
     """`check_request` with ``policy`` bound in: a function of the request alone, with the
     policy's limits turned into constants once (the pool makes one and checks every request
     with it).
 
-    Its first test is the usual request's: a `ToolOperation` with a printable ASCII tool
-    name, short ASCII identifiers and a timeout within the limit, whose two payloads encode
-    as ASCII JSON. For it, `_request_bound` is the fixed part below plus the payloads'
-    text plus twice the tool name, so the request is within the payload limit when those
-    two fit in what the limit leaves (``room``): the same comparison, made with nothing
-    else computed. Anything else — or a bound above the limit — goes to `_check_bounded`,
-    which answers exactly as before (property-tested: the verdicts and messages are the
-    exact measure's)."""
+    Its first test is the usual request's: a `ToolOperation` with an ASCII tool name, short
+    ASCII identifiers and a timeout within the limit, whose two payloads encode as ASCII
+    JSON. For it, `_request_bound` is at most the fixed part plus the payloads' text plus
+    six times the tool name (twice when it is printable, which this test does not ask), so
+    the request is within the payload limit when those fit in what the limit leaves
+    (`QuickLimits.room`): one comparison, made with nothing else computed. Anything else —
+    or a bound above the limit — goes to `_check_bounded`, which answers exactly (property-
+    tested: the verdicts and messages are the exact measure's). `WorkerPool.submit` makes
+    the same test inline, then calls this for whatever the test does not settle."""
     checker = _CHECKERS.get(policy)
     if checker is not None:
         return checker
-    limit = policy.max_identifier_length
-    max_timeout = min(policy.max_request_timeout_ms, _TIMEOUT_BOUND)
-    # `_request_bound`'s terms other than the payloads' text and twice the tool's name:
-    # keys and separators, three identifiers of at most `limit` characters (6 bytes each,
-    # quoted), a timeout of at most 21 characters, the tool name's quotes.
-    room = policy.max_request_payload_bytes - (_FIXED_BOUND + 3 * (6 * limit + 2) + 21 + 2)
+    quick = quick_limits(policy)
+    limit, max_timeout, room = quick.identifier_limit, quick.max_timeout, quick.room
     encode = _c_encode
 
     def check(request: WorkerRequest) -> str | None:
@@ -455,7 +483,7 @@ def request_checker(policy: WorkerSecurityPolicy) -> Callable[[WorkerRequest], s
             timeout is None or (type(timeout) is int and 0 < timeout <= max_timeout)
         ):
             tool = operation.tool
-            if tool.isascii() and tool.isprintable():
+            if tool.isascii():
                 try:
                     chunks = encode((operation.input, operation.scoped_input), 0)
                 except (TypeError, ValueError, RecursionError):
@@ -463,7 +491,7 @@ def request_checker(policy: WorkerSecurityPolicy) -> Callable[[WorkerRequest], s
                 # One piece, unless the payloads are long (the encoder joins its output
                 # every 100,000 pieces).
                 text = chunks[0] if len(chunks) == 1 else "".join(chunks)
-                if text.isascii() and len(text) + 2 * len(tool) <= room:
+                if text.isascii() and len(text) + 6 * len(tool) <= room:
                     return None
         return _check_bounded(request, policy)
 

@@ -47,6 +47,8 @@ from charter.adapters.pool.options import (
     WorkerPoolOptions,
     WorkerSecurityPolicy,
     check_request,
+    encode_pieces,
+    quick_limits,
     request_checker,
     request_payload_bytes,
 )
@@ -75,15 +77,11 @@ from charter.adapters.pool.slots import (
     UNAVAILABLE,
     Consumer,
     Item,
+    NewResponse,
+    NewSuccess,
     Slot,
     WorkerHandler,
-    allocate,
     plain_json,
-    set_elapsed_ms,
-    set_output,
-    set_request_id,
-    set_result,
-    set_worker_id,
     success_response,
 )
 from charter.core.breaker import BreakerEvent
@@ -149,8 +147,16 @@ class WorkerPool:
         if not isinstance(self.options, WorkerPoolOptions):
             raise InvalidInput("options", "expected WorkerPoolOptions")
         self._policy = self.options.security_policy
-        self._create_future = self._loop.create_future
+        # `asyncio.Future()` is what the loop's `create_future` makes when the loop is
+        # asyncio's own, without a Python call (`submit` checks it took this loop).
+        self._new_future: Callable[[], asyncio.Future[Any]] | None = (
+            asyncio.Future
+            if getattr(type(self._loop), "create_future", None)
+            is asyncio.BaseEventLoop.create_future
+            else None
+        )
         self._check = request_checker(self._policy)
+        self._quick = quick_limits(self._policy)
         self._capacity = self.options.queue_capacity
         self._default_timeout = self.options.default_request_timeout
         # The loop's clock, for deadlines: `time.monotonic` itself when the loop's `time` is
@@ -225,11 +231,48 @@ class WorkerPool:
         if self._closed:
             self._chain.rejected(None, request, WorkerErrorCode.CANCELLED)
             raise WorkerPoolError.ShuttingDown()
-        reason = self._check(request)
-        in_flight = self._in_flight
-        request_id = request.request_id
-        if reason is None and request_id in in_flight:
-            reason = f"request_id {request_id!r} is already in flight"
+        # The security check. Its usual case — `options.request_checker`'s first test, the
+        # same conditions — is made here without the call; whatever that does not settle
+        # goes to the checker itself, which answers the exact verdict and message.
+        settled = False
+        if type(request) is WorkerRequest:
+            operation = request.operation
+            timeout_ms = request.timeout_ms
+            request_id = request.request_id
+            workflow_name = request.workflow_name
+            node_id = request.node_id
+            quick = self._quick
+            limit = quick.identifier_limit
+            if (
+                type(request_id) is str
+                and type(workflow_name) is str
+                and type(node_id) is str
+                and type(operation) is ToolOperation
+                and (
+                    timeout_ms is None
+                    or (type(timeout_ms) is int and 0 < timeout_ms <= quick.max_timeout)
+                )
+                and len(request_id) <= limit
+                and len(workflow_name) <= limit
+                and len(node_id) <= limit
+                and request_id.isascii()
+                and workflow_name.isascii()
+                and node_id.isascii()
+            ):
+                tool = operation.tool
+                if type(tool) is str and tool.isascii():
+                    try:
+                        chunks = encode_pieces((operation.input, operation.scoped_input), 0)
+                    except (TypeError, ValueError, RecursionError):
+                        chunks = ()
+                    if chunks:
+                        text = chunks[0] if len(chunks) == 1 else "".join(chunks)
+                        settled = text.isascii() and len(text) + 6 * len(tool) <= quick.room
+        reason = None if settled else self._check(request)
+        if reason is None:
+            request_id = request.request_id
+            if request_id in self._in_flight:
+                reason = f"request_id {request_id!r} is already in flight"
         if reason is not None:
             self._chain.rejected(None, request, WorkerErrorCode.INVALID_REQUEST)
             raise WorkerPoolError.InvalidRequest(reason)
@@ -258,9 +301,16 @@ class WorkerPool:
             permit = None  # `_route` lodged the breaker's permit with it
         timeout_ms = request.timeout_ms
         timeout = self._default_timeout if timeout_ms is None else timeout_ms / 1000
-        item: Item = allocate(Item)  # what `Item.__init__` does, without its call
+        item = Item()  # no `__init__`: each field is set below
         item.request = request
-        item.future = self._create_future()
+        # `loop.create_future()` without its call (`_new_future`). A bare `Future()` takes
+        # the running loop: from another one (a misuse), make it the pool's as before.
+        new_future = self._new_future
+        loop = self._loop
+        future = new_future() if new_future is not None else loop.create_future()
+        if future._loop is not loop:
+            future = loop.create_future()
+        item.future = future
         item.slot = slot
         item.state = QUEUED
         item.permit = permit  # the steady permit travels with the request (`_settle`)
@@ -277,7 +327,7 @@ class WorkerPool:
             group[item] = None
             if deadline < deadlines.at:
                 deadlines.soon(deadline)
-        in_flight[request_id] = item
+        self._in_flight[request_id] = item
         slot.queue.append(item)
         waiter = slot.waiter
         if waiter is not None:
@@ -343,7 +393,7 @@ class WorkerPool:
     async def _consume(self, slot: Slot, consumer: Consumer) -> None:
         queue = slot.queue
         handle = slot.handler.handle
-        perf_counter = time.perf_counter
+        perf_counter_ns = time.perf_counter_ns
         in_flight = self._in_flight
         breakers = self.breakers
         permits = breakers._permits
@@ -352,7 +402,7 @@ class WorkerPool:
         task = asyncio.current_task()
         if task is None:  # pragma: no cover - always run as a task
             return
-        while not consumer.is_retired():
+        while not consumer.retired:
             if not queue:
                 waiter: asyncio.Future[None] = self._loop.create_future()
                 slot.waiter = waiter
@@ -361,7 +411,7 @@ class WorkerPool:
             item = queue.popleft()
             item.state = RUNNING
             consumer.current = item
-            started = perf_counter()
+            started = perf_counter_ns()
             outcome: Any
             try:
                 outcome = await handle(item.request)
@@ -385,16 +435,16 @@ class WorkerPool:
                     message=f"handler raised {type(error).__name__}: {error}",
                     retryable=True,
                 )
-            finished = perf_counter()
+            finished = perf_counter_ns()
             consumer.current = None
-            if consumer.retired or consumer.abandoning is not None:
+            if consumer.abandoning is not None or consumer.retired:
                 if consumer.abandoned(item):  # timed out or given up: already answered
                     consumer.abandoning = None
                     task.uncancel()  # balance the cancel() that abandoned it
                     continue
                 if consumer.is_retired():
                     return
-            elapsed_ms = int((finished - started) * 1000)
+            elapsed_ms = (finished - started) // 1_000_000
             if (
                 item.state != DONE
                 and self._hooks is None
@@ -414,13 +464,15 @@ class WorkerPool:
                 del in_flight[request_id]
                 slot.last_seen = finished
                 slot.consecutive_failures = 0
-                result: WorkerSuccess = allocate(WorkerSuccess)  # `success_response`, inlined
-                set_output(result, outcome)
-                response: WorkerResponse = allocate(WorkerResponse)
-                set_request_id(response, request_id)
-                set_worker_id(response, worker_id)
-                set_result(response, result)
-                set_elapsed_ms(response, elapsed_ms)
+                result: Any = NewSuccess()  # `success_response`, inlined
+                result.output = outcome
+                result.__class__ = WorkerSuccess
+                response: Any = NewResponse()
+                response.request_id = request_id
+                response.worker_id = worker_id
+                response.result = result
+                response.elapsed_ms = elapsed_ms
+                response.__class__ = WorkerResponse
                 permit = item.permit
                 if permit is None or permit is not steady[worker_id]:
                     if permit is not None:
@@ -430,9 +482,10 @@ class WorkerPool:
                 # else: closed, no failures, this epoch: the success changes nothing
                 # (`BreakerHooks.on_request_success`'s fast path), and the permit was never
                 # lodged with the breakers.
-                future = item.future
-                if not future.done():
-                    future.set_result(response)
+                try:  # noqa: SIM105 - `contextlib.suppress` costs a call on every answer
+                    item.future.set_result(response)
+                except asyncio.InvalidStateError:  # the caller gave up (cancelled) meanwhile
+                    pass
                 continue
             self._complete(slot, item, outcome, elapsed_ms, finished)
 
@@ -455,7 +508,7 @@ class WorkerPool:
             self._cancel(item, f"{slot.worker_id} stopped before answering")
 
     def _complete(
-        self, slot: Slot, item: Item, outcome: Any, elapsed_ms: int, finished: float
+        self, slot: Slot, item: Item, outcome: Any, elapsed_ms: int, finished: int
     ) -> None:
         if item.state == DONE:
             return
@@ -514,7 +567,7 @@ class WorkerPool:
         self._settle(item)
         slot = item.slot
         slot.consecutive_failures += 1
-        slot.last_seen = time.perf_counter()
+        slot.last_seen = time.perf_counter_ns()
         self._chain.failure(slot.worker_id, item.request, TIMED_OUT)
         if not item.future.done():
             item.future.set_exception(WorkerPoolError.Timeout())
@@ -587,7 +640,7 @@ class WorkerPool:
                     task.cancel()
                     tasks.append(task)
             slot.probe_status = UNAVAILABLE
-            slot.last_seen = time.perf_counter()
+            slot.last_seen = time.perf_counter_ns()
         self._deadlines.stop()
         tasks.extend(self._retired)
         if tasks:

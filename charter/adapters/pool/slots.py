@@ -11,8 +11,7 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import Final, Protocol
+from typing import Any, Final, Protocol, cast
 
 from charter.adapters.pool.options import WorkerPoolError
 from charter.adapters.pool.protocol import (
@@ -128,10 +127,10 @@ class Slot:
         self.probe_task: asyncio.Task[None] | None = None
         self.probe_status = HEALTHY
         self.consecutive_failures = 0
-        # When the last probe or outcome happened, as a `time.perf_counter` stamp (cheap to
-        # take on every outcome), and that stamp in wall-clock milliseconds once asked for.
-        self.last_seen: float | None = None
-        self.last_seen_ms: tuple[float, int] | None = None
+        # When the last probe or outcome happened, as a `time.perf_counter_ns` stamp (cheap
+        # to take on every outcome), and that stamp in wall-clock milliseconds once asked for.
+        self.last_seen: int | None = None
+        self.last_seen_ms: tuple[int, int] | None = None
 
     def last_probe_unix_ms(self) -> int | None:
         """The wall time of ``last_seen``: now, less the time elapsed since (computed once
@@ -141,46 +140,55 @@ class Slot:
             return None
         known = self.last_seen_ms
         if known is None or known[0] != stamp:
-            elapsed_ms = int((time.perf_counter() - stamp) * 1000)
+            elapsed_ms = (time.perf_counter_ns() - stamp) // 1_000_000
             known = self.last_seen_ms = (stamp, time.time_ns() // 1_000_000 - elapsed_ms)
         return known[1]
 
 
 # ── answers ──
 
-allocate: Final = object.__new__
+
+class NewSuccess(WorkerSuccess):
+    """A `WorkerSuccess` being built: the same layout (no slot of its own) with plain
+    attribute stores and no ``__init__``. Made with ``NewSuccess()``, filled in, then turned
+    into a `WorkerSuccess` by ``result.__class__ = WorkerSuccess`` (allowed between classes of
+    one layout): the frozen class's ``__init__`` sets each field through
+    ``object.__setattr__``, several times slower. Never seen outside `success_response` and
+    its inlined copy in `WorkerPool`."""
+
+    __slots__ = ()
+    __init__ = object.__init__
+    __setattr__ = object.__setattr__
+    __delattr__ = object.__delattr__
 
 
-def slot_setter(cls: type, name: str) -> Callable[[object, object], None]:
-    """The ``__set__`` of a frozen attrs class's slot: what its ``__init__`` ends up doing,
-    without the lookup ``object.__setattr__`` repeats on every call."""
-    descriptor = cls.__dict__[name]
-    setter: Callable[[object, object], None] = descriptor.__set__
-    return setter
+class NewResponse(WorkerResponse):
+    """A `WorkerResponse` being built (see `NewSuccess`)."""
 
-
-set_output: Final = slot_setter(WorkerSuccess, "output")
-set_request_id: Final = slot_setter(WorkerResponse, "request_id")
-set_worker_id: Final = slot_setter(WorkerResponse, "worker_id")
-set_result: Final = slot_setter(WorkerResponse, "result")
-set_elapsed_ms: Final = slot_setter(WorkerResponse, "elapsed_ms")
+    __slots__ = ()
+    __init__ = object.__init__
+    __setattr__ = object.__setattr__
+    __delattr__ = object.__delattr__
 
 
 def success_response(
     request_id: str, worker_id: str, output: JsonValue, elapsed_ms: int
 ) -> WorkerResponse:
     """``WorkerResponse(…, result=WorkerSuccess(output), …)`` without attrs' ``__init__``:
-    every answer of the pool passes here, the fields are known to be well-typed, and the
-    generated ``__init__`` of a frozen class sets each field through a slower path (this is
-    a third of the cost)."""
-    result: WorkerSuccess = allocate(WorkerSuccess)
-    set_output(result, output)
-    response: WorkerResponse = allocate(WorkerResponse)
-    set_request_id(response, request_id)
-    set_worker_id(response, worker_id)
-    set_result(response, result)
-    set_elapsed_ms(response, elapsed_ms)
-    return response
+    every answer of the pool passes here and the fields are known to be well-typed. Each
+    object is built as its mutable twin (`NewSuccess`, `NewResponse`) and then given its
+    class; the result is an exact `WorkerResponse` holding an exact `WorkerSuccess`,
+    equal to the one ``__init__`` builds (property-tested)."""
+    result: Any = NewSuccess()  # a WorkerSuccess once its class is set
+    result.output = output
+    result.__class__ = WorkerSuccess
+    response: Any = NewResponse()
+    response.request_id = request_id
+    response.worker_id = worker_id
+    response.result = result
+    response.elapsed_ms = elapsed_ms
+    response.__class__ = WorkerResponse
+    return cast(WorkerResponse, response)
 
 
 _INT_LIMIT: Final = 2**63
