@@ -14,6 +14,7 @@ from charter.adapters.files import load_workflow_file
 from charter.adapters.sqlite import SqliteStore
 from charter.audit import replay_run, verify_log, what_if
 from charter.audit.compaction import compact_log, read_archive, with_archives
+from charter.core.errors import StoreUnavailable
 from charter.core.policy import PolicySet
 from charter.worker import start_run
 from tests.test_audit import EXAMPLES, RUNS, Tamper, audited, cli, db
@@ -113,6 +114,42 @@ def test_a_tampered_run_is_not_archived_nor_compacted_and_the_others_are(
     assert read_archive([path]) == {run: list(links) for run, links in good.items()}
     assert store.read_chain("refund") == kept  # nothing of it removed
     assert store.compactions("refund") == ()
+
+
+class _FailingReads:
+    """A store whose ``read_chain`` fails once a run's reading has gone past ``after``."""
+
+    def __init__(self, store: SqliteStore, run: str, after: int) -> None:
+        self._store, self._run, self._after = store, run, after
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+    def read_chain(self, execution_id: str, *, after: int = 0, limit: int | None = None) -> object:
+        if execution_id == self._run and after >= self._after:
+            raise StoreUnavailable("the disk went away")
+        return self._store.read_chain(execution_id, after=after, limit=limit)
+
+
+def test_a_failure_while_archiving_a_run_leaves_none_of_its_lines(db: Path, tmp_path: Path) -> None:
+    """A read failing in the middle of a run's pass: the error surfaces, nothing of that run
+    is removed, and the archive keeps exactly the runs compacted before it (none: no file)."""
+    store = SqliteStore(db)
+    try:
+        kept = {run: store.read_chain(run) for run in ("cleanup", "refund")}
+        alone = tmp_path / "alone.jsonl"
+        failing = _FailingReads(store, "refund", after=2)
+        with pytest.raises(StoreUnavailable, match="disk went away"):
+            compact_log(failing, before=6, runs=["refund"], archive=alone, page=2)  # type: ignore[arg-type]
+        assert not alone.exists()
+        path = tmp_path / "archive.jsonl"
+        with pytest.raises(StoreUnavailable):
+            compact_log(failing, before=6, runs=["cleanup", "refund"], archive=path, page=2)  # type: ignore[arg-type]
+        assert read_archive([path]) == {"cleanup": list(kept["cleanup"][:5])}
+        assert store.read_chain("refund") == kept["refund"]
+        assert store.compactions("refund") == ()
+    finally:
+        store.close()
 
 
 def test_a_running_run_is_skipped_by_the_command(

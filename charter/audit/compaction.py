@@ -321,7 +321,11 @@ def _compact_run(
 
     mark = sink.mark() if sink is not None else None
     if sink is not None:
-        sink.append(prefix())
+        try:
+            sink.append(prefix())
+        except BaseException:
+            sink.undo(mark)  # a read, check or write that failed: none of this run stays
+            raise
     else:
         for _ in prefix():
             pass
